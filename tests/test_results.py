@@ -1,0 +1,141 @@
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+
+import pytest
+
+from reservoir_depth import data
+from reservoir_depth.results import ResultsStore, markdown, rank_table
+from reservoir_depth.sweep import Run, runs_of, sweep
+from conftest import make_blobs
+
+STUDY = {"study": "t", "dataset": "blobs", "seeds": [0, 1], "full": True, "ranks": [0, 2],
+         "arch": {"name": "mlp", "hidden": [16, 8]}, "train": {"epochs": 2, "batch_size": 64}}
+
+WORKER = textwrap.dedent("""
+    import json, sys, torch
+    sys.path.insert(0, {tests!r})
+    torch.set_num_threads(1)
+    from conftest import make_blobs
+    from reservoir_depth import data
+    from reservoir_depth.results import ResultsStore
+    from reservoir_depth.sweep import runs_of, sweep
+    data.DATASETS["blobs"] = lambda: make_blobs(n_train={n})
+    study = json.loads({study!r})
+    print(json.dumps(sweep(runs_of(study), ResultsStore(sys.argv[1]), progress=False)), flush=True)
+""")
+
+
+@pytest.fixture(autouse=True)
+def _blobs(monkeypatch):
+    monkeypatch.setitem(data.DATASETS, "blobs", make_blobs)
+    from reservoir_depth import sweep as sweep_mod
+    sweep_mod._dataset.cache_clear()
+
+
+def worker_script(tmp_path, n=256, study=STUDY):
+    p = tmp_path / "worker.py"
+    p.write_text(WORKER.format(tests=os.path.dirname(__file__), n=n, study=json.dumps(study)))
+    return p
+
+
+def test_claim_finish_skip(tmp_path):
+    s = ResultsStore(tmp_path / "r.sqlite")
+    assert s.claim("a", "t", {"x": 1}, 0)
+    assert not s.claim("a", "t", {"x": 1}, 0)  # running in this (live) process
+    s.finish("a", {"acc": 0.5}, {"epochs": []}, 10, 100, 1.0)
+    assert not s.claim("a", "t", {"x": 1}, 0) and s.status("a") == "done"
+    assert s.claim("b", "t", {"x": 2}, 1)
+    s.fail("b", "boom")
+    assert s.claim("b", "t", {"x": 2}, 1)  # failed runs are retried
+    df = s.frame("t")
+    assert list(df["run_id"]) == ["a"] and df.loc[0, "acc"] == 0.5 and df.loc[0, "cfg.x"] == 1
+    assert s.history("a") == {"epochs": []}
+
+
+def test_run_left_running_by_a_dead_process_is_retried(tmp_path):
+    s = ResultsStore(tmp_path / "r.sqlite")
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    assert s.claim("a", "t", {}, 0)
+    with s._connect() as db:
+        db.execute("UPDATE runs SET pid = ? WHERE run_id = 'a'", (dead.pid,))
+    assert s.claim("a", "t", {}, 0)
+
+
+def test_sweep_skips_finished_runs(tmp_path):
+    store = ResultsStore(tmp_path / "r.sqlite")
+    runs = runs_of(STUDY)
+    assert len(runs) == 6 and len({r.run_id for r in runs}) == 6
+    assert sweep(runs, store, progress=False) == {"done": 6, "skipped": 0, "failed": 0}
+    assert sweep(runs, store, progress=False) == {"done": 0, "skipped": 6, "failed": 0}
+    df = store.frame("t")
+    assert len(df) == 6 and df["test_acc"].between(0, 1).all()
+    assert set(df["cfg.method"]) == {"full", "lotta"}
+    lotta = df[df["cfg.method"] == "lotta"]
+    assert (lotta["cfg.scaffold.root_seed"] == lotta["seed"]).all()
+    assert (lotta["cfg.scaffold.target_modules"] == json.dumps([r"layers\.\d+"])).all()
+
+
+def test_failed_run_is_recorded_and_sweep_goes_on(tmp_path):
+    store = ResultsStore(tmp_path / "r.sqlite")
+    runs = runs_of({**STUDY, "seeds": [0], "ranks": [0, 99]})  # r=99 > min(d_in, d_out)
+    counts = sweep(runs, store, progress=False)
+    assert counts == {"done": 2, "skipped": 0, "failed": 1}
+    failed = [r for r in store.rows() if r["status"] == "failed"]
+    assert "rank r=99" in failed[0]["error"]
+
+
+def test_killed_sweep_resumes_without_losing_or_repeating_runs(tmp_path):
+    db = tmp_path / "r.sqlite"
+    study = {**STUDY, "train": {"epochs": 30, "batch_size": 16}}
+    proc = subprocess.Popen([sys.executable, str(worker_script(tmp_path, n=512, study=study)), str(db)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    store = ResultsStore(db)
+    deadline = time.time() + 120
+    while time.time() < deadline and not any(r["status"] == "done" for r in store.rows()):
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    before = {r["run_id"]: r for r in store.rows()}
+    done_before = {k: r["finished"] for k, r in before.items() if r["status"] == "done"}
+    assert 1 <= len(done_before) < 6, "the kill should land mid-sweep"
+    assert any(r["status"] == "running" for r in before.values())  # the interrupted run
+    counts = sweep(runs_of(study), store, progress=False)
+    assert counts["skipped"] == len(done_before) and counts["done"] == 6 - len(done_before)
+    after = {r["run_id"]: r for r in store.rows()}
+    assert len(after) == 6 and all(r["status"] == "done" for r in after.values())
+    assert all(after[k]["finished"] == t for k, t in done_before.items())  # not redone
+
+
+def test_two_workers_share_a_store(tmp_path):
+    db = tmp_path / "r.sqlite"
+    script = worker_script(tmp_path)
+    procs = [subprocess.Popen([sys.executable, str(script), str(db)], stdout=subprocess.PIPE, text=True)
+             for _ in range(2)]
+    outs = [json.loads(p.communicate(timeout=300)[0].strip().splitlines()[-1]) for p in procs]
+    assert sum(o["done"] for o in outs) == 6 and sum(o["skipped"] for o in outs) == 6
+    assert len(ResultsStore(db).frame("t")) == 6
+
+
+def test_rank_table_recovery(tmp_path):
+    store = ResultsStore(tmp_path / "r.sqlite")
+    sweep(runs_of(STUDY), store, progress=False)
+    df = store.frame("t")
+    table = rank_table(df)
+    assert list(table["r"]) == [0, 2, "full"]
+    full = df[df["cfg.method"] == "full"]["test_acc"].mean()
+    r2 = df[(df["cfg.method"] == "lotta") & (df["cfg.scaffold.r"] == 2)]["test_acc"].mean()
+    assert table.loc[1, "recovery"] == pytest.approx(r2 / full)
+    assert table.loc[2, "recovery"] == pytest.approx(1.0) and (table["n"] == 2).all()
+    md = markdown(table)
+    assert md.count("\n") == 5 and "| LottaLoRA | 2 |" in md
+
+
+def test_run_validates_method():
+    with pytest.raises(ValueError, match="method must be 'full' or 'lotta', got 'half'"):
+        Run(study="t", dataset="blobs", arch={"name": "mlp"}, method="half", seed=0)
