@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import math
+import numbers
 from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping
 
@@ -154,7 +155,8 @@ def _validate_mixture(means, stds, weights):
 
 
 def _validate_bits(bits, clip):
-    _require(bits in (1, 2, 3, 4, 8, 16), f"bits must be one of 1, 2, 3, 4, 8, 16, got {bits!r}")
+    _require(isinstance(bits, int) and not isinstance(bits, bool) and bits in (1, 2, 3, 4, 8, 16),
+             f"bits must be one of the ints 1, 2, 3, 4, 8, 16, got {bits!r}")
     _require(clip > 0, f"clip must be > 0, got {clip!r}")
 
 
@@ -258,6 +260,9 @@ def _fan_in_rule(w, spec, family, params, fan_in, fan_out):
 def _spectral_rule(w, spec, family, params, fan_in, fan_out):
     """Rescale so that the spectral radius is exactly rho (post-processing, as reservoirpy)."""
     r = spectral_radius(w)
+    if r == 0 and np.any(w):
+        raise ValueError(f"a {family.name} draw of shape {w.shape} has spectral radius 0 (nilpotent): it cannot be "
+                         f"rescaled to rho={spec.rho}; use a denser family or a larger matrix")
     return w if r == 0 else w * (spec.rho / r)
 
 
@@ -276,6 +281,8 @@ SCALINGS: dict[str, Callable[..., Array]] = {
 # ----------------------------------------------------------------------------- the spec
 
 def _jsonable(v: Any) -> Any:
+    if isinstance(v, np.ndarray):
+        return v.tolist()
     if isinstance(v, (list, tuple)):
         return [_jsonable(x) for x in v]
     if isinstance(v, (np.floating, np.integer)):
@@ -312,8 +319,9 @@ class DistributionSpec:
         object.__setattr__(self, "scaling", scaling)
         for k in ("gain", "rho"):
             v = getattr(self, k)
-            if not (isinstance(v, (int, float)) and math.isfinite(v) and v >= 0):
+            if not (isinstance(v, numbers.Real) and not isinstance(v, bool) and math.isfinite(v) and v >= 0):
                 raise ValueError(f"{k} must be a finite number >= 0, got {v!r}")
+            object.__setattr__(self, k, float(v))
         family.validate(**self.params)
 
     @property

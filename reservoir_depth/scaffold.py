@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import copy
 import math
+import numbers
 import re
 from dataclasses import asdict, dataclass, field
 from typing import Any, Iterator, Mapping, Sequence
@@ -61,15 +62,17 @@ class ScaffoldConfig:
         object.__setattr__(self, "spec", as_spec(self.spec))
         object.__setattr__(self, "target_modules", tuple(self.target_modules))
         object.__setattr__(self, "trainable", tuple(self.trainable))
-        if not isinstance(self.r, int) or isinstance(self.r, bool) or self.r < 0:
+        if not isinstance(self.r, numbers.Integral) or isinstance(self.r, bool) or self.r < 0:
             raise ValueError(f"rank r must be an int >= 0, got {self.r!r}")
-        if not (isinstance(self.alpha, (int, float)) and math.isfinite(self.alpha) and self.alpha > 0):
+        object.__setattr__(self, "r", int(self.r))
+        if not (_real(self.alpha) and math.isfinite(self.alpha) and self.alpha > 0):
             raise ValueError(f"alpha must be a finite number > 0, got {self.alpha!r}")
+        object.__setattr__(self, "alpha", float(self.alpha))
         if self.bias not in BIAS_MODES:
             raise ValueError(f"bias must be one of {BIAS_MODES}, got {self.bias!r}")
         if self.schedule not in SCHEDULES:
             raise ValueError(f"schedule must be one of {SCHEDULES}, got {self.schedule!r}")
-        if not isinstance(self.k, int) or self.k < 1:
+        if not isinstance(self.k, numbers.Integral) or isinstance(self.k, bool) or self.k < 1:
             raise ValueError(f"k (number of scaffolds) must be an int >= 1, got {self.k!r}")
         if self.schedule == "static" and self.k != 1:
             raise ValueError(f"k={self.k} needs a destabilised schedule ('step' or 'batch'), got 'static'")
@@ -90,6 +93,10 @@ class ScaffoldConfig:
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> "ScaffoldConfig":
         return cls(**{**d, "spec": DistributionSpec.from_dict(d["spec"])})
+
+
+def _real(v: Any) -> bool:
+    return isinstance(v, numbers.Real) and not isinstance(v, bool)
 
 
 def matches(name: str, patterns: Sequence[str]) -> bool:
@@ -155,7 +162,8 @@ class ScaffoldLayer(nn.Module):
         """Point W_seed at the scaffold of this epoch / step (no-op when static)."""
         sched, dev = self.config.schedule, self.W_seed.device
         if sched == "epoch" and epoch is not None:
-            self.W_seed = (self._draw(0) if epoch == 0 else self._draw(("epoch", epoch))).to(dev)
+            w = self._draw(0) if epoch == 0 else self._draw(("epoch", epoch))
+            self.W_seed = w.to(dev, self.W_seed.dtype)
         elif sched == "step" and step is not None and self._stack is not None:
             self.index = step % self.config.k
             self.W_seed = self._stack[self.index]
@@ -172,7 +180,7 @@ class ScaffoldLayer(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.config.schedule == "batch" and self.training and self._stack is not None:
-            parts = x.chunk(self.config.k, dim=0)
+            parts = x.tensor_split(self.config.k, dim=0)  # always k parts (some empty if batch < k)
             h = torch.cat([self.base(p, self._stack[i]) for i, p in enumerate(parts)])
         else:
             h = self.base(x, self.W_seed)
@@ -278,16 +286,18 @@ def scaffold(model: nn.Module, config: ScaffoldConfig) -> nn.Module:
     if not targets:
         raise ValueError(f"target_modules {list(config.target_modules)} match no nn.Linear / nn.Conv2d layer; "
                          f"candidates: {[n for n, _ in candidates]}")
+    for n, m in targets:  # validate everything before touching the model
+        if matches(n, config.trainable):
+            raise ValueError(f"layer {n!r} is both a scaffold target and in trainable={list(config.trainable)}")
+    wrapped = [(n, _wrap(m, n, config)) for n, m in targets]
     for p in model.parameters():
         p.requires_grad_(False)
     for n, m in model.named_modules():
         if n and matches(n, config.trainable):
             for p in m.parameters():
                 p.requires_grad_(True)
-    for n, m in targets:
-        if matches(n, config.trainable):
-            raise ValueError(f"layer {n!r} is both a scaffold target and in trainable={list(config.trainable)}")
-        _set_submodule(model, n, _wrap(m, n, config))
+    for n, layer in wrapped:
+        _set_submodule(model, n, layer)
     model.scaffold_config = config
     return model
 
@@ -339,7 +349,7 @@ def merge(model: nn.Module) -> nn.Module:
     """
     plain = copy.deepcopy(model)
     for n, m in list(scaffold_layers(plain)):
-        _set_submodule(plain, n, m.to_plain().to(m.W_seed.device))
+        _set_submodule(plain, n, m.to_plain().to(m.W_seed.device, m.W_seed.dtype))
     for p in plain.parameters():
         p.requires_grad_(True)
     if hasattr(plain, "scaffold_config"):

@@ -72,10 +72,21 @@ def resolve_device(device: str = "auto") -> torch.device:
     return torch.device(device)
 
 
+def loss_fn(task: str, out: torch.Tensor, y: torch.Tensor, reduction: str = "mean") -> torch.Tensor:
+    """Cross-entropy for classification; for regression the squared error summed over
+    outputs and averaged over samples (so one missing planted direction costs strength^2 / d)."""
+    if task == "classification":
+        return F.cross_entropy(out.float(), y, reduction=reduction)
+    if task == "regression":
+        se = (out.float() - y).pow(2).sum(-1)
+        return se.mean() if reduction == "mean" else se.sum()
+    raise ValueError(f"task must be 'classification' or 'regression', got {task!r}")
+
+
 @torch.no_grad()
 def evaluate(model: nn.Module, X: torch.Tensor, y: torch.Tensor, batch_size: int = 1024,
-             amp: bool = True) -> dict[str, float]:
-    """Mean cross-entropy and accuracy of a classifier over (X, y)."""
+             amp: bool = True, task: str = "classification") -> dict[str, float]:
+    """Mean loss (and accuracy, for classification) of ``model`` over (X, y)."""
     was_training = model.training
     model.eval()
     dev = next(model.parameters()).device
@@ -84,10 +95,14 @@ def evaluate(model: nn.Module, X: torch.Tensor, y: torch.Tensor, batch_size: int
         xb, yb = X[i:i + batch_size].to(dev), y[i:i + batch_size].to(dev)
         with torch.autocast("cuda", torch.bfloat16, enabled=amp and dev.type == "cuda"):
             out = model(xb)
-        loss_sum += F.cross_entropy(out.float(), yb, reduction="sum").item()
-        correct += (out.argmax(-1) == yb).sum().item()
+        loss_sum += loss_fn(task, out, yb, reduction="sum").item()
+        if task == "classification":
+            correct += (out.argmax(-1) == yb).sum().item()
     model.train(was_training)
-    return {"loss": loss_sum / len(X), "acc": correct / len(X)}
+    ev = {"loss": loss_sum / len(X)}
+    if task == "classification":
+        ev["acc"] = correct / len(X)
+    return ev
 
 
 def train(model: nn.Module, data, config: TrainConfig = TrainConfig()) -> History:
@@ -107,11 +122,12 @@ def train(model: nn.Module, data, config: TrainConfig = TrainConfig()) -> Histor
     X, y = data.X_train, data.y_train
     n = len(X)
     use_amp = config.amp and dev.type == "cuda"
+    task = getattr(data, "task", "classification")
 
     def record(epoch: int, train_loss: float, seconds: float) -> None:
-        ev = evaluate(model, data.X_test, data.y_test, amp=config.amp)
+        ev = evaluate(model, data.X_test, data.y_test, amp=config.amp, task=task)
         hist.epochs.append({"epoch": epoch, "train_loss": train_loss, "test_loss": ev["loss"],
-                            "test_acc": ev["acc"], "seconds": seconds,
+                            **({"test_acc": ev["acc"]} if "acc" in ev else {}), "seconds": seconds,
                             **{f"beta/{k}": v for k, v in betas(model).items()}})
 
     step = 0
@@ -129,7 +145,7 @@ def train(model: nn.Module, data, config: TrainConfig = TrainConfig()) -> Histor
                 xb, yb = X[idx].to(dev, non_blocking=True), y[idx].to(dev, non_blocking=True)
                 advance(model, step=step)
                 with torch.autocast("cuda", torch.bfloat16, enabled=use_amp):
-                    loss = F.cross_entropy(model(xb).float(), yb)
+                    loss = loss_fn(task, model(xb), yb)
                 if not torch.isfinite(loss):
                     raise FloatingPointError(f"loss is {loss.item()} at epoch {epoch}, step {step}; "
                                              f"try a lower lr (now {config.lr:g})")

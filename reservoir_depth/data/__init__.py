@@ -27,15 +27,20 @@ class Dataset:
     y_train: torch.Tensor
     X_test: torch.Tensor
     y_test: torch.Tensor
-    n_classes: int
+    n_classes: int  # 0 for regression
+    task: str = "classification"  # or "regression" (targets y are float, shape (n, n_out))
 
     @property
     def d_in(self) -> int:
         return int(np.prod(self.X_train.shape[1:]))
 
+    @property
+    def n_out(self) -> int:
+        return self.n_classes if self.task == "classification" else int(self.y_train.shape[1])
+
     def __repr__(self) -> str:
         return (f"Dataset({self.name!r}, train={tuple(self.X_train.shape)}, test={tuple(self.X_test.shape)}, "
-                f"classes={self.n_classes})")
+                f"{self.task}, n_out={self.n_out})")
 
 
 def _standardise(name, Xtr, ytr, Xte, yte, n_classes) -> Dataset:
@@ -112,14 +117,18 @@ def mnist5k(seed: int = 0) -> Dataset:
     return _standardise("mnist5k", *_split(X.reshape(-1, 1, 28, 28) / 255.0, y, 1000, seed), 10)
 
 
+from .planted import planted  # noqa: E402  (needs Dataset)
+
 DATASETS: dict[str, Callable[..., Dataset]] = {
     "fashion-mnist": fashion_mnist,
     "digits": digits,
     "mnist5k": mnist5k,
+    "planted": planted,
 }
 
 
 def load(name: str, **kwargs) -> Dataset:
+    """A registered dataset by name; kwargs go to its loader (e.g. planted(k=4, seed=0))."""
     if name not in DATASETS:
         raise ValueError(f"unknown dataset {name!r}; allowed: {', '.join(sorted(DATASETS))}")
     return DATASETS[name](**kwargs)

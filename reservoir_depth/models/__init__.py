@@ -12,9 +12,10 @@ from typing import Any, Callable
 
 from torch import nn
 
+from .linear import Linear
 from .mlp import MLP, SIZES
 
-ARCHITECTURES: dict[str, Callable[..., nn.Module]] = {"mlp": MLP}
+ARCHITECTURES: dict[str, Callable[..., nn.Module]] = {"mlp": MLP, "linear": Linear}
 
 
 def build(arch: str, **kwargs: Any) -> nn.Module:
@@ -26,4 +27,4 @@ def build(arch: str, **kwargs: Any) -> nn.Module:
     return model
 
 
-__all__ = ["ARCHITECTURES", "MLP", "SIZES", "build"]
+__all__ = ["ARCHITECTURES", "Linear", "MLP", "SIZES", "build"]

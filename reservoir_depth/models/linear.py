@@ -1,0 +1,15 @@
+"""One linear layer, the simplest scaffold: y = beta W_seed x + s B A x + b."""
+
+from torch import nn
+
+
+class Linear(nn.Module):
+    scaffold_targets = ("layer",)
+    scaffold_trainable = ()
+
+    def __init__(self, d_in: int, n_out: int) -> None:
+        super().__init__()
+        self.layer = nn.Linear(d_in, n_out)
+
+    def forward(self, x):
+        return self.layer(x.flatten(1))
