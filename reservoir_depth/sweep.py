@@ -2,10 +2,16 @@
 
 A study is a TOML file (see experiments/). Each run's resolved config is a
 plain dict; its hash is the run id, so rerunning a study skips finished runs.
+
+Methods: 'full' trains every weight from the architecture's usual init; 'twin'
+trains every weight starting from the scaffold (W = W_seed, the fully trained
+twin whose Delta W spectra the study compares with r*); 'lotta' trains A, B,
+beta and the declared extras on the frozen scaffold.
 """
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 import time
@@ -14,7 +20,7 @@ import traceback
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
-from typing import Any, Iterable, Mapping
+from typing import Any, Iterable, Mapping, Sequence
 
 from tqdm.auto import tqdm
 
@@ -22,7 +28,7 @@ from . import __version__, data
 from .distributions import torch_rng
 from .models import ARCHITECTURES, build
 from .results import ResultsStore
-from .scaffold import ScaffoldConfig, scaffold
+from .scaffold import ScaffoldConfig, merge, scaffold
 from .train import TrainConfig, train
 
 
@@ -31,24 +37,28 @@ class Run:
     """One training run. method: 'full' (all weights trained from the usual init) or 'lotta'."""
 
     study: str
-    dataset: str
+    dataset: str | Mapping[str, Any]  # a name, or {"name": ..., **loader kwargs}
     arch: Mapping[str, Any]
     method: str
     seed: int
     train: Mapping[str, Any] = field(default_factory=dict)
     scaffold: Mapping[str, Any] = field(default_factory=dict)
+    spectra: bool = False  # also measure activation / adapter / Delta W spectra after training
 
     def __post_init__(self) -> None:
-        if self.method not in ("full", "lotta"):
-            raise ValueError(f"method must be 'full' or 'lotta', got {self.method!r}")
+        if self.method not in METHODS:
+            raise ValueError(f"method must be one of {METHODS}, got {self.method!r}")
 
     def config(self) -> dict[str, Any]:
         """The resolved config: every default filled in, as recorded in the store."""
         tc = TrainConfig(**{**self.train, "seed": self.seed, "progress": False}).__dict__
-        cfg = {"study": self.study, "dataset": self.dataset, "arch": dict(self.arch), "method": self.method,
+        ds = self.dataset if isinstance(self.dataset, str) else dict(sorted(self.dataset.items()))
+        cfg = {"study": self.study, "dataset": ds, "arch": dict(self.arch), "method": self.method,
                "seed": self.seed, "train": {k: v for k, v in tc.items() if k != "progress"}}
-        if self.method == "lotta":
+        if self.method in ("lotta", "twin"):
             cfg["scaffold"] = self.scaffold_config().to_dict()
+        if self.spectra:
+            cfg["spectra"] = True
         return cfg
 
     def scaffold_config(self) -> ScaffoldConfig:
@@ -62,32 +72,51 @@ class Run:
         return hashlib.sha256(json.dumps(self.config(), sort_keys=True).encode()).hexdigest()[:16]
 
 
+METHODS = ("full", "twin", "lotta")
+
+
 @lru_cache(maxsize=4)
-def _dataset(name: str) -> data.Dataset:
-    return data.load(name)
+def _dataset(spec: str, seed: int) -> data.Dataset:
+    kwargs = json.loads(spec)
+    name = kwargs.pop("name")
+    if getattr(data.DATASETS.get(name), "seeded_by_run", False):
+        kwargs.setdefault("seed", seed)  # e.g. a planted teacher shares the student's root seed
+    return data.load(name, **kwargs)
+
+
+def dataset_of(run: Run) -> data.Dataset:
+    ds = {"name": run.dataset} if isinstance(run.dataset, str) else dict(run.dataset)
+    return _dataset(json.dumps(ds, sort_keys=True), run.seed)
 
 
 def build_model(run: Run, d: data.Dataset):
-    """The run's model: plain for 'full', scaffolded for 'lotta' (seeded either way)."""
+    """The run's model: plain for 'full', the merged scaffold for 'twin', scaffolded for 'lotta'."""
     arch = dict(run.arch)
     name = arch.pop("name")
     with torch_rng(run.seed):
-        model = build(name, d_in=d.d_in, n_out=d.n_classes, **arch)
-    if run.method == "lotta":
+        model = build(name, d_in=d.d_in, n_out=d.n_out, **arch)
+    if run.method in ("lotta", "twin"):
         model = scaffold(model, run.scaffold_config())
+    if run.method == "twin":
+        model = merge(model)  # W = beta W_seed + s B A = W_seed at init, every weight trainable
     return model
 
 
 def execute(run: Run, progress: bool = False) -> tuple[dict[str, Any], dict[str, Any]]:
     """Train one run; returns (metrics, history)."""
-    d = _dataset(run.dataset)
+    d = dataset_of(run)
     model = build_model(run, d)
+    init = copy.deepcopy(model) if run.spectra and run.method == "twin" else None
     hist = train(model, d, TrainConfig(**{**run.train, "seed": run.seed, "progress": progress}))
     final = hist.final
-    metrics = {"test_acc": final["test_acc"], "test_loss": final["test_loss"], "train_loss": final["train_loss"],
-               "best_test_acc": max(e["test_acc"] for e in hist.epochs), "trainable": hist.trainable,
-               "total": hist.total, "trainable_fraction": hist.trainable / hist.total, "device": hist.device,
-               **{k: v for k, v in final.items() if k.startswith("beta/")}}
+    metrics = {k: final[k] for k in ("test_acc", "test_loss", "train_loss") if k in final}
+    if "test_acc" in final:
+        metrics["best_test_acc"] = max(e["test_acc"] for e in hist.epochs)
+    metrics.update({"trainable": hist.trainable, "total": hist.total,
+                    "trainable_fraction": hist.trainable / hist.total, "device": hist.device,
+                    **{k: v for k, v in final.items() if k.startswith("beta/")}})
+    if run.spectra:
+        metrics.update(measure_spectra(run, model, d, init))
     return metrics, hist.to_dict()
 
 
@@ -96,16 +125,20 @@ def load_study(path: str | Path) -> dict[str, Any]:
         return tomllib.load(f)
 
 
-def runs_of(study: Mapping[str, Any]) -> list[Run]:
-    """Expand a study: full training (if ``full``) and LottaLoRA at each of ``ranks``, per seed."""
+def runs_of(study: Mapping[str, Any], ranks: Sequence[int] | None = None, baselines: bool = True) -> list[Run]:
+    """Expand a study: full training (if ``full``), the fully trained twin (if ``twin``) and
+    LottaLoRA at each of ``ranks`` (default: the study's), per seed."""
     common = dict(study=study["study"], dataset=study["dataset"], arch=study["arch"],
-                  train=study.get("train", {}))
+                  train=study.get("train", {}), spectra=bool(study.get("spectra", False)))
+    sc = study.get("scaffold", {})
     runs = []
     for seed in study["seeds"]:
-        if study.get("full", True):
-            runs.append(Run(method="full", seed=seed, **common))
-        for r in study.get("ranks", []):
-            runs.append(Run(method="lotta", seed=seed, scaffold={**study.get("scaffold", {}), "r": r}, **common))
+        if baselines and study.get("full", True):
+            runs.append(Run(method="full", seed=seed, **{**common, "spectra": False}))
+        if baselines and study.get("twin", False):
+            runs.append(Run(method="twin", seed=seed, scaffold={**sc, "r": 0}, **common))
+        for r in study.get("ranks", []) if ranks is None else ranks:
+            runs.append(Run(method="lotta", seed=seed, scaffold={**sc, "r": int(r)}, **common))
     return runs
 
 
@@ -133,3 +166,42 @@ def sweep(runs: Iterable[Run], store: ResultsStore, progress: bool = True) -> di
                      time.perf_counter() - t0)
         counts["done"] += 1
     return counts
+
+
+def measure_spectra(run: Run, model, d: data.Dataset, init=None) -> dict[str, float]:
+    """Spectral measures of a trained run, flattened for the store (see spectra.py)."""
+    return {}
+
+
+def study_frame(study: Mapping[str, Any], store: ResultsStore):
+    """The store's finished runs of this study, restricted to the study's current configs."""
+    ids = {r.run_id for r in runs_of(study)}
+    df = store.frame(study["study"])
+    return df[df["run_id"].isin(ids)] if len(df) else df
+
+
+def adaptive_sweep(study: Mapping[str, Any], store: ResultsStore, eps: float, r_max: int,
+                   metric: str | None = None, progress: bool = False):
+    """r*(eps) by doubling + bisection over ranks (rank.adaptive_search), each rank run
+    over the study's seeds through the store (so finished runs are reused).
+
+    Returns (SearchResult, number of LottaLoRA runs it needed)."""
+    from .rank import adaptive_search
+
+    task = dataset_of(runs_of(study)[0]).task
+    metric = metric or ("test_acc" if task == "classification" else "test_loss")
+    higher = not metric.endswith("loss")
+    base = runs_of(study, ranks=[])
+    sweep(base, store, progress=progress)
+    full_ids = {r.run_id for r in base if r.method == "full"}
+    rows = store.frame(study["study"])
+    full = rows[rows["run_id"].isin(full_ids)][metric].mean()
+
+    def evaluate(r: int) -> float:
+        runs = runs_of(study, ranks=[r], baselines=False)
+        sweep(runs, store, progress=progress)
+        df = store.frame(study["study"])
+        return float(df[df["run_id"].isin({x.run_id for x in runs})][metric].mean())
+
+    res = adaptive_search(evaluate, full, eps, r_max, higher_is_better=higher)
+    return res, res.n_evaluated * len(study["seeds"])

@@ -39,9 +39,7 @@ def teacher(k: int, d: int = 32, n_out: int = 32, hidden: Sequence[int] = (), st
     model = scaffold(model, ScaffoldConfig(target_modules=model.scaffold_targets, trainable=model.scaffold_trainable,
                                            r=k, root_seed=seed, spec=spec))
     for lname, layer in scaffold_layers(model):
-        d_out, d_in = layer.weight_shape[0], int(np.prod(layer.weight_shape[1:]))
-        if k > min(d_in, d_out):
-            raise ValueError(f"planted rank k={k} exceeds min(d_in, d_out) = {min(d_in, d_out)} of layer {lname!r}")
+        d_out, d_in = layer.weight_shape[0], int(np.prod(layer.weight_shape[1:]))  # scaffold() checked k
         rng = rng_for(layer_seed(seed, lname, "planted"))
         U, V = _orthonormal(rng, d_out, k), _orthonormal(rng, d_in, k)
         with torch.no_grad():
@@ -64,3 +62,6 @@ def planted(k: int = 4, d: int = 32, n_out: int = 32, hidden: Sequence[int] = ()
     with torch.no_grad():
         Y = net(X) + noise * torch.randn(n_train + n_test, n_out, generator=g)
     return Dataset(f"planted-k{k}", X[:n_train], Y[:n_train], X[n_train:], Y[n_train:], 0, task="regression")
+
+
+planted.seeded_by_run = True  # a sweep passes the run's seed: the teacher shares the student's scaffold
