@@ -10,8 +10,6 @@
 from __future__ import annotations
 
 import argparse
-import json
-import platform
 import sys
 from pathlib import Path
 from typing import Any, Sequence
@@ -53,30 +51,10 @@ def cmd_sweep(study: dict[str, Any], out: Path, progress: bool = True) -> dict[s
 
 
 def cmd_report(study: dict[str, Any], out: Path) -> None:
-    import torch
+    from .report import write_report
 
-    from .results import ResultsStore, markdown, plot_rank, rank_table
-    from .sweep import runs_of
-
-    store = ResultsStore(out / "runs.sqlite")
-    df = store.frame(study["study"])
-    if df.empty:
-        raise SystemExit(f"no finished runs of {study['study']!r} in {out / 'runs.sqlite'}: run the sweep first")
-    failed = [r for r in store.rows(study["study"]) if r["status"] == "failed"]
-    table = rank_table(df)
-    md = markdown(table)
-    (out / "table.md").write_text(md)
-    table.to_csv(out / "table.csv", index=False)
-    df.to_csv(out / "runs.csv", index=False)
-    plot_rank(df, out / "rank.png", title=f"{study['study']} ({study['dataset']})")
-    meta = {"study": study, "version": __version__, "torch": torch.__version__, "python": platform.python_version(),
-            "runs": [r.config() | {"run_id": r.run_id} for r in runs_of(study)],
-            "n_done": int(len(df)), "n_failed": len(failed)}
-    (out / "study.json").write_text(json.dumps(meta, sort_keys=True, indent=1) + "\n")
-    print(md)
-    print(f"wrote {out}/table.md, table.csv, runs.csv, rank.png, study.json")
-    if failed:
-        print(f"warning: {len(failed)} failed run(s); first error: {failed[0]['error'].splitlines()[0]}", file=sys.stderr)
+    print(write_report(study, out))
+    print(f"wrote {out}/report.md, table.csv, runs.csv, rank.png, study.json")
 
 
 def cmd_train(args: argparse.Namespace) -> None:
@@ -114,7 +92,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     sub = p.add_subparsers(dest="cmd", required=True)
     for name in ("run", "sweep", "report"):
         s = sub.add_parser(name)
-        s.add_argument("study", nargs="?" if name == "run" else None, help="a study TOML (see experiments/)")
+        s.add_argument("study", nargs="?", help="a study TOML (see experiments/); default: the embedded digits study")
         s.add_argument("--out", help="output folder (default results/<study>)")
         s.add_argument("--no-progress", action="store_true")
     t = sub.add_parser("train")

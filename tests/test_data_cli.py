@@ -71,9 +71,9 @@ def test_cli_run_writes_table_figure_and_provenance(tmp_path, capsys):
                      '[arch]\nname = "mlp"\nhidden = "tiny"\n[train]\nepochs = 1\n')
     out = tmp_path / "out"
     assert main(["run", str(study), "--out", str(out), "--no-progress"]) == 0
-    for f in ("runs.sqlite", "table.md", "table.csv", "runs.csv", "rank.png", "study.json"):
+    for f in ("runs.sqlite", "report.md", "table.csv", "runs.csv", "rank.png", "study.json"):
         assert (out / f).exists(), f
-    assert "| LottaLoRA | 2 |" in (out / "table.md").read_text()
+    assert "| LottaLoRA | 2 |" in (out / "report.md").read_text()
     assert main(["sweep", str(study), "--out", str(out), "--no-progress"]) == 0
     assert "0 run, 3 already done" in capsys.readouterr().out
 
