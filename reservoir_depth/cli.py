@@ -21,6 +21,8 @@ DEFAULT_STUDY: dict[str, Any] = {
     "dataset": "digits",
     "seeds": [0, 1],
     "full": True,
+    "twin": True,
+    "spectra": True,
     "ranks": [0, 1, 2, 4, 8, 16, 32],
     "arch": {"name": "mlp", "hidden": "small"},
     "train": {"epochs": 30, "lr": 1e-3, "batch_size": 64},
@@ -38,13 +40,36 @@ def _out(study: dict[str, Any], out: str | None) -> Path:
     return Path(out) if out else Path("results") / study["study"]
 
 
-def cmd_sweep(study: dict[str, Any], out: Path, progress: bool = True) -> dict[str, int]:
+def _worker(study: dict[str, Any], db: str, threads: int, offset: int) -> dict[str, int]:
+    import torch
+
+    from .results import ResultsStore
+    from .sweep import runs_of, sweep
+
+    torch.set_num_threads(threads)
+    runs = runs_of(study)
+    return sweep(runs[offset:] + runs[:offset], ResultsStore(db), progress=False)
+
+
+def cmd_sweep(study: dict[str, Any], out: Path, progress: bool = True, workers: int = 1) -> dict[str, int]:
+    import os
+    from concurrent.futures import ProcessPoolExecutor
+
     from .results import ResultsStore
     from .sweep import runs_of, sweep
 
     out.mkdir(parents=True, exist_ok=True)
     runs = runs_of(study)
-    counts = sweep(runs, ResultsStore(out / "runs.sqlite"), progress=progress)
+    store = ResultsStore(out / "runs.sqlite")
+    if workers <= 1:
+        counts = sweep(runs, store, progress=progress)
+    else:  # processes share the store; each claims a run before running it
+        threads = max(1, (os.cpu_count() or 1) // workers)
+        with ProcessPoolExecutor(workers) as pool:
+            parts = list(pool.map(_worker, [study] * workers, [str(store.path)] * workers, [threads] * workers,
+                                  [i * len(runs) // workers for i in range(workers)]))
+        counts = {k: sum(p[k] for p in parts) for k in parts[0]}
+        counts["skipped"] -= (workers - 1) * len(runs)  # each worker skips what the others ran
     print(f"{study['study']}: {counts['done']} run, {counts['skipped']} already done or running elsewhere, "
           f"{counts['failed']} failed ({len(runs)} in the study)")
     return counts
@@ -95,6 +120,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         s.add_argument("study", nargs="?", help="a study TOML (see experiments/); default: the embedded digits study")
         s.add_argument("--out", help="output folder (default results/<study>)")
         s.add_argument("--no-progress", action="store_true")
+        if name != "report":
+            s.add_argument("--workers", type=int, default=1, help="processes sharing the results store")
     t = sub.add_parser("train")
     t.add_argument("--data", default="digits")
     t.add_argument("--hidden", default="small")
@@ -113,7 +140,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             study = _study(args.study)
             out = _out(study, args.out)
             if args.cmd in ("run", "sweep"):
-                cmd_sweep(study, out, progress=not args.no_progress)
+                cmd_sweep(study, out, progress=not args.no_progress, workers=args.workers)
             if args.cmd in ("run", "report"):
                 cmd_report(study, out)
         elif args.cmd == "train":

@@ -31,6 +31,96 @@ def adapter_bytes(run: Run) -> tuple[int, int]:
     return rep.bytes, rep.full_bytes
 
 
+MEASURES = ("d", "k_0.9", "k_0.95", "k_0.99", "participation_ratio", "entropy_rank", "stable_rank")
+
+
+def spectra_table(study: Mapping[str, Any], df):
+    """One row per spectrum: inputs, between-class scatter, activations (scaffold at init and
+    trained twin), Delta W of the twin, the largest-rank adapter; summary measures (spectra.py)
+    averaged over seeds. Returns (table, {label: eigenvalues} for the figure)."""
+    import pandas as pd
+
+    from .spectra import ActivationSpectra, IntrinsicDimension, TaskSpectrum
+
+    run0 = runs_of(study, ranks=[0], baselines=False)[0]
+    d = dataset_of(run0)
+    rows, curves = [], {}
+    task = TaskSpectrum(d.task).fit(d.X_train, d.y_train)
+    rows.append({"spectrum": "inputs (PCA)", "layer": "", **task.input_spectrum_.summary()})
+    curves["inputs"] = task.input_spectrum_.eigenvalues
+    if d.task == "classification":
+        rows.append({"spectrum": f"between-class scatter (rank {task.between_class_rank_} <= C-1 = "
+                                 f"{task.n_classes_ - 1})", "layer": "", **task.between_class_spectrum_.summary()})
+    else:
+        rows.append({"spectrum": "Cov(x, y) (squared singular values)", "layer": "", **task.cross_spectrum_.summary()})
+    X = d.X_train[:5000]
+    for method in ("twonn", "mle"):
+        rows.append({"spectrum": f"inputs, intrinsic dimension ({method})", "layer": "",
+                     "d": d.d_in, "entropy_rank": IntrinsicDimension(method).fit(X).dimension_})
+    init = ActivationSpectra(layers=run0.scaffold_config().target_modules).fit(build_model(run0, d), X)
+    for name, sp in init.spectra_.items():
+        rows.append({"spectrum": "activations, scaffold at init", "layer": name, **sp.summary()})
+        curves[f"act@init {name}"] = sp.eigenvalues
+    lotta = df[df["cfg.method"] == "lotta"]
+    groups = [("twin", "act", "activations, trained twin"), ("twin", "dW", "Delta W of the trained twin")]
+    if len(lotta):
+        groups.append(("lotta_max", "adapter", f"adapter s B A at r = {int(lotta['cfg.scaffold.r'].max())}"))
+    for method, kind, label in groups:
+        sel = lotta[lotta["cfg.scaffold.r"] == lotta["cfg.scaffold.r"].max()] if method == "lotta_max" \
+            else df[df["cfg.method"] == method]
+        layers = sorted({c.split("/")[1] for c in sel.columns if c.startswith(f"{kind}/") and sel[c].notna().any()})
+        for layer in layers:
+            rows.append({"spectrum": label, "layer": layer,
+                         **{m: sel[f"{kind}/{layer}/{m}"].mean() for m in MEASURES if f"{kind}/{layer}/{m}" in sel}})
+    table = pd.DataFrame(rows)
+    return table[["spectrum", "layer", *[m for m in MEASURES if m in table]]], curves
+
+
+def plot_spectra(curves: Mapping[str, Any], path: str | Path, r_star: float) -> None:
+    """Cumulative explained variance vs k for each spectrum, with tau = 0.9 / 0.95 / 0.99 and r*(0.01)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+    import pandas as pd
+    import seaborn as sns
+
+    from .spectra import explained_variance_ratio
+
+    long = pd.concat([pd.DataFrame({"k": np.arange(1, len(v) + 1), "explained variance": np.cumsum(
+        explained_variance_ratio(v)), "spectrum": label}) for label, v in curves.items() if np.sum(v) > 0])
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    sns.lineplot(long, x="k", y="explained variance", hue="spectrum", ax=ax)
+    for tau in (0.9, 0.95, 0.99):
+        ax.axhline(tau, color="grey", lw=0.6, ls=":")
+    if math.isfinite(r_star) and r_star > 0:
+        ax.axvline(r_star, color="k", ls="--", lw=1, label=f"r*(0.01) = {int(r_star)}")
+        ax.legend(fontsize=7)
+    ax.set_xscale("log")
+    ax.set_title("cumulative explained variance; dotted: tau = 0.9, 0.95, 0.99")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def spectra_section(study, df, store, out: Path, r_ref: float) -> list[str]:
+    table, curves = spectra_table(study, df)
+    twins = df[df["cfg.method"] == "twin"]
+    if len(twins):  # the first twin's Delta W spectra, from its stored history
+        hist = store.history(twins.iloc[0]["run_id"]) or {}
+        curves.update({f"dW twin {k.split('/', 1)[1]}": v for k, v in hist.get("spectra", {}).items()
+                       if k.startswith("dW/")})
+    table.to_csv(out / "spectra.csv", index=False)
+    plot_spectra(curves, out / "spectra.png", r_ref)
+    return ["## Rank vs spectra", "",
+            f"r*(0.01) = {_fmt_r(r_ref)}. k_tau = smallest k whose top-k eigenvalues explain a fraction tau of "
+            "the variance; participation ratio (sum lam)^2 / sum lam^2; entropy rank exp H(lam / sum lam); "
+            "stable rank sum lam / max lam. Intrinsic dimensions (scikit-dimension) are in the entropy_rank "
+            "column. Twin and adapter rows are means over seeds.", "",
+            markdown(table, {m: "{:.1f}" for m in MEASURES}), "![explained variance](spectra.png)", ""]
+
+
 def _fmt_r(r: float) -> str:
     return "> max rank" if math.isinf(r) else str(int(r))
 
@@ -71,6 +161,9 @@ def write_report(study: Mapping[str, Any], out: str | Path, eps: tuple[float, ..
             lines.append(f"| {e:g} | {_fmt_r(sr.r_star_)} | [{_fmt_r(sr.ci_[0])}, {_fmt_r(sr.ci_[1])}] |")
         lines.append("")
     lines += ["![metric and beta vs rank](rank.png)", ""]
+    if study.get("spectra"):
+        r_ref = SaturationRank.from_frame(df, metric=metric, eps=0.01, n_boot=0).r_star_ if has_full else math.inf
+        lines += spectra_section(study, df, store, out, r_ref)
     failed = [r for r in store.rows(study["study"]) if r["status"] == "failed"]
     if failed:
         lines += [f"**{len(failed)} failed run(s)**; first error: `{failed[0]['error'].splitlines()[0]}`", ""]

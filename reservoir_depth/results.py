@@ -9,6 +9,7 @@ retries only the runs it did not finish. ``frame`` loads everything into pandas.
 from __future__ import annotations
 
 import json
+import math
 import os
 import socket
 import sqlite3
@@ -156,20 +157,22 @@ def rank_table(df, metric: str = "test_acc"):
 
     df = df.copy()
     df["rank"] = df.get("cfg.scaffold.r", pd.Series(index=df.index, dtype=float))
-    df.loc[df["cfg.method"] == "full", "rank"] = float("nan")
+    df.loc[df["cfg.method"] != "lotta", "rank"] = float("nan")
     beta_cols = sorted(c for c in df.columns if c.startswith("beta/"))
     rows = []
     full = df[df["cfg.method"] == "full"][metric]
     full_mean = full.mean() if len(full) else float("nan")
     for (method, rank), g in df.groupby(["cfg.method", "rank"], dropna=False, sort=False):
-        row = {"method": "full" if method == "full" else "LottaLoRA", "r": "full" if method == "full" else int(rank),
+        label = {"full": "full", "twin": "twin"}.get(method)
+        row = {"method": {"full": "full training", "twin": "full, from scaffold"}.get(method, "LottaLoRA"),
+               "r": label or int(rank),
                f"{metric} mean": g[metric].mean(), f"{metric} sd": g[metric].std(ddof=1), "n": len(g),
                "recovery": g[metric].mean() / full_mean, "trainable": int(g["trainable"].iloc[0]),
                "trainable fraction": g["trainable_fraction"].mean()}
         row.update({c.replace("beta/", "beta "): g[c].mean() for c in beta_cols})
         rows.append(row)
     out = pd.DataFrame(rows)
-    order = out["r"].map(lambda r: float("inf") if r == "full" else r)
+    order = out["r"].map(lambda r: {"full": math.inf, "twin": -math.inf}.get(r, r) if isinstance(r, str) else r)
     return out.assign(_o=order).sort_values("_o").drop(columns="_o").reset_index(drop=True)
 
 

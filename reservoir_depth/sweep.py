@@ -115,9 +115,12 @@ def execute(run: Run, progress: bool = False) -> tuple[dict[str, Any], dict[str,
     metrics.update({"trainable": hist.trainable, "total": hist.total,
                     "trainable_fraction": hist.trainable / hist.total, "device": hist.device,
                     **{k: v for k, v in final.items() if k.startswith("beta/")}})
+    history = hist.to_dict()
     if run.spectra:
-        metrics.update(measure_spectra(run, model, d, init))
-    return metrics, hist.to_dict()
+        measures, eigenvalues = measure_spectra(run, model, d, init)
+        metrics.update(measures)
+        history["spectra"] = eigenvalues
+    return metrics, history
 
 
 def load_study(path: str | Path) -> dict[str, Any]:
@@ -168,9 +171,33 @@ def sweep(runs: Iterable[Run], store: ResultsStore, progress: bool = True) -> di
     return counts
 
 
-def measure_spectra(run: Run, model, d: data.Dataset, init=None) -> dict[str, float]:
-    """Spectral measures of a trained run, flattened for the store (see spectra.py)."""
-    return {}
+SPECTRA_ROWS = 5000  # activation spectra use at most this many training inputs
+
+
+def measure_spectra(run: Run, model, d: data.Dataset, init=None) -> tuple[dict[str, float], dict[str, list]]:
+    """Spectral measures of a trained run: (summary measures flattened as ``{kind}/{layer}/{measure}``,
+    eigenvalues as ``{kind}/{layer}`` -> list).
+
+    act: inputs of every target layer (what A sees) over training inputs; adapter: s B A
+    of a LottaLoRA run; dW: W_trained - W_seed of a fully trained twin.
+    """
+    from .spectra import ActivationSpectra, WeightSpectra
+
+    targets = run.scaffold_config().target_modules
+    out: dict[str, float] = {}
+    eig: dict[str, list] = {}
+
+    def add(kind: str, est) -> None:
+        for row in est.frame().to_dict("records"):
+            out.update({f"{kind}/{row['layer']}/{k}": v for k, v in row.items() if k not in ("layer", "n")})
+        eig.update({f"{kind}/{name}": sp.eigenvalues.tolist() for name, sp in est.spectra_.items()})
+
+    add("act", ActivationSpectra(layers=targets).fit(model, d.X_train[:SPECTRA_ROWS]))
+    if run.method == "lotta" and run.scaffold_config().r > 0:
+        add("adapter", WeightSpectra("adapter").fit(model))
+    if run.method == "twin" and init is not None:
+        add("dW", WeightSpectra("delta").fit(init, model))
+    return out, eig
 
 
 def study_frame(study: Mapping[str, Any], store: ResultsStore):

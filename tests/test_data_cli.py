@@ -78,6 +78,14 @@ def test_cli_run_writes_table_figure_and_provenance(tmp_path, capsys):
     assert "0 run, 3 already done" in capsys.readouterr().out
 
 
+def test_cli_workers_share_the_store(tmp_path, capsys):
+    study = tmp_path / "s.toml"
+    study.write_text('study = "tiny"\ndataset = "digits"\nseeds = [0, 1]\nranks = [1]\nfull = false\n'
+                     '[arch]\nname = "mlp"\nhidden = "tiny"\n[train]\nepochs = 1\n')
+    assert main(["sweep", str(study), "--out", str(tmp_path), "--no-progress", "--workers", "2"]) == 0
+    assert "2 run, 0 already done" in capsys.readouterr().out
+
+
 def test_cli_reports_bad_input_cleanly(capsys, tmp_path):
     assert main(["train", "--dist", "gaussian", "--epochs", "1"]) == 2
     assert "unknown distribution 'gaussian'" in capsys.readouterr().err

@@ -137,5 +137,5 @@ def test_rank_table_recovery(tmp_path):
 
 
 def test_run_validates_method():
-    with pytest.raises(ValueError, match="method must be 'full' or 'lotta', got 'half'"):
+    with pytest.raises(ValueError, match=r"method must be one of .*'twin'.*, got 'half'"):
         Run(study="t", dataset="blobs", arch={"name": "mlp"}, method="half", seed=0)
