@@ -4,6 +4,7 @@
     reservoir-depth sweep STUDY.toml [--out DIR]     run what is not done yet (resumable)
     reservoir-depth report STUDY.toml [--out DIR]    table.md, table.csv, rank.png, study.json
     reservoir-depth train --data digits --rank 4 --save DIR   one LottaLoRA run, saved as an adapter file
+    reservoir-depth spectra --data digits [--adapter DIR]   PCA / task / adapter spectra
     reservoir-depth distributions                   the registered random-matrix families
 """
 
@@ -40,36 +41,13 @@ def _out(study: dict[str, Any], out: str | None) -> Path:
     return Path(out) if out else Path("results") / study["study"]
 
 
-def _worker(study: dict[str, Any], db: str, threads: int, offset: int) -> dict[str, int]:
-    import torch
-
-    from .results import ResultsStore
-    from .sweep import runs_of, sweep
-
-    torch.set_num_threads(threads)
-    runs = runs_of(study)
-    return sweep(runs[offset:] + runs[:offset], ResultsStore(db), progress=False)
-
-
 def cmd_sweep(study: dict[str, Any], out: Path, progress: bool = True, workers: int = 1) -> dict[str, int]:
-    import os
-    from concurrent.futures import ProcessPoolExecutor
-
     from .results import ResultsStore
-    from .sweep import runs_of, sweep
+    from .sweep import run_study, runs_of
 
     out.mkdir(parents=True, exist_ok=True)
     runs = runs_of(study)
-    store = ResultsStore(out / "runs.sqlite")
-    if workers <= 1:
-        counts = sweep(runs, store, progress=progress)
-    else:  # processes share the store; each claims a run before running it
-        threads = max(1, (os.cpu_count() or 1) // workers)
-        with ProcessPoolExecutor(workers) as pool:
-            parts = list(pool.map(_worker, [study] * workers, [str(store.path)] * workers, [threads] * workers,
-                                  [i * len(runs) // workers for i in range(workers)]))
-        counts = {k: sum(p[k] for p in parts) for k in parts[0]}
-        counts["skipped"] -= (workers - 1) * len(runs)  # each worker skips what the others ran
+    counts = run_study(study, ResultsStore(out / "runs.sqlite"), workers=workers, progress=progress)
     print(f"{study['study']}: {counts['done']} run, {counts['skipped']} already done or running elsewhere, "
           f"{counts['failed']} failed ({len(runs)} in the study)")
     return counts
@@ -100,6 +78,38 @@ def cmd_train(args: argparse.Namespace) -> None:
     print(hist.to_frame().to_string(index=False, float_format=lambda v: f"{v:.4f}"))
     if args.save:
         print(io.save(model, args.save))
+
+
+def cmd_spectra(args: argparse.Namespace) -> None:
+    """Spectra of a dataset (inputs, between-class scatter, intrinsic dimension) and, given an
+    adapter folder, of the saved model's layer inputs and its adapters s B A."""
+    import pandas as pd
+
+    from . import data, io
+    from .results import markdown
+    from .spectra import ActivationSpectra, IntrinsicDimension, TaskSpectrum, WeightSpectra
+
+    d = data.load(args.data)
+    task = TaskSpectrum(d.task).fit(d.X_train, d.y_train)
+    rows = [{"spectrum": "inputs (PCA)", "layer": "", **task.input_spectrum_.summary()}]
+    if d.task == "classification":
+        rows.append({"spectrum": "between-class scatter", "layer": "", **task.between_class_spectrum_.summary()})
+    for method in ("twonn", "mle"):
+        rows.append({"spectrum": f"intrinsic dimension ({method})", "layer": "", "d": d.d_in,
+                     "intrinsic_dim": IntrinsicDimension(method).fit(d.X_train).dimension_})
+    if args.adapter:
+        model = io.load(args.adapter)
+        X = d.X_train[:args.rows]
+        for name, sp in ActivationSpectra(layers=args.layers).fit(model, X).spectra_.items():
+            rows.append({"spectrum": "layer inputs", "layer": name, **sp.summary()})
+        for name, sp in WeightSpectra("adapter").fit(model).spectra_.items():
+            rows.append({"spectrum": "adapter s B A", "layer": name, **sp.summary()})
+    table = pd.DataFrame(rows)
+    print(f"{d}\n")
+    print(markdown(table, {c: "{:.2f}" for c in table.columns}))
+    if args.csv:
+        table.to_csv(args.csv, index=False)
+        print(f"wrote {args.csv}")
 
 
 def cmd_distributions() -> None:
@@ -133,6 +143,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     t.add_argument("--lr", type=float, default=1e-3)
     t.add_argument("--seed", type=int, default=0)
     t.add_argument("--save")
+    sp = sub.add_parser("spectra")
+    sp.add_argument("--data", default="digits")
+    sp.add_argument("--adapter", help="an adapter folder written by save / train --save")
+    sp.add_argument("--layers", nargs="*", help="layer names or regexes (default: the scaffold layers)")
+    sp.add_argument("--rows", type=int, default=10000, help="training inputs used for activation spectra")
+    sp.add_argument("--csv")
     sub.add_parser("distributions")
     args = p.parse_args(argv)
     try:
@@ -145,6 +161,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                 cmd_report(study, out)
         elif args.cmd == "train":
             cmd_train(args)
+        elif args.cmd == "spectra":
+            cmd_spectra(args)
         else:
             cmd_distributions()
     except (ValueError, FileNotFoundError, ImportError) as e:

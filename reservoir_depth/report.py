@@ -31,7 +31,7 @@ def adapter_bytes(run: Run) -> tuple[int, int]:
     return rep.bytes, rep.full_bytes
 
 
-MEASURES = ("d", "k_0.9", "k_0.95", "k_0.99", "participation_ratio", "entropy_rank", "stable_rank")
+MEASURES = ("d", "k_0.9", "k_0.95", "k_0.99", "participation_ratio", "entropy_rank", "stable_rank", "intrinsic_dim")
 
 
 def spectra_table(study: Mapping[str, Any], df):
@@ -56,7 +56,7 @@ def spectra_table(study: Mapping[str, Any], df):
     X = d.X_train[:5000]
     for method in ("twonn", "mle"):
         rows.append({"spectrum": f"inputs, intrinsic dimension ({method})", "layer": "",
-                     "d": d.d_in, "entropy_rank": IntrinsicDimension(method).fit(X).dimension_})
+                     "d": d.d_in, "intrinsic_dim": IntrinsicDimension(method).fit(X).dimension_})
     init = ActivationSpectra(layers=run0.scaffold_config().target_modules).fit(build_model(run0, d), X)
     for name, sp in init.spectra_.items():
         rows.append({"spectrum": "activations, scaffold at init", "layer": name, **sp.summary()})
@@ -116,8 +116,8 @@ def spectra_section(study, df, store, out: Path, r_ref: float) -> list[str]:
     return ["## Rank vs spectra", "",
             f"r*(0.01) = {_fmt_r(r_ref)}. k_tau = smallest k whose top-k eigenvalues explain a fraction tau of "
             "the variance; participation ratio (sum lam)^2 / sum lam^2; entropy rank exp H(lam / sum lam); "
-            "stable rank sum lam / max lam. Intrinsic dimensions (scikit-dimension) are in the entropy_rank "
-            "column. Twin and adapter rows are means over seeds.", "",
+            "stable rank sum lam / max lam; intrinsic_dim: TwoNN and MLE estimates (scikit-dimension). "
+            "Twin and adapter rows are means over seeds.", "",
             markdown(table, {m: "{:.1f}" for m in MEASURES}), "![explained variance](spectra.png)", ""]
 
 
@@ -145,7 +145,6 @@ def write_report(study: Mapping[str, Any], out: str | Path, eps: tuple[float, ..
     full_bytes = next(iter(sizes.values()))[1] if sizes else math.nan
     table.to_csv(out / "table.csv", index=False)
     df.to_csv(out / "runs.csv", index=False)
-    plot_rank(df, out / "rank.png", metric=metric, title=f"{study['study']}")
 
     lines = [f"# {study['study']}", "",
              f"Dataset `{json.dumps(study['dataset'])}`, architecture `{json.dumps(study['arch'])}`, "
@@ -153,13 +152,16 @@ def write_report(study: Mapping[str, Any], out: str | Path, eps: tuple[float, ..
              f"Recovery = LottaLoRA mean / full-training mean. A dense checkpoint of the merged model takes "
              f"{full_bytes:,} bytes.", "", markdown(table, {"adapter bytes": "{:,.0f}"})]
     has_full = (df["cfg.method"] == "full").any()
+    r_stars: dict[float, float] = {}
     if has_full and (df["cfg.method"] == "lotta").any():
         lines += ["Saturation rank r*(eps) = min{r : metric within eps of full training}, "
                   "95% bootstrap CI over seeds:", "", "| eps | r* | CI |", "|---|---|---|"]
         for e in eps:
             sr = SaturationRank.from_frame(df, metric=metric, eps=e)
+            r_stars[e] = sr.r_star_
             lines.append(f"| {e:g} | {_fmt_r(sr.r_star_)} | [{_fmt_r(sr.ci_[0])}, {_fmt_r(sr.ci_[1])}] |")
         lines.append("")
+    plot_rank(df, out / "rank.png", metric=metric, title=f"{study['study']}", r_star=r_stars)
     lines += ["![metric and beta vs rank](rank.png)", ""]
     if study.get("spectra"):
         r_ref = SaturationRank.from_frame(df, metric=metric, eps=0.01, n_boot=0).r_star_ if has_full else math.inf

@@ -194,8 +194,10 @@ def markdown(table, floatfmt: dict[str, str] | None = None) -> str:
     return "\n".join(lines) + "\n"
 
 
-def plot_rank(df, path: str | os.PathLike, metric: str = "test_acc", title: str = "") -> None:
-    """Metric vs LoRA rank (mean +- sd over seeds), full training as a band; beta per layer vs rank."""
+def plot_rank(df, path: str | os.PathLike, metric: str = "test_acc", title: str = "",
+              r_star: dict[float, float] | None = None) -> None:
+    """Metric vs LoRA rank (mean +- sd over seeds), full training as a band, r*(eps) marked;
+    beta per layer vs rank."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -213,12 +215,15 @@ def plot_rank(df, path: str | os.PathLike, metric: str = "test_acc", title: str 
         ax.axhline(m, color="C1")
     ax.errorbar(pos, g[metric].mean().loc[ranks], yerr=g[metric].std(ddof=1).loc[ranks].fillna(0), marker="o",
                 capsize=3, label="LottaLoRA (mean +- sd)")
+    for i, (eps, r) in enumerate(sorted((r_star or {}).items())):
+        if math.isfinite(r):
+            ax.axvline(r if r > 0 else 0.5, color=f"C{i + 2}", ls="--", lw=1, label=f"r*({eps:g}) = {int(r)}")
     ax.set_xscale("log", base=2)
     ax.set_xticks(pos, [str(int(r)) for r in ranks])
     ax.set_xlabel("LoRA rank r (0: beta + head only)")
     ax.set_ylabel(metric)
     ax.set_title(title or "metric vs rank")
-    ax.legend(loc="lower right")
+    ax.legend(loc="best", fontsize=8)
     for c in sorted(c for c in lotta.columns if c.startswith("beta/")):
         bx.plot(pos, g[c].mean().loc[ranks], marker="o", label=c.removeprefix("beta/"))
     bx.axhline(1.0, color="grey", lw=0.8, ls=":")

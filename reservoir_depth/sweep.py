@@ -200,6 +200,32 @@ def measure_spectra(run: Run, model, d: data.Dataset, init=None) -> tuple[dict[s
     return out, eig
 
 
+def _worker(study: Mapping[str, Any], db: str, threads: int, offset: int) -> dict[str, int]:
+    import torch
+
+    torch.set_num_threads(threads)
+    runs = runs_of(study)
+    return sweep(runs[offset:] + runs[:offset], ResultsStore(db), progress=False)
+
+
+def run_study(study: Mapping[str, Any], store: ResultsStore, workers: int = 1, progress: bool = True) -> dict[str, int]:
+    """Sweep a whole study; ``workers`` > 1 runs that many processes sharing ``store``
+    (each claims a run before running it, so none is run twice)."""
+    import os
+    from concurrent.futures import ProcessPoolExecutor
+
+    runs = runs_of(study)
+    if workers <= 1:
+        return sweep(runs, store, progress=progress)
+    threads = max(1, (os.cpu_count() or 1) // workers)
+    with ProcessPoolExecutor(workers) as pool:
+        parts = list(pool.map(_worker, [study] * workers, [str(store.path)] * workers, [threads] * workers,
+                              [i * len(runs) // workers for i in range(workers)]))
+    counts = {k: sum(p[k] for p in parts) for k in parts[0]}
+    counts["skipped"] -= (workers - 1) * len(runs)  # each worker also skips what the others ran
+    return counts
+
+
 def study_frame(study: Mapping[str, Any], store: ResultsStore):
     """The store's finished runs of this study, restricted to the study's current configs."""
     ids = {r.run_id for r in runs_of(study)}
