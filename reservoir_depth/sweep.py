@@ -131,17 +131,19 @@ def load_study(path: str | Path) -> dict[str, Any]:
 def runs_of(study: Mapping[str, Any], ranks: Sequence[int] | None = None, baselines: bool = True) -> list[Run]:
     """Expand a study: full training (if ``full``), the fully trained twin (if ``twin``) and
     LottaLoRA at each of ``ranks`` (default: the study's), per seed."""
-    common = dict(study=study["study"], dataset=study["dataset"], arch=study["arch"],
-                  train=study.get("train", {}), spectra=bool(study.get("spectra", False)))
+    spectra = study.get("spectra", False)  # true: twin and lotta runs; or a list of methods
+    measured = set(spectra) if isinstance(spectra, list) else ({"twin", "lotta"} if spectra else set())
+    common = dict(study=study["study"], dataset=study["dataset"], arch=study["arch"], train=study.get("train", {}))
     sc = study.get("scaffold", {})
     runs = []
     for seed in study["seeds"]:
         if baselines and study.get("full", True):
-            runs.append(Run(method="full", seed=seed, **{**common, "spectra": False}))
+            runs.append(Run(method="full", seed=seed, **common))
         if baselines and study.get("twin", False):
-            runs.append(Run(method="twin", seed=seed, scaffold={**sc, "r": 0}, **common))
+            runs.append(Run(method="twin", seed=seed, scaffold={**sc, "r": 0}, spectra="twin" in measured, **common))
         for r in study.get("ranks", []) if ranks is None else ranks:
-            runs.append(Run(method="lotta", seed=seed, scaffold={**sc, "r": int(r)}, **common))
+            runs.append(Run(method="lotta", seed=seed, scaffold={**sc, "r": int(r)}, spectra="lotta" in measured,
+                            **common))
     return runs
 
 

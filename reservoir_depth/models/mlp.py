@@ -14,13 +14,17 @@ SIZES: dict[str, tuple[int, ...]] = {
 }
 
 
+ACTIVATIONS = {"relu": nn.ReLU, "tanh": nn.Tanh, "identity": nn.Identity}
+
+
 class MLP(nn.Module):
-    """x -> [Linear, ReLU, Dropout] * len(hidden) -> head. Hidden layers are ``layers.{i}``."""
+    """x -> [Linear, activation, Dropout] * len(hidden) -> head. Hidden layers are ``layers.{i}``."""
 
     scaffold_targets = (r"layers\.\d+",)
     scaffold_trainable = ("head",)
 
-    def __init__(self, d_in: int, n_out: int, hidden: Sequence[int] | str = "medium", dropout: float = 0.1) -> None:
+    def __init__(self, d_in: int, n_out: int, hidden: Sequence[int] | str = "medium", dropout: float = 0.1,
+                 activation: str = "relu") -> None:
         super().__init__()
         if isinstance(hidden, str):
             if hidden not in SIZES:
@@ -29,7 +33,9 @@ class MLP(nn.Module):
         self.hidden = tuple(int(h) for h in hidden)
         dims = (d_in, *self.hidden)
         self.layers = nn.ModuleList(nn.Linear(a, b) for a, b in zip(dims[:-1], dims[1:]))
-        self.act, self.drop = nn.ReLU(), nn.Dropout(dropout)
+        if activation not in ACTIVATIONS:
+            raise ValueError(f"unknown activation {activation!r}; allowed: {', '.join(ACTIVATIONS)}")
+        self.act, self.drop = ACTIVATIONS[activation](), nn.Dropout(dropout)
         self.head = nn.Linear(dims[-1], n_out)
 
     def forward(self, x):
