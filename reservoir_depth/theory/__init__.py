@@ -1,0 +1,16 @@
+"""Numerical predictions of the propositions in theory/ (one module per group).
+
+reservoir  Props. 1-3: depth unfolding of an echo state network, mean-field signal
+           propagation through random scaffolds, spectra of scaffolds (MP, circular law).
+adapters   Props. 4-5: rank bounds of adapters, beta under a resampled scaffold.
+analogy    Prop. 6: rank correlation of spectral predictors with the measured r*.
+"""
+
+from . import adapters, analogy
+
+try:  # written alongside; absent in a partial checkout
+    from . import reservoir
+except ImportError:  # pragma: no cover
+    reservoir = None
+
+__all__ = ["adapters", "analogy", "reservoir"]
