@@ -1,0 +1,29 @@
+"""The docs match the code: rendered theory is current, every named test exists."""
+
+import importlib.util
+import re
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_rendered_theory_is_current():
+    spec = importlib.util.spec_from_file_location("render_theory", ROOT / "docs" / "render_theory.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    assert (ROOT / "docs" / "theory.md").read_text() == mod.render(), "run: python docs/render_theory.py"
+
+
+@pytest.mark.parametrize("md", sorted((ROOT / "theory").glob("0*.md")), ids=lambda p: p.name)
+def test_every_proposition_names_existing_tests_and_experiments(md):
+    text = md.read_text()
+    assert "Checked by" in text
+    tests = re.findall(r"tests/(test_\w+\.py)::(test_\w+)", text)
+    assert tests, f"{md.name} names no test"
+    for file, name in tests:
+        src = (ROOT / "tests" / file).read_text()
+        assert re.search(rf"def {name}\(", src), f"{md.name}: {file}::{name} does not exist"
+    for script in re.findall(r"python (experiments/\w+\.py)", text):
+        assert (ROOT / script).exists(), f"{md.name}: {script} does not exist"
