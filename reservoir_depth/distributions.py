@@ -257,13 +257,19 @@ def _fan_in_rule(w, spec, family, params, fan_in, fan_out):
     return w if s == 0 else w * (spec.gain / (s * math.sqrt(fan_in)))
 
 
+NILPOTENT_RTOL = 1e-6  # radius / ||W||_2 below this is rounding noise (a Jordan block of size n gives eps^(1/n))
+
+
 def _spectral_rule(w, spec, family, params, fan_in, fan_out):
     """Rescale so that the spectral radius is exactly rho (post-processing, as reservoirpy)."""
-    r = spectral_radius(w)
-    if r == 0 and np.any(w):
-        raise ValueError(f"a {family.name} draw of shape {w.shape} has spectral radius 0 (nilpotent): it cannot be "
-                         f"rescaled to rho={spec.rho}; use a denser family or a larger matrix")
-    return w if r == 0 else w * (spec.rho / r)
+    if not np.any(w):
+        return w
+    r, norm = spectral_radius(w), float(np.linalg.norm(w.reshape(w.shape[0], -1), 2))
+    if r <= NILPOTENT_RTOL * norm:  # numerically nilpotent: the computed radius is rounding noise
+        raise ValueError(f"a {family.name} draw of shape {w.shape} is nilpotent (spectral radius {r:.3g} against "
+                         f"norm {norm:.3g}): it cannot be rescaled to rho={spec.rho}; use a denser family or a "
+                         f"larger matrix")
+    return w * (spec.rho / r)
 
 
 def _none_rule(w, spec, family, params, fan_in, fan_out):

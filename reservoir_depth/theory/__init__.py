@@ -6,11 +6,6 @@ adapters   Props. 4-5: rank bounds of adapters, beta under a resampled scaffold.
 analogy    Prop. 6: rank correlation of spectral predictors with the measured r*.
 """
 
-from . import adapters, analogy
-
-try:  # written alongside; absent in a partial checkout
-    from . import reservoir
-except ImportError:  # pragma: no cover
-    reservoir = None
+from . import adapters, analogy, reservoir
 
 __all__ = ["adapters", "analogy", "reservoir"]
