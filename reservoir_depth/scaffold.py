@@ -205,6 +205,39 @@ class ScaffoldLayer(nn.Module):
         return f"{self.name!r}, shape={self.weight_shape}, r={self.r}, s={self.s:g}, spec={c.spec.name}, schedule={c.schedule}"
 
 
+class _LottaLinear(torch.autograd.Function):
+    """Eq. (1) for a Linear layer with a hand-written backward.
+
+    No weight gradient for W_seed, and nothing saved but x and u = A x: the gradient
+    of beta, <g, W x>, is computed as <g W, x>, where g W is needed for dL/dx anyway.
+    Every product runs in the dtype autocast chose for x W^T (bf16 on CUDA).
+    """
+
+    @staticmethod
+    def forward(ctx, x, W, beta, A, B, s: float):
+        y = x @ W.T  # autocast decides the compute dtype here
+        dt = y.dtype
+        u = x.to(dt) @ A.to(dt).T
+        y.mul_(beta.to(dt)).addmm_(u, B.to(dt).T, alpha=s)  # in place: one output buffer
+        ctx.save_for_backward(x, W, beta, A, B, u)
+        ctx.s = s
+        return y
+
+    @staticmethod
+    def backward(ctx, g):
+        x, W, beta, A, B, u = ctx.saved_tensors
+        s, dt = ctx.s, g.dtype
+        x, W, A, B = x.to(dt), W.to(dt), A.to(dt), B.to(dt)
+        gW = g @ W
+        acc = torch.promote_types(dt, torch.float32)
+        grad_beta = torch.dot(gW.reshape(-1).to(acc), x.reshape(-1).to(acc)).to(beta.dtype)
+        gB = g @ B
+        grad_x = gW.mul_(beta.to(dt)).addmm_(gB, A, alpha=s)
+        grad_A = (s * gB.T @ x).to(ctx.saved_tensors[3].dtype)
+        grad_B = (s * g.T @ u.to(dt)).to(ctx.saved_tensors[4].dtype)
+        return grad_x.to(ctx.saved_tensors[0].dtype), None, grad_beta, grad_A, grad_B, None
+
+
 class ScaffoldLinear(ScaffoldLayer):
     """nn.Linear geometry: W_seed (d_out, d_in), A (r, d_in), B (d_out, r)."""
 
@@ -217,6 +250,14 @@ class ScaffoldLinear(ScaffoldLayer):
 
     def adapter(self, x):
         return F.linear(F.linear(x, self.lora_A), self.lora_B)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.r == 0 or (self.config.schedule == "batch" and self.training and self._stack is not None):
+            return super().forward(x)
+        shape = x.shape
+        y = _LottaLinear.apply(x.reshape(-1, shape[-1]), self.W_seed, self.beta, self.lora_A, self.lora_B, self.s)
+        y = y.reshape(*shape[:-1], self.out_features)
+        return y if self.bias is None else y + self.bias.to(y.dtype)
 
     def to_plain(self) -> nn.Linear:
         m = nn.Linear(self.in_features, self.out_features, bias=self.bias is not None)

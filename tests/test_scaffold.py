@@ -539,3 +539,53 @@ def test_numpy_numbers_are_accepted_and_bools_refused():
     for bad in ({"r": True}, {"k": True, "schedule": "step"}, {"alpha": True}):
         with pytest.raises(ValueError):
             ScaffoldConfig(**bad)
+
+
+# ----------------------------------------------------------------------------- the fused Linear path
+
+def _reference(layer, x):
+    """Eq. (1) through plain autograd (the unfused path every layer type shares)."""
+    from reservoir_depth.scaffold import ScaffoldLayer
+
+    return ScaffoldLayer.forward(layer, x)
+
+
+@settings(max_examples=25, deadline=None)
+@given(st.integers(1, 12), st.integers(1, 12), st.integers(1, 5), st.integers(0, 2**16),
+       st.sampled_from(["frozen", "trainable", "none"]), st.booleans())
+def test_fused_linear_matches_autograd_reference(d_in, d_out, batch, seed, bias, three_d):
+    r = 1 + seed % min(d_in, d_out)
+    layer = ScaffoldLinear(d_in, d_out, "fc", ScaffoldConfig(r=r, bias=bias, root_seed=seed)).double()
+    g = gen(seed)
+    with torch.no_grad():
+        layer.lora_B.copy_(torch.randn(layer.lora_B.shape, generator=g, dtype=torch.float64))
+        layer.beta.fill_(0.3 + seed % 7 / 5)
+    shape = (batch, 3, d_in) if three_d else (batch, d_in)
+    x = torch.randn(shape, generator=g, dtype=torch.float64, requires_grad=True)
+    params = [x, layer.beta, layer.lora_A, layer.lora_B] + ([layer.bias] if bias == "trainable" else [])
+    y, ref = layer(x), _reference(layer, x)
+    torch.testing.assert_close(y, ref, rtol=1e-12, atol=1e-12)
+    up = torch.randn(y.shape, generator=g, dtype=torch.float64)
+    for a, b in zip(torch.autograd.grad(y, params, up), torch.autograd.grad(ref, params, up)):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-10)
+
+
+def test_fused_linear_passes_gradcheck_and_runs_under_autocast():
+    from reservoir_depth.scaffold import _LottaLinear
+
+    layer = ScaffoldLinear(6, 4, "fc", ScaffoldConfig(r=2)).double()
+    with torch.no_grad():
+        layer.lora_B.normal_(generator=gen(1))
+    x = torch.randn(3, 6, dtype=torch.float64, requires_grad=True, generator=gen(2))
+    fn = lambda x, b, A, B: _LottaLinear.apply(x, layer.W_seed, b, A, B, layer.s)
+    assert torch.autograd.gradcheck(fn, (x, layer.beta, layer.lora_A, layer.lora_B))
+    lf = ScaffoldLinear(6, 4, "fc", ScaffoldConfig(r=2))
+    xf = torch.randn(5, 6, requires_grad=True, generator=gen(3))
+    with torch.autocast("cpu", torch.bfloat16):
+        y = lf(xf)
+    assert y.dtype == torch.bfloat16
+    y.float().sum().backward()
+    assert xf.grad.dtype == lf.lora_A.grad.dtype == lf.beta.grad.dtype == torch.float32
+    ref = _reference(lf, xf.detach())
+    torch.testing.assert_close(y.float(), ref, rtol=0.05, atol=0.05)
+    assert lf.W_seed.grad is None

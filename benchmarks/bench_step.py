@@ -1,0 +1,133 @@
+"""Training-step time of LottaLoRA vs full training, side by side in one run.
+
+Three variants of the same MLP (width x depth, batch B), one AdamW step each, timed
+interleaved over rounds (median): full training (every weight trains), LottaLoRA
+with the fused Linear path (reservoir_depth's default), and LottaLoRA through plain
+autograd (eq. 1 written as y = beta * F.linear(x, W) + s * F.linear(F.linear(x, A), B),
+as a straightforward PyTorch / peft-style implementation does). Prints the ratios
+to full training, the activation bytes autograd saves for backward (any device) and,
+on CUDA, peak memory. The design target: <= 0.75x of full
+training's step time and less peak memory.
+
+    python benchmarks/bench_step.py [--width 2048] [--depth 4] [--batch 512] [--rank 8] [--device auto]
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+
+import torch
+import torch.nn.functional as F
+
+from reservoir_depth.distributions import torch_rng
+from reservoir_depth.models import build
+from reservoir_depth.scaffold import ScaffoldConfig, ScaffoldLayer, ScaffoldLinear, scaffold
+
+
+def make(kind: str, a, dev):
+    with torch_rng(0):
+        m = build("mlp", d_in=a.width, n_out=10, hidden=[a.width] * a.depth, dropout=0.0)
+    if kind != "full":
+        m = scaffold(m, ScaffoldConfig(target_modules=m.scaffold_targets, trainable=m.scaffold_trainable, r=a.rank))
+    return m.to(dev)
+
+
+class plain_autograd:
+    """Context: ScaffoldLinear takes the generic autograd path (the baseline)."""
+
+    def __enter__(self):
+        self.saved = ScaffoldLinear.forward
+        ScaffoldLinear.forward = ScaffoldLayer.forward
+
+    def __exit__(self, *exc):
+        ScaffoldLinear.forward = self.saved
+
+
+def saved_bytes(model, x, y, amp: bool, dev) -> int:
+    """Bytes autograd keeps for backward (activations; parameters and buffers not counted),
+    measured with saved-tensor hooks: a device-independent view of activation memory."""
+    own = {t.untyped_storage().data_ptr() for t in [*model.parameters(), *model.buffers()]}
+    seen: dict[int, int] = {}
+
+    def pack(t):
+        ptr = t.untyped_storage().data_ptr()
+        if ptr not in own:
+            seen[ptr] = t.untyped_storage().nbytes()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        with torch.autocast("cuda", torch.bfloat16, enabled=amp and dev.type == "cuda"):
+            F.cross_entropy(model(x).float(), y)
+    return sum(seen.values())
+
+
+def step_time(model, x, y, dev, steps: int, amp: bool) -> tuple[float, int]:
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
+    times = []
+    if dev.type == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+    for i in range(steps + 2):  # 2 warm-up steps
+        if dev.type == "cuda":
+            torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        with torch.autocast("cuda", torch.bfloat16, enabled=amp and dev.type == "cuda"):
+            loss = F.cross_entropy(model(x).float(), y)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        if dev.type == "cuda":
+            torch.cuda.synchronize()
+        if i >= 2:
+            times.append(time.perf_counter() - t0)
+    peak = torch.cuda.max_memory_allocated() if dev.type == "cuda" else -1
+    return statistics.median(times), peak
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--width", type=int, default=2048)
+    p.add_argument("--depth", type=int, default=4)
+    p.add_argument("--batch", type=int, default=512)
+    p.add_argument("--rank", type=int, default=8)
+    p.add_argument("--steps", type=int, default=5)
+    p.add_argument("--rounds", type=int, default=3)
+    p.add_argument("--device", default="auto")
+    p.add_argument("--no-amp", action="store_true")
+    a = p.parse_args()
+    dev = torch.device("cuda" if a.device == "auto" and torch.cuda.is_available() else
+                       ("cpu" if a.device == "auto" else a.device))
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(a.batch, a.width, generator=g).to(dev)
+    y = torch.randint(0, 10, (a.batch,), generator=g).to(dev)
+    results = {k: [] for k in ("full", "lotta fused", "lotta plain autograd")}
+    peaks, saved = {}, {}
+    for _ in range(a.rounds):  # interleaved, so drift in machine load hits every variant alike
+        for kind in results:
+            model = make("full" if kind == "full" else "lotta", a, dev)
+            if kind == "lotta plain autograd":
+                with plain_autograd():
+                    t, peak = step_time(model, x, y, dev, a.steps, not a.no_amp)
+            else:
+                t, peak = step_time(model, x, y, dev, a.steps, not a.no_amp)
+            results[kind].append(t)
+            peaks[kind] = peak
+            if kind == "lotta plain autograd":
+                with plain_autograd():
+                    saved[kind] = saved_bytes(model, x, y, not a.no_amp, dev)
+            else:
+                saved[kind] = saved_bytes(model, x, y, not a.no_amp, dev)
+            del model
+    print(f"device {dev} ({torch.get_num_threads()} threads), MLP {a.width} x {a.depth}, batch {a.batch}, "
+          f"r = {a.rank}, amp = {not a.no_amp and dev.type == 'cuda'}, median of {a.steps} steps x {a.rounds} rounds")
+    full = statistics.median(results["full"])
+    for kind, ts in results.items():
+        t = statistics.median(ts)
+        mem = f", peak {peaks[kind] / 2**20:.0f} MiB ({peaks[kind] / peaks['full']:.2f}x)" if peaks[kind] > 0 else ""
+        print(f"{kind:22s} {1e3 * t:8.1f} ms/step   {t / full:.2f}x full training   saved for backward "
+              f"{saved[kind] / 2**20:6.1f} MiB ({saved[kind] / saved['full']:.2f}x){mem}")
+
+
+if __name__ == "__main__":
+    main()
