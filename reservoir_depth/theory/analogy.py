@@ -28,5 +28,5 @@ def rank_correlation(x, y, n_boot: int = 2000, ci: float = 0.95, random_state: i
             boot.append(stats.spearmanr(x[i], y[i]).statistic)
     lo, hi = np.quantile(boot, [(1 - ci) / 2, 1 - (1 - ci) / 2]) if boot else (math.nan, math.nan)
     pos = (x > 0) & (y > 0)
-    within = np.mean((np.maximum(x, y)[pos] / np.minimum(x, y)[pos]) <= 2) if pos.any() else math.nan
+    within = np.mean(np.maximum(x, y)[pos] <= 2 * np.minimum(x, y)[pos]) if pos.any() else math.nan
     return {"n": n, "rho": rho, "lo": float(lo), "hi": float(hi), "within_2x": float(within)}
