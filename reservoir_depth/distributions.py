@@ -302,6 +302,9 @@ class DistributionSpec:
 
     ``scaling=None`` takes the family's default rule. ``gain`` multiplies the
     fan-in and none rules; ``rho`` is the spectral radius of the spectral rule.
+    ``center`` subtracts the family's mean from the raw draws (families with a
+    non-zero mean otherwise add a rank-one component that grows like sqrt(N):
+    theory/02_signal_propagation.md).
     """
 
     name: str = "normal"
@@ -309,6 +312,7 @@ class DistributionSpec:
     scaling: str | None = None
     gain: float = 1.0
     rho: float = 0.95
+    center: bool = False
 
     def __post_init__(self) -> None:
         if self.name not in DISTRIBUTIONS:
@@ -323,20 +327,33 @@ class DistributionSpec:
         if scaling not in SCALINGS:
             raise ValueError(f"unknown scaling rule {scaling!r}; allowed: {', '.join(sorted(SCALINGS))}")
         object.__setattr__(self, "scaling", scaling)
+        if not isinstance(self.center, bool):
+            raise ValueError(f"center must be True or False, got {self.center!r}")
         for k in ("gain", "rho"):
             v = getattr(self, k)
             if not (isinstance(v, numbers.Real) and not isinstance(v, bool) and math.isfinite(v) and v >= 0):
                 raise ValueError(f"{k} must be a finite number >= 0, got {v!r}")
             object.__setattr__(self, k, float(v))
         family.validate(**self.params)
+        if self.center and not math.isfinite(self.mean):
+            raise ValueError(f"center=True needs a finite mean; {self.name!r} with {dict(self.params)} has none")
 
     @property
     def family(self) -> Family:
         return DISTRIBUTIONS[self.name]
 
+    @property
+    def mean(self) -> float:
+        """The mean of one raw entry (0 for families without a reference law: zero-mean by construction)."""
+        ref = self.family.reference
+        return float(ref(**self.params).mean()) if ref is not None else 0.0
+
     def to_dict(self) -> dict[str, Any]:
-        return {"name": self.name, "params": dict(sorted(self.params.items())), "scaling": self.scaling,
-                "gain": self.gain, "rho": self.rho}
+        d = {"name": self.name, "params": dict(sorted(self.params.items())), "scaling": self.scaling,
+             "gain": self.gain, "rho": self.rho}
+        if self.center:  # written only when set, so specs saved before the option existed keep their hash
+            d["center"] = True
+        return d
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> "DistributionSpec":
@@ -364,8 +381,10 @@ def sample(spec: DistributionSpec | str, shape: tuple[int, ...], seed: int) -> A
     spec = as_spec(spec)
     shape = tuple(int(s) for s in shape)
     fan_in, fan_out = fans(shape)
-    raw = spec.family.sample(rng_for(seed), shape, fan_in, fan_out, **spec.params)
-    return SCALINGS[spec.scaling](np.asarray(raw, np.float64), spec, spec.family, spec.params, fan_in, fan_out)
+    raw = np.asarray(spec.family.sample(rng_for(seed), shape, fan_in, fan_out, **spec.params), np.float64)
+    if spec.center:
+        raw = raw - spec.mean
+    return SCALINGS[spec.scaling](raw, spec, spec.family, spec.params, fan_in, fan_out)
 
 
 def draw(spec: DistributionSpec | str, shape: tuple[int, ...], seed: int,

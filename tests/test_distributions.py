@@ -524,3 +524,23 @@ def test_numpy_gain_is_accepted_and_json_safe():
     assert type(spec.gain) is float and json.dumps(spec.to_dict())
     with pytest.raises(ValueError, match="gain"):
         DistributionSpec("normal", gain=True)
+
+
+@pytest.mark.parametrize("name", sorted(DISTRIBUTIONS))
+def test_center_removes_the_family_mean(name):
+    if name == "cauchy":
+        with pytest.raises(ValueError, match="finite mean"):
+            DistributionSpec(name, center=True)
+        return
+    spec = DistributionSpec(name, center=True, scaling="none")
+    raw = sample(DistributionSpec(name, scaling="none"), (200, 200), 3)
+    w = sample(spec, (200, 200), 3)
+    np.testing.assert_allclose(w, raw - spec.mean)
+    ref = spec.family.reference
+    if ref is not None:
+        sd = float(ref(**spec.params).std())
+        assert abs(w.mean()) < 5 * sd / 200  # 4e4 draws: the mean is within 5 standard errors of 0
+    assert "center" not in DistributionSpec(name).to_dict()  # old specs keep their serialisation
+    assert DistributionSpec.from_dict(spec.to_dict()) == spec
+    with pytest.raises(ValueError, match="center"):
+        DistributionSpec(name, center=1)
