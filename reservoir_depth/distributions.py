@@ -38,6 +38,7 @@ def layer_seed(root_seed: int, name: str, *salt: Any) -> int:
 
 
 def rng_for(seed: int) -> np.random.Generator:
+    """numpy's PCG64 generator for one seed: the only source of randomness of every draw."""
     return np.random.Generator(np.random.PCG64(seed))
 
 
@@ -65,6 +66,7 @@ DISTRIBUTIONS: dict[str, Family] = {}
 
 
 def register(family: Family) -> Family:
+    """Add a family to DISTRIBUTIONS; a name can be registered once."""
     if family.name in DISTRIBUTIONS:
         raise ValueError(f"distribution {family.name!r} is already registered")
     DISTRIBUTIONS[family.name] = family
@@ -361,6 +363,7 @@ class DistributionSpec:
 
 
 def as_spec(spec: "DistributionSpec | str | Mapping[str, Any]") -> DistributionSpec:
+    """A DistributionSpec from a spec, a family name or a dict (as stored in JSON and TOML)."""
     if isinstance(spec, DistributionSpec):
         return spec
     if isinstance(spec, str):

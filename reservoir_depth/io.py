@@ -130,6 +130,7 @@ def save(model: nn.Module, path: str | os.PathLike, arch: dict[str, Any] | None 
 
 
 def read_config(path: str | os.PathLike) -> dict[str, Any]:
+    """The adapter.json of a saved model, format-checked."""
     p = Path(path) / CONFIG
     if not p.exists():
         raise FileNotFoundError(f"no {CONFIG} in {path}")

@@ -105,6 +105,7 @@ def plot_spectra(curves: Mapping[str, Any], path: str | Path, r_star: float) -> 
 
 
 def spectra_section(study, df, store, out: Path, r_ref: float) -> list[str]:
+    """The report's "rank vs spectra" section: writes spectra.csv and spectra.png, returns markdown lines."""
     table, curves = spectra_table(study, df)
     twins = df[df["cfg.method"] == "twin"]
     if len(twins):  # the first twin's Delta W spectra, from its stored history
@@ -126,6 +127,7 @@ def _fmt_r(r: float) -> str:
 
 
 def write_report(study: Mapping[str, Any], out: str | Path, eps: tuple[float, ...] = EPS) -> str:
+    """Write report.md, table.csv, runs.csv, rank.png (and spectra.*) and study.json to ``out``; return the markdown."""
     import torch
 
     out = Path(out)

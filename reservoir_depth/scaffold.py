@@ -344,6 +344,7 @@ def scaffold(model: nn.Module, config: ScaffoldConfig) -> nn.Module:
 
 
 def scaffold_layers(model: nn.Module) -> Iterator[tuple[str, ScaffoldLayer]]:
+    """(qualified name, layer) of every scaffold layer, in module order."""
     for n, m in model.named_modules():
         if isinstance(m, ScaffoldLayer):
             yield n, m
@@ -376,6 +377,7 @@ class ParameterCount:
 
 
 def count_parameters(model: nn.Module) -> ParameterCount:
+    """Trainable and total parameters of a model (scaffolded or not); W_seed counts in total."""
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     total = sum(p.numel() for p in model.parameters())
     total += sum(m.W_seed.numel() for _, m in scaffold_layers(model))

@@ -85,6 +85,7 @@ def _dataset(spec: str, seed: int) -> data.Dataset:
 
 
 def dataset_of(run: Run) -> data.Dataset:
+    """The run's dataset (cached per name, arguments and, for planted tasks, seed)."""
     ds = {"name": run.dataset} if isinstance(run.dataset, str) else dict(run.dataset)
     return _dataset(json.dumps(ds, sort_keys=True), run.seed)
 
@@ -124,6 +125,7 @@ def execute(run: Run, progress: bool = False) -> tuple[dict[str, Any], dict[str,
 
 
 def load_study(path: str | Path) -> dict[str, Any]:
+    """A study TOML as a dict (see experiments/ and docs/guide.md)."""
     with open(path, "rb") as f:
         return tomllib.load(f)
 

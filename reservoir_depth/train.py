@@ -67,6 +67,7 @@ class History:
 
 
 def resolve_device(device: str = "auto") -> torch.device:
+    """"auto": CUDA when available, else the CPU; any other string is passed to torch.device."""
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     return torch.device(device)

@@ -27,3 +27,21 @@ def test_every_proposition_names_existing_tests_and_experiments(md):
         assert re.search(rf"def {name}\(", src), f"{md.name}: {file}::{name} does not exist"
     for script in re.findall(r"python (experiments/\w+\.py)", text):
         assert (ROOT / script).exists(), f"{md.name}: {script} does not exist"
+
+
+def test_api_reference_is_current():
+    spec = importlib.util.spec_from_file_location("render_api", ROOT / "docs" / "render_api.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    assert (ROOT / "docs" / "api.md").read_text() == mod.render(), "run: python docs/render_api.py"
+
+
+def test_every_public_function_has_a_docstring():
+    import inspect
+
+    spec = importlib.util.spec_from_file_location("render_api", ROOT / "docs" / "render_api.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    missing = [f"{m}.{n}" for m in mod.MODULES for n, obj in mod.public(importlib.import_module(m))
+               if not inspect.getdoc(obj)]
+    assert not missing, missing

@@ -73,6 +73,7 @@ def _read_idx(path: Path) -> np.ndarray:
 
 
 def fashion_mnist_dir() -> Path:
+    """The folder holding the Fashion-MNIST IDX files ($RESERVOIR_DEPTH_FASHION_MNIST or the Debian path)."""
     candidates = [os.environ[FASHION_MNIST_ENV]] if os.environ.get(FASHION_MNIST_ENV) else list(FASHION_MNIST_DIRS)
     for c in candidates:
         p = Path(c)
