@@ -38,6 +38,7 @@ def spectra_table(study: Mapping[str, Any], df):
     """One row per spectrum: inputs, between-class scatter, activations (scaffold at init and
     trained twin), Delta W of the twin, the largest-rank adapter; summary measures (spectra.py)
     averaged over seeds. Returns (table, {label: eigenvalues} for the figure)."""
+    import numpy as np
     import pandas as pd
 
     from .spectra import ActivationSpectra, IntrinsicDimension, TaskSpectrum
@@ -60,7 +61,8 @@ def spectra_table(study: Mapping[str, Any], df):
     init = ActivationSpectra(layers=run0.scaffold_config().target_modules).fit(build_model(run0, d), X)
     for name, sp in init.spectra_.items():
         rows.append({"spectrum": "activations, scaffold at init", "layer": name, **sp.summary()})
-        curves[f"act@init {name}"] = sp.eigenvalues
+        if not (len(sp.eigenvalues) == len(curves["inputs"]) and np.allclose(sp.eigenvalues, curves["inputs"])):
+            curves[f"act@init {name}"] = sp.eigenvalues  # the first layer's inputs are the inputs: drawn once
     lotta = df[df["cfg.method"] == "lotta"]
     groups = [("twin", "act", "activations, trained twin"), ("twin", "dW", "Delta W of the trained twin")]
     if len(lotta):
@@ -86,19 +88,24 @@ def plot_spectra(curves: Mapping[str, Any], path: str | Path, r_star: float) -> 
     import pandas as pd
     import seaborn as sns
 
-    from .spectra import explained_variance_ratio
+    from .spectra import explained_variance_ratio, k_tau
 
     long = pd.concat([pd.DataFrame({"k": np.arange(1, len(v) + 1), "explained variance": np.cumsum(
         explained_variance_ratio(v)), "spectrum": label}) for label, v in curves.items() if np.sum(v) > 0])
     fig, ax = plt.subplots(figsize=(7, 4.5))
     sns.lineplot(long, x="k", y="explained variance", hue="spectrum", ax=ax)
-    for tau in (0.9, 0.95, 0.99):
+    colors = {line.get_label(): line.get_color() for line in ax.get_lines()}
+    for tau, marker in ((0.9, "o"), (0.95, "s"), (0.99, "^")):
         ax.axhline(tau, color="grey", lw=0.6, ls=":")
+        for label, v in curves.items():  # k_tau of every curve, on its curve
+            if np.sum(v) > 0:
+                k = k_tau(v, tau)
+                ax.plot(k, np.cumsum(explained_variance_ratio(v))[k - 1], marker, ms=4, color=colors.get(label, "k"))
     if math.isfinite(r_star) and r_star > 0:
         ax.axvline(r_star, color="k", ls="--", lw=1, label=f"r*(0.01) = {int(r_star)}")
         ax.legend(fontsize=7)
     ax.set_xscale("log")
-    ax.set_title("cumulative explained variance; dotted: tau = 0.9, 0.95, 0.99")
+    ax.set_title("cumulative explained variance; k_tau at tau = 0.9 (o), 0.95 (s), 0.99 (^)", fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
