@@ -97,19 +97,21 @@ def test_killed_sweep_resumes_without_losing_or_repeating_runs(tmp_path):
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     store = ResultsStore(db)
     deadline = time.time() + 120
-    while time.time() < deadline and not any(r["status"] == "done" for r in store.rows()):
+    # kill once a run is done and the next one is running (not in the instant between the two)
+    while time.time() < deadline and not {"done", "running"} <= {r["status"] for r in store.rows()}:
         time.sleep(0.05)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     before = {r["run_id"]: r for r in store.rows()}
     done_before = {k: r["finished"] for k, r in before.items() if r["status"] == "done"}
     assert 1 <= len(done_before) < 6, "the kill should land mid-sweep"
-    assert any(r["status"] == "running" for r in before.values())  # the interrupted run
+    interrupted = [k for k, r in before.items() if r["status"] == "running"]  # almost always one (see the poll)
     counts = sweep(runs_of(study), store, progress=False)
     assert counts["skipped"] == len(done_before) and counts["done"] == 6 - len(done_before)
     after = {r["run_id"]: r for r in store.rows()}
     assert len(after) == 6 and all(r["status"] == "done" for r in after.values())
     assert all(after[k]["finished"] == t for k, t in done_before.items())  # not redone
+    assert all(after[k]["pid"] == os.getpid() for k in interrupted)  # the killed run was run again, here
 
 
 def test_two_workers_share_a_store(tmp_path):
