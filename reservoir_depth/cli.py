@@ -1,8 +1,8 @@
-"""The ``reservoir-depth`` command.
+"""reservoir-depth: frozen random scaffolds + LoRA adapters + beta (LottaLoRA).
 
-    reservoir-depth run [STUDY.toml] [--out DIR]     sweep + report (default: the embedded digits study)
-    reservoir-depth sweep STUDY.toml [--out DIR]     run what is not done yet (resumable)
-    reservoir-depth report STUDY.toml [--out DIR]    table.md, table.csv, rank.png, study.json
+    reservoir-depth run [STUDY.toml] [--out DIR] [--workers N]   sweep + report (default: the embedded digits study)
+    reservoir-depth sweep [STUDY.toml] [--out DIR] [--workers N] run what is not done yet (resumable)
+    reservoir-depth report [STUDY.toml] [--out DIR]    report.md, table.csv, runs.csv, rank.png, spectra.png, study.json
     reservoir-depth train --data digits --rank 4 --save DIR   one LottaLoRA run, saved as an adapter file
     reservoir-depth spectra --data digits [--adapter DIR]   PCA / task / adapter spectra
     reservoir-depth distributions                   the registered random-matrix families

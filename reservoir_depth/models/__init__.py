@@ -14,8 +14,9 @@ from torch import nn
 
 from .linear import Linear
 from .mlp import MLP, SIZES
+from .plain import Plain
 
-ARCHITECTURES: dict[str, Callable[..., nn.Module]] = {"mlp": MLP, "linear": Linear}
+ARCHITECTURES: dict[str, Callable[..., nn.Module]] = {"mlp": MLP, "linear": Linear, "plain": Plain}
 
 
 def build(arch: str, **kwargs: Any) -> nn.Module:
@@ -27,4 +28,4 @@ def build(arch: str, **kwargs: Any) -> nn.Module:
     return model
 
 
-__all__ = ["ARCHITECTURES", "Linear", "MLP", "SIZES", "build"]
+__all__ = ["ARCHITECTURES", "Linear", "MLP", "Plain", "SIZES", "build"]
