@@ -4,6 +4,8 @@ from torch import nn
 
 
 class Linear(nn.Module):
+    """A single nn.Linear named ``layer`` (the scaffold target); nothing else trains."""
+
     scaffold_targets = ("layer",)
     scaffold_trainable = ()
 

@@ -12,6 +12,8 @@ from torch import nn
 
 
 class ConvBN(nn.Module):
+    """conv3x3 -> BatchNorm -> ReLU."""
+
     def __init__(self, c_in: int, c_out: int, stride: int = 1) -> None:
         super().__init__()
         self.conv = nn.Conv2d(c_in, c_out, 3, stride, 1, bias=False)
@@ -22,6 +24,8 @@ class ConvBN(nn.Module):
 
 
 class Plain(nn.Module):
+    """Plain-(6n+2): stem conv, 3 stages of 2n convs (16/32/64 channels), average pool, head."""
+
     scaffold_targets = (r".*\.conv",)
     scaffold_trainable = ("head", r".*\.norm")
 
