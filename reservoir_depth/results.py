@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 import socket
 import sqlite3
 import time
@@ -150,6 +151,11 @@ def _flatten(d: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
 
 # ----------------------------------------------------------------------------- tables and figures
 
+def natural(name: str) -> list:
+    """Sort key: stages.2 before stages.10."""
+    return [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", name)]
+
+
 def rank_table(df, metric: str = "test_acc"):
     """Per method and rank: metric mean, sd, n; recovery = mean / mean of full training;
     trainable fraction; mean beta per scaffold layer. One row for full training, one per rank."""
@@ -158,7 +164,7 @@ def rank_table(df, metric: str = "test_acc"):
     df = df.copy()
     df["rank"] = df.get("cfg.scaffold.r", pd.Series(index=df.index, dtype=float))
     df.loc[df["cfg.method"] != "lotta", "rank"] = float("nan")
-    beta_cols = sorted(c for c in df.columns if c.startswith("beta/"))
+    beta_cols = sorted((c for c in df.columns if c.startswith("beta/")), key=natural)
     rows = []
     full = df[df["cfg.method"] == "full"][metric]
     full_mean = full.mean() if len(full) else float("nan")
@@ -224,7 +230,7 @@ def plot_rank(df, path: str | os.PathLike, metric: str = "test_acc", title: str 
     ax.set_ylabel(metric)
     ax.set_title(title or "metric vs rank")
     ax.legend(loc="best", fontsize=8)
-    for c in sorted(c for c in lotta.columns if c.startswith("beta/")):
+    for c in sorted((c for c in lotta.columns if c.startswith("beta/")), key=natural):
         bx.plot(pos, g[c].mean().loc[ranks], marker="o", label=c.removeprefix("beta/"))
     bx.axhline(1.0, color="grey", lw=0.8, ls=":")
     bx.set_xscale("log", base=2)
