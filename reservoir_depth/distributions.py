@@ -37,6 +37,11 @@ def layer_seed(root_seed: int, name: str, *salt: Any) -> int:
     return int.from_bytes(hashlib.sha256(key.encode()).digest()[:8], "little")
 
 
+def is_number(v: Any) -> bool:
+    """A real number (numpy scalars included), not a bool: the check every numeric option shares."""
+    return isinstance(v, numbers.Real) and not isinstance(v, bool)
+
+
 def rng_for(seed: int) -> np.random.Generator:
     """numpy's PCG64 generator for one seed: the only source of randomness of every draw."""
     return np.random.Generator(np.random.PCG64(seed))
@@ -333,7 +338,7 @@ class DistributionSpec:
             raise ValueError(f"center must be True or False, got {self.center!r}")
         for k in ("gain", "rho"):
             v = getattr(self, k)
-            if not (isinstance(v, numbers.Real) and not isinstance(v, bool) and math.isfinite(v) and v >= 0):
+            if not (is_number(v) and math.isfinite(v) and v >= 0):
                 raise ValueError(f"{k} must be a finite number >= 0, got {v!r}")
             object.__setattr__(self, k, float(v))
         family.validate(**self.params)

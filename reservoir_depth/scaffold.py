@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .distributions import DistributionSpec, as_spec, draw, layer_seed, rng_for
+from .distributions import DistributionSpec, as_spec, draw, is_number, layer_seed, rng_for
 
 BIAS_MODES = ("none", "frozen", "trainable")
 SCHEDULES = ("static", "epoch", "step", "batch")
@@ -65,7 +65,7 @@ class ScaffoldConfig:
         if not isinstance(self.r, numbers.Integral) or isinstance(self.r, bool) or self.r < 0:
             raise ValueError(f"rank r must be an int >= 0, got {self.r!r}")
         object.__setattr__(self, "r", int(self.r))
-        if not (_real(self.alpha) and math.isfinite(self.alpha) and self.alpha > 0):
+        if not (is_number(self.alpha) and math.isfinite(self.alpha) and self.alpha > 0):
             raise ValueError(f"alpha must be a finite number > 0, got {self.alpha!r}")
         object.__setattr__(self, "alpha", float(self.alpha))
         if self.bias not in BIAS_MODES:
@@ -93,10 +93,6 @@ class ScaffoldConfig:
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> "ScaffoldConfig":
         return cls(**{**d, "spec": DistributionSpec.from_dict(d["spec"])})
-
-
-def _real(v: Any) -> bool:
-    return isinstance(v, numbers.Real) and not isinstance(v, bool)
 
 
 def matches(name: str, patterns: Sequence[str]) -> bool:

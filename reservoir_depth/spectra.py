@@ -31,6 +31,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .distributions import is_number
 from .scaffold import ScaffoldConv2d, ScaffoldLayer, matches, scaffold_layers
 
 __all__ = [
@@ -72,7 +73,7 @@ def explained_variance_ratio(lam: Any) -> np.ndarray:
 
 
 def _check_tau(tau: Any) -> float:
-    if isinstance(tau, bool) or not isinstance(tau, numbers.Real) or not 0 < tau <= 1:
+    if not is_number(tau) or not 0 < tau <= 1:
         raise ValueError(f"tau must be a number in (0, 1], got {tau!r}")
     return float(tau)
 
