@@ -221,17 +221,17 @@ class _LottaLinear(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, g):
-        x, W, beta, A, B, u = ctx.saved_tensors
-        s, dt = ctx.s, g.dtype
-        x, W, A, B = x.to(dt), W.to(dt), A.to(dt), B.to(dt)
+        x0, W, beta, A0, B0, u = ctx.saved_tensors
+        s, dt = ctx.s, g.dtype  # compute in the gradient's dtype, return each grad in its input's
+        x, W, A, B = x0.to(dt), W.to(dt), A0.to(dt), B0.to(dt)
         gW = g @ W
         acc = torch.promote_types(dt, torch.float32)
         grad_beta = torch.dot(gW.reshape(-1).to(acc), x.reshape(-1).to(acc)).to(beta.dtype)
         gB = g @ B
         grad_x = gW.mul_(beta.to(dt)).addmm_(gB, A, alpha=s)
-        grad_A = (s * gB.T @ x).to(ctx.saved_tensors[3].dtype)
-        grad_B = (s * g.T @ u.to(dt)).to(ctx.saved_tensors[4].dtype)
-        return grad_x.to(ctx.saved_tensors[0].dtype), None, grad_beta, grad_A, grad_B, None
+        grad_A = (s * gB.T @ x).to(A0.dtype)
+        grad_B = (s * g.T @ u.to(dt)).to(B0.dtype)
+        return grad_x.to(x0.dtype), None, grad_beta, grad_A, grad_B, None
 
 
 class ScaffoldLinear(ScaffoldLayer):

@@ -34,7 +34,7 @@ from .train import TrainConfig, train
 
 @dataclass(frozen=True)
 class Run:
-    """One training run. method: 'full' (all weights trained from the usual init) or 'lotta'."""
+    """One training run; method is one of METHODS (see the module docstring)."""
 
     study: str
     dataset: str | Mapping[str, Any]  # a name, or {"name": ..., **loader kwargs}

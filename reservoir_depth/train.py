@@ -75,7 +75,7 @@ def resolve_device(device: str = "auto") -> torch.device:
 
 def loss_fn(task: str, out: torch.Tensor, y: torch.Tensor, reduction: str = "mean") -> torch.Tensor:
     """Cross-entropy for classification; for regression the squared error summed over
-    outputs and averaged over samples (so one missing planted direction costs strength^2 / d)."""
+    outputs and averaged over samples (so one missing planted direction costs strength^2, Prop. 4b)."""
     if task == "classification":
         return F.cross_entropy(out.float(), y, reduction=reduction)
     if task == "regression":
