@@ -86,17 +86,12 @@ def cmd_spectra(args: argparse.Namespace) -> None:
     import pandas as pd
 
     from . import data, io
+    from .report import dataset_rows
     from .results import markdown
-    from .spectra import ActivationSpectra, IntrinsicDimension, TaskSpectrum, WeightSpectra
+    from .spectra import ActivationSpectra, WeightSpectra
 
     d = data.load(args.data)
-    task = TaskSpectrum(d.task).fit(d.X_train, d.y_train)
-    rows = [{"spectrum": "inputs (PCA)", "layer": "", **task.input_spectrum_.summary()}]
-    if d.task == "classification":
-        rows.append({"spectrum": "between-class scatter", "layer": "", **task.between_class_spectrum_.summary()})
-    for method in ("twonn", "mle"):
-        rows.append({"spectrum": f"intrinsic dimension ({method})", "layer": "", "d": d.d_in,
-                     "intrinsic_dim": IntrinsicDimension(method).fit(d.X_train).dimension_})
+    rows, _ = dataset_rows(d, d.X_train)
     if args.adapter:
         model = io.load(args.adapter)
         X = d.X_train[:args.rows]

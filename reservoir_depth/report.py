@@ -34,6 +34,24 @@ def adapter_bytes(run: Run) -> tuple[int, int]:
 MEASURES = ("d", "k_0.9", "k_0.95", "k_0.99", "participation_ratio", "entropy_rank", "stable_rank", "intrinsic_dim")
 
 
+def dataset_rows(d, X_id) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """The data set's own spectra: input PCA, between-class scatter (classification) or
+    Cov(x, y) (regression), and the intrinsic dimensions of ``X_id``. Returns (rows, {"inputs": eigenvalues})."""
+    from .spectra import IntrinsicDimension, TaskSpectrum
+
+    task = TaskSpectrum(d.task).fit(d.X_train, d.y_train)
+    rows = [{"spectrum": "inputs (PCA)", "layer": "", **task.input_spectrum_.summary()}]
+    if d.task == "classification":
+        rows.append({"spectrum": f"between-class scatter (rank {task.between_class_rank_} <= C-1 = "
+                                 f"{task.n_classes_ - 1})", "layer": "", **task.between_class_spectrum_.summary()})
+    else:
+        rows.append({"spectrum": "Cov(x, y) (squared singular values)", "layer": "", **task.cross_spectrum_.summary()})
+    for method in ("twonn", "mle"):
+        rows.append({"spectrum": f"inputs, intrinsic dimension ({method})", "layer": "",
+                     "d": d.d_in, "intrinsic_dim": IntrinsicDimension(method).fit(X_id).dimension_})
+    return rows, {"inputs": task.input_spectrum_.eigenvalues}
+
+
 def spectra_table(study: Mapping[str, Any], df):
     """One row per spectrum: inputs, between-class scatter, activations (scaffold at init and
     trained twin), Delta W of the twin, the largest-rank adapter; summary measures (spectra.py)
@@ -41,23 +59,12 @@ def spectra_table(study: Mapping[str, Any], df):
     import numpy as np
     import pandas as pd
 
-    from .spectra import ActivationSpectra, IntrinsicDimension, TaskSpectrum
+    from .spectra import ActivationSpectra
 
     run0 = runs_of(study, ranks=[0], baselines=False)[0]
     d = dataset_of(run0)
-    rows, curves = [], {}
-    task = TaskSpectrum(d.task).fit(d.X_train, d.y_train)
-    rows.append({"spectrum": "inputs (PCA)", "layer": "", **task.input_spectrum_.summary()})
-    curves["inputs"] = task.input_spectrum_.eigenvalues
-    if d.task == "classification":
-        rows.append({"spectrum": f"between-class scatter (rank {task.between_class_rank_} <= C-1 = "
-                                 f"{task.n_classes_ - 1})", "layer": "", **task.between_class_spectrum_.summary()})
-    else:
-        rows.append({"spectrum": "Cov(x, y) (squared singular values)", "layer": "", **task.cross_spectrum_.summary()})
     X = d.X_train[:5000]
-    for method in ("twonn", "mle"):
-        rows.append({"spectrum": f"inputs, intrinsic dimension ({method})", "layer": "",
-                     "d": d.d_in, "intrinsic_dim": IntrinsicDimension(method).fit(X).dimension_})
+    rows, curves = dataset_rows(d, X)
     init = ActivationSpectra(layers=run0.scaffold_config().target_modules).fit(build_model(run0, d), X)
     for name, sp in init.spectra_.items():
         rows.append({"spectrum": "activations, scaffold at init", "layer": name, **sp.summary()})

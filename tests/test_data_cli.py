@@ -89,3 +89,17 @@ def test_cli_workers_share_the_store(tmp_path, capsys):
 def test_cli_reports_bad_input_cleanly(capsys, tmp_path):
     assert main(["train", "--dist", "gaussian", "--epochs", "1"]) == 2
     assert "unknown distribution 'gaussian'" in capsys.readouterr().err
+
+
+def test_cli_spectra_of_a_saved_adapter(tmp_path, capsys):
+    assert main(["train", "--data", "digits", "--hidden", "tiny", "--rank", "2", "--epochs", "1",
+                 "--save", str(tmp_path / "ad")]) == 0
+    capsys.readouterr()
+    assert main(["spectra", "--data", "digits", "--adapter", str(tmp_path / "ad"), "--csv", str(tmp_path / "s.csv")]) == 0
+    out = capsys.readouterr().out
+    assert "between-class scatter (rank 9 <= C-1 = 9)" in out and "intrinsic dimension (twonn)" in out
+    import pandas as pd
+
+    table = pd.read_csv(tmp_path / "s.csv")
+    adapters = table[table["spectrum"] == "adapter s B A"]
+    assert list(adapters["layer"]) == ["layers.0", "layers.1"] and (adapters["rank"] <= 2).all()
