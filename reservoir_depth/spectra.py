@@ -473,8 +473,7 @@ def _flat(X: Any, what: str = "X") -> np.ndarray:
 
 def _covariance_spectrum(X: np.ndarray) -> Spectrum:
     """Eigenvalues of the population covariance of the rows of X (ddof = 0)."""
-    Xc = X - X.mean(0)
-    return Spectrum.from_covariance(Xc.T @ Xc / X.shape[0])
+    return StreamingCovariance().update(X).spectrum()
 
 
 class TaskSpectrum:
