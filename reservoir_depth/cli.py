@@ -57,7 +57,7 @@ def cmd_report(study: dict[str, Any], out: Path) -> None:
     from .report import write_report
 
     print(write_report(study, out))
-    print(f"wrote {out}/report.md, table.csv, runs.csv, rank.png, study.json")
+    print(f"wrote {out}/: {', '.join(sorted(p.name for p in out.iterdir() if p.suffix != '.sqlite'))}")
 
 
 def cmd_train(args: argparse.Namespace) -> None:
