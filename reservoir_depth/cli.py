@@ -87,7 +87,7 @@ def cmd_spectra(args: argparse.Namespace) -> None:
 
     from . import data, io
     from .report import dataset_rows
-    from .results import markdown
+    from .report import markdown
     from .spectra import ActivationSpectra, WeightSpectra
 
     d = data.load(args.data)

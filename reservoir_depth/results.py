@@ -9,9 +9,7 @@ retries only the runs it did not finish. ``frame`` loads everything into pandas.
 from __future__ import annotations
 
 import json
-import math
 import os
-import re
 import socket
 import sqlite3
 import time
@@ -150,95 +148,14 @@ def _flatten(d: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
 
 
 # ----------------------------------------------------------------------------- tables and figures
-
-def natural(name: str) -> list:
-    """Sort key: stages.2 before stages.10."""
-    return [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", name)]
-
-
-def rank_table(df, metric: str = "test_acc"):
-    """Per method and rank: metric mean, sd, n; recovery = mean / mean of full training;
-    trainable fraction; mean beta per scaffold layer. One row for full training, one per rank."""
-    import pandas as pd
-
-    df = df.copy()
-    df["rank"] = df.get("cfg.scaffold.r", pd.Series(index=df.index, dtype=float))
-    df.loc[df["cfg.method"] != "lotta", "rank"] = float("nan")
-    beta_cols = sorted((c for c in df.columns if c.startswith("beta/")), key=natural)
-    rows = []
-    full = df[df["cfg.method"] == "full"][metric]
-    full_mean = full.mean() if len(full) else float("nan")
-    for (method, rank), g in df.groupby(["cfg.method", "rank"], dropna=False, sort=False):
-        label = {"full": "full", "twin": "twin"}.get(method)
-        row = {"method": {"full": "full training", "twin": "full, from scaffold"}.get(method, "LottaLoRA"),
-               "r": label or int(rank),
-               f"{metric} mean": g[metric].mean(), f"{metric} sd": g[metric].std(ddof=1), "n": len(g),
-               "recovery": g[metric].mean() / full_mean, "trainable": int(g["trainable"].iloc[0]),
-               "trainable fraction": g["trainable_fraction"].mean()}
-        row.update({c.replace("beta/", "beta "): g[c].mean() for c in beta_cols})
-        rows.append(row)
-    out = pd.DataFrame(rows)
-    order = out["r"].map(lambda r: {"full": math.inf, "twin": -math.inf}.get(r, r) if isinstance(r, str) else r)
-    return out.assign(_o=order).sort_values("_o").drop(columns="_o").reset_index(drop=True)
+# Tables and figures live in report.py (store, then present). These names are forwarded for
+# callers that still import them from here; import them from reservoir_depth.report.
+_MOVED_TO_REPORT = ("natural", "rank_table", "markdown", "plot_rank")
 
 
-def markdown(table, floatfmt: dict[str, str] | None = None) -> str:
-    """A pipe table without the tabulate dependency."""
-    fmt = {"test_acc mean": "{:.4f}", "test_acc sd": "{:.4f}", "recovery": "{:.3f}",
-           "trainable fraction": "{:.4f}", **(floatfmt or {})}
-    cols = list(table.columns)
+def __getattr__(name: str):
+    if name in _MOVED_TO_REPORT:
+        from . import report  # deferred: report imports this module
 
-    def cell(c, v):
-        if isinstance(v, float):
-            if v != v:
-                return ""
-            return fmt.get(c, "{:.3f}").format(v)
-        return str(v)
-
-    lines = ["| " + " | ".join(cols) + " |", "|" + "|".join("---" for _ in cols) + "|"]
-    lines += ["| " + " | ".join(cell(c, v) for c, v in zip(cols, row)) + " |" for row in table.itertuples(index=False)]
-    return "\n".join(lines) + "\n"
-
-
-def plot_rank(df, path: str | os.PathLike, metric: str = "test_acc", title: str = "",
-              r_star: dict[float, float] | None = None) -> None:
-    """Metric vs LoRA rank (mean +- sd over seeds), full training as a band, r*(eps) marked;
-    beta per layer vs rank."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    lotta = df[df["cfg.method"] == "lotta"]
-    full = df[df["cfg.method"] == "full"][metric]
-    ranks = sorted(lotta["cfg.scaffold.r"].unique())
-    pos = [r if r > 0 else 0.5 for r in ranks]  # rank 0 drawn at 0.5 on the log axis
-    g = lotta.groupby("cfg.scaffold.r")
-    fig, (ax, bx) = plt.subplots(1, 2, figsize=(11, 4))
-    if len(full):
-        m, s = full.mean(), full.std(ddof=1) if len(full) > 1 else 0.0
-        ax.axhspan(m - s, m + s, color="C1", alpha=0.25, label=f"full training {m:.4f}")
-        ax.axhline(m, color="C1")
-    ax.errorbar(pos, g[metric].mean().loc[ranks], yerr=g[metric].std(ddof=1).loc[ranks].fillna(0), marker="o",
-                capsize=3, label="LottaLoRA (mean +- sd)")
-    for i, (eps, r) in enumerate(sorted((r_star or {}).items())):
-        if math.isfinite(r):
-            ax.axvline(r if r > 0 else 0.5, color=f"C{i + 2}", ls="--", lw=1, label=f"r*({eps:g}) = {int(r)}")
-    ax.set_xscale("log", base=2)
-    ax.set_xticks(pos, [str(int(r)) for r in ranks])
-    ax.set_xlabel("LoRA rank r (0: beta + head only)")
-    ax.set_ylabel(metric)
-    ax.set_title(title or "metric vs rank")
-    ax.legend(loc="best", fontsize=8)
-    for c in sorted((c for c in lotta.columns if c.startswith("beta/")), key=natural):
-        bx.plot(pos, g[c].mean().loc[ranks], marker="o", label=c.removeprefix("beta/"))
-    bx.axhline(1.0, color="grey", lw=0.8, ls=":")
-    bx.set_xscale("log", base=2)
-    bx.set_xticks(pos, [str(int(r)) for r in ranks])
-    bx.set_xlabel("LoRA rank r")
-    bx.set_ylabel("learned beta (final)")
-    bx.set_title("beta per layer")
-    bx.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+        return getattr(report, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
