@@ -15,7 +15,9 @@ MODULES = [
     "reservoir_depth.distributions", "reservoir_depth.scaffold", "reservoir_depth.io", "reservoir_depth.train",
     "reservoir_depth.models", "reservoir_depth.data", "reservoir_depth.data.planted", "reservoir_depth.spectra",
     "reservoir_depth.rank", "reservoir_depth.results", "reservoir_depth.sweep", "reservoir_depth.report",
-    "reservoir_depth.theory.reservoir", "reservoir_depth.theory.adapters", "reservoir_depth.theory.analogy",
+    "reservoir_depth.theory.activations", "reservoir_depth.theory.unfolding",
+    "reservoir_depth.theory.signal_propagation", "reservoir_depth.theory.scaffold_spectra",
+    "reservoir_depth.theory.adapters", "reservoir_depth.theory.analogy",
 ]
 
 

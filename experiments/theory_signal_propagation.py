@@ -2,7 +2,7 @@
 
 For every family, activation (tanh, relu), sigma_w in {1, sqrt 2, 2} (sigma_b = 0), width N in
 {64, 256, 1024} and seed, a batch of 64 inputs with q_0 = 1 goes through L = 6 layers of
-fan-in-scaled N x N draws (reservoir_depth.theory.reservoir.empirical_q); the prediction is the
+fan-in-scaled N x N draws (reservoir_depth.theory.signal_propagation.empirical_q); the prediction is the
 mean-field variance map by Gauss-Hermite quadrature (q_trajectory). Families: nine i.i.d.
 zero-mean finite-variance ones (the assumptions), Cauchy (no variance), four non-zero-mean ones,
 and those four centered (W - mean W, the control).
@@ -30,10 +30,10 @@ import pandas as pd
 
 from reservoir_depth import DistributionSpec, __version__
 from reservoir_depth.results import markdown
-from reservoir_depth.theory.reservoir import chi_1, empirical_q, finite_width_sd, q_trajectory
+from reservoir_depth.theory.signal_propagation import (FINITE_VARIANCE_FAMILIES, chi_1, empirical_q, finite_width_sd,
+                                                       q_trajectory)
 
-FINITE = [("normal", {}), ("uniform", {}), ("laplace", {}), ("binary", {}), ("student_t", {"df": 5.0}),
-          ("truncated_normal", {}), ("logistic", {}), ("sparse_normal", {}), ("quantized_normal", {})]
+FINITE = list(FINITE_VARIANCE_FAMILIES)
 HEAVY = [("cauchy", {})]
 NONZERO_MEAN = [("exponential", {}), ("erdos_renyi", {}), ("beta", {}), ("lognormal", {})]
 WIDTHS = (64, 256, 1024)
