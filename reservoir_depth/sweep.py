@@ -12,12 +12,9 @@ beta and the declared extras on the frozen scaffold.
 from __future__ import annotations
 
 import copy
-import hashlib
 import json
 import time
-import tomllib
 import traceback
-from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
@@ -26,53 +23,11 @@ from tqdm.auto import tqdm
 
 from . import __version__, data
 from .distributions import torch_rng
-from .models import ARCHITECTURES, build
+from .models import build
 from .results import ResultsStore
-from .scaffold import ScaffoldConfig, merge, scaffold
+from .scaffold import merge, scaffold
+from .study import METHODS, Run, Study
 from .train import TrainConfig, train
-
-
-@dataclass(frozen=True)
-class Run:
-    """One training run; method is one of METHODS (see the module docstring)."""
-
-    study: str
-    dataset: str | Mapping[str, Any]  # a name, or {"name": ..., **loader kwargs}
-    arch: Mapping[str, Any]
-    method: str
-    seed: int
-    train: Mapping[str, Any] = field(default_factory=dict)
-    scaffold: Mapping[str, Any] = field(default_factory=dict)
-    spectra: bool = False  # also measure activation / adapter / Delta W spectra after training
-
-    def __post_init__(self) -> None:
-        if self.method not in METHODS:
-            raise ValueError(f"method must be one of {METHODS}, got {self.method!r}")
-
-    def config(self) -> dict[str, Any]:
-        """The resolved config: every default filled in, as recorded in the store."""
-        tc = TrainConfig(**{**self.train, "seed": self.seed, "progress": False}).__dict__
-        ds = self.dataset if isinstance(self.dataset, str) else dict(sorted(self.dataset.items()))
-        cfg = {"study": self.study, "dataset": ds, "arch": dict(self.arch), "method": self.method,
-               "seed": self.seed, "train": {k: v for k, v in tc.items() if k != "progress"}}
-        if self.method in ("lotta", "twin"):
-            cfg["scaffold"] = self.scaffold_config().to_dict()
-        if self.spectra:
-            cfg["spectra"] = True
-        return cfg
-
-    def scaffold_config(self) -> ScaffoldConfig:
-        """The study's scaffold settings over the architecture's declared targets and extras."""
-        family = ARCHITECTURES[self.arch["name"]]
-        defaults = {"target_modules": family.scaffold_targets, "trainable": family.scaffold_trainable}
-        return ScaffoldConfig(**{**defaults, **self.scaffold, "root_seed": self.seed})
-
-    @property
-    def run_id(self) -> str:
-        return hashlib.sha256(json.dumps(self.config(), sort_keys=True).encode()).hexdigest()[:16]
-
-
-METHODS = ("full", "twin", "lotta")
 
 
 @lru_cache(maxsize=4)
@@ -124,29 +79,15 @@ def execute(run: Run, progress: bool = False) -> tuple[dict[str, Any], dict[str,
     return metrics, history
 
 
-def load_study(path: str | Path) -> dict[str, Any]:
-    """A study TOML as a dict (see experiments/ and docs/guide.md)."""
-    with open(path, "rb") as f:
-        return tomllib.load(f)
+def load_study(path: str | Path) -> Study:
+    """A study TOML as a validated Study (see study.py, experiments/ and docs/guide.md)."""
+    return Study.load(path)
 
 
-def runs_of(study: Mapping[str, Any], ranks: Sequence[int] | None = None, baselines: bool = True) -> list[Run]:
-    """Expand a study: full training (if ``full``), the fully trained twin (if ``twin``) and
-    LottaLoRA at each of ``ranks`` (default: the study's), per seed."""
-    spectra = study.get("spectra", False)  # true: twin and lotta runs; or a list of methods
-    measured = set(spectra) if isinstance(spectra, list) else ({"twin", "lotta"} if spectra else set())
-    common = dict(study=study["study"], dataset=study["dataset"], arch=study["arch"], train=study.get("train", {}))
-    sc = study.get("scaffold", {})
-    runs = []
-    for seed in study["seeds"]:
-        if baselines and study.get("full", True):
-            runs.append(Run(method="full", seed=seed, **common))
-        if baselines and study.get("twin", False):
-            runs.append(Run(method="twin", seed=seed, scaffold={**sc, "r": 0}, spectra="twin" in measured, **common))
-        for r in study.get("ranks", []) if ranks is None else ranks:
-            runs.append(Run(method="lotta", seed=seed, scaffold={**sc, "r": int(r)}, spectra="lotta" in measured,
-                            **common))
-    return runs
+def runs_of(study: Study | Mapping[str, Any], ranks: Sequence[int] | None = None,
+            baselines: bool = True) -> list[Run]:
+    """Expand a study (a Study, or a dict validated into one): see Study.runs."""
+    return Study.of(study).runs(ranks=ranks, baselines=baselines)
 
 
 def sweep(runs: Iterable[Run], store: ResultsStore, progress: bool = True) -> dict[str, int]:
@@ -230,11 +171,9 @@ def run_study(study: Mapping[str, Any], store: ResultsStore, workers: int = 1, p
     return counts
 
 
-def study_frame(study: Mapping[str, Any], store: ResultsStore):
-    """The store's finished runs of this study, restricted to the study's current configs."""
-    ids = {r.run_id for r in runs_of(study)}
-    df = store.frame(study["study"])
-    return df[df["run_id"].isin(ids)] if len(df) else df
+def study_frame(study: Study | Mapping[str, Any], store: ResultsStore):
+    """The store's finished runs of this study, restricted to the study's current configs (Study.frame)."""
+    return Study.of(study).frame(store)
 
 
 def adaptive_sweep(study: Mapping[str, Any], store: ResultsStore, eps: float, r_max: int,

@@ -1,0 +1,369 @@
+"""The study schema and the results-frame schema: one typed owner for each.
+
+A study (a TOML file in experiments/, or a dict) names a dataset, an architecture,
+seeds, the LoRA ranks r and the baselines; ``Study.load(path)`` / ``Study.from_dict(d)``
+check every key, nested tables included, against the settings they feed
+(TrainConfig, ScaffoldConfig, DistributionSpec, the architecture's constructor), and
+refuse an unknown key, a missing key or a wrong type, naming the file, the key and
+what is allowed. ``Study.runs()`` expands it into ``Run`` s, one per method, rank and seed.
+
+``Columns`` owns the names of the results frame (``ResultsStore.frame``):
+other modules ask it rather than spell ``"cfg.method"``. ``curves`` turns a frame
+into the arrays the saturation estimator takes (rank.SaturationRank).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import inspect
+import json
+import math
+import tomllib
+from collections.abc import Mapping as MappingABC
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any, Iterator, Mapping, Sequence
+
+import numpy as np
+
+from .distributions import DistributionSpec, is_number
+from .models import ARCHITECTURES
+from .scaffold import ScaffoldConfig
+from .train import TrainConfig
+
+METHODS = ("full", "twin", "lotta")
+
+
+@dataclass(frozen=True)
+class Run:
+    """One training run; method is one of METHODS: 'full' trains every weight from the
+    architecture's usual init, 'twin' every weight starting from the scaffold, 'lotta'
+    A, B, beta and the declared extras on the frozen scaffold."""
+
+    study: str
+    dataset: str | Mapping[str, Any]  # a name, or {"name": ..., **loader kwargs}
+    arch: Mapping[str, Any]
+    method: str
+    seed: int
+    train: Mapping[str, Any] = field(default_factory=dict)
+    scaffold: Mapping[str, Any] = field(default_factory=dict)
+    spectra: bool = False  # also measure activation / adapter / Delta W spectra after training
+
+    def __post_init__(self) -> None:
+        if self.method not in METHODS:
+            raise ValueError(f"method must be one of {METHODS}, got {self.method!r}")
+
+    def config(self) -> dict[str, Any]:
+        """The resolved config: every default filled in, as recorded in the store."""
+        tc = TrainConfig(**{**self.train, "seed": self.seed, "progress": False}).__dict__
+        ds = self.dataset if isinstance(self.dataset, str) else dict(sorted(self.dataset.items()))
+        cfg = {"study": self.study, "dataset": ds, "arch": dict(self.arch), "method": self.method,
+               "seed": self.seed, "train": {k: v for k, v in tc.items() if k != "progress"}}
+        if self.method in ("lotta", "twin"):
+            cfg["scaffold"] = self.scaffold_config().to_dict()
+        if self.spectra:
+            cfg["spectra"] = True
+        return cfg
+
+    def scaffold_config(self) -> ScaffoldConfig:
+        """The study's scaffold settings over the architecture's declared targets and extras."""
+        family = ARCHITECTURES[self.arch["name"]]
+        defaults = {"target_modules": family.scaffold_targets, "trainable": family.scaffold_trainable}
+        return ScaffoldConfig(**{**defaults, **self.scaffold, "root_seed": self.seed})
+
+    @property
+    def run_id(self) -> str:
+        return hashlib.sha256(json.dumps(self.config(), sort_keys=True).encode()).hexdigest()[:16]
+
+
+# ----------------------------------------------------------------------------- the study schema
+
+REQUIRED = ("study", "dataset", "seeds", "arch")
+SPECTRA_METHODS = ("twin", "lotta")
+EPS_DEFAULT = (0.005, 0.01, 0.02)
+
+
+def _fields(cls, skip: Sequence[str] = ()) -> dict[str, Any]:
+    """A dataclass's settable fields and their defaults."""
+    return {f.name: (f.default if f.default is not dataclasses.MISSING else f.default_factory())
+            for f in dataclasses.fields(cls) if f.name not in skip}
+
+
+TRAIN_KEYS = _fields(TrainConfig, skip=("seed", "progress"))  # the seed comes from `seeds`
+SCAFFOLD_KEYS = _fields(ScaffoldConfig, skip=("r", "root_seed"))  # r from `ranks`, root_seed from `seeds`
+SPEC_KEYS = _fields(DistributionSpec)
+
+
+def _arch_keys(name: str) -> dict[str, Any]:
+    params = inspect.signature(ARCHITECTURES[name]).parameters
+    return {k: p.default for k, p in params.items() if k not in ("self", "d_in", "n_out")}
+
+
+class StudyError(ValueError):
+    """A study file or dict that cannot be honoured; the message names the source and the key."""
+
+
+def _check_keys(d: Mapping[str, Any], allowed: Sequence[str], where: str, source: str, prefix: str = "") -> None:
+    if not isinstance(d, MappingABC):
+        raise StudyError(f"{source}: {prefix.rstrip('.') or 'the study'} must be a table, got {d!r}")
+    unknown = sorted(set(d) - set(allowed))
+    if unknown:
+        raise StudyError(f"{source}: unknown key(s) {', '.join(prefix + k for k in unknown)} in {where}; "
+                         f"allowed: {', '.join(sorted(allowed))}")
+
+
+def _check_type(value: Any, default: Any, key: str, source: str) -> None:
+    """Values of a setting whose default is a bool / int / float / str must have that type
+    (an int is accepted for a float)."""
+    if isinstance(default, bool):
+        ok = isinstance(value, bool)
+    elif isinstance(default, int):
+        ok = isinstance(value, int) and not isinstance(value, bool)
+    elif isinstance(default, float):
+        ok = is_number(value)
+    elif isinstance(default, str):
+        ok = isinstance(value, str)
+    else:
+        return
+    if not ok:
+        raise StudyError(f"{source}: {key} must be a {type(default).__name__}, got {value!r}")
+
+
+@dataclass(frozen=True, eq=True)
+class Study(MappingABC):
+    """A typed study: the keys of a study TOML (docs/guide.md, "Studies").
+
+    study, dataset, seeds and arch are required; ranks (LoRA ranks r, default none),
+    full (full training, default true), twin (full training from the scaffold, default
+    false), spectra (true, false, or a list of "twin" / "lotta"), eps (the absolute
+    tolerances of r*(eps), in metric units: accuracy as a fraction, or loss units),
+    eps_relative (also report r* with eps as a fraction of the full-training metric),
+    and the tables [arch], [train], [scaffold] (with scaffold.spec).
+
+    Read-only mapping access (``study["seeds"]``) gives the resolved keys.
+    """
+
+    study: str
+    dataset: str | Mapping[str, Any]
+    seeds: tuple[int, ...]
+    arch: Mapping[str, Any]
+    ranks: tuple[int, ...] = ()
+    full: bool = True
+    twin: bool = False
+    spectra: bool | tuple[str, ...] = False
+    train: Mapping[str, Any] = field(default_factory=dict)
+    scaffold: Mapping[str, Any] = field(default_factory=dict)
+    eps: tuple[float, ...] = EPS_DEFAULT
+    eps_relative: bool = False
+    source: str = field(default="<dict>", compare=False)
+
+    # -------------------------------------------------------------- construction
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any], source: str = "<dict>") -> "Study":
+        """Validate ``d`` (as read from TOML) and build the Study; StudyError names ``source`` and the key."""
+        keys = [f.name for f in dataclasses.fields(cls) if f.name != "source"]
+        _check_keys(d, keys, "the study", source)
+        missing = [k for k in REQUIRED if k not in d]
+        if missing:
+            raise StudyError(f"{source}: missing key(s) {', '.join(missing)}; required: {', '.join(REQUIRED)}")
+        if not isinstance(d["study"], str) or not d["study"]:
+            raise StudyError(f"{source}: study must be a non-empty string (the study's name), got {d['study']!r}")
+        ds = d["dataset"]
+        if not (isinstance(ds, str) or (isinstance(ds, MappingABC) and isinstance(ds.get("name"), str))):
+            raise StudyError(f"{source}: dataset must be a name or a table with a 'name', got {ds!r}")
+        seeds = cls._ints(d["seeds"], "seeds", source, minimum=0)
+        if not seeds or len(set(seeds)) != len(seeds):
+            raise StudyError(f"{source}: seeds must be a non-empty list of distinct ints, got {d['seeds']!r}")
+        ranks = cls._ints(d.get("ranks", []), "ranks", source, minimum=0)
+        if len(set(ranks)) != len(ranks):
+            raise StudyError(f"{source}: ranks must be distinct, got {d['ranks']!r}")
+        for k in ("full", "twin", "eps_relative"):
+            if k in d and not isinstance(d[k], bool):
+                raise StudyError(f"{source}: {k} must be true or false, got {d[k]!r}")
+        spectra = d.get("spectra", False)
+        if isinstance(spectra, list):
+            bad = [m for m in spectra if m not in SPECTRA_METHODS]
+            if bad:
+                raise StudyError(f"{source}: spectra lists unknown method(s) {bad}; allowed: {list(SPECTRA_METHODS)}")
+            spectra = tuple(spectra)
+        elif not isinstance(spectra, bool):
+            raise StudyError(f"{source}: spectra must be true, false or a list of {list(SPECTRA_METHODS)}, "
+                             f"got {spectra!r}")
+        eps = d.get("eps", list(EPS_DEFAULT))
+        if not (isinstance(eps, list) and eps and all(is_number(e) and math.isfinite(e) and e >= 0 for e in eps)):
+            raise StudyError(f"{source}: eps must be a non-empty list of finite numbers >= 0, got {eps!r}")
+        arch = cls._arch(d["arch"], source)
+        train = cls._table(d.get("train", {}), TRAIN_KEYS, "train", source)
+        scaffold = cls._table(d.get("scaffold", {}), SCAFFOLD_KEYS, "scaffold", source)
+        if "spec" in scaffold and not isinstance(scaffold["spec"], str):
+            _check_keys(scaffold["spec"], list(SPEC_KEYS), "[scaffold.spec]", source, "scaffold.spec.")
+            for k, v in scaffold["spec"].items():
+                _check_type(v, SPEC_KEYS[k], f"scaffold.spec.{k}", source)
+        study = cls(study=d["study"], dataset=ds, seeds=seeds, arch=arch, ranks=ranks, full=d.get("full", True),
+                    twin=d.get("twin", False), spectra=spectra, train=train, scaffold=scaffold,
+                    eps=tuple(float(e) for e in eps), eps_relative=d.get("eps_relative", False), source=source)
+        try:  # the settings' own checks (values in range, known families, ...), with the source named
+            TrainConfig(**train)
+            Run(study.study, ds, arch, "lotta", seeds[0], train, {**scaffold, "r": 0}).scaffold_config()
+        except (ValueError, TypeError) as e:
+            raise StudyError(f"{source}: {e}") from e
+        return study
+
+    @staticmethod
+    def _ints(v: Any, key: str, source: str, minimum: int) -> tuple[int, ...]:
+        if not isinstance(v, list) or not all(isinstance(x, int) and not isinstance(x, bool) and x >= minimum
+                                              for x in v):
+            raise StudyError(f"{source}: {key} must be a list of ints >= {minimum}, got {v!r}")
+        return tuple(v)
+
+    @staticmethod
+    def _table(t: Any, allowed: Mapping[str, Any], name: str, source: str) -> dict[str, Any]:
+        _check_keys(t, list(allowed), f"[{name}]", source, f"{name}.")
+        for k, v in t.items():
+            _check_type(v, allowed[k], f"{name}.{k}", source)
+        return dict(t)
+
+    @staticmethod
+    def _arch(a: Any, source: str) -> dict[str, Any]:
+        if not isinstance(a, MappingABC) or "name" not in a:
+            raise StudyError(f"{source}: [arch] must be a table with a 'name'; allowed names: "
+                             f"{', '.join(sorted(ARCHITECTURES))}")
+        if a["name"] not in ARCHITECTURES:
+            raise StudyError(f"{source}: unknown architecture arch.name = {a['name']!r}; allowed: "
+                             f"{', '.join(sorted(ARCHITECTURES))}")
+        _check_keys(a, ["name", *_arch_keys(a["name"])], f"[arch] of {a['name']!r}", source, "arch.")
+        return dict(a)
+
+    @classmethod
+    def load(cls, path: str | Path) -> "Study":
+        """A study TOML file; errors name the file and the key."""
+        path = Path(path)
+        try:
+            with open(path, "rb") as f:
+                d = tomllib.load(f)
+        except tomllib.TOMLDecodeError as e:
+            raise StudyError(f"{path}: not a valid TOML file: {e}") from e
+        return cls.from_dict(d, source=str(path))
+
+    @classmethod
+    def default(cls) -> "Study":
+        """The default study (digits, small MLP), shipped with the package: reservoir_depth/studies/digits_mlp.toml
+        (experiments/digits_mlp.toml points to it)."""
+        ref = resources.files("reservoir_depth") / "studies" / DEFAULT_STUDY_FILE
+        return cls.from_dict(tomllib.loads(ref.read_text()), source=f"reservoir_depth/studies/{DEFAULT_STUDY_FILE}")
+
+    @classmethod
+    def of(cls, study: "Study | Mapping[str, Any]") -> "Study":
+        """A Study as is, or a dict validated into one."""
+        return study if isinstance(study, Study) else cls.from_dict(study)
+
+    # -------------------------------------------------------------- views
+    def to_dict(self) -> dict[str, Any]:
+        """The resolved study as plain JSON / TOML values (every default filled in)."""
+        d = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "source"}
+        d.update(seeds=list(self.seeds), ranks=list(self.ranks), eps=list(self.eps), arch=dict(self.arch),
+                 train=dict(self.train), scaffold=dict(self.scaffold),
+                 spectra=list(self.spectra) if isinstance(self.spectra, tuple) else self.spectra)
+        return d
+
+    def __getitem__(self, key: str) -> Any:
+        return self.to_dict()[key]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.to_dict())
+
+    def __len__(self) -> int:
+        return len(self.to_dict())
+
+    __hash__ = None  # a mapping: compare by value, do not hash
+
+    @property
+    def measured(self) -> set[str]:
+        """The methods whose runs record spectra."""
+        if isinstance(self.spectra, tuple):
+            return set(self.spectra)
+        return set(SPECTRA_METHODS) if self.spectra else set()
+
+    def runs(self, ranks: Sequence[int] | None = None, baselines: bool = True) -> list[Run]:
+        """Expand: full training (if ``full``), the twin (if ``twin``) and LottaLoRA at each of
+        ``ranks`` (default: the study's), per seed."""
+        common = dict(study=self.study, dataset=self.dataset, arch=self.arch, train=self.train)
+        out = []
+        for seed in self.seeds:
+            if baselines and self.full:
+                out.append(Run(method="full", seed=seed, **common))
+            if baselines and self.twin:
+                out.append(Run(method="twin", seed=seed, scaffold={**self.scaffold, "r": 0},
+                               spectra="twin" in self.measured, **common))
+            for r in self.ranks if ranks is None else ranks:
+                out.append(Run(method="lotta", seed=seed, scaffold={**self.scaffold, "r": int(r)},
+                               spectra="lotta" in self.measured, **common))
+        return out
+
+    def frame(self, store) -> Any:
+        """The store's finished runs of this study, restricted to the study's current configs."""
+        ids = {r.run_id for r in self.runs()}
+        df = store.frame(self.study)
+        return df[df[Columns.RUN_ID].isin(ids)] if len(df) else df
+
+
+DEFAULT_STUDY_FILE = "digits_mlp.toml"
+
+
+# ----------------------------------------------------------------------------- the results-frame schema
+
+class Columns:
+    """Column names of a results frame (ResultsStore.frame): the run's metadata, its resolved
+    config flattened under ``cfg.`` and its metrics."""
+
+    RUN_ID = "run_id"
+    SEED = "seed"
+    STATUS = "status"
+    CONFIG = "cfg."
+    METHOD = "cfg.method"
+    RANK = "cfg.scaffold.r"
+    TRAINABLE = "trainable"
+    TRAINABLE_FRACTION = "trainable_fraction"
+    ADAPTER_BYTES = "adapter_bytes"  # the adapter file (io.save) of a LottaLoRA run
+    DENSE_BYTES = "dense_bytes"  # a dense checkpoint of the merged model
+    BETA = "beta/"  # beta/<layer>: learned beta per scaffold layer
+    SPECTRA = ("act", "dW", "adapter", "init")  # <kind>/<layer>/<measure>
+
+    @staticmethod
+    def config(*path: str) -> str:
+        """The column of a config field: config("scaffold", "alpha") -> "cfg.scaffold.alpha"."""
+        return Columns.CONFIG + ".".join(path)
+
+    @staticmethod
+    def spectrum(kind: str, layer: str, measure: str) -> str:
+        return f"{kind}/{layer}/{measure}"
+
+
+def metric_of(task: str) -> str:
+    """The metric a study reports: test accuracy for classification, test loss otherwise."""
+    return "test_acc" if task == "classification" else "test_loss"
+
+
+def curves(df, metric: str, ranks: Sequence[int] | None = None, seeds: Sequence[int] | None = None):
+    """A frame as the estimator's arrays: (ranks (R,), values (S, R) per-seed curves of the
+    LottaLoRA runs with NaN where a run is missing, full (S,) full-training values per seed
+    (NaN where missing), seeds (S,)). ``ranks`` / ``seeds`` default to those in the frame."""
+    lotta = df[df[Columns.METHOD] == "lotta"]
+    full = df[df[Columns.METHOD] == "full"]
+    if ranks is None:
+        ranks = sorted(int(r) for r in lotta[Columns.RANK].unique()) if len(lotta) else []
+    if seeds is None:
+        seeds = sorted(int(s) for s in df[Columns.SEED].unique()) if len(df) else []
+    values = np.full((len(seeds), len(ranks)), np.nan)
+    col = {r: j for j, r in enumerate(ranks)}
+    row = {s: i for i, s in enumerate(seeds)}
+    for s, r, v in zip(lotta[Columns.SEED], lotta[Columns.RANK], lotta[metric]):
+        if int(s) in row and int(r) in col:
+            values[row[int(s)], col[int(r)]] = v
+    fv = np.full(len(seeds), np.nan)
+    for s, v in zip(full[Columns.SEED], full[metric]):
+        if int(s) in row:
+            fv[row[int(s)]] = v
+    return np.asarray(ranks, int), values, fv, np.asarray(seeds, int)

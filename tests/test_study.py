@@ -1,0 +1,130 @@
+"""The study schema (Study) and the results-frame schema (Columns, curves)."""
+
+import sqlite3
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from reservoir_depth.cli import main
+from reservoir_depth.study import Columns, Study, StudyError, curves
+from reservoir_depth.sweep import runs_of
+
+ROOT = Path(__file__).resolve().parents[1]
+BASE = {"study": "s", "dataset": "digits", "seeds": [0], "ranks": [0, 2], "arch": {"name": "mlp", "hidden": "tiny"},
+        "train": {"epochs": 1}, "scaffold": {"alpha": 8.0, "spec": {"name": "normal", "gain": 1.0}}}
+
+
+@pytest.mark.parametrize("patch, match", [
+    ({"rank": [4]}, r"unknown key\(s\) rank in the study; allowed: .*ranks"),
+    ({"train": {"epoch": 3}}, r"unknown key\(s\) train\.epoch in \[train\]; allowed: .*epochs"),
+    ({"scaffold": {"alpah": 4.0}}, r"unknown key\(s\) scaffold\.alpah in \[scaffold\]; allowed: .*alpha"),
+    ({"scaffold": {"spec": {"name": "normal", "gian": 2.0}}}, r"scaffold\.spec\.gian .*allowed: .*gain"),
+    ({"arch": {"name": "mlp", "hiden": "tiny"}}, r"arch\.hiden .*allowed: .*hidden"),
+    ({"arch": {"name": "resnet"}}, r"unknown architecture arch\.name = 'resnet'; allowed: .*mlp"),
+])
+def test_unknown_keys_are_refused_naming_source_key_and_allowed(patch, match):
+    with pytest.raises(StudyError, match=match):
+        Study.from_dict({**BASE, **patch}, source="my.toml")
+    with pytest.raises(ValueError, match="<dict>"):  # the dict path (runs_of) validates too
+        runs_of({**BASE, **patch})
+
+
+@pytest.mark.parametrize("key", ["study", "dataset", "seeds", "arch"])
+def test_missing_key(key):
+    with pytest.raises(StudyError, match=f"my.toml: missing key\\(s\\) {key}"):
+        Study.from_dict({k: v for k, v in BASE.items() if k != key}, source="my.toml")
+
+
+@pytest.mark.parametrize("patch, match", [
+    ({"seeds": "0"}, "seeds must be a list of ints"),
+    ({"seeds": [0, 0]}, "distinct"),
+    ({"ranks": [1.5]}, "ranks must be a list of ints >= 0"),
+    ({"ranks": [-1]}, "ranks must be a list of ints >= 0"),
+    ({"full": "yes"}, "full must be true or false"),
+    ({"spectra": ["full"]}, r"spectra lists unknown method\(s\) \['full'\]"),
+    ({"train": {"epochs": "3"}}, "train.epochs must be a int, got '3'"),
+    ({"train": {"epochs": 2.5}}, "train.epochs must be a int"),
+    ({"train": {"lr": -1.0}}, "lr must be a finite number > 0"),
+    ({"scaffold": {"alpha": "16"}}, "scaffold.alpha must be a float"),
+    ({"scaffold": {"spec": {"name": "gaussian"}}}, "unknown distribution 'gaussian'"),
+    ({"eps": [0.01, -1]}, "eps must be a non-empty list of finite numbers >= 0"),
+    ({"dataset": 3}, "dataset must be a name or a table"),
+])
+def test_wrong_types_and_values(patch, match):
+    with pytest.raises(StudyError, match=match):
+        Study.from_dict({**BASE, **patch}, source="my.toml")
+
+
+def test_study_file_errors_name_the_file(tmp_path):
+    p = tmp_path / "bad.toml"
+    p.write_text('study = "x"\ndataset = "digits"\nseeds = [0]\nrank = [1, 2]\n[arch]\nname = "mlp"\n')
+    with pytest.raises(StudyError, match=f"{p}: unknown key\\(s\\) rank"):
+        Study.load(p)
+    p.write_text("study = ")
+    with pytest.raises(StudyError, match=f"{p}: not a valid TOML file"):
+        Study.load(p)
+
+
+def test_cli_refuses_a_misspelt_key_instead_of_running_a_partial_study(tmp_path, capsys):
+    p = tmp_path / "s.toml"
+    p.write_text('study = "x"\ndataset = "digits"\nseeds = [0]\nrank = [1, 2]\n[arch]\nname = "mlp"\n')
+    assert main(["sweep", str(p), "--out", str(tmp_path / "o"), "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert "unknown key(s) rank" in err and "ranks" in err
+    assert not (tmp_path / "o" / "runs.sqlite").exists()
+
+
+def test_expansion_and_mapping_view():
+    s = Study.from_dict(BASE)
+    runs = s.runs()
+    assert [(r.method, r.scaffold.get("r")) for r in runs] == [("full", None), ("lotta", 0), ("lotta", 2)]
+    assert s["seeds"] == [0] and s["eps"] == [0.005, 0.01, 0.02] and s.get("twin") is False
+    assert Study.from_dict(s.to_dict()) == s and dict(s) == s.to_dict()
+
+
+def test_default_study_ships_with_the_package_and_experiments_links_it():
+    s = Study.default()
+    assert s.study == "digits_mlp" and s.scaffold["bias"] == "frozen"
+    assert Study.load(ROOT / "experiments" / "digits_mlp.toml") == s
+
+
+def _stored_ids(folder):
+    with sqlite3.connect(ROOT / "docs" / "results" / folder / "runs.sqlite") as db:
+        return {r for (r,) in db.execute("SELECT run_id FROM runs")}
+
+
+@pytest.mark.parametrize("name", ["digits_mlp", "digits_linear_head", "fashion_mnist_mlp", "fashion_mnist_plain20",
+                                  "mnist5k_mlp", "mnist5k_mlp_rslora"])
+def test_stored_runs_keep_their_ids(name):
+    """Every stored run of docs/results/<study> is still a run of its study file (defaults that changed are
+    pinned in the files): a changed run id would silently orphan the stored results."""
+    study = Study.load(ROOT / "experiments" / f"{name}.toml")
+    assert _stored_ids(name) <= {r.run_id for r in study.runs()}
+
+
+def test_columns_match_the_store_frame(tmp_path):
+    from reservoir_depth.results import ResultsStore
+
+    run = Study.from_dict(BASE).runs()[1]
+    store = ResultsStore(tmp_path / "r.sqlite")
+    store.claim(run.run_id, run.study, run.config(), run.seed)
+    store.finish(run.run_id, {"test_acc": 0.5, "trainable": 3, "total": 9, "trainable_fraction": 1 / 3})
+    df = store.frame()
+    for c in (Columns.RUN_ID, Columns.SEED, Columns.METHOD, Columns.RANK, Columns.config("scaffold", "alpha")):
+        assert c in df.columns, c
+
+
+@given(st.lists(st.tuples(st.integers(0, 4), st.sampled_from([0, 1, 2, 4]), st.floats(0, 1)), max_size=20,
+                unique_by=lambda t: t[:2]))
+def test_curves_places_every_run_at_its_seed_and_rank(rows):
+    df = pd.DataFrame([{Columns.SEED: s, Columns.METHOD: "lotta", Columns.RANK: r, "m": v} for s, r, v in rows]
+                      + [{Columns.SEED: 9, Columns.METHOD: "full", Columns.RANK: np.nan, "m": 0.7}])
+    ranks, values, full, seeds = curves(df, "m")
+    assert values.shape == (len(seeds), len(ranks)) and np.isfinite(values).sum() == len(rows)
+    for s, r, v in rows:
+        assert values[list(seeds).index(s), list(ranks).index(r)] == v
+    assert full[list(seeds).index(9)] == 0.7 and np.isnan(full[seeds != 9]).all()
