@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
+from .data.dataset import check_dataset
 from .distributions import torch_rng
 from .scaffold import advance, betas, count_parameters
 
@@ -109,8 +110,12 @@ def evaluate(model: nn.Module, X: torch.Tensor, y: torch.Tensor, batch_size: int
 def train(model: nn.Module, data, config: TrainConfig = TrainConfig()) -> History:
     """Train the parameters of ``model`` that require grad on ``data`` (a data.Dataset).
 
-    Raises FloatingPointError on a NaN or inf loss, naming the epoch and step.
+    ``data`` is checked first (finite tensors, naming the data set and split:
+    data.dataset.check_dataset). Raises FloatingPointError on a NaN or inf
+    training loss, naming the epoch and step, and on a NaN or inf test loss (a
+    non-finite test loss is never recorded as a number).
     """
+    check_dataset(data)
     dev = resolve_device(config.device)
     model.to(dev)
     params = [p for p in model.parameters() if p.requires_grad]
@@ -127,6 +132,10 @@ def train(model: nn.Module, data, config: TrainConfig = TrainConfig()) -> Histor
 
     def record(epoch: int, train_loss: float, seconds: float) -> None:
         ev = evaluate(model, data.X_test, data.y_test, amp=config.amp, task=task)
+        if not math.isfinite(ev["loss"]):
+            when = "before training (the model's output at init is not finite)" if epoch == 0 else f"after epoch {epoch}"
+            raise FloatingPointError(f"test loss on {getattr(data, 'name', 'the data')!r} is {ev['loss']} {when}; "
+                                     f"the test inputs are finite, so the model produced it")
         hist.epochs.append({"epoch": epoch, "train_loss": train_loss, "test_loss": ev["loss"],
                             **({"test_acc": ev["acc"]} if "acc" in ev else {}), "seconds": seconds,
                             **{f"beta/{k}": v for k, v in betas(model).items()}})

@@ -1,51 +1,34 @@
 """Offline datasets as in-memory tensors (no downloads at run time).
 
-Every loader returns a :class:`Dataset`: float32 inputs standardised with the
-training split's statistics, int64 labels. ``load(name)`` looks names up in
-``DATASETS``.
+Every loader returns a :class:`Dataset` (defined in ``data/dataset.py``, which
+checks the tensors are finite, naming the data set and split): float32 inputs
+standardised with the training split's statistics, int64 labels.
+``load(name)`` looks names up in ``DATASETS``.
 """
 
 from __future__ import annotations
 
 import gzip
 import os
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
 import numpy as np
 import torch
 
+from .dataset import Dataset, check_dataset
+from .planted import planted
+
 FASHION_MNIST_ENV = "RESERVOIR_DEPTH_FASHION_MNIST"
 FASHION_MNIST_DIRS = ("/usr/share/datasets/fashion-mnist",)
-
-
-@dataclass
-class Dataset:
-    name: str
-    X_train: torch.Tensor
-    y_train: torch.Tensor
-    X_test: torch.Tensor
-    y_test: torch.Tensor
-    n_classes: int  # 0 for regression
-    task: str = "classification"  # or "regression" (targets y are float, shape (n, n_out))
-
-    @property
-    def d_in(self) -> int:
-        return int(np.prod(self.X_train.shape[1:]))
-
-    @property
-    def n_out(self) -> int:
-        return self.n_classes if self.task == "classification" else int(self.y_train.shape[1])
-
-    def __repr__(self) -> str:
-        return (f"Dataset({self.name!r}, train={tuple(self.X_train.shape)}, test={tuple(self.X_test.shape)}, "
-                f"{self.task}, n_out={self.n_out})")
 
 
 def _standardise(name, Xtr, ytr, Xte, yte, n_classes) -> Dataset:
     Xtr, Xte = np.asarray(Xtr, np.float32), np.asarray(Xte, np.float32)
     mu, sd = Xtr.mean(), Xtr.std()
+    if not sd > 0:  # 0: nothing to standardise by; NaN: reported by the Dataset check below
+        if sd == 0:
+            raise ValueError(f"dataset {name!r}, train split: X_train is constant ({mu:g}); cannot standardise it")
     t = lambda a: torch.from_numpy(np.ascontiguousarray(a))
     return Dataset(name, t((Xtr - mu) / sd), t(np.asarray(ytr, np.int64)), t((Xte - mu) / sd),
                    t(np.asarray(yte, np.int64)), n_classes)
@@ -117,8 +100,6 @@ def mnist5k(seed: int = 0) -> Dataset:
     X, y = mnist_data()
     return _standardise("mnist5k", *_split(X.reshape(-1, 1, 28, 28) / 255.0, y, 1000, seed), 10)
 
-
-from .planted import planted  # noqa: E402  (needs Dataset)
 
 DATASETS: dict[str, Callable[..., Dataset]] = {
     "fashion-mnist": fashion_mnist,

@@ -18,6 +18,9 @@ import numpy as np
 import torch
 
 from ..distributions import DistributionSpec, layer_seed, rng_for, torch_rng
+from ..models import build
+from ..scaffold import ScaffoldConfig, scaffold, scaffold_layers
+from .dataset import Dataset
 
 
 def _orthonormal(rng: np.random.Generator, n: int, k: int) -> np.ndarray:
@@ -28,9 +31,6 @@ def _orthonormal(rng: np.random.Generator, n: int, k: int) -> np.ndarray:
 def teacher(k: int, d: int = 32, n_out: int = 32, hidden: Sequence[int] = (), strength: float = 1.0,
             seed: int = 0, spec: dict[str, Any] | str = "normal"):
     """The teacher network: arch 'linear' (hidden=()) or a dropout-free 'mlp', scaffolded with planted updates."""
-    from ..models import build
-    from ..scaffold import ScaffoldConfig, scaffold, scaffold_layers
-
     arch = {"name": "mlp", "hidden": list(hidden), "dropout": 0.0} if hidden else {"name": "linear"}
     name = arch.pop("name")
     with torch_rng(seed):
@@ -52,8 +52,6 @@ def planted(k: int = 4, d: int = 32, n_out: int = 32, hidden: Sequence[int] = ()
             noise: float = 0.0, n_train: int = 2048, n_test: int = 1024, seed: int = 0,
             spec: dict[str, Any] | str = "normal"):
     """A regression Dataset (x, teacher(x) + noise * N(0, 1)) with a planted rank k; see module doc."""
-    from . import Dataset
-
     if not isinstance(k, int) or k < 0:
         raise ValueError(f"planted rank k must be an int >= 0, got {k!r}")
     net = teacher(k, d, n_out, hidden, strength, seed, spec)
