@@ -1,85 +1,217 @@
 """The saturation rank r*(eps) and an adaptive search for it.
 
-    r*(eps) = min { r : M(r) >= M_full - eps }   (a metric to maximise, e.g. accuracy)
-    r*(eps) = min { r : L(r) <= L_full + eps }   (a loss)
+    r*(eps) = min { r : M(r) >= M_full - delta }   (a metric to maximise, e.g. accuracy)
+    r*(eps) = min { r : L(r) <= L_full + delta }   (a loss)
 
-with M(r) the mean over seeds at rank r. ``SaturationRank`` estimates it from a
-sweep with a bootstrap confidence interval over seeds; ``adaptive_search`` finds
-it with doubling then bisection, in O(log r_max) ranks instead of the full grid,
-and gives the same answer whenever the saturated set is upward closed
-(M(r) within eps implies M(r') within eps for r' > r).
+with M(r) the mean over seeds at rank r, M_full the mean of full training, and the
+tolerance delta = eps in the metric's own units (accuracy as a fraction, loss units:
+eps = 0.01 is one accuracy point) or, with ``relative=True``, delta = eps * |M_full|.
+
+``SaturationRank`` estimates r* from per-seed rank curves. Its interval resamples
+seeds as whole curves (runs at different ranks share a seed, so their errors are
+correlated), paired with full training when it ran on the same seeds; with fewer
+than ``MIN_BOOTSTRAP_SEEDS`` seeds it reports the range of the per-seed r* instead
+of a percentile interval, and says so in ``ci_kind_``. ``adaptive_search`` finds r*
+with doubling then bisection, in O(log r_max) ranks instead of the full grid, and
+gives the same answer whenever the saturated set is upward closed (M(r) within
+delta implies M(r') within delta for r' > r).
 """
 
 from __future__ import annotations
 
 import math
+import numbers
+import warnings
 from dataclasses import dataclass, field
-from typing import Callable, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 
+# With n seeds a whole-curve resample is one of C(2n-1, n) multisets: 3 with 2 seeds,
+# 10 with 3, 35 with 4, 126 with 5, so the bootstrap mean at a rank takes that many
+# values at most and a "95%" percentile interval is no such thing below about 5 seeds.
+MIN_BOOTSTRAP_SEEDS = 5
+CI_KINDS = ("bootstrap", "seed range")
 
-def _saturated(value: float, full: float, eps: float, higher_is_better: bool) -> bool:
-    return value >= full - eps if higher_is_better else value <= full + eps
+
+def tolerance(full: float, eps: float, relative: bool = False) -> float:
+    """delta of r*(eps): eps in the metric's units, or eps * |full| when ``relative``."""
+    if not (isinstance(eps, numbers.Real) and eps >= 0 and math.isfinite(eps)):
+        raise ValueError(f"eps must be a finite number >= 0, got {eps!r}")
+    return eps * abs(full) if relative else float(eps)
 
 
-def r_star(curve: Mapping[int, float], full: float, eps: float, higher_is_better: bool = True) -> float:
-    """Smallest rank of ``curve`` (rank -> mean metric) within eps of ``full``; inf if none is."""
-    if not eps >= 0:
-        raise ValueError(f"eps must be >= 0, got {eps!r}")
+def threshold(full: float, eps: float, higher_is_better: bool = True, relative: bool = False) -> float:
+    """The level a rank must reach to count as saturated: full -/+ delta (module docstring)."""
+    delta = tolerance(full, eps, relative)
+    return full - delta if higher_is_better else full + delta
+
+
+def _saturated(value: Any, level: Any, higher_is_better: bool) -> Any:
+    """value within the threshold ``level`` (elementwise on arrays; NaN is never saturated)."""
+    return value >= level if higher_is_better else value <= level
+
+
+def r_star(curve: Mapping[int, float], full: float, eps: float, higher_is_better: bool = True,
+           relative: bool = False) -> float:
+    """Smallest rank of ``curve`` (rank -> mean metric) within delta of ``full``; inf if none is."""
+    level = threshold(full, eps, higher_is_better, relative)
     for r in sorted(curve):
-        if _saturated(curve[r], full, eps, higher_is_better):
+        if _saturated(curve[r], level, higher_is_better):
             return float(r)
     return math.inf
 
 
-class SaturationRank:
-    """r*(eps) from a rank sweep, with a percentile bootstrap CI over seeds.
+def _first_saturated(ranks: np.ndarray, sat: np.ndarray) -> np.ndarray:
+    """Per row of the boolean (..., R) ``sat``, the first saturated rank (inf if none)."""
+    hit = sat.any(axis=-1)
+    return np.where(hit, ranks[np.argmax(sat, axis=-1)].astype(float), math.inf)
 
-    Parameters: eps; higher_is_better (True for accuracy, False for a loss);
-    n_boot bootstrap resamples; ci level; random_state (int seed).
-    Fitted: curve_ (rank -> mean), full_ (mean of full training), r_star_, ci_
-    (lower, upper; inf when a resample never saturates), boot_ (the resampled r*).
+
+def _check_ranks(ranks: Any) -> np.ndarray:
+    ranks = np.asarray(ranks)
+    if ranks.ndim != 1 or len(ranks) == 0:
+        raise ValueError(f"ranks must be a non-empty 1-D sequence of ints, got shape {ranks.shape}")
+    if not np.issubdtype(ranks.dtype, np.number) or np.issubdtype(ranks.dtype, np.complexfloating):
+        raise ValueError(f"ranks must be ints >= 0, got {ranks.tolist()!r}")
+    bad = [r for r in ranks.tolist() if not (math.isfinite(r) and r >= 0 and float(r).is_integer())]
+    if bad:
+        raise ValueError(f"ranks must be ints >= 0, got {bad!r}")
+    ranks = ranks.astype(int)
+    if len(np.unique(ranks)) != len(ranks):
+        raise ValueError(f"ranks must be distinct (one column per rank), got {ranks.tolist()!r}")
+    return ranks
+
+
+class SaturationRank:
+    """r*(eps) from per-seed rank curves, with an interval from resampling seeds.
+
+    Parameters: eps (>= 0; in the metric's units, e.g. 0.01 = one accuracy point, or a
+    fraction of |full| when ``relative``); higher_is_better (True for accuracy, False
+    for a loss); n_boot bootstrap resamples; ci level of the bootstrap interval;
+    random_state (int seed).
+
+    Fitted attributes:
+      curve_       rank -> mean over the seeds that ran it
+      full_        mean of the full-training values
+      threshold_   the level r* must reach: full_ -/+ delta
+      max_rank_    largest rank that ran for every seed; r* is only looked for up to it
+      r_star_      the saturation rank; inf means "not saturated up to max_rank_"
+      margin_      how far the mean at r* clears threshold_, in the metric's units
+                   (>= 0; NaN when r_star_ is inf)
+      seed_r_star_ (S,) r* of each seed's own curve (against its own full-training value
+                   when paired, else against full_)
+      boot_        (n_boot,) r* of each whole-curve bootstrap resample
+      ci_kind_     "bootstrap" with >= MIN_BOOTSTRAP_SEEDS seeds: ci_ is the percentile
+                   interval of boot_ at level ``ci`` (NaN, NaN when n_boot = 0);
+                   "seed range" below that: ci_ = (min, max) of seed_r_star_
+      ci_          (lo, hi); inf where saturation is not reached up to max_rank_
+      n_seeds_, n_full_, paired_
     """
 
-    def __init__(self, eps: float = 0.01, higher_is_better: bool = True, n_boot: int = 1000,
-                 ci: float = 0.95, random_state: int = 0) -> None:
-        self.eps, self.higher_is_better, self.n_boot = eps, higher_is_better, n_boot
-        self.ci, self.random_state = ci, random_state
+    def __init__(self, eps: float = 0.01, relative: bool = False, higher_is_better: bool = True,
+                 n_boot: int = 1000, ci: float = 0.95, random_state: int = 0) -> None:
+        self.eps, self.relative, self.higher_is_better = eps, relative, higher_is_better
+        self.n_boot, self.ci, self.random_state = n_boot, ci, random_state
 
-    def fit(self, ranks: Sequence[int], values: Sequence[float], full_values: Sequence[float]) -> "SaturationRank":
-        """``ranks``/``values``: one entry per LottaLoRA run; ``full_values``: one per full-training run."""
-        ranks, values = np.asarray(ranks, int), np.asarray(values, float)
-        full_values = np.asarray(full_values, float)
-        if ranks.shape != values.shape or ranks.ndim != 1 or len(ranks) == 0:
-            raise ValueError(f"ranks and values must be 1-D of equal non-zero length, got {ranks.shape}, {values.shape}")
-        if len(full_values) == 0:
-            raise ValueError("need at least one full-training value")
-        if not 0 < self.ci < 1:
+    def _check_params(self) -> None:
+        tolerance(1.0, self.eps)
+        if isinstance(self.n_boot, bool) or not isinstance(self.n_boot, numbers.Integral) or self.n_boot < 0:
+            raise ValueError(f"n_boot must be an int >= 0, got {self.n_boot!r}")
+        if not (isinstance(self.ci, numbers.Real) and 0 < self.ci < 1):
             raise ValueError(f"ci must lie in (0, 1), got {self.ci!r}")
-        groups = {int(r): values[ranks == r] for r in np.unique(ranks)}
-        self.curve_ = {r: float(v.mean()) for r, v in groups.items()}
-        self.full_ = float(full_values.mean())
-        self.r_star_ = r_star(self.curve_, self.full_, self.eps, self.higher_is_better)
+        for name in ("relative", "higher_is_better"):
+            if not isinstance(getattr(self, name), (bool, np.bool_)):
+                raise ValueError(f"{name} must be True or False, got {getattr(self, name)!r}")
+
+    def fit(self, ranks: Sequence[int], values: Any, full: Sequence[float],
+            paired: bool | None = None) -> "SaturationRank":
+        """Estimate r* from ``values`` (S, R): row s is seed s's curve over ``ranks`` (R,)
+        (NaN = that run did not finish), and ``full``, the full-training values.
+
+        ``paired`` (default: ``len(full) == S``): full[s] ran on the same seed as
+        values[s], so a resample draws them together; unpaired, full is resampled on
+        its own.
+        """
+        self._check_params()
+        ranks = _check_ranks(ranks)
+        V = np.asarray(values, dtype=float)
+        if V.ndim != 2 or V.shape[1] != len(ranks) or V.shape[0] == 0:
+            raise ValueError(f"values must be (n_seeds, {len(ranks)}) per-seed curves over ranks "
+                             f"{ranks.tolist()} (NaN = not run), got shape {V.shape}")
+        if np.isinf(V).any():
+            raise ValueError(f"values must be finite or NaN (not run), got inf at "
+                             f"(seed row, rank) {[(int(s), int(ranks[r])) for s, r in np.argwhere(np.isinf(V))]}")
+        F = np.asarray(full, dtype=float)
+        if F.ndim != 1 or len(F) == 0:
+            raise ValueError(f"full must be a non-empty 1-D sequence of full-training values, got shape {F.shape}")
+        if not np.isfinite(F).all():
+            raise ValueError(f"full-training values must be finite, got {F.tolist()}")
+        S = V.shape[0]
+        empty = [int(s) for s in np.flatnonzero(np.isnan(V).all(axis=1))]
+        if empty:
+            raise ValueError(f"seed row(s) {empty} have no finished run at any rank: drop them or run them")
+        if paired is None:
+            paired = len(F) == S
+        elif paired and len(F) != S:
+            raise ValueError(f"paired=True needs one full-training value per seed row ({S}), got {len(F)}")
+        order = np.argsort(ranks)
+        ranks, V = ranks[order], V[:, order]
+        complete = ~np.isnan(V).any(axis=0)
+        if not complete.any():
+            raise ValueError(f"no rank of {ranks.tolist()} finished for every seed: cannot state r*")
+        self.max_rank_ = int(ranks[complete][-1])
+        self.n_seeds_, self.n_full_, self.paired_ = S, len(F), bool(paired)
+        ran = ~np.isnan(V).all(axis=0)
+        self.curve_ = {int(r): float(np.nanmean(V[:, j])) for j, r in enumerate(ranks) if ran[j]}
+        self.full_ = float(F.mean())
+        hib = self.higher_is_better
+        self.threshold_ = threshold(self.full_, self.eps, hib, self.relative)
+        keep = ranks <= self.max_rank_
+        ranks, V = ranks[keep], V[:, keep]
+        self.r_star_ = r_star({r: self.curve_[r] for r in ranks.tolist()}, self.full_, self.eps, hib, self.relative)
+        if math.isfinite(self.r_star_):
+            gap = self.curve_[int(self.r_star_)] - self.threshold_
+            self.margin_ = float(gap if hib else -gap)
+        else:
+            self.margin_ = math.nan
+        levels = np.array([threshold(f, self.eps, hib, self.relative) for f in F]) if paired \
+            else np.full(S, self.threshold_)
+        self.seed_r_star_ = _first_saturated(ranks, _saturated(V, levels[:, None], hib))
+
         rng = np.random.Generator(np.random.PCG64(self.random_state))
-        boot = np.empty(self.n_boot)
-        for b in range(self.n_boot):
-            curve = {r: float(rng.choice(v, len(v)).mean()) for r, v in groups.items()}
-            full = float(rng.choice(full_values, len(full_values)).mean())
-            boot[b] = r_star(curve, full, self.eps, self.higher_is_better)
-        self.boot_ = boot
-        lo, hi = (1 - self.ci) / 2, 1 - (1 - self.ci) / 2
-        self.ci_ = (float(np.quantile(boot, lo, method="inverted_cdf")),
-                    float(np.quantile(boot, hi, method="inverted_cdf"))) if self.n_boot else (math.nan, math.nan)
+        idx = rng.integers(0, S, size=(self.n_boot, S))  # whole curves: one seed index per draw
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)  # a partial rank may go unrun in a resample
+            curves = np.nanmean(V[idx], axis=1) if self.n_boot else np.empty((0, len(ranks)))
+        boot_full = F[idx] if paired else F[rng.integers(0, len(F), size=(self.n_boot, len(F)))]
+        delta = self.eps * np.abs(boot_full.mean(axis=1)) if self.relative else self.eps
+        boot_level = boot_full.mean(axis=1) - delta if hib else boot_full.mean(axis=1) + delta
+        self.boot_ = _first_saturated(ranks, _saturated(curves, boot_level[:, None], hib))
+
+        if S >= MIN_BOOTSTRAP_SEEDS:
+            self.ci_kind_ = "bootstrap"
+            q = ((1 - self.ci) / 2, 1 - (1 - self.ci) / 2)
+            self.ci_ = tuple(float(np.quantile(self.boot_, p, method="inverted_cdf")) for p in q) \
+                if self.n_boot else (math.nan, math.nan)
+        else:
+            self.ci_kind_ = "seed range"
+            self.ci_ = (float(self.seed_r_star_.min()), float(self.seed_r_star_.max()))
         return self
 
     @classmethod
     def from_frame(cls, df, metric: str = "test_acc", **kwargs) -> "SaturationRank":
-        """From a ResultsStore frame: rows with cfg.method 'lotta' (by cfg.scaffold.r) and 'full'."""
+        """Transitional: from a ResultsStore frame (rows with cfg.method 'lotta' by cfg.scaffold.r
+        and 'full', one curve per 'seed'). To be replaced by the study module's frame reader."""
         lotta, full = df[df["cfg.method"] == "lotta"], df[df["cfg.method"] == "full"]
         if "higher_is_better" not in kwargs:
             kwargs["higher_is_better"] = not metric.endswith("loss")
-        return cls(**kwargs).fit(lotta["cfg.scaffold.r"].astype(int), lotta[metric], full[metric])
+        table = lotta.pivot_table(index="seed", columns="cfg.scaffold.r", values=metric, aggfunc="mean",
+                                  dropna=False)
+        f = full.groupby("seed")[metric].mean()
+        paired = set(f.index) == set(table.index)
+        fv = f.loc[table.index].to_numpy() if paired else f.to_numpy()
+        return cls(**kwargs).fit(table.columns.astype(int), table.to_numpy(), fv, paired=paired)
 
 
 @dataclass
@@ -95,20 +227,22 @@ class SearchResult:
 
 
 def adaptive_search(evaluate: Callable[[int], float], full: float, eps: float, r_max: int,
-                    higher_is_better: bool = True, r_min: int = 0) -> SearchResult:
+                    higher_is_better: bool = True, r_min: int = 0, relative: bool = False) -> SearchResult:
     """Doubling (r_min, 1, 2, 4, ... r_max) to bracket r*, then bisection inside the bracket.
 
-    ``evaluate(r)`` returns the mean metric at rank r (e.g. by running the seeds).
+    ``evaluate(r)`` returns the mean metric at rank r (e.g. by running the seeds); ``full``
+    the full-training mean; eps and ``relative`` as in the module docstring.
     Each rank is evaluated at most once.
     """
     if r_max < r_min or r_min < 0:
         raise ValueError(f"need 0 <= r_min <= r_max, got r_min={r_min}, r_max={r_max}")
+    level = threshold(full, eps, higher_is_better, relative)
     seen: dict[int, float] = {}
 
     def sat(r: int) -> bool:
         if r not in seen:
             seen[r] = float(evaluate(r))
-        return _saturated(seen[r], full, eps, higher_is_better)
+        return bool(_saturated(seen[r], level, higher_is_better))
 
     if sat(r_min):
         return SearchResult(float(r_min), seen)

@@ -6,7 +6,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from reservoir_depth import data
-from reservoir_depth.rank import SaturationRank, adaptive_search, r_star
+from reservoir_depth.rank import MIN_BOOTSTRAP_SEEDS, SaturationRank, adaptive_search, r_star
 from reservoir_depth.results import ResultsStore
 from reservoir_depth.sweep import adaptive_sweep, runs_of, study_frame, sweep
 
@@ -31,24 +31,157 @@ def test_r_star_definition():
         r_star(curve, 0.9, -0.1)
 
 
-@settings(max_examples=30, deadline=None)
-@given(st.integers(0, 2**32 - 1), st.floats(0.001, 0.2))
-def test_bootstrap_ci_brackets_the_estimate_and_is_monotone(seed, eps):
-    rng = np.random.default_rng(seed)
-    ranks = np.repeat([0, 1, 2, 4, 8], 3)
-    values = 1 - np.exp(-ranks / 2.0) * 0.3 + 0.01 * rng.standard_normal(len(ranks))
-    full = 1 + 0.01 * rng.standard_normal(3)
-    a = SaturationRank(eps=eps, n_boot=200, random_state=1).fit(ranks, values, full)
-    b = SaturationRank(eps=eps * 2, n_boot=200, random_state=1).fit(ranks, values, full)
-    assert a.ci_[0] <= a.ci_[1] and len(a.boot_) == 200
-    assert b.r_star_ <= a.r_star_
-    assert set(a.curve_) == {0, 1, 2, 4, 8}
+RANKS = np.array([0, 1, 2, 4, 8, 16])
 
 
-def test_bootstrap_ci_collapses_without_noise():
-    ranks = [0, 0, 2, 2, 4, 4]
-    sr = SaturationRank(eps=0.01, n_boot=100).fit(ranks, [0.5, 0.5, 0.9, 0.9, 1.0, 1.0], [1.0, 1.0])
-    assert sr.r_star_ == 4 and sr.ci_ == (4.0, 4.0)
+def _first(ranks, values, level, higher=True):
+    """The test's own r*: a loop over ranks, independent of the estimator's vectorised form."""
+    for r, v in zip(ranks, values):
+        if (v >= level) if higher else (v <= level):
+            return float(r)
+    return math.inf
+
+
+@st.composite
+def monotone_study(draw):
+    """(values (S, R) non-decreasing in r per seed, full (S,)): accuracy-like curves, paired seeds."""
+    S = draw(st.integers(2, 7))
+    rng = np.random.default_rng(draw(st.integers(0, 2**32 - 1)))
+    steps = rng.exponential(draw(st.floats(0.005, 0.1)), size=(S, len(RANKS)))
+    values = 0.5 + np.cumsum(steps, axis=1)
+    full = values[:, -1] + rng.normal(0, draw(st.floats(0, 0.05)), S)
+    return values, full
+
+
+@settings(max_examples=60, deadline=None)
+@given(monotone_study(), st.floats(0.0, 0.2), st.booleans())
+def test_interval_brackets_the_estimate_for_monotone_curves(study, eps, relative):
+    """Monotone curves: every seed saturated implies the mean is, none saturated implies it is not, so
+    r* and every resample's r* lie between the smallest and largest per-seed r* (paired thresholds)."""
+    values, full = study
+    sr = SaturationRank(eps=eps, relative=relative, n_boot=300, random_state=3).fit(RANKS, values, full)
+    levels = [f - (eps * abs(f) if relative else eps) for f in full]
+    per_seed = [_first(RANKS, v, lv) for v, lv in zip(values, levels)]
+    assert sr.seed_r_star_.tolist() == per_seed
+    assert min(per_seed) <= sr.r_star_ <= max(per_seed)
+    assert min(per_seed) <= sr.boot_.min() and sr.boot_.max() <= max(per_seed)
+    assert sr.ci_[0] <= sr.r_star_ <= sr.ci_[1]
+    if len(full) < MIN_BOOTSTRAP_SEEDS:
+        assert sr.ci_kind_ == "seed range" and sr.ci_ == (min(per_seed), max(per_seed))
+    else:
+        assert sr.ci_kind_ == "bootstrap"
+        assert sr.ci_ == tuple(np.quantile(sr.boot_, [0.025, 0.975], method="inverted_cdf"))
+    wider = SaturationRank(eps=eps * 2 + 0.01, relative=relative, n_boot=0).fit(RANKS, values, full)
+    assert wider.r_star_ <= sr.r_star_
+
+
+def test_ranks_share_a_seed_so_curves_are_resampled_whole():
+    """Each seed's curve is flat in r: a resample saturates at rank 1 exactly when it saturates at
+    rank 2, so a whole-curve bootstrap never gives r* = 2. Resampling ranks independently does."""
+    a = np.array([0.90, 0.92, 0.94, 0.96, 0.98, 1.00])
+    values = np.stack([a, a], axis=1)
+    sr = SaturationRank(eps=0.03, n_boot=2000).fit([1, 2], values, [0.98] * 7, paired=False)
+    assert set(sr.boot_.tolist()) == {1.0, math.inf}
+
+
+def test_full_training_is_resampled_with_its_seed():
+    """values[s] = full[s] - deficit(r): paired, every resample has the same gaps, so the interval is
+    the point; unpaired, full training's own spread moves r*. Not resampling full, or resampling it
+    apart from its seeds, breaks one of the two."""
+    rng = np.random.default_rng(0)
+    full = 0.9 + 0.02 * rng.standard_normal(6)
+    deficit = np.array([0.05, 0.02, 0.011, 0.009, 0.0])
+    values = full[:, None] - deficit[None, :]
+    ranks = [1, 2, 4, 8, 16]
+    paired = SaturationRank(eps=0.01, n_boot=500).fit(ranks, values, full)
+    assert paired.paired_ and paired.r_star_ == 8 and paired.ci_kind_ == "bootstrap"
+    assert set(paired.boot_.tolist()) == {8.0} and paired.ci_ == (8.0, 8.0)
+    # identical curves; only full training varies: its resampling alone must move r*
+    same = np.tile(0.9 - deficit, (6, 1))
+    unpaired = SaturationRank(eps=0.01, n_boot=500).fit(ranks, same, full + 0.9 - full.mean(), paired=False)
+    assert not unpaired.paired_ and unpaired.r_star_ == 8
+    assert len(set(unpaired.boot_.tolist())) > 1 and unpaired.ci_[0] < unpaired.ci_[1]
+
+
+def test_bootstrap_resamples_whole_curves_with_the_right_frequencies():
+    """Two seeds: a resample is {0,0}, {1,1} (1/4 each) or {0,1} (1/2). The digits MLP study (issue
+    numbers, test_acc at eps = 0.01): seed 0 alone saturates at r = 4, seed 1 and the pair at r = 8."""
+    ranks = [0, 1, 2, 4, 8, 16, 32]
+    values = [[0.900000, 0.936111, 0.977778, 0.986111, 0.977778, 0.980556, 0.977778],
+              [0.852778, 0.955556, 0.963889, 0.966667, 0.977778, 0.980556, 0.986111]]
+    full = [0.991667, 0.983333]
+    sr = SaturationRank(eps=0.01, n_boot=4000).fit(ranks, values, full)
+    assert sr.r_star_ == 8 and sr.ci_kind_ == "seed range" and sr.ci_ == (4.0, 8.0)
+    assert sr.margin_ == pytest.approx(0.977778 - (0.9875 - 0.01))
+    assert np.mean(sr.boot_ == 4) == pytest.approx(0.25, abs=0.03)
+    assert set(sr.boot_.tolist()) == {4.0, 8.0}
+
+
+def test_bootstrap_needs_five_seeds():
+    ranks, curve = [0, 4], [0.5, 1.0]
+    for S in (1, 2, 3, 4):
+        assert SaturationRank(n_boot=10).fit(ranks, [curve] * S, [1.0] * S).ci_kind_ == "seed range"
+    sr = SaturationRank(n_boot=10).fit(ranks, [curve] * 5, [1.0] * 5)
+    assert sr.ci_kind_ == "bootstrap" and sr.ci_ == (4.0, 4.0) and sr.margin_ == pytest.approx(0.01)
+    assert SaturationRank(n_boot=0).fit(ranks, [curve] * 5, [1.0]).ci_kind_ == "bootstrap"
+    assert all(map(math.isnan, SaturationRank(n_boot=0).fit(ranks, [curve] * 5, [1.0]).ci_))
+
+
+def test_relative_eps_and_losses():
+    ranks = [0, 1, 2]
+    values = [[3.0, 1.3, 1.05], [3.0, 1.3, 1.05]]
+    absolute = SaturationRank(eps=0.1, higher_is_better=False).fit(ranks, values, [1.0, 1.0])
+    assert absolute.threshold_ == pytest.approx(1.1) and absolute.r_star_ == 2
+    assert absolute.margin_ == pytest.approx(0.05)
+    relative = SaturationRank(eps=0.1, relative=True, higher_is_better=False).fit(ranks, values, [2.0, 2.0])
+    assert relative.threshold_ == pytest.approx(2.2) and relative.r_star_ == 1
+    assert relative.margin_ == pytest.approx(0.9)
+    acc = SaturationRank(eps=0.5, relative=True).fit(ranks, [[0.1, 0.3, 0.4]], [0.8])
+    assert acc.threshold_ == pytest.approx(0.4) and acc.r_star_ == 2
+    assert r_star({0: 0.1, 1: 0.3, 2: 0.4}, 0.8, 0.5, relative=True) == 2
+
+
+def test_r_star_is_never_stated_beyond_the_last_rank_every_seed_ran():
+    nan = math.nan
+    values = [[0.5, 0.6, nan, 0.99], [0.5, 0.7, 0.8, 0.99], [0.5, 0.65, 0.8, nan]]
+    sr = SaturationRank(eps=0.01).fit([0, 1, 2, 3], values, [1.0, 1.0, 1.0])
+    assert sr.max_rank_ == 1 and sr.r_star_ == math.inf and math.isnan(sr.margin_)
+    assert sr.curve_[3] == pytest.approx(0.99) and sr.curve_[2] == pytest.approx(0.8)
+    assert sr.ci_ == (math.inf, math.inf) and set(sr.boot_.tolist()) == {math.inf}
+    # a rank below max_rank_ that one seed missed: the mean of the seeds that ran it
+    values = [[0.5, nan, 0.99], [0.5, 0.995, 0.99]]
+    sr = SaturationRank(eps=0.01).fit([0, 1, 2], values, [1.0, 1.0])
+    assert sr.max_rank_ == 2 and sr.r_star_ == 1 and sr.seed_r_star_.tolist() == [2.0, 1.0]
+
+
+def test_ranks_may_come_in_any_order():
+    values = np.array([[0.99, 0.5, 0.92], [0.99, 0.5, 0.92]])
+    sr = SaturationRank(eps=0.1).fit([8, 0, 2], values, [1.0, 1.0])
+    assert sr.r_star_ == 2 and list(sr.curve_) == [0, 2, 8]
+
+
+@pytest.mark.parametrize("kwargs, fit, match", [
+    ({}, ([0, 1], [0.5, 0.9], [1.0]), r"values must be \(n_seeds, 2\)"),
+    ({}, ([0, 1], [[0.5, 0.9, 1.0]], [1.0]), r"values must be \(n_seeds, 2\)"),
+    ({}, ([0, 1], [[0.5, math.inf]], [1.0]), r"inf at .* \[\(0, 1\)\]"),
+    ({}, ([0, 1], [[0.5, 0.9]], [math.nan]), "full-training values must be finite"),
+    ({}, ([0, 1], [[0.5, 0.9]], []), "full must be a non-empty"),
+    ({}, ([0, 0], [[0.5, 0.9]], [1.0]), "distinct"),
+    ({}, ([0, -1], [[0.5, 0.9]], [1.0]), r"ints >= 0, got \[-1\]"),
+    ({}, ([0, 1.5], [[0.5, 0.9]], [1.0]), r"ints >= 0, got \[1.5\]"),
+    ({}, ([0, 1], [[0.5, math.nan], [math.nan, 0.9]], [1.0]), "no rank of"),
+    ({}, ([0, 1], [[0.5, 0.9], [math.nan, math.nan]], [1.0]), r"seed row\(s\) \[1\]"),
+    ({"eps": -0.1}, ([0], [[0.5]], [1.0]), "eps must be"),
+    ({"eps": math.nan}, ([0], [[0.5]], [1.0]), "eps must be"),
+    ({"ci": 1.0}, ([0], [[0.5]], [1.0]), "ci must lie"),
+    ({"n_boot": -1}, ([0], [[0.5]], [1.0]), "n_boot must be"),
+    ({"relative": "yes"}, ([0], [[0.5]], [1.0]), "relative must be"),
+])
+def test_bad_input_is_refused(kwargs, fit, match):
+    with pytest.raises(ValueError, match=match):
+        SaturationRank(**kwargs).fit(*fit)
+    with pytest.raises(ValueError, match="paired=True needs one full-training value per seed row"):
+        SaturationRank().fit([0], [[0.5], [0.6]], [1.0], paired=True)
 
 
 @settings(max_examples=100, deadline=None)
