@@ -1,48 +1,90 @@
-"""Adapter files: everything but W_seed, which regenerates from (spec, root seed).
+"""Adapter files: everything but W_seed and the other frozen scaffold tensors, which
+regenerate from (spec, root seed).
 
 A saved model is a folder with two files:
 
-    adapter.safetensors   A, B, beta and the other trained tensors (heads, norms)
-    adapter.json          sorted JSON: format, package version, architecture config,
-                          scaffold config (spec, root seed, r, alpha, ...), a
-                          fingerprint of every regenerated W_seed, tensor shapes
+    adapter.safetensors   A, B, beta and the other trained or non-scaffold tensors
+                          (heads, norms, embeddings); a tensor shared by several
+                          names (tied weights) is stored once
+    adapter.json          sorted JSON, format ``reservoir-depth-adapter/2``:
 
-Loading regenerates the backbone, refuses a W_seed whose fingerprint differs
-beyond float rounding (naming the layer), and loads tensors strictly. No pickle.
+      format          "reservoir-depth-adapter/<major>"; a newer major is refused
+      versions        {numpy, scipy, torch, safetensors, reservoir_depth} that wrote it
+                      (numpy and scipy determine the canonical draw of W_seed)
+      arch            the architecture config (``build(name, **kwargs)``), or null for
+                      a user's own model (then ``load(path, model=...)``)
+      scaffold        ScaffoldConfig.to_dict(): spec, root seed, r, alpha, rslora, bias, ...
+      draws           {layer: draw id}: which W_seed each layer used when saved
+                      (0 = canonical, ["epoch", e], ["cycle", i]: destabilised schedules)
+      fingerprints    {tensor: sketch} of every regenerated tensor ("<layer>.W_seed" and the
+                      frozen ones, e.g. "<layer>.bias"): Frobenius norm, sum, N_PROBES random
+                      projections u^T W v, shape, sha256 of its float32 bytes (informative)
+      tensors         {name: {shape, dtype, sha256}} of every stored tensor
+      ties            {alias: stored name} of tensors shared by several names
+      tensors_sha256  sha256 of the adapter.safetensors bytes
+      config_sha256   {key: sha256} of the canonical JSON (sorted keys, no spaces) of every
+                      other top-level key, so an edit names the key it touched
+
+Loading (``verify`` then ``load``) refuses anything it cannot vouch for, naming the
+file and the key: a damaged or edited JSON (missing, unknown, wrongly typed or
+non-finite values; a section that does not match its hash), a damaged or non-finite
+tensor, a regenerated tensor whose fingerprint differs beyond float rounding (noting
+library versions that differ from the writer's), a model whose tensor names, shapes,
+dtypes or ties differ from the file's. Format 1 files (written by reservoir-depth
+0.1.0: no hashes, draws, frozen-tensor fingerprints, ties or versions) still load,
+with the checks they support. No pickle.
 """
 
 from __future__ import annotations
 
 import hashlib
+import importlib
 import json
+import math
 import os
+import re
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable, Mapping
 
 import numpy as np
+import safetensors
+import scipy
 import torch
-from safetensors.torch import load_file
+from safetensors.torch import load as from_bytes
 from safetensors.torch import save as to_bytes
 from torch import nn
 
 from . import __version__
-from .distributions import rng_for, torch_rng
-from .scaffold import ScaffoldConfig, merge, scaffold, scaffold_layers
+from .distributions import is_number, rng_for, torch_rng
+from .scaffold import ScaffoldConfig, ScaffoldLayer, merge, scaffold, scaffold_layers
 
-FORMAT = "reservoir-depth-adapter/1"
+FORMAT_NAME, FORMAT_VERSION = "reservoir-depth-adapter", 2
+FORMAT = f"{FORMAT_NAME}/{FORMAT_VERSION}"
 TENSORS, CONFIG = "adapter.safetensors", "adapter.json"
 N_PROBES = 8
 FINGERPRINT_RTOL = 1e-5
+KEYS = {  # top-level keys of adapter.json, by format major version
+    1: ("arch", "fingerprints", "format", "scaffold", "tensors", "version"),
+    2: ("arch", "config_sha256", "draws", "fingerprints", "format", "scaffold", "tensors", "tensors_sha256", "ties",
+        "versions"),
+}
+FINGERPRINT_KEYS = ("frobenius", "probes", "sha256", "shape", "sum")
+VERSIONED = ("numpy", "scipy", "torch", "safetensors", "reservoir_depth")
+ARCHITECTURE_REGISTRY = "reservoir_depth.models"  # provides build(name, **kwargs), looked up by name
+
+Builder = Callable[..., nn.Module]
+_HEX = re.compile(r"[0-9a-f]{64}")
 
 
+# -- fingerprints, hashes, versions ---------------------------------------------------------------
 def fingerprint(w: torch.Tensor) -> dict[str, Any]:
     """A sketch of W_seed robust to float rounding: ||W||_F, sum and u_i^T W v_i for fixed unit u_i, v_i.
 
     Also the sha256 of its float32 bytes (reported, not enforced: it is rounding-sensitive).
     """
-    m = w.detach().to("cpu", torch.float64).reshape(w.shape[0], -1).numpy()
+    m = w.detach().to("cpu", torch.float64).reshape(w.shape[0] if w.dim() else 1, -1).numpy()
     rng = rng_for(0x5EED)
     u = rng.standard_normal((N_PROBES, m.shape[0]))
     v = rng.standard_normal((N_PROBES, m.shape[1]))
@@ -55,27 +97,97 @@ def fingerprint(w: torch.Tensor) -> dict[str, Any]:
 
 
 def fingerprint_mismatch(a: dict[str, Any], b: dict[str, Any]) -> str | None:
-    """Why two fingerprints differ beyond rounding, or None if they agree."""
+    """Why two fingerprints differ beyond rounding, or None if they agree (never None for a non-finite one)."""
     if list(a["shape"]) != list(b["shape"]):
         return f"shape {a['shape']} != {b['shape']}"
+    values = [a["frobenius"], b["frobenius"], a["sum"], b["sum"], *a["probes"], *b["probes"]]
+    if not all(is_number(v) and math.isfinite(v) for v in values):
+        return "a fingerprint value is not a finite number"
     tol = FINGERPRINT_RTOL * max(a["frobenius"], b["frobenius"], 1e-30)
     for key in ("frobenius", "sum"):
-        if abs(a[key] - b[key]) > tol * (np.sqrt(np.prod(a["shape"])) if key == "sum" else 1):
+        if not abs(a[key] - b[key]) <= tol * (np.sqrt(np.prod(a["shape"])) if key == "sum" else 1):
             return f"{key} {a[key]!r} != {b[key]!r}"
+    if len(a["probes"]) != len(b["probes"]):
+        return f"{len(a['probes'])} random projections != {len(b['probes'])}"
     diff = np.max(np.abs(np.subtract(a["probes"], b["probes"])))
-    if diff > tol:
+    if not diff <= tol:
         return f"random projections differ by {diff:.3g} (tolerance {tol:.3g})"
     return None
 
 
-def _saved_state(model: nn.Module) -> dict[str, torch.Tensor]:
-    """The state to save: all persistent tensors except a scaffold layer's untrained ones."""
-    skip = set()
+def library_versions() -> dict[str, str]:
+    """Versions of the libraries that determine a file's contents (numpy and scipy: the canonical draw)."""
+    return {"numpy": np.__version__, "scipy": scipy.__version__, "torch": torch.__version__,
+            "safetensors": safetensors.__version__, "reservoir_depth": __version__}
+
+
+def _sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def _tensor_sha256(t: torch.Tensor) -> str:
+    return _sha256(t.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+
+
+def _canonical(value: Any) -> bytes:
+    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
+
+
+def config_hashes(meta: Mapping[str, Any]) -> dict[str, str]:
+    """config_sha256: the sha256 of the canonical JSON of every top-level key but itself."""
+    return {k: _sha256(_canonical(v)) for k, v in sorted(meta.items()) if k != "config_sha256"}
+
+
+def _dtype_name(dtype: torch.dtype) -> str:
+    return str(dtype).removeprefix("torch.")
+
+
+# -- what a model saves ---------------------------------------------------------------------------
+def _frozen(layer: ScaffoldLayer) -> tuple[str, ...]:
+    """Names of a scaffold layer's parameters that are not trained: they regenerate from the seed."""
+    if hasattr(layer, "frozen"):
+        return tuple(layer.frozen())
+    return tuple(n for n, _ in layer.named_parameters(recurse=False) if n not in layer.trainable)
+
+
+def _regenerated(model: nn.Module) -> dict[str, torch.Tensor]:
+    """Every tensor a load regenerates instead of reading: each layer's W_seed and frozen tensors."""
+    out = {}
     for name, layer in scaffold_layers(model):
-        for local, _ in layer.named_parameters(recurse=False):
-            if local not in layer.trainable:
-                skip.add(f"{name}.{local}")
-    return {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items() if k not in skip}
+        out[f"{name}.W_seed"] = layer.W_seed
+        out.update({f"{name}.{local}": getattr(layer, local) for local in _frozen(layer)})
+    return out
+
+
+def _ties(state: Mapping[str, torch.Tensor]) -> dict[str, str]:
+    """{alias: first name} of tensors that are one tensor under several names (tied weights).
+
+    Tensors that overlap in memory without being the same view cannot be stored: refused.
+    """
+    first: dict[tuple, str] = {}
+    storage: dict[int, str] = {}
+    ties = {}
+    for name, t in state.items():
+        if t.numel() == 0:
+            continue
+        ptr = t.untyped_storage().data_ptr()
+        view = (ptr, t.storage_offset(), tuple(t.shape), t.stride(), t.dtype)
+        if view in first:
+            ties[name] = first[view]
+        elif ptr in storage:
+            raise ValueError(f"tensors {storage[ptr]!r} and {name!r} share memory without being the same tensor: "
+                             f"an adapter file can store tied tensors only when they are identical")
+        else:
+            first[view], storage[ptr] = name, name
+    return ties
+
+
+def _saved_state(model: nn.Module) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """(tensors to store, ties): every persistent tensor except the regenerated ones, each shared one once."""
+    skip = set(_regenerated(model))
+    state = {k: v for k, v in model.state_dict().items() if k not in skip}
+    ties = _ties(state)
+    return {k: v.detach().cpu().contiguous() for k, v in state.items() if k not in ties}, ties
 
 
 @dataclass(frozen=True)
@@ -106,73 +218,321 @@ def _atomic_write(path: Path, data: bytes) -> None:
         raise
 
 
+def _draw_id(layer: ScaffoldLayer) -> Any:
+    return getattr(layer, "draw_id", 0)
+
+
 def save(model: nn.Module, path: str | os.PathLike, arch: dict[str, Any] | None = None) -> SaveReport:
-    """Write ``path``/adapter.safetensors and ``path``/adapter.json (each atomically)."""
+    """Write ``path``/adapter.safetensors and ``path``/adapter.json (each atomically; format in the module doc).
+
+    Refuses a model with a non-finite tensor (it could not be loaded back), naming it.
+    """
     config: ScaffoldConfig | None = getattr(model, "scaffold_config", None)
     if config is None:
         raise ValueError("model has no scaffold_config: call scaffold(model, config) first")
     arch = arch if arch is not None else getattr(model, "arch_config", None)
     path = Path(path)
-    path.mkdir(parents=True, exist_ok=True)
-    state = _saved_state(model)
+    state, ties = _saved_state(model)
+    regenerated = _regenerated(model)
+    for name, t in {**state, **regenerated}.items():
+        if t.is_floating_point() and not bool(torch.isfinite(t).all()):
+            raise ValueError(f"cannot save: tensor {name!r} holds {int((~torch.isfinite(t)).sum())} non-finite values")
+    data = to_bytes(state, metadata={"format": FORMAT})
     meta = {
         "format": FORMAT,
-        "version": __version__,
+        "versions": library_versions(),
         "arch": arch,
         "scaffold": config.to_dict(),
-        "fingerprints": {n: fingerprint(m.W_seed) for n, m in scaffold_layers(model)},
-        "tensors": {k: list(v.shape) for k, v in state.items()},
+        "draws": {n: _draw_id(layer) for n, layer in scaffold_layers(model)},
+        "fingerprints": {n: fingerprint(t) for n, t in regenerated.items()},
+        "tensors": {k: {"shape": list(v.shape), "dtype": _dtype_name(v.dtype), "sha256": _tensor_sha256(v)}
+                    for k, v in state.items()},
+        "ties": ties,
+        "tensors_sha256": _sha256(data),
     }
-    _atomic_write(path / TENSORS, to_bytes(state, metadata={"format": FORMAT}))
-    _atomic_write(path / CONFIG, (json.dumps(meta, sort_keys=True, indent=1) + "\n").encode())
-    full = len(to_bytes({k: v.detach().cpu().contiguous() for k, v in merge(model).state_dict().items()}))
+    meta["config_sha256"] = config_hashes(meta)
+    text = json.dumps(meta, sort_keys=True, indent=1, allow_nan=False) + "\n"
+    _verify_config(path / CONFIG, json.loads(text))  # never write what load would refuse
+    path.mkdir(parents=True, exist_ok=True)
+    _atomic_write(path / TENSORS, data)
+    _atomic_write(path / CONFIG, text.encode())
+    merged, _ = _saved_state(merge(model))
+    full = len(to_bytes(merged))
     return SaveReport(path, (path / TENSORS).stat().st_size + (path / CONFIG).stat().st_size, full)
 
 
+# -- verifying a file -----------------------------------------------------------------------------
+def _error(file: Path, key: str, why: str) -> ValueError:
+    return ValueError(f"{file}: key {key!r}: {why}")
+
+
+def _object(file: Path, key: str, value: Any, required: tuple[str, ...] | None = None) -> dict[str, Any]:
+    """``value`` as a JSON object; with ``required``, exactly those keys (key "" is the top level)."""
+    if not isinstance(value, dict):
+        if not key:
+            raise ValueError(f"{file}: expected a JSON object, got {type(value).__name__}")
+        raise _error(file, key, f"expected an object, got {type(value).__name__} {value!r:.60}")
+    if required is not None:
+        missing, unknown = sorted(set(required) - set(value)), sorted(set(value) - set(required))
+        prefix = f"{key}/" if key else ""
+        if missing:
+            raise _error(file, prefix + missing[0], f"missing (required keys: {', '.join(required)})")
+        if unknown:
+            raise _error(file, prefix + unknown[0], f"unknown key (allowed: {', '.join(required)})")
+    return value
+
+
+def _of_type(file: Path, key: str, value: Any, kind: str) -> Any:
+    ok = {"str": isinstance(value, str),
+          "hex": isinstance(value, str) and _HEX.fullmatch(value) is not None,
+          "finite": is_number(value) and math.isfinite(value),
+          "size": isinstance(value, int) and not isinstance(value, bool) and value >= 0}[kind]
+    if not ok:
+        allowed = {"str": "a string", "hex": "a sha256 hex digest", "finite": "a finite number",
+                   "size": "an int >= 0"}[kind]
+        raise _error(file, key, f"expected {allowed}, got {value!r:.60}")
+    return value
+
+
+def _shape(file: Path, key: str, value: Any) -> list[int]:
+    if not isinstance(value, list):
+        raise _error(file, key, f"expected a list of ints >= 0, got {value!r:.60}")
+    return [_of_type(file, f"{key}/{i}", v, "size") for i, v in enumerate(value)]
+
+
+def _format_version(file: Path, meta: dict[str, Any]) -> int:
+    fmt = meta.get("format")
+    if not isinstance(fmt, str) or not re.fullmatch(rf"{re.escape(FORMAT_NAME)}/\d+", fmt):
+        raise _error(file, "format", f"{fmt!r:.60} is not an adapter format (expected {FORMAT!r})")
+    major = int(fmt.rpartition("/")[2])
+    if major > FORMAT_VERSION:
+        raise _error(file, "format", f"{fmt!r} was written by a newer reservoir-depth; this version "
+                                     f"({__version__}) reads formats 1 to {FORMAT_VERSION}: upgrade to load it")
+    if major not in KEYS:
+        raise _error(file, "format", f"unknown format version {major} (known: {sorted(KEYS)})")
+    return major
+
+
+def _verify_fingerprint(file: Path, key: str, fp: Any) -> None:
+    _object(file, key, fp, FINGERPRINT_KEYS)
+    for k in ("frobenius", "sum"):
+        _of_type(file, f"{key}/{k}", fp[k], "finite")
+    if not isinstance(fp["probes"], list) or len(fp["probes"]) != N_PROBES:
+        raise _error(file, f"{key}/probes", f"expected a list of {N_PROBES} finite numbers, got {fp['probes']!r:.60}")
+    for i, v in enumerate(fp["probes"]):
+        _of_type(file, f"{key}/probes/{i}", v, "finite")
+    _shape(file, f"{key}/shape", fp["shape"])
+    _of_type(file, f"{key}/sha256", fp["sha256"], "hex")
+
+
+def _verify_scaffold(file: Path, d: Any) -> None:
+    """The scaffold config must parse and round-trip exactly (a missing key would silently take a default)."""
+    _object(file, "scaffold", d)
+    allowed = [f.name for f in fields(ScaffoldConfig)]
+    for k in sorted(set(d) - set(allowed)):
+        raise _error(file, f"scaffold/{k}", f"unknown key (allowed: {', '.join(allowed)})")
+    try:
+        again = ScaffoldConfig.from_dict(d).to_dict()
+    except (TypeError, ValueError, KeyError, AttributeError) as e:
+        raise _error(file, "scaffold", f"not a valid scaffold config: {e}") from None
+    for k in sorted(set(d) | set(again)):
+        if k not in d:
+            raise _error(file, f"scaffold/{k}", "missing")
+        if k not in again or json.loads(_canonical(again[k])) != d[k]:
+            raise _error(file, f"scaffold/{k}", f"{d[k]!r:.60} is not what this config writes "
+                                                f"({again.get(k, 'no such key')!r:.60})")
+
+
+def _verify_draw(file: Path, key: str, draw: Any) -> None:
+    if isinstance(draw, int) and not isinstance(draw, bool) and draw == 0:
+        return
+    if not (isinstance(draw, list) and len(draw) == 2 and isinstance(draw[0], str)
+            and isinstance(draw[1], int) and not isinstance(draw[1], bool)):
+        raise _error(file, key, f"expected 0 or [schedule, index], got {draw!r:.60}")
+
+
+def _verify_config(file: Path, meta: Any) -> int:
+    """Every check of adapter.json that needs no model: keys, types, finite fingerprints, hashes. Returns the major."""
+    _object(file, "", meta)
+    major = _format_version(file, meta)
+    _object(file, "", meta, KEYS[major])
+    if meta["arch"] is not None:
+        _of_type(file, "arch/name", _object(file, "arch", meta["arch"]).get("name"), "str")
+    _verify_scaffold(file, meta["scaffold"])
+    for name, fp in _object(file, "fingerprints", meta["fingerprints"]).items():
+        _verify_fingerprint(file, f"fingerprints/{name}", fp)
+    for name, entry in _object(file, "tensors", meta["tensors"]).items():
+        if major == 1:
+            _shape(file, f"tensors/{name}", entry)
+        else:
+            _object(file, f"tensors/{name}", entry, ("dtype", "sha256", "shape"))
+            _shape(file, f"tensors/{name}/shape", entry["shape"])
+            _of_type(file, f"tensors/{name}/sha256", entry["sha256"], "hex")
+            if not isinstance(getattr(torch, str(entry["dtype"]), None), torch.dtype):
+                raise _error(file, f"tensors/{name}/dtype", f"unknown dtype {entry['dtype']!r:.60}")
+    if major == 1:
+        _of_type(file, "version", meta["version"], "str")
+        return major
+    for k, v in _object(file, "versions", meta["versions"], VERSIONED).items():
+        _of_type(file, f"versions/{k}", v, "str")
+    for layer, draw in _object(file, "draws", meta["draws"]).items():
+        _verify_draw(file, f"draws/{layer}", draw)
+    for alias, target in _object(file, "ties", meta["ties"]).items():
+        if target not in meta["tensors"] or alias in meta["tensors"]:
+            raise _error(file, f"ties/{alias}", f"must name a stored tensor ({target!r:.60} is not one) and not "
+                                                f"be one itself")
+    _of_type(file, "tensors_sha256", meta["tensors_sha256"], "hex")
+    recorded = _object(file, "config_sha256", meta["config_sha256"], tuple(k for k in KEYS[major] if k != "config_sha256"))
+    for k, sha in sorted(config_hashes(meta).items()):
+        if recorded[k] != sha:
+            raise _error(file, k, "content does not match its sha256 in config_sha256: the file was edited or "
+                                  "damaged after it was written")
+    return major
+
+
+def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    d = dict(pairs)
+    if len(d) != len(pairs):
+        dup = next(k for i, (k, _) in enumerate(pairs) if k in dict(pairs[:i]))
+        raise ValueError(f"key {dup!r} appears twice")
+    return d
+
+
 def read_config(path: str | os.PathLike) -> dict[str, Any]:
-    """The adapter.json of a saved model, format-checked."""
-    p = Path(path) / CONFIG
-    if not p.exists():
+    """The adapter.json of a saved model, verified (see ``verify``; no tensors read)."""
+    file = Path(path) / CONFIG
+    if not file.exists():
         raise FileNotFoundError(f"no {CONFIG} in {path}")
-    meta = json.loads(p.read_text())
-    if meta.get("format") != FORMAT:
-        raise ValueError(f"{p}: format {meta.get('format')!r}, expected {FORMAT!r}")
+    try:
+        meta = json.loads(file.read_bytes().decode("utf-8"), object_pairs_hook=_no_duplicates)
+    except ValueError as e:  # JSONDecodeError, UnicodeDecodeError, duplicate keys
+        raise ValueError(f"{file}: not a valid adapter JSON (truncated or damaged): {e}") from None
+    _verify_config(file, meta)
     return meta
 
 
-def load(path: str | os.PathLike, model: nn.Module | None = None) -> nn.Module:
-    """Regenerate the scaffold from the file's spec and seed, check it, load the tensors.
+def _verify_tensors(file: Path, data: bytes, meta: dict[str, Any]) -> dict[str, torch.Tensor]:
+    """adapter.safetensors against adapter.json: hashes (format 2), names, shapes, dtypes, finite values."""
+    damaged = "tensors_sha256" in meta and _sha256(data) != meta["tensors_sha256"]
+    try:
+        tensors = from_bytes(data)
+    except Exception as e:  # safetensors raises its own error types for a damaged header
+        raise ValueError(f"{file}: not a readable safetensors file{' (sha256 differs from the JSON)' * damaged}: "
+                         f"{e}") from None
+    recorded = meta["tensors"]
+    missing, unexpected = sorted(set(recorded) - set(tensors)), sorted(set(tensors) - set(recorded))
+    if missing or unexpected:
+        raise ValueError(f"{file}: tensor names differ from {CONFIG}: missing {missing}, unexpected {unexpected}")
+    for name, t in sorted(tensors.items()):
+        entry = recorded[name] if isinstance(recorded[name], dict) else {"shape": recorded[name]}
+        if list(t.shape) != entry["shape"]:
+            raise _error(file, name, f"shape {list(t.shape)} differs from {entry['shape']} in {CONFIG}")
+        if "dtype" in entry and _dtype_name(t.dtype) != entry["dtype"]:
+            raise _error(file, name, f"dtype {_dtype_name(t.dtype)} differs from {entry['dtype']} in {CONFIG}")
+        if "sha256" in entry and _tensor_sha256(t) != entry["sha256"]:
+            raise _error(file, name, "data do not match their sha256 in adapter.json: the file is damaged")
+    if damaged:
+        raise _error(file, "tensors_sha256", "the file does not match its sha256 in adapter.json although every "
+                                             "tensor does: its header was changed")
+    for name, t in sorted(tensors.items()):
+        if t.is_floating_point() and not bool(torch.isfinite(t).all()):
+            raise _error(file, name, f"{int((~torch.isfinite(t)).sum())} non-finite values (NaN or inf)")
+    return tensors
 
-    ``model``: a fresh, unscaffolded instance of the architecture; needed when the
-    file records no architecture (a user's own torch model).
+
+def verify(path: str | os.PathLike) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
+    """(adapter.json, tensors) of a saved model after every check that needs no model.
+
+    Raises ValueError naming the file and the key for anything it cannot vouch for.
     """
     meta = read_config(path)
-    if model is None:
-        if not meta.get("arch"):
-            raise ValueError(f"{path} records no architecture: pass model= (a fresh instance of it)")
-        from .models import build
+    file = Path(path) / TENSORS
+    if not file.exists():
+        raise FileNotFoundError(f"no {TENSORS} in {path}")
+    return meta, _verify_tensors(file, file.read_bytes(), meta)
 
-        arch = dict(meta["arch"])
-        with torch_rng(0):
-            model = build(arch.pop("name"), **arch)
-    model = scaffold(model, ScaffoldConfig.from_dict(meta["scaffold"]))
+
+# -- loading --------------------------------------------------------------------------------------
+def architecture_builder(registry: str = ARCHITECTURE_REGISTRY) -> Builder:
+    """The ``build(name, **kwargs)`` of an architecture registry, found by module name (io knows no model)."""
+    return importlib.import_module(registry).build
+
+
+def _versions_note(meta: dict[str, Any]) -> str:
+    written = meta.get("versions") or {"reservoir_depth": meta.get("version")}
+    running = library_versions()
+    differ = [f"{k} {written[k]} (running {running[k]})" for k in VERSIONED if k in written and written[k] != running[k]]
+    return (f"; the file was written with {', '.join(differ)}: the draw may have changed with them"
+            if differ else "")
+
+
+def _check_model(path: Path, meta: dict[str, Any], model: nn.Module, tensors: dict[str, torch.Tensor]) -> None:
+    """The regenerated scaffold and the model's tensors against the file; sets each layer's recorded draw."""
+    config_file = path / CONFIG
     layers = dict(scaffold_layers(model))
-    if set(layers) != set(meta["fingerprints"]):
-        raise ValueError(f"scaffold layers differ from the file: model has {sorted(layers)}, "
-                         f"file has {sorted(meta['fingerprints'])}")
-    for name, layer in layers.items():
-        why = fingerprint_mismatch(meta["fingerprints"][name], fingerprint(layer.W_seed))
+    draws = meta.get("draws", {name: 0 for name in layers})
+    if set(layers) != set(draws):
+        raise _error(config_file, "draws", f"scaffold layers differ from the file: model has {sorted(layers)}, "
+                                           f"file has {sorted(draws)}")
+    for name, draw in draws.items():
+        if draw != 0:
+            if not hasattr(layers[name], "set_draw"):
+                raise _error(config_file, f"draws/{name}", f"this version cannot regenerate draw {draw!r}")
+            try:
+                layers[name].set_draw(draw)
+            except (TypeError, ValueError) as e:
+                raise _error(config_file, f"draws/{name}", str(e)) from None
+    regenerated, recorded = _regenerated(model), meta["fingerprints"]
+    if meta["format"] == f"{FORMAT_NAME}/1":  # format 1 fingerprinted W_seed only, keyed by layer
+        regenerated = {k.removesuffix(".W_seed"): v for k, v in regenerated.items() if k.endswith(".W_seed")}
+    if set(regenerated) != set(recorded):
+        raise _error(config_file, "fingerprints", f"the model regenerates {sorted(regenerated)}, "
+                                                  f"the file fingerprints {sorted(recorded)}")
+    for name, t in regenerated.items():
+        why = fingerprint_mismatch(recorded[name], fingerprint(t))
         if why:
-            raise ValueError(f"regenerated W_seed of layer {name!r} does not match the file ({why}): "
-                             f"a different seed, spec or package version drew it")
-    tensors = load_file(str(Path(path) / TENSORS))
-    expected = _saved_state(model)
+            raise _error(config_file, f"fingerprints/{name}", f"the regenerated tensor does not match the file "
+                                                              f"({why}): a different seed, spec or draw produced it"
+                                                              f"{_versions_note(meta)}")
+    expected, ties = _saved_state(model)
+    if ties != meta.get("ties", {}):
+        raise _error(config_file, "ties", f"the model ties {ties}, the file records {meta.get('ties', {})}")
     missing, unexpected = sorted(set(expected) - set(tensors)), sorted(set(tensors) - set(expected))
     if missing or unexpected:
-        raise ValueError(f"{path}: tensor names do not match the model: missing {missing}, unexpected {unexpected}")
-    bad = [f"{k}: file {tuple(tensors[k].shape)} vs model {tuple(expected[k].shape)}"
-           for k in expected if tensors[k].shape != expected[k].shape]
-    if bad:
-        raise ValueError(f"{path}: shape mismatch: {'; '.join(bad)}")
-    model.load_state_dict(tensors, strict=False)
+        raise ValueError(f"{path / TENSORS}: tensor names do not match the model: missing {missing}, "
+                         f"unexpected {unexpected}")
+    for k, t in expected.items():
+        if tensors[k].shape != t.shape:
+            raise _error(path / TENSORS, k, f"shape mismatch: file {tuple(tensors[k].shape)} vs model {tuple(t.shape)}")
+        if tensors[k].dtype != t.dtype:
+            raise _error(path / TENSORS, k, f"dtype mismatch: file {_dtype_name(tensors[k].dtype)} vs model "
+                                            f"{_dtype_name(t.dtype)} (pass model= built in the file's dtype)")
+
+
+def load(path: str | os.PathLike, model: nn.Module | None = None, build: Builder | None = None) -> nn.Module:
+    """Verify the file, regenerate the scaffold from its spec, seed and draws, check it, load the tensors.
+
+    ``model``: a fresh, unscaffolded instance of the architecture; needed when the
+    file records no architecture (a user's own torch model). Otherwise the recorded
+    ``arch`` is rebuilt with ``build(name, **kwargs)`` (default: the architecture
+    registry's, ``architecture_builder()``).
+    """
+    path = Path(path)
+    meta, tensors = verify(path)
+    if model is None:
+        if not meta["arch"]:
+            raise ValueError(f"{path / CONFIG} records no architecture: pass model= (a fresh instance of it)")
+        arch = dict(meta["arch"])
+        try:
+            with torch_rng(0):
+                model = (build or architecture_builder())(arch.pop("name"), **arch)
+        except (TypeError, ValueError) as e:
+            raise _error(path / CONFIG, "arch", f"cannot build the recorded architecture: {e}") from None
+    try:
+        model = scaffold(model, ScaffoldConfig.from_dict(meta["scaffold"]))
+    except (TypeError, ValueError) as e:
+        raise _error(path / CONFIG, "scaffold", f"cannot scaffold the model: {e}") from None
+    _check_model(path, meta, model, tensors)
+    ties = meta.get("ties", {})
+    model.load_state_dict({**tensors, **{alias: tensors[name] for alias, name in ties.items()}}, strict=False)
     return model

@@ -1,7 +1,10 @@
+import hashlib
 import json
 
 import pytest
 import torch
+from safetensors.torch import load_file
+from safetensors.torch import save as to_bytes
 from torch import nn
 
 from reservoir_depth import io
@@ -10,16 +13,42 @@ from reservoir_depth.models import build
 from reservoir_depth.scaffold import ScaffoldConfig, merge, scaffold, scaffold_layers
 
 
-def trained_mlp(seed=3, r=4, spec="normal", bias="frozen"):
+def trained_mlp(seed=3, r=4, spec="normal", bias="frozen", **config):
     m = build("mlp", d_in=20, n_out=5, hidden="tiny")
     m = scaffold(m, ScaffoldConfig(target_modules=m.scaffold_targets, trainable=m.scaffold_trainable, r=r,
-                                   root_seed=seed, spec=DistributionSpec(spec), bias=bias))
+                                   root_seed=seed, spec=DistributionSpec(spec), bias=bias, **config))
     g = torch.Generator().manual_seed(1)
     with torch.no_grad():  # stand-in for training: every trainable tensor moves
         for p in m.parameters():
             if p.requires_grad:
                 p.add_(0.1 * torch.randn(p.shape, generator=g))
     return m.eval()
+
+
+def sha(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def rewrite(path, edit=None, tensors=None):
+    """Rewrite an adapter folder with its hashes recomputed: a consistent file of another model.
+
+    ``edit(meta)`` changes adapter.json in place; ``tensors`` replaces adapter.safetensors.
+    """
+    meta = json.loads((path / io.CONFIG).read_text())
+    if tensors is not None:
+        tensors = {k: t.clone() for k, t in tensors.items()}  # not views of the memory-mapped file we overwrite
+        data = to_bytes(tensors)
+        (path / io.TENSORS).write_bytes(data)
+        meta["tensors"] = {k: {"shape": list(t.shape), "dtype": str(t.dtype).removeprefix("torch."),
+                               "sha256": sha(t.contiguous().view(-1).view(torch.uint8).numpy().tobytes())}
+                           for k, t in tensors.items()}
+        meta["tensors_sha256"] = sha(data)
+    if edit is not None:
+        edit(meta)
+    if "config_sha256" in meta:
+        meta["config_sha256"] = {k: sha(json.dumps(v, sort_keys=True, separators=(",", ":")).encode())
+                                 for k, v in meta.items() if k != "config_sha256"}
+    (path / io.CONFIG).write_text(json.dumps(meta, sort_keys=True, indent=1))
 
 
 @pytest.mark.parametrize("bias", ["frozen", "trainable", "none"])
@@ -48,17 +77,20 @@ def test_json_is_sorted_and_records_provenance(tmp_path):
     meta = json.loads(text)
     assert text == json.dumps(meta, sort_keys=True, indent=1) + "\n"
     assert meta["scaffold"]["root_seed"] == 3 and meta["arch"]["name"] == "mlp"
-    assert set(meta["fingerprints"]) == {"layers.0", "layers.1"} and meta["version"]
+    assert meta["format"] == io.FORMAT == "reservoir-depth-adapter/2"
+    assert set(meta["fingerprints"]) == {"layers.0.W_seed", "layers.1.W_seed", "layers.0.bias", "layers.1.bias"}
+    assert meta["draws"] == {"layers.0": 0, "layers.1": 0} and meta["ties"] == {}
+    assert meta["versions"] == io.library_versions()
+    assert set(meta["versions"]) == {"numpy", "scipy", "torch", "safetensors", "reservoir_depth"}
+    assert meta["tensors_sha256"] == sha((tmp_path / io.TENSORS).read_bytes())
 
 
 @pytest.mark.parametrize("field,value", [("root_seed", 4), ("spec", {"name": "laplace", "params": {},
                                                                        "scaling": "fan_in", "gain": 1.0, "rho": 0.95})])
 def test_changed_seed_or_spec_is_refused_naming_the_layer(tmp_path, field, value):
     io.save(trained_mlp(), tmp_path)
-    meta = json.loads((tmp_path / io.CONFIG).read_text())
-    meta["scaffold"][field] = value
-    (tmp_path / io.CONFIG).write_text(json.dumps(meta))
-    with pytest.raises(ValueError, match="W_seed of layer 'layers.0'"):
+    rewrite(tmp_path, lambda meta: meta["scaffold"].update({field: value}))  # hashes recomputed
+    with pytest.raises(ValueError, match=r"adapter.json: key 'fingerprints/layers.0.W_seed': the regenerated"):
         io.load(tmp_path)
 
 
@@ -72,21 +104,23 @@ def test_fingerprint_tolerates_rounding_but_not_a_new_draw():
 
 
 def test_strict_names_and_shapes(tmp_path):
-    from safetensors.torch import load_file, save_file
-
+    """A consistent file (hashes recomputed) whose tensors do not fit the model is refused, naming them."""
     io.save(trained_mlp(), tmp_path)
     t = load_file(str(tmp_path / io.TENSORS))
-    extra = dict(t, **{"layers.0.stray": torch.zeros(1)})
-    save_file(extra, str(tmp_path / io.TENSORS))
+    rewrite(tmp_path, tensors=dict(t, **{"layers.0.stray": torch.zeros(1)}))
     with pytest.raises(ValueError, match=r"unexpected \['layers.0.stray'\]"):
         io.load(tmp_path)
     t.pop("head.weight")
-    save_file(t, str(tmp_path / io.TENSORS))
+    rewrite(tmp_path, tensors=t)
     with pytest.raises(ValueError, match=r"missing \['head.weight'\]"):
         io.load(tmp_path)
     t["head.weight"] = torch.zeros(5, 3)
-    save_file(t, str(tmp_path / io.TENSORS))
-    with pytest.raises(ValueError, match="shape mismatch: head.weight"):
+    rewrite(tmp_path, tensors=t)
+    with pytest.raises(ValueError, match="adapter.safetensors: key 'head.weight': shape mismatch"):
+        io.load(tmp_path)
+    t["head.weight"] = torch.zeros(5, 64, dtype=torch.float64)
+    rewrite(tmp_path, tensors=t)
+    with pytest.raises(ValueError, match="adapter.safetensors: key 'head.weight': dtype mismatch: file float64"):
         io.load(tmp_path)
 
 
