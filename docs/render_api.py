@@ -14,7 +14,9 @@ ROOT = Path(__file__).resolve().parent.parent
 MODULES = [
     "reservoir_depth.distributions", "reservoir_depth.scaffold", "reservoir_depth.io", "reservoir_depth.train",
     "reservoir_depth.models", "reservoir_depth.data", "reservoir_depth.data.planted", "reservoir_depth.spectra",
-    "reservoir_depth.rank", "reservoir_depth.results", "reservoir_depth.sweep", "reservoir_depth.report",
+    "reservoir_depth.spectra.measures", "reservoir_depth.spectra.probes",
+    "reservoir_depth.rank", "reservoir_depth.study", "reservoir_depth.results", "reservoir_depth.sweep",
+    "reservoir_depth.report",
     "reservoir_depth.theory.activations", "reservoir_depth.theory.unfolding",
     "reservoir_depth.theory.signal_propagation", "reservoir_depth.theory.scaffold_spectra",
     "reservoir_depth.theory.adapters", "reservoir_depth.theory.analogy",

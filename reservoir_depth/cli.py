@@ -1,11 +1,13 @@
 """reservoir-depth: frozen random scaffolds + LoRA adapters + beta (LottaLoRA).
 
-    reservoir-depth run [STUDY.toml] [--out DIR] [--workers N]   sweep + report (default: the embedded digits study)
-    reservoir-depth sweep [STUDY.toml] [--out DIR] [--workers N] run what is not done yet (resumable)
-    reservoir-depth report [STUDY.toml] [--out DIR]    report.md, table.csv, runs.csv, rank.png, spectra.png, study.json
-    reservoir-depth train --data digits --rank 4 --save DIR   one LottaLoRA run, saved as an adapter file
+    reservoir-depth run [STUDY.toml] [--out DIR] [--workers N]   sweep + report (default: the digits study)
+    reservoir-depth sweep [STUDY.toml] [--out DIR] [--workers N] [--retry-failed]   run what is not done yet
+    reservoir-depth report [STUDY.toml] [--out DIR]    report.md, table.csv, runs.csv, rank.png, spectra.*, study.json
+    reservoir-depth train --data digits --arch mlp --rank 4 --save DIR   one LottaLoRA run, saved as an adapter file
     reservoir-depth spectra --data digits [--adapter DIR]   PCA / task / adapter spectra
     reservoir-depth distributions                   the registered random-matrix families
+
+Exit status: 0 on success, 1 when runs failed or a report has no finished run, 2 on bad input.
 """
 
 from __future__ import annotations
@@ -13,51 +15,69 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Sequence
 
 from . import __version__
+from .data import DATASETS
+from .distributions import DISTRIBUTIONS
+from .models import ARCHITECTURES, SIZES
+from .study import Study
 
-DEFAULT_STUDY: dict[str, Any] = {
-    "study": "digits_mlp",
-    "dataset": "digits",
-    "seeds": [0, 1],
-    "full": True,
-    "twin": True,
-    "spectra": True,
-    "ranks": [0, 1, 2, 4, 8, 16, 32],
-    "arch": {"name": "mlp", "hidden": "small"},
-    "train": {"epochs": 30, "lr": 1e-3, "batch_size": 64},
-    "scaffold": {"spec": {"name": "normal", "scaling": "fan_in", "gain": 1.0}, "alpha": 16.0},
-}
+FAILED = 1  # exit status: runs failed, or nothing to report
+BAD_INPUT = 2
 
 
-def _study(path: str | None) -> dict[str, Any]:
-    from .sweep import load_study
-
-    return DEFAULT_STUDY if path is None else load_study(path)
+class RunsFailed(Exception):
+    """Some runs of the study failed (the message says which kinds and how to retry)."""
 
 
-def _out(study: dict[str, Any], out: str | None) -> Path:
-    return Path(out) if out else Path("results") / study["study"]
+DEFAULT_STUDY = Study.default()  # kept for scripts that still import it from here; use Study.default()
 
 
-def cmd_sweep(study: dict[str, Any], out: Path, progress: bool = True, workers: int = 1) -> dict[str, int]:
+def _study(path: str | None) -> Study:
+    return Study.default() if path is None else Study.load(path)
+
+
+def _out(study: Study, out: str | None) -> Path:
+    return Path(out) if out else Path("results") / study.study
+
+
+def cmd_sweep(study: Study, out: Path, progress: bool = True, workers: int = 1, retry_failed: bool = False):
+    """Run what is not done yet, record what old runs lack (sweep.backfill); RunsFailed if any run failed."""
     from .results import ResultsStore
-    from .sweep import run_study, runs_of
+    from .sweep import backfill, run_study
 
-    out.mkdir(parents=True, exist_ok=True)
-    runs = runs_of(study)
-    counts = run_study(study, ResultsStore(out / "runs.sqlite"), workers=workers, progress=progress)
-    print(f"{study['study']}: {counts['done']} run, {counts['skipped']} already done or running elsewhere, "
-          f"{counts['failed']} failed ({len(runs)} in the study)")
+    store = ResultsStore(out / "runs.sqlite", create=True)
+    counts = run_study(study, store, workers=workers, progress=progress, retry_failed=retry_failed)
+    print(f"{study.study}: {counts.summary()}")
+    added = backfill(study, store)
+    if added:
+        print(f"{study.study}: recorded file sizes / spectra at init for {added} run(s) stored before they were recorded")
+    if counts.failed or counts.failed_before:
+        hint = " (earlier failures are retried with --retry-failed)" if counts.failed_before else ""
+        raise RunsFailed(f"{counts.failed + counts.failed_before} run(s) of {study.study!r} failed{hint}; "
+                         f"errors and tracebacks are in {store.path}")
     return counts
 
 
-def cmd_report(study: dict[str, Any], out: Path) -> None:
+def cmd_report(study: Study, out: Path) -> None:
     from .report import write_report
 
     print(write_report(study, out))
-    print(f"wrote {out}/: {', '.join(sorted(p.name for p in out.iterdir() if p.suffix != '.sqlite'))}")
+    print(f"wrote {out}/: {', '.join(sorted(p.name for p in out.iterdir() if p.suffix not in ('.sqlite', '.sqlite-wal', '.sqlite-shm')))}")
+
+
+def _hidden(text: str) -> str | list[int]:
+    """--hidden: a size name, or comma-separated widths."""
+    if text in SIZES:
+        return text
+    try:
+        widths = [int(w) for w in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is neither a size ({', '.join(SIZES)}) nor comma-separated widths")
+    if not widths or min(widths) < 1:
+        raise argparse.ArgumentTypeError(f"widths must be >= 1, got {text!r}")
+    return widths
 
 
 def cmd_train(args: argparse.Namespace) -> None:
@@ -67,14 +87,22 @@ def cmd_train(args: argparse.Namespace) -> None:
     from .scaffold import ScaffoldConfig, count_parameters, scaffold
     from .train import TrainConfig, train
 
+    arch: dict = {}
+    if args.hidden is not None:
+        if args.arch != "mlp":
+            raise ValueError(f"--hidden applies to --arch mlp only, got --arch {args.arch}")
+        arch["hidden"] = args.hidden
+    elif args.arch == "mlp":
+        arch["hidden"] = "small"
+    tc = TrainConfig(epochs=args.epochs, lr=args.lr, batch_size=args.batch_size, seed=args.seed)
     d = data.load(args.data)
     with torch_rng(args.seed):
-        model = build("mlp", d_in=d.d_in, n_out=d.n_classes, hidden=args.hidden)
+        model = build(args.arch, d_in=d.d_in, n_out=d.n_out, **arch)
     model = scaffold(model, ScaffoldConfig(target_modules=model.scaffold_targets, trainable=model.scaffold_trainable,
                                            r=args.rank, alpha=args.alpha, rslora=args.rslora, root_seed=args.seed,
                                            spec=DistributionSpec(args.dist)))
     print(f"{d}\n{count_parameters(model)}")
-    hist = train(model, d, TrainConfig(epochs=args.epochs, lr=args.lr, seed=args.seed))
+    hist = train(model, d, tc)
     print(hist.to_frame().to_string(index=False, float_format=lambda v: f"{v:.4f}"))
     if args.save:
         print(io.save(model, args.save))
@@ -86,9 +114,9 @@ def cmd_spectra(args: argparse.Namespace) -> None:
     import pandas as pd
 
     from . import data, io
-    from .report import dataset_rows
     from .report import markdown
     from .spectra import ActivationSpectra, WeightSpectra
+    from .sweep import dataset_rows
 
     d = data.load(args.data)
     rows, _ = dataset_rows(d, d.X_train)
@@ -108,61 +136,99 @@ def cmd_spectra(args: argparse.Namespace) -> None:
 
 
 def cmd_distributions() -> None:
-    from .distributions import DISTRIBUTIONS
-
     for name, f in sorted(DISTRIBUTIONS.items()):
         params = ", ".join(f"{k}={v}" for k, v in f.defaults.items())
         print(f"{name:18s} scaling={f.default_scaling:16s} {params:40s} {f.doc}")
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def _positive(text: str) -> int:
+    v = int(text)
+    if v < 1:
+        raise argparse.ArgumentTypeError(f"must be an integer >= 1, got {text}")
+    return v
+
+
+def parser() -> argparse.ArgumentParser:
+    D = argparse.ArgumentDefaultsHelpFormatter
     p = argparse.ArgumentParser(prog="reservoir-depth", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--version", action="version", version=f"reservoir-depth {__version__}")
     sub = p.add_subparsers(dest="cmd", required=True)
-    for name in ("run", "sweep", "report"):
-        s = sub.add_parser(name)
-        s.add_argument("study", nargs="?", help="a study TOML (see experiments/); default: the embedded digits study")
-        s.add_argument("--out", help="output folder (default results/<study>)")
-        s.add_argument("--no-progress", action="store_true")
+    helps = {"run": "sweep, then report", "sweep": "run every run not done yet (resumable)",
+             "report": "render the report from the results store (never trains)"}
+    for name, text in helps.items():
+        s = sub.add_parser(name, help=text, description=text, formatter_class=D)
+        s.add_argument("study", nargs="?",
+                       help="a study TOML (see experiments/); default: the digits study shipped with the package "
+                            "(reservoir_depth/studies/digits_mlp.toml)")
+        s.add_argument("--out", help="output folder holding runs.sqlite and the report (default: results/<study>)")
         if name != "report":
-            s.add_argument("--workers", type=int, default=1, help="processes sharing the results store")
-    t = sub.add_parser("train")
-    t.add_argument("--data", default="digits")
-    t.add_argument("--hidden", default="small")
-    t.add_argument("--rank", type=int, default=4)
-    t.add_argument("--alpha", type=float, default=16.0)
-    t.add_argument("--rslora", action="store_true")
-    t.add_argument("--dist", default="normal")
-    t.add_argument("--epochs", type=int, default=10)
-    t.add_argument("--lr", type=float, default=1e-3)
-    t.add_argument("--seed", type=int, default=0)
-    t.add_argument("--save")
-    sp = sub.add_parser("spectra")
-    sp.add_argument("--data", default="digits")
+            s.add_argument("--no-progress", action="store_true", help="no progress bars")
+            s.add_argument("--workers", type=_positive, default=1, help="processes sharing the results store")
+            s.add_argument("--retry-failed", action="store_true",
+                           help="also rerun runs that failed in an earlier sweep (default: leave them failed)")
+    t = sub.add_parser("train", help="train one LottaLoRA model and optionally save its adapter file",
+                       description="Train one LottaLoRA model (frozen scaffold + A, B, beta, trainable head).",
+                       formatter_class=D)
+    t.add_argument("--data", default="digits", choices=sorted(DATASETS), help="dataset")
+    t.add_argument("--arch", default="mlp", choices=sorted(ARCHITECTURES), help="architecture family")
+    t.add_argument("--hidden", type=_hidden, default=None,
+                   help=f"MLP hidden widths: a size ({', '.join(SIZES)}) or comma-separated widths; "
+                        "--arch mlp only (default: small)%(default).0s")
+    t.add_argument("--rank", type=int, default=4, help="LoRA rank r (0: beta and head only)")
+    t.add_argument("--alpha", type=float, default=16.0, help="LoRA alpha; s = alpha / r")
+    t.add_argument("--rslora", action="store_true", help="s = alpha / sqrt(r) instead of alpha / r")
+    t.add_argument("--dist", default="normal",
+                   help="family of W_seed, with its default scaling rule (`reservoir-depth distributions` lists them)")
+    t.add_argument("--epochs", type=_positive, default=10, help="training epochs")
+    t.add_argument("--lr", type=float, default=1e-3, help="AdamW learning rate")
+    t.add_argument("--batch-size", type=_positive, default=128, help="training batch size")
+    t.add_argument("--seed", type=int, default=0, help="root seed of W_seed, A's init and the shuffling")
+    t.add_argument("--save", metavar="DIR",
+                   help="save the adapter file to DIR (adapter.safetensors + adapter.json)%(default).0s")
+    sp = sub.add_parser("spectra", help="PCA / task / adapter spectra of a dataset and a saved model",
+                        formatter_class=D)
+    sp.add_argument("--data", default="digits", choices=sorted(DATASETS), help="dataset")
     sp.add_argument("--adapter", help="an adapter folder written by save / train --save")
     sp.add_argument("--layers", nargs="*", help="layer names or regexes (default: the scaffold layers)")
-    sp.add_argument("--rows", type=int, default=10000, help="training inputs used for activation spectra")
-    sp.add_argument("--csv")
-    sub.add_parser("distributions")
-    args = p.parse_args(argv)
+    sp.add_argument("--rows", type=_positive, default=10000, help="training inputs used for activation spectra")
+    sp.add_argument("--csv", help="also write the table to this CSV file")
+    sub.add_parser("distributions", help="list the registered random-matrix families")
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    from .report import NoResults
+
+    args = parser().parse_args(argv)
     try:
         if args.cmd in ("run", "sweep", "report"):
             study = _study(args.study)
             out = _out(study, args.out)
+            failed = None
             if args.cmd in ("run", "sweep"):
-                cmd_sweep(study, out, progress=not args.no_progress, workers=args.workers)
+                try:
+                    cmd_sweep(study, out, progress=not args.no_progress, workers=args.workers,
+                              retry_failed=args.retry_failed)
+                except RunsFailed as e:
+                    failed = e
+                    print(f"reservoir-depth: {e}", file=sys.stderr)
             if args.cmd in ("run", "report"):
-                cmd_report(study, out)
+                cmd_report(study, out)  # NoResults says what happened when no run finished
+            if failed:
+                return FAILED
         elif args.cmd == "train":
             cmd_train(args)
         elif args.cmd == "spectra":
             cmd_spectra(args)
         else:
             cmd_distributions()
+    except NoResults as e:
+        print(f"reservoir-depth: {e}", file=sys.stderr)
+        return FAILED
     except (ValueError, FileNotFoundError, ImportError) as e:
         print(f"reservoir-depth: error: {e}", file=sys.stderr)
-        return 2
+        return BAD_INPUT
     return 0
 
 

@@ -1,7 +1,11 @@
-"""A study's report: the rank table, r*(eps), file sizes, figures, provenance.
+"""A study's report, rendered from its results store alone: the runs' status, the rank
+table, r*(eps) with its interval and margin, file sizes, spectra, figures, provenance.
 
-``write_report(study, out)`` reads ``out``/runs.sqlite and writes report.md,
-table.csv, runs.csv, rank.png and study.json (resolved configs, seeds, versions).
+``write_report(study, out)`` reads ``out``/runs.sqlite (read-only: it never builds a
+model or loads data; everything it shows was recorded by the sweep, see sweep.records)
+and writes report.md, table.csv, runs.csv, rank.png, spectra.* and study.json.
+Missing, failed and running runs are listed at the top, cells with missing seeds are
+marked, and r* is never stated beyond the largest rank that ran for every seed.
 """
 
 from __future__ import annotations
@@ -9,18 +13,19 @@ from __future__ import annotations
 import json
 import math
 import os
-import platform
 import re
-import tempfile
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
-from . import __version__
+import numpy as np
+
 from .rank import SaturationRank
-from .results import ResultsStore
-from .sweep import Run, build_model, dataset_of, runs_of, study_frame
+from .results import ResultsStore, error_head
+from .study import Columns, Run, Study, curves, provenance
 
-EPS = (0.005, 0.01, 0.02)
+C = Columns
+NOT_RECORDED = "not recorded"
 
 
 def natural(name: str) -> list:
@@ -28,26 +33,43 @@ def natural(name: str) -> list:
     return [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", name)]
 
 
-def rank_table(df, metric: str = "test_acc"):
-    """Per method and rank: metric mean, sd, n; recovery = mean / mean of full training;
-    trainable fraction; mean beta per scaffold layer. One row for full training, one per rank."""
+def metric_of_frame(df) -> str:
+    """The study's metric, from what its runs recorded: test accuracy (classification) or test loss."""
+    return "test_acc" if "test_acc" in df.columns and df["test_acc"].notna().any() else "test_loss"
+
+
+def _label(method: str, rank: Any) -> Any:
+    return {"full": "full", "twin": "twin"}.get(method, rank)
+
+
+def rank_table(df, metric: str = "test_acc", seeds: Sequence[int] | None = None):
+    """Per method and rank: metric mean, sd, n (seeds that finished); ``missing seeds`` when
+    ``seeds`` is given and a cell lacks some; recovery = mean / mean of full training (relative);
+    trainable count and fraction; adapter file bytes (as recorded); mean beta per scaffold layer."""
     import pandas as pd
 
     df = df.copy()
-    df["rank"] = df.get("cfg.scaffold.r", pd.Series(index=df.index, dtype=float))
-    df.loc[df["cfg.method"] != "lotta", "rank"] = float("nan")
-    beta_cols = sorted((c for c in df.columns if c.startswith("beta/")), key=natural)
+    df["rank"] = df.get(C.RANK, pd.Series(index=df.index, dtype=float))
+    df.loc[df[C.METHOD] != "lotta", "rank"] = float("nan")
+    beta_cols = sorted((c for c in df.columns if c.startswith(C.BETA)), key=natural)
     rows = []
-    full = df[df["cfg.method"] == "full"][metric]
+    full = df[df[C.METHOD] == "full"][metric]
     full_mean = full.mean() if len(full) else float("nan")
-    for (method, rank), g in df.groupby(["cfg.method", "rank"], dropna=False, sort=False):
-        label = {"full": "full", "twin": "twin"}.get(method)
+    for (method, rank), g in df.groupby([C.METHOD, "rank"], dropna=False, sort=False):
         row = {"method": {"full": "full training", "twin": "full, from scaffold"}.get(method, "LottaLoRA"),
-               "r": label or int(rank),
-               f"{metric} mean": g[metric].mean(), f"{metric} sd": g[metric].std(ddof=1), "n": len(g),
-               "recovery": g[metric].mean() / full_mean, "trainable": int(g["trainable"].iloc[0]),
-               "trainable fraction": g["trainable_fraction"].mean()}
-        row.update({c.replace("beta/", "beta "): g[c].mean() for c in beta_cols})
+               "r": _label(method, None if method != "lotta" else int(rank)),
+               f"{metric} mean": g[metric].mean(), f"{metric} sd": g[metric].std(ddof=1), "n": len(g)}
+        if seeds is not None:
+            missing = sorted(set(seeds) - {int(s) for s in g[C.SEED]})
+            row["missing seeds"] = ", ".join(map(str, missing))
+        row.update({"recovery": g[metric].mean() / full_mean, "trainable": int(g[C.TRAINABLE].iloc[0]),
+                    "trainable fraction": g[C.TRAINABLE_FRACTION].mean()})
+        if method == "lotta":
+            b = g[C.ADAPTER_BYTES] if C.ADAPTER_BYTES in g else pd.Series(dtype=float)
+            row["adapter bytes"] = f"{b.mean():,.0f}" if b.notna().any() else NOT_RECORDED
+        else:
+            row["adapter bytes"] = ""
+        row.update({c.replace(C.BETA, "beta "): g[c].mean() for c in beta_cols})
         rows.append(row)
     out = pd.DataFrame(rows)
     order = out["r"].map(lambda r: {"full": math.inf, "twin": -math.inf}.get(r, r) if isinstance(r, str) else r)
@@ -74,39 +96,41 @@ def markdown(table, floatfmt: dict[str, str] | None = None) -> str:
 
 def plot_rank(df, path: str | os.PathLike, metric: str = "test_acc", title: str = "",
               r_star: dict[float, float] | None = None) -> None:
-    """Metric vs LoRA rank (mean +- sd over seeds), full training as a band, r*(eps) marked;
-    beta per layer vs rank."""
+    """Metric vs LoRA rank (mean +- sd over seeds, and each seed's curve), full training as a band,
+    r*(eps) marked; beta per layer vs rank."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    lotta = df[df["cfg.method"] == "lotta"]
-    full = df[df["cfg.method"] == "full"][metric]
-    ranks = sorted(lotta["cfg.scaffold.r"].unique())
-    pos = [r if r > 0 else 0.5 for r in ranks]  # rank 0 drawn at 0.5 on the log axis
-    g = lotta.groupby("cfg.scaffold.r")
+    lotta = df[df[C.METHOD] == "lotta"]
+    full = df[df[C.METHOD] == "full"][metric]
+    ranks = sorted(lotta[C.RANK].unique())
+    pos = {r: r if r > 0 else 0.5 for r in ranks}  # rank 0 drawn at 0.5 on the log axis
+    g = lotta.groupby(C.RANK)
     fig, (ax, bx) = plt.subplots(1, 2, figsize=(11, 4))
     if len(full):
         m, s = full.mean(), full.std(ddof=1) if len(full) > 1 else 0.0
         ax.axhspan(m - s, m + s, color="C1", alpha=0.25, label=f"full training {m:.4f}")
         ax.axhline(m, color="C1")
-    ax.errorbar(pos, g[metric].mean().loc[ranks], yerr=g[metric].std(ddof=1).loc[ranks].fillna(0), marker="o",
-                capsize=3, label="LottaLoRA (mean +- sd)")
+    for seed, curve in lotta.sort_values(C.RANK).groupby(C.SEED):
+        ax.plot([pos[r] for r in curve[C.RANK]], curve[metric], color="C0", alpha=0.25, lw=0.8)
+    ax.errorbar([pos[r] for r in ranks], g[metric].mean().loc[ranks], yerr=g[metric].std(ddof=1).loc[ranks].fillna(0),
+                marker="o", capsize=3, label="LottaLoRA (mean +- sd; thin: each seed)")
     for i, (eps, r) in enumerate(sorted((r_star or {}).items())):
         if math.isfinite(r):
             ax.axvline(r if r > 0 else 0.5, color=f"C{i + 2}", ls="--", lw=1, label=f"r*({eps:g}) = {int(r)}")
     ax.set_xscale("log", base=2)
-    ax.set_xticks(pos, [str(int(r)) for r in ranks])
+    ax.set_xticks(list(pos.values()), [str(int(r)) for r in ranks])
     ax.set_xlabel("LoRA rank r (0: beta + head only)")
     ax.set_ylabel(metric)
     ax.set_title(title or "metric vs rank")
     ax.legend(loc="best", fontsize=8)
-    for c in sorted((c for c in lotta.columns if c.startswith("beta/")), key=natural):
-        bx.plot(pos, g[c].mean().loc[ranks], marker="o", label=c.removeprefix("beta/"))
+    for c in sorted((c for c in lotta.columns if c.startswith(C.BETA)), key=natural):
+        bx.plot(list(pos.values()), g[c].mean().loc[ranks], marker="o", label=c.removeprefix(C.BETA))
     bx.axhline(1.0, color="grey", lw=0.8, ls=":")
     bx.set_xscale("log", base=2)
-    bx.set_xticks(pos, [str(int(r)) for r in ranks])
+    bx.set_xticks(list(pos.values()), [str(int(r)) for r in ranks])
     bx.set_xlabel("LoRA rank r")
     bx.set_ylabel("learned beta (final)")
     bx.set_title("beta per layer")
@@ -116,68 +140,217 @@ def plot_rank(df, path: str | os.PathLike, metric: str = "test_acc", title: str 
     plt.close(fig)
 
 
-def adapter_bytes(run: Run) -> tuple[int, int]:
-    """(adapter file bytes, dense merged checkpoint bytes) of the run's model, as io.save writes them."""
-    from . import io
+# ----------------------------------------------------------------------------- what the store holds
 
-    model = build_model(run, dataset_of(run))
-    with tempfile.TemporaryDirectory() as tmp:
-        rep = io.save(model, tmp, arch=dict(run.arch))
-    return rep.bytes, rep.full_bytes
+def run_label(run: Run) -> str:
+    r = run.scaffold.get("r")
+    return f"{run.method}{f' r={r}' if run.method == 'lotta' else ''} seed={run.seed}"
 
+
+@dataclass
+class StudyStatus:
+    """Each run of a study as the store has it: done, failed (with its error), running (held,
+    or left by a killed worker until its lease runs out), or missing (never claimed); ``other``
+    counts stored rows of the same study name that are not runs of the current study file."""
+
+    done: list[Run] = field(default_factory=list)
+    failed: list[tuple[Run, str]] = field(default_factory=list)
+    running: list[Run] = field(default_factory=list)
+    missing: list[Run] = field(default_factory=list)
+    other: int = 0
+
+    @property
+    def n_runs(self) -> int:
+        return len(self.done) + len(self.failed) + len(self.running) + len(self.missing)
+
+    def errors(self) -> dict[str, tuple[int, str]]:
+        """Error type -> (number of failed runs, the first one's message)."""
+        out: dict[str, tuple[int, str]] = {}
+        for _, error in self.failed:
+            kind, message = error_head(error or "unknown error")
+            n, first = out.get(kind, (0, message))
+            out[kind] = (n + 1, first)
+        return out
+
+    def lines(self) -> list[str]:
+        """Markdown lines for the top of the report (or a CLI message)."""
+        out = [f"Runs: {len(self.done)} of {self.n_runs} done"
+               + (f", {len(self.failed)} failed" if self.failed else "")
+               + (f", {len(self.running)} running or left by a stopped worker" if self.running else "")
+               + (f", {len(self.missing)} not run yet" if self.missing else "") + "."]
+        if self.failed:
+            out.append(f"- failed: {', '.join(run_label(r) for r, _ in self.failed)}")
+            out += [f"  - {kind} ({n} run{'s' if n > 1 else ''}): `{msg.splitlines()[0]}`"
+                    for kind, (n, msg) in self.errors().items()]
+        if self.running:
+            out.append(f"- running (or stale): {', '.join(map(run_label, self.running))}")
+        if self.missing:
+            out.append(f"- not run yet: {', '.join(map(run_label, self.missing))}")
+        if self.other:
+            out.append(f"- {self.other} stored run(s) of this study name belong to other settings "
+                       "(an edited study file) and are not shown")
+        return out
+
+
+def study_status(study: Study | Mapping[str, Any], store: ResultsStore) -> StudyStatus:
+    """Where each run of ``study`` stands in ``store`` (see StudyStatus)."""
+    study = Study.of(study)
+    rows = {r[C.RUN_ID]: r for r in store.rows(study.study)}
+    st = StudyStatus()
+    runs = study.runs()
+    for run in runs:
+        row = rows.get(run.run_id)
+        if row is None:
+            st.missing.append(run)
+        elif row["status"] == "done":
+            st.done.append(run)
+        elif row["status"] == "failed":
+            st.failed.append((run, row.get("error") or ""))
+        else:
+            st.running.append(run)
+    st.other = len(set(rows) - {r.run_id for r in runs})
+    return st
+
+
+class NoResults(ValueError):
+    """A report was asked for a study with no finished run; the message says what happened."""
+
+
+# ----------------------------------------------------------------------------- r*(eps)
+
+def saturation(df, study: Study, metric: str, eps: float, relative: bool = False,
+               **kwargs: Any) -> SaturationRank | None:
+    """r*(eps) from the frame's per-seed curves (SaturationRank), paired with full training when every
+    seed with a curve has its full-training run; None without full training or without a rank that
+    ran for every seed."""
+    ranks, V, F, seeds = curves(df, metric, ranks=list(study.ranks), seeds=list(study.seeds))
+    has_curve = ~np.isnan(V).all(axis=1) if len(ranks) else np.zeros(len(seeds), bool)
+    V, F = V[has_curve], F[has_curve]
+    full_all = curves(df, metric, ranks=[], seeds=list(study.seeds))[2]
+    if not has_curve.any() or not np.isfinite(full_all).any() or not (~np.isnan(V).any(axis=0)).any():
+        return None
+    paired = bool(np.isfinite(F).all())
+    full = F if paired else full_all[np.isfinite(full_all)]
+    return SaturationRank(eps=eps, relative=relative, higher_is_better=not metric.endswith("loss"),
+                          **kwargs).fit(ranks, V, full, paired=paired)
+
+
+def _fmt_r(r: float, max_rank: int | None = None) -> str:
+    if math.isinf(r):
+        return f"> {max_rank}" if max_rank is not None else "> max rank"
+    return str(int(r))
+
+
+def _points(v: float, metric: str) -> str:
+    """A difference in metric units, as accuracy points (pp) or loss units."""
+    return f"{100 * v:.2f} pp" if metric == "test_acc" else f"{v:.4g} (loss units)"
+
+
+def rank_section(df, study: Study, metric: str) -> tuple[list[str], dict[float, float], dict[str, Any]]:
+    """The r*(eps) table: r*, its interval and the interval's kind, the margin by which the mean at
+    r* clears its threshold, the largest rank that ran for every seed, and the test-set resolution.
+    Returns (markdown lines, {eps: r*} for the figure (absolute eps), a JSON summary)."""
+    rows, r_stars, summary = [], {}, []
+    settings = [(e, False) for e in study.eps] + ([(e, True) for e in study.eps] if study.eps_relative else [])
+    for eps, relative in settings:
+        sr = saturation(df, study, metric, eps, relative)
+        if sr is None:
+            continue
+        if not relative:
+            r_stars[eps] = sr.r_star_
+        kind = (f"{'paired ' if sr.paired_ else ''}bootstrap over {sr.n_seeds_} seeds, {int(100 * sr.ci)}%"
+                if sr.ci_kind_ == "bootstrap" else f"seed range over {sr.n_seeds_} seeds (not a confidence interval)")
+        eps_cell = f"{eps:g} of full ({'relative'})" if relative else f"{eps:g} ({_points(eps, metric)}, absolute)"
+        margin = _points(sr.margin_, metric) if math.isfinite(sr.margin_) else ""
+        rows.append(f"| {eps_cell} | {_fmt_r(sr.r_star_, sr.max_rank_)} | [{_fmt_r(sr.ci_[0], sr.max_rank_)}, "
+                    f"{_fmt_r(sr.ci_[1], sr.max_rank_)}] | {kind} | {margin} | {sr.max_rank_} |")
+        summary.append({"eps": eps, "relative": relative, "r_star": sr.r_star_, "ci": list(sr.ci_),
+                        "ci_kind": sr.ci_kind_, "paired": sr.paired_, "n_seeds": sr.n_seeds_,
+                        "margin": sr.margin_, "threshold": sr.threshold_, "full": sr.full_,
+                        "max_rank": sr.max_rank_})
+    if not rows:
+        return (["r*(eps) needs full training and at least one rank that ran for every seed: "
+                 "not stated.", ""], {}, {"r_star": []})
+    unit = "accuracy as a fraction: 0.01 = 1 accuracy point (pp)" if metric == "test_acc" else "loss units"
+    lines = [f"Saturation rank r*(eps) = min{{r : mean {metric} at r within eps of full training}}, on the "
+             f"mean over seeds. eps is **absolute**, in the metric's units ({unit}); a relative eps is a "
+             "fraction of the full-training mean (study key `eps_relative = true`). The recovery column above "
+             "is relative. The margin is how far the mean at r* clears its threshold; r* is never stated "
+             "beyond the largest rank that ran for every seed.", "",
+             "| eps | r* | interval | interval kind | margin | largest complete rank |", "|---|---|---|---|---|---|",
+             *rows, ""]
+    n_test = df["n_test"].dropna() if "n_test" in df else []
+    if metric == "test_acc":
+        if len(n_test):
+            n, S = int(n_test.iloc[0]), len(study.seeds)
+            lines += [f"Test-set resolution: {n} test images, so one image moves a run's accuracy by "
+                      f"{100 / n:.2f} pp and the mean over {S} seeds by {100 / (n * S):.2f} pp.", ""]
+        else:
+            lines += [f"Test-set resolution: {NOT_RECORDED} (run `reservoir-depth sweep` on this study to record it).",
+                      ""]
+    return lines, r_stars, {"r_star": summary}
+
+
+# ----------------------------------------------------------------------------- spectra
 
 MEASURES = ("d", "k_0.9", "k_0.95", "k_0.99", "participation_ratio", "entropy_rank", "stable_rank", "intrinsic_dim")
 
 
-def dataset_rows(d, X_id) -> tuple[list[dict[str, Any]], dict[str, Any]]:
-    """The data set's own spectra: input PCA, between-class scatter (classification) or
-    Cov(x, y) (regression), and the intrinsic dimensions of ``X_id``. Returns (rows, {"inputs": eigenvalues})."""
-    from .spectra import IntrinsicDimension, TaskSpectrum
-
-    task = TaskSpectrum(d.task).fit(d.X_train, d.y_train)
-    rows = [{"spectrum": "inputs (PCA)", "layer": "", **task.input_spectrum_.summary()}]
-    if d.task == "classification":
-        rows.append({"spectrum": f"between-class scatter (rank {task.between_class_rank_} <= C-1 = "
-                                 f"{task.n_classes_ - 1})", "layer": "", **task.between_class_spectrum_.summary()})
-    else:
-        rows.append({"spectrum": "Cov(x, y) (squared singular values)", "layer": "", **task.cross_spectrum_.summary()})
-    for method in ("twonn", "mle"):
-        rows.append({"spectrum": f"inputs, intrinsic dimension ({method})", "layer": "",
-                     "d": d.d_in, "intrinsic_dim": IntrinsicDimension(method).fit(X_id).dimension_})
-    return rows, {"inputs": task.input_spectrum_.eigenvalues}
+def _recorded_history(df, store: ResultsStore, key: str) -> dict[str, Any] | None:
+    """history[key] of the first run (in the frame's order) that recorded it."""
+    for run_id in df[C.RUN_ID]:
+        h = store.history(run_id) or {}
+        if key in h:
+            return h[key]
+    return None
 
 
-def spectra_table(study: Mapping[str, Any], df):
-    """One row per spectrum: inputs, between-class scatter, activations (scaffold at init and
-    trained twin), Delta W of the twin, the largest-rank adapter; summary measures (spectra.py)
-    averaged over seeds. Returns (table, {label: eigenvalues} for the figure)."""
-    import numpy as np
+def spectra_table(study: Study | Mapping[str, Any], df, store: ResultsStore):
+    """One row per spectrum, from the store: the data set's (inputs, between-class scatter or
+    Cov(x, y), intrinsic dimension), activations of the scaffold at init and of the trained twin,
+    Delta W of the twin, the largest-rank adapter; summary measures (spectra.py) averaged over
+    seeds. Returns (table, {label: eigenvalues} for the figure)."""
     import pandas as pd
 
-    from .spectra import ActivationSpectra
-
-    run0 = runs_of(study, ranks=[0], baselines=False)[0]
-    d = dataset_of(run0)
-    X = d.X_train[:5000]
-    rows, curves = dataset_rows(d, X)
-    init = ActivationSpectra(layers=run0.scaffold_config().target_modules).fit(build_model(run0, d), X)
-    for name, sp in init.spectra_.items():
-        rows.append({"spectrum": "activations, scaffold at init", "layer": name, **sp.summary()})
-        if not (len(sp.eigenvalues) == len(curves["inputs"]) and np.allclose(sp.eigenvalues, curves["inputs"])):
-            curves[f"act@init {name}"] = sp.eigenvalues  # the first layer's inputs are the inputs: drawn once
-    lotta = df[df["cfg.method"] == "lotta"]
+    measured = df[df[C.METHOD].isin(["twin", "lotta"])]
+    rows: list[dict[str, Any]] = []
+    curves_: dict[str, Any] = {}
+    dataset = _recorded_history(measured, store, "dataset")
+    if dataset is not None:
+        rows += dataset["rows"]
+        curves_["inputs"] = np.asarray(dataset["inputs"])
+    else:
+        rows.append({"spectrum": f"data set spectra: {NOT_RECORDED}", "layer": ""})
+    init_cols = [c for c in df.columns if c.startswith("init/")]
+    if init_cols:
+        layers = sorted({c.split("/")[1] for c in init_cols}, key=natural)
+        for layer in layers:
+            rows.append({"spectrum": "activations, scaffold at init", "layer": layer,
+                         **{m: df[f"init/{layer}/{m}"].mean() for m in MEASURES if f"init/{layer}/{m}" in df}})
+        for name, v in (_recorded_history(measured, store, "spectra_init") or {}).items():
+            v = np.asarray(v)
+            if not ("inputs" in curves_ and len(v) == len(curves_["inputs"]) and np.allclose(v, curves_["inputs"])):
+                curves_[f"act@init {name}"] = v  # the first layer's inputs are the inputs: drawn once
+    else:
+        rows.append({"spectrum": f"activations, scaffold at init: {NOT_RECORDED}", "layer": ""})
+    lotta = df[df[C.METHOD] == "lotta"]
     groups = [("twin", "act", "activations, trained twin"), ("twin", "dW", "Delta W of the trained twin")]
     if len(lotta):
-        groups.append(("lotta_max", "adapter", f"adapter s B A at r = {int(lotta['cfg.scaffold.r'].max())}"))
+        groups.append(("lotta_max", "adapter", f"adapter s B A at r = {int(lotta[C.RANK].max())}"))
     for method, kind, label in groups:
-        sel = lotta[lotta["cfg.scaffold.r"] == lotta["cfg.scaffold.r"].max()] if method == "lotta_max" \
-            else df[df["cfg.method"] == method]
-        layers = sorted({c.split("/")[1] for c in sel.columns if c.startswith(f"{kind}/") and sel[c].notna().any()})
+        sel = lotta[lotta[C.RANK] == lotta[C.RANK].max()] if method == "lotta_max" else df[df[C.METHOD] == method]
+        layers = sorted({c.split("/")[1] for c in sel.columns if c.startswith(f"{kind}/") and sel[c].notna().any()},
+                        key=natural)
         for layer in layers:
             rows.append({"spectrum": label, "layer": layer,
                          **{m: sel[f"{kind}/{layer}/{m}"].mean() for m in MEASURES if f"{kind}/{layer}/{m}" in sel}})
+    twins = df[df[C.METHOD] == "twin"]
+    if len(twins):  # the first twin's Delta W spectra, from its stored history
+        hist = store.history(twins.iloc[0][C.RUN_ID]) or {}
+        curves_.update({f"dW twin {k.split('/', 1)[1]}": np.asarray(v) for k, v in hist.get("spectra", {}).items()
+                        if k.startswith("dW/")})
     table = pd.DataFrame(rows)
-    return table[["spectrum", "layer", *[m for m in MEASURES if m in table]]], curves
+    return table[["spectrum", "layer", *[m for m in MEASURES if m in table]]], curves_
 
 
 def plot_spectra(curves: Mapping[str, Any], path: str | Path, r_star: float) -> None:
@@ -186,104 +359,97 @@ def plot_spectra(curves: Mapping[str, Any], path: str | Path, r_star: float) -> 
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    import numpy as np
     import pandas as pd
     import seaborn as sns
 
     from .spectra import explained_variance_ratio, k_tau
 
-    long = pd.concat([pd.DataFrame({"k": np.arange(1, len(v) + 1), "explained variance": np.cumsum(
-        explained_variance_ratio(v)), "spectrum": label}) for label, v in curves.items() if np.sum(v) > 0])
     fig, ax = plt.subplots(figsize=(7, 4.5))
-    sns.lineplot(long, x="k", y="explained variance", hue="spectrum", ax=ax)
+    shown = {label: v for label, v in curves.items() if np.sum(v) > 0}
+    if shown:
+        long = pd.concat([pd.DataFrame({"k": np.arange(1, len(v) + 1), "explained variance": np.cumsum(
+            explained_variance_ratio(v)), "spectrum": label}) for label, v in shown.items()])
+        sns.lineplot(long, x="k", y="explained variance", hue="spectrum", ax=ax)
+        ax.set_xscale("log")
     colors = {line.get_label(): line.get_color() for line in ax.get_lines()}
     for tau, marker in ((0.9, "o"), (0.95, "s"), (0.99, "^")):
         ax.axhline(tau, color="grey", lw=0.6, ls=":")
-        for label, v in curves.items():  # k_tau of every curve, on its curve
-            if np.sum(v) > 0:
-                k = k_tau(v, tau)
-                ax.plot(k, np.cumsum(explained_variance_ratio(v))[k - 1], marker, ms=4, color=colors.get(label, "k"))
+        for label, v in shown.items():  # k_tau of every curve, on its curve
+            k = k_tau(v, tau)
+            ax.plot(k, np.cumsum(explained_variance_ratio(v))[k - 1], marker, ms=4, color=colors.get(label, "k"))
     if math.isfinite(r_star) and r_star > 0:
         ax.axvline(r_star, color="k", ls="--", lw=1, label=f"r*(0.01) = {int(r_star)}")
         ax.legend(fontsize=7)
-    ax.set_xscale("log")
     ax.set_title("cumulative explained variance; k_tau at tau = 0.9 (o), 0.95 (s), 0.99 (^)", fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
 
 
-def spectra_section(study, df, store, out: Path, r_ref: float) -> list[str]:
+def spectra_section(study: Study, df, store: ResultsStore, out: Path, r_ref: float) -> list[str]:
     """The report's "rank vs spectra" section: writes spectra.csv and spectra.png, returns markdown lines."""
-    table, curves = spectra_table(study, df)
-    twins = df[df["cfg.method"] == "twin"]
-    if len(twins):  # the first twin's Delta W spectra, from its stored history
-        hist = store.history(twins.iloc[0]["run_id"]) or {}
-        curves.update({f"dW twin {k.split('/', 1)[1]}": v for k, v in hist.get("spectra", {}).items()
-                       if k.startswith("dW/")})
+    table, curves_ = spectra_table(study, df, store)
     table.to_csv(out / "spectra.csv", index=False)
-    plot_spectra(curves, out / "spectra.png", r_ref)
+    plot_spectra(curves_, out / "spectra.png", r_ref)
     return ["## Rank vs spectra", "",
             f"r*(0.01) = {_fmt_r(r_ref)}. k_tau = smallest k whose top-k eigenvalues explain a fraction tau of "
             "the variance; participation ratio (sum lam)^2 / sum lam^2; entropy rank exp H(lam / sum lam); "
             "stable rank sum lam / max lam; intrinsic_dim: TwoNN and MLE estimates (scikit-dimension). "
-            "Twin and adapter rows are means over seeds.", "",
+            "Activations at init, twin and adapter rows are means over seeds.", "",
             markdown(table, {m: "{:.1f}" for m in MEASURES}), "![explained variance](spectra.png)", ""]
 
 
-def _fmt_r(r: float) -> str:
-    return "> max rank" if math.isinf(r) else str(int(r))
+# ----------------------------------------------------------------------------- the report
+
+def no_results_message(study: Study, path: Path, status: StudyStatus) -> str:
+    """What happened, when a study has no finished run to report."""
+    head = f"no finished runs of {study.study!r} in {path}"
+    if status.failed:
+        return "\n".join([f"{head}: every run that ran failed", *status.lines()])
+    return "\n".join([f"{head}: run `reservoir-depth sweep` on the study first", *status.lines()])
 
 
-def write_report(study: Mapping[str, Any], out: str | Path, eps: tuple[float, ...] = EPS) -> str:
-    """Write report.md, table.csv, runs.csv, rank.png (and spectra.*) and study.json to ``out``; return the markdown."""
-    import torch
-
+def write_report(study: Study | Mapping[str, Any], out: str | Path) -> str:
+    """Write report.md, table.csv, runs.csv, rank.png (and spectra.*) and study.json to ``out`` from
+    ``out``/runs.sqlite alone; return the markdown. Raises NoResults (writing nothing) when no run finished,
+    FileNotFoundError when there is no store."""
+    study = Study.of(study)
     out = Path(out)
-    store = ResultsStore(out / "runs.sqlite")
-    df = study_frame(study, store)
+    store = ResultsStore(out / "runs.sqlite")  # read-only: refuses a missing store
+    status = study_status(study, store)
+    df = study.frame(store)
     if df.empty:
-        raise ValueError(f"no finished runs of {study['study']!r} in {out / 'runs.sqlite'}: run the sweep first")
-    task = dataset_of(runs_of(study)[0]).task
-    metric = "test_acc" if task == "classification" else "test_loss"
-    table = rank_table(df, metric=metric)
-    sizes = {}
-    for run in runs_of(study, baselines=False):
-        r = run.scaffold.get("r")
-        if r not in sizes:
-            sizes[r] = adapter_bytes(run)
-    table["adapter bytes"] = [sizes.get(r, (math.nan,))[0] if r != "full" else math.nan for r in table["r"]]
-    full_bytes = next(iter(sizes.values()))[1] if sizes else math.nan
+        raise NoResults(no_results_message(study, out / "runs.sqlite", status))
+    metric = metric_of_frame(df)
+    table = rank_table(df, metric=metric, seeds=study.seeds)
     table.to_csv(out / "table.csv", index=False)
     df.to_csv(out / "runs.csv", index=False)
+    dense = df[C.DENSE_BYTES].dropna() if C.DENSE_BYTES in df else []
+    dense_text = f"{int(dense.iloc[0]):,} bytes" if len(dense) else f"({NOT_RECORDED})"
 
-    lines = [f"# {study['study']}", "",
-             f"Dataset `{json.dumps(study['dataset'])}`, architecture `{json.dumps(study['arch'])}`, "
-             f"seeds {list(study['seeds'])}; metric `{metric}` on the test split after the last epoch. "
-             f"Recovery = LottaLoRA mean / full-training mean. A dense checkpoint of the merged model takes "
-             f"{full_bytes:,} bytes.", "", markdown(table, {"adapter bytes": "{:,.0f}"})]
-    has_full = (df["cfg.method"] == "full").any()
-    r_stars: dict[float, float] = {}
-    if has_full and (df["cfg.method"] == "lotta").any():
-        lines += ["Saturation rank r*(eps) = min{r : metric within eps of full training}, "
-                  "95% bootstrap CI over seeds:", "", "| eps | r* | CI |", "|---|---|---|"]
-        for e in eps:
-            sr = SaturationRank.from_frame(df, metric=metric, eps=e)
-            r_stars[e] = sr.r_star_
-            lines.append(f"| {e:g} | {_fmt_r(sr.r_star_)} | [{_fmt_r(sr.ci_[0])}, {_fmt_r(sr.ci_[1])}] |")
-        lines.append("")
-    plot_rank(df, out / "rank.png", metric=metric, title=f"{study['study']}", r_star=r_stars)
+    lines = [f"# {study.study}", "", *status.lines(), "",
+             f"Dataset `{json.dumps(study.dataset)}`, architecture `{json.dumps(dict(study.arch))}`, "
+             f"seeds {list(study.seeds)}; metric `{metric}` on the test split after the last epoch. "
+             f"Recovery = LottaLoRA mean / full-training mean. n = seeds that finished; a cell with missing "
+             f"seeds averages fewer runs. A dense checkpoint of the merged model takes {dense_text}.", "",
+             markdown(table)]
+    r_lines, r_stars, r_summary = rank_section(df, study, metric)
+    lines += r_lines
+    plot_rank(df, out / "rank.png", metric=metric, title=study.study, r_star=r_stars)
     lines += ["![metric and beta vs rank](rank.png)", ""]
-    if study.get("spectra"):
-        r_ref = SaturationRank.from_frame(df, metric=metric, eps=0.01, n_boot=0).r_star_ if has_full else math.inf
-        lines += spectra_section(study, df, store, out, r_ref)
-    failed = [r for r in store.rows(study["study"]) if r["status"] == "failed"]
-    if failed:
-        lines += [f"**{len(failed)} failed run(s)**; first error: `{failed[0]['error'].splitlines()[0]}`", ""]
+    if study.measured:
+        lines += spectra_section(study, df, store, out, r_stars.get(0.01, math.inf))
     text = "\n".join(lines)
     (out / "report.md").write_text(text)
-    meta = {"study": study, "version": __version__, "torch": torch.__version__, "python": platform.python_version(),
-            "runs": [r.config() | {"run_id": r.run_id} for r in runs_of(study)],
-            "n_done": int(len(df)), "n_failed": len(failed)}
-    (out / "study.json").write_text(json.dumps(meta, sort_keys=True, indent=1) + "\n")
+    meta = provenance(study.to_dict(), study.seeds,
+                      {**r_summary, "n_done": len(status.done), "n_failed": len(status.failed),
+                       "n_running": len(status.running), "n_missing": len(status.missing)},
+                      runs=[r.config() | {"run_id": r.run_id} for r in study.runs()])
+    (out / "study.json").write_text(json.dumps(meta, sort_keys=True, indent=1, default=_jsonable) + "\n")
     return text
+
+
+def _jsonable(v: Any) -> Any:
+    if isinstance(v, (np.integer, np.floating)):
+        return v.item()
+    raise TypeError(f"not JSON-serialisable: {v!r}")

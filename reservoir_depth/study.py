@@ -19,6 +19,7 @@ import hashlib
 import inspect
 import json
 import math
+import platform
 import tomllib
 from collections.abc import Mapping as MappingABC
 from dataclasses import dataclass, field
@@ -27,7 +28,11 @@ from pathlib import Path
 from typing import Any, Iterator, Mapping, Sequence
 
 import numpy as np
+import pandas
+import scipy
+import torch
 
+from . import __version__
 from .distributions import DistributionSpec, is_number
 from .models import ARCHITECTURES
 from .scaffold import ScaffoldConfig
@@ -367,3 +372,20 @@ def curves(df, metric: str, ranks: Sequence[int] | None = None, seeds: Sequence[
         if int(s) in row:
             fv[row[int(s)]] = v
     return np.asarray(ranks, int), values, fv, np.asarray(seeds, int)
+
+
+# ----------------------------------------------------------------------------- provenance
+
+def versions() -> dict[str, str]:
+    """The versions a result depends on: this package, Python, and numpy / scipy (they determine
+    the canonical draw of W_seed), torch, pandas."""
+    return {"reservoir_depth": __version__, "python": platform.python_version(), "numpy": np.__version__,
+            "scipy": scipy.__version__, "torch": torch.__version__, "pandas": pandas.__version__}
+
+
+def provenance(config: Mapping[str, Any], seeds: Sequence[int], metrics: Mapping[str, Any] | None = None,
+               **extra: Any) -> dict[str, Any]:
+    """The one provenance record of a study, TOML or script (study.json, provenance.json):
+    the resolved config, the seeds, the versions, the headline metrics, and any ``extra`` keys."""
+    return {"config": dict(config), "seeds": [int(s) for s in seeds], "versions": versions(),
+            "metrics": dict(metrics or {}), **extra}

@@ -110,7 +110,7 @@ def test_columns_match_the_store_frame(tmp_path):
     from reservoir_depth.results import ResultsStore
 
     run = Study.from_dict(BASE).runs()[1]
-    store = ResultsStore(tmp_path / "r.sqlite")
+    store = ResultsStore(tmp_path / "r.sqlite", create=True)
     store.claim(run.run_id, run.study, run.config(), run.seed)
     store.finish(run.run_id, {"test_acc": 0.5, "trainable": 3, "total": 9, "trainable_fraction": 1 / 3})
     df = store.frame()

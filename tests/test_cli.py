@@ -1,0 +1,94 @@
+"""The command line: honest exit codes, help texts, train options."""
+
+import importlib
+
+import pytest
+
+from reservoir_depth import data
+from reservoir_depth import sweep as sweep_mod
+from reservoir_depth.cli import main, parser
+
+TINY = ('study = "tiny"\ndataset = "digits"\nseeds = [0]\nranks = [1]\nfull = false\n'
+        '[arch]\nname = "mlp"\nhidden = [8]\n[train]\nepochs = 1\n')
+
+
+def test_every_train_option_has_help_and_default():
+    train = next(a for a in parser()._subparsers._group_actions[0].choices.items() if a[0] == "train")[1]
+    opts = [a for a in train._actions if a.option_strings and a.dest != "help"]
+    assert {"--arch", "--batch-size", "--data", "--hidden", "--rank"} <= {a.option_strings[0] for a in opts}
+    assert all(a.help for a in opts)
+    text = train.format_help()
+    assert "(default: 4)" in text and "{linear,mlp,plain}" in text and "(default: 128)" in text
+
+
+def test_train_on_a_regression_set_and_other_architectures(capsys):
+    """n_out comes from the data set (regression sets have n_classes = 0), and --arch is honoured."""
+    assert main(["train", "--data", "planted", "--hidden", "8", "--rank", "1", "--epochs", "1"]) == 0
+    assert "regression, n_out=32" in capsys.readouterr().out
+    assert main(["train", "--data", "digits", "--arch", "linear", "--rank", "1", "--epochs", "1",
+                 "--batch-size", "512"]) == 0
+    assert "beta/layer" in capsys.readouterr().out
+    assert main(["train", "--arch", "linear", "--hidden", "small", "--epochs", "1"]) == 2
+    assert "--hidden applies to --arch mlp only" in capsys.readouterr().err
+
+
+def test_train_batch_size_reaches_training(monkeypatch):
+    seen = {}
+    train_mod = importlib.import_module("reservoir_depth.train")  # the module, not the function re-exported
+    real = train_mod.train
+
+    def spy(model, d, cfg):
+        seen["batch_size"] = cfg.batch_size
+        return real(model, d, cfg)
+
+    monkeypatch.setattr(train_mod, "train", spy)
+    assert main(["train", "--hidden", "tiny", "--rank", "1", "--epochs", "1", "--batch-size", "333"]) == 0
+    assert seen == {"batch_size": 333}
+
+
+def test_sweep_of_a_study_whose_runs_all_fail_exits_nonzero_and_says_why(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv(data.FASHION_MNIST_ENV, str(tmp_path / "empty"))
+    study = tmp_path / "s.toml"
+    study.write_text(TINY.replace('"digits"', '"fashion-mnist"'))
+    out = tmp_path / "out"
+    assert main(["sweep", str(study), "--out", str(out), "--no-progress"]) == 1
+    cap = capsys.readouterr()
+    assert "1 failed" in cap.out and "apt-get install dataset-fashion-mnist" in cap.out
+    assert main(["run", str(study), "--out", str(out), "--no-progress"]) == 1
+    err = capsys.readouterr().err
+    assert "every run that ran failed" in err and "apt-get install dataset-fashion-mnist" in err
+    assert "run the sweep first" not in err and "--retry-failed" in err
+    assert main(["report", str(study), "--out", str(out)]) == 1
+    assert "every run that ran failed" in capsys.readouterr().err
+    assert sorted(p.name for p in out.iterdir() if not p.name.startswith("runs.sqlite")) == []
+
+
+def test_retry_failed_reruns_an_earlier_failure(tmp_path, monkeypatch, capsys):
+    study = tmp_path / "s.toml"
+    study.write_text(TINY)
+    real = sweep_mod.execute
+
+    def flaky(run, progress=False):
+        raise RuntimeError("transient")
+
+    monkeypatch.setattr(sweep_mod, "execute", flaky)
+    assert main(["sweep", str(study), "--out", str(tmp_path), "--no-progress"]) == 1
+    monkeypatch.setattr(sweep_mod, "execute", real)
+    assert main(["sweep", str(study), "--out", str(tmp_path), "--no-progress"]) == 1  # not retried by default
+    assert "1 failed in an earlier sweep" in capsys.readouterr().out
+    assert main(["sweep", str(study), "--out", str(tmp_path), "--no-progress", "--retry-failed"]) == 0
+    assert "1 run, 0 already done, 0 failed" in capsys.readouterr().out
+
+
+def test_report_without_a_store_creates_nothing(tmp_path, capsys):
+    study = tmp_path / "s.toml"
+    study.write_text(TINY)
+    assert main(["report", str(study), "--out", str(tmp_path / "none")]) == 2
+    assert "no results store" in capsys.readouterr().err
+    assert not (tmp_path / "none").exists()
+
+
+def test_workers_must_be_positive(capsys):
+    with pytest.raises(SystemExit):
+        main(["sweep", "--workers", "0"])
+    assert "must be an integer >= 1" in capsys.readouterr().err

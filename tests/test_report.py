@@ -1,0 +1,143 @@
+"""The report renders from the store alone: status at the top, incomplete cells marked,
+r* never stated beyond the ranks that ran for every seed, old stores without records."""
+
+import json
+import shutil
+import sqlite3
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from reservoir_depth import data
+from reservoir_depth import sweep as sweep_mod
+from reservoir_depth.report import NoResults, markdown, rank_table, study_status, write_report
+from reservoir_depth.results import ResultsStore
+from reservoir_depth.study import Columns, Study
+from reservoir_depth.sweep import sweep
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY = {"study": "tiny", "dataset": "digits", "seeds": [0, 1], "ranks": [0, 2, 4], "full": True, "twin": True,
+        "spectra": ["twin"], "arch": {"name": "mlp", "hidden": [16, 8]}, "train": {"epochs": 1, "batch_size": 256}}
+
+
+@pytest.fixture(scope="module")
+def swept(tmp_path_factory):
+    """A finished tiny study (both seeds, every rank), swept once for the module."""
+    out = tmp_path_factory.mktemp("tiny")
+    study = Study.from_dict(TINY)
+    counts = sweep(study.runs(), ResultsStore(out / "runs.sqlite", create=True), progress=False)
+    assert counts.failed == 0
+    return study, out
+
+
+@pytest.fixture
+def no_models(monkeypatch):
+    """Any attempt to build a model or load data fails the test: a report reads the store only."""
+    def boom(*a, **k):
+        raise AssertionError("the report built a model or loaded data")
+
+    for mod, name in ((sweep_mod, "build_model"), (sweep_mod, "dataset_of"), (data, "load")):
+        monkeypatch.setattr(mod, name, boom)
+
+
+def copy_store(swept, tmp_path, drop=()):
+    """A copy of the swept store without the runs whose (method, r, seed) are in ``drop``."""
+    study, out = swept
+    shutil.copy(out / "runs.sqlite", tmp_path / "runs.sqlite")
+    ids = [r.run_id for r in study.runs() if (r.method, r.scaffold.get("r"), r.seed) in drop]
+    with sqlite3.connect(tmp_path / "runs.sqlite") as db:
+        db.executemany("DELETE FROM runs WHERE run_id = ?", [(i,) for i in ids])
+    return tmp_path
+
+
+def test_report_records_and_renders_from_the_store_alone(swept, tmp_path, no_models):
+    study, _ = swept
+    out = copy_store(swept, tmp_path)
+    text = write_report(study, out)
+    assert "Runs: 10 of 10 done." in text
+    table = pd.read_csv(out / "table.csv")
+    lotta = table[table["method"] == "LottaLoRA"]
+    assert (lotta["adapter bytes"].str.replace(",", "").astype(int) > 0).all()  # recorded by the sweep
+    spectra = pd.read_csv(out / "spectra.csv")
+    assert {"inputs (PCA)", "activations, scaffold at init"} <= set(spectra["spectrum"])
+    assert "360 test images" in text and "seed range over 2 seeds" in text
+    meta = json.loads((out / "study.json").read_text())
+    assert {"numpy", "scipy", "torch"} <= set(meta["versions"]) and meta["seeds"] == [0, 1]
+    assert meta["config"]["ranks"] == [0, 2, 4] and len(meta["runs"]) == 10
+
+
+def test_failed_run_is_listed_and_does_not_crash_the_report(swept, tmp_path, no_models):
+    study, _ = swept
+    out = copy_store(swept, tmp_path)
+    bad = Study.from_dict({**TINY, "ranks": [0, 2, 4, 99]})  # r = 99 > min(d_in, d_out): fails
+    store = ResultsStore(out / "runs.sqlite")
+    run = bad.runs(ranks=[99], baselines=False)[0]
+    assert store.claim(run.run_id, run.study, run.config(), run.seed)
+    store.fail(run.run_id, "ValueError: rank r=99 exceeds min(d_in, d_out) = 8\nTraceback (most recent call last):\n ...")
+    text = write_report(bad, out)
+    head = text.split("| method")[0]
+    assert "1 failed" in head and "lotta r=99 seed=0" in head and "ValueError (1 run): `ValueError: rank r=99" in head
+    assert "lotta r=99 seed=1" in head and "not run yet" in head
+
+
+def test_incomplete_store_never_states_r_star_beyond_the_complete_ranks(swept, tmp_path, no_models):
+    study, _ = swept
+    out = copy_store(swept, tmp_path, drop={("lotta", 2, 1), ("lotta", 4, 1)})
+    s = Study.from_dict({**TINY, "eps": [1e-9, 1.0]})  # 1e-9: nothing saturates; 1.0: everything does
+    text = write_report(s, out)
+    assert "not run yet: lotta r=2 seed=1, lotta r=4 seed=1" in text
+    table = pd.read_csv(out / "table.csv", keep_default_na=False)
+    assert table.loc[table["r"] == "4", "missing seeds"].item() == "1"
+    assert table.loc[table["r"] == "0", "missing seeds"].item() == ""
+    rows = [line for line in text.splitlines() if line.startswith("| 1e-09")]
+    assert rows and "| > 0 |" in rows[0] and rows[0].endswith("| 0 |")  # r* > 0 = the only complete rank, not "> 4"
+    assert "| > 4" not in text
+
+
+def test_eps_relative_adds_rows(swept, tmp_path):
+    study, _ = swept
+    out = copy_store(swept, tmp_path)
+    text = write_report(Study.from_dict({**TINY, "eps_relative": True, "eps": [0.05]}), out)
+    assert "| 0.05 (5.00 pp, absolute) |" in text and "| 0.05 of full (relative) |" in text
+
+
+def test_no_results_writes_nothing_and_says_what_happened(swept, tmp_path, no_models):
+    study, _ = swept
+    with pytest.raises(FileNotFoundError, match="no results store"):
+        write_report(study, tmp_path / "nowhere")
+    assert not (tmp_path / "nowhere").exists()
+    store = ResultsStore(tmp_path / "runs.sqlite", create=True)
+    for run in study.runs():
+        store.claim(run.run_id, run.study, run.config(), run.seed)
+        store.fail(run.run_id, "FileNotFoundError: Fashion-MNIST not found; apt-get install dataset-fashion-mnist")
+    with pytest.raises(NoResults, match="every run that ran failed(.|\n)*apt-get install dataset-fashion-mnist"):
+        write_report(study, tmp_path)
+    assert sorted(p.name for p in tmp_path.iterdir() if not p.name.startswith("runs.sqlite")) == []
+
+
+def test_status_counts_other_settings(swept, tmp_path):
+    study, _ = swept
+    out = copy_store(swept, tmp_path)
+    st = study_status(Study.from_dict({**TINY, "ranks": [0, 2]}), ResultsStore(out / "runs.sqlite"))
+    assert len(st.done) == 8 and st.other == 2 and not st.missing
+
+
+def test_old_store_without_records_renders_not_recorded(tmp_path, no_models):
+    """docs/results stores written before the sweep recorded file sizes: rendered, never rebuilt."""
+    shutil.copy(ROOT / "docs/results/fashion_mnist_plain20/runs.sqlite", tmp_path / "runs.sqlite")
+    with sqlite3.connect(tmp_path / "runs.sqlite") as db:
+        db.execute("UPDATE runs SET metrics = json_remove(metrics, '$.adapter_bytes', '$.dense_bytes', '$.n_test')")
+    text = write_report(Study.load(ROOT / "experiments/fashion_mnist_plain20.toml"), tmp_path)
+    assert "not recorded" in text and "Runs: 4 of 4 done." in text
+
+
+def test_rank_table_recovery(swept):
+    study, out = swept
+    df = study.frame(ResultsStore(out / "runs.sqlite"))
+    table = rank_table(df, seeds=study.seeds)
+    full = df[df[Columns.METHOD] == "full"]["test_acc"].mean()
+    r2 = df[(df[Columns.METHOD] == "lotta") & (df[Columns.RANK] == 2)]["test_acc"].mean()
+    assert table.loc[table["r"] == 2, "recovery"].item() == pytest.approx(r2 / full)
+    assert list(table["r"]) == ["twin", 0, 2, 4, "full"]
+    assert "| LottaLoRA | 2 |" in markdown(table)
