@@ -1,22 +1,30 @@
 """A results store on SQLite: one row per run, safe for several workers, resumable.
 
-A run is keyed by the hash of its resolved config. ``claim`` takes a run that is
-new, failed, or left 'running' by a dead process, inside one IMMEDIATE
-transaction, so two workers never run the same config and a killed sweep
-retries only the runs it did not finish. ``frame`` loads everything into pandas.
+A run is keyed by the hash of its resolved config. ``claim`` takes a run inside one
+IMMEDIATE transaction, so two workers never run the same config. The process that
+holds a run keeps a lease on it (a heartbeat, ``hold``); a run whose holder died or
+stopped refreshing its lease for ``lease`` seconds is taken over, so a killed sweep
+retries only the runs it did not finish. A failed run is retried only when asked
+(``retry_failed``), and never twice in one invocation. ``frame`` loads everything
+into pandas; ``SweepCounts`` says what one sweep did with each of its runs.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import os
 import socket
 import sqlite3
+import threading
 import time
+from contextlib import closing, contextmanager
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Iterable, Iterator, Mapping, Sequence
 
 from . import __version__
+from .distributions import is_number
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS runs (
@@ -35,9 +43,14 @@ CREATE TABLE IF NOT EXISTS runs (
     host      TEXT,
     pid       INTEGER,
     started   REAL,
-    finished  REAL
+    finished  REAL,
+    heartbeat REAL,
+    invocation TEXT
 )
 """
+# columns a store written before leases lacks: added on its first write; bookkeeping, not in frame()
+LEASE_COLUMNS = {"heartbeat": "REAL", "invocation": "TEXT"}
+LEASE = 120.0  # seconds without a heartbeat after which another process may take a 'running' run over
 
 
 def _pid_alive(pid: int) -> bool:
@@ -51,60 +64,190 @@ def _pid_alive(pid: int) -> bool:
 
 
 class ResultsStore:
-    """SQLite file of runs (WAL mode, so readers never block the writer)."""
+    """SQLite file of runs (WAL mode, so readers never block the writer).
 
-    def __init__(self, path: str | os.PathLike) -> None:
-        self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        with self._connect() as db:
-            db.execute("PRAGMA journal_mode=WAL")
-            db.execute(SCHEMA)
+    ``create=True`` starts a new store where none exists (the sweep does; a report only reads).
+    ``lease``: seconds a 'running' run stays held without a heartbeat from its process."""
+
+    def __init__(self, path: str | os.PathLike, create: bool = False, lease: float = LEASE) -> None:
+        if not is_number(lease) or not 0 < lease < math.inf:
+            raise ValueError(f"lease must be a positive finite number of seconds, got {lease!r}")
+        self.path, self.lease, self.host = Path(path), float(lease), socket.gethostname()
+        self._upgraded = False
+        if self.path.is_dir():
+            raise ValueError(f"{self.path} is a folder; a results store is a file such as "
+                             f"{self.path / 'runs.sqlite'}")
+        if not self.path.exists():
+            if not create:
+                raise FileNotFoundError(f"no results store at {self.path} (run the sweep first, or pass "
+                                        f"create=True to start an empty one)")
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            with closing(self._connect()) as db:
+                tables = {r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+        except sqlite3.DatabaseError as e:
+            raise ValueError(f"{self.path} is not a results store: {e}") from None
+        if create:
+            self._writer().close()
+        elif "runs" not in tables:
+            raise ValueError(f"{self.path} is not a results store (it has no 'runs' table)")
 
     def _connect(self) -> sqlite3.Connection:
         return sqlite3.connect(self.path, timeout=60, isolation_level=None)
 
-    def status(self, run_id: str) -> str | None:
-        with self._connect() as db:
-            row = db.execute("SELECT status FROM runs WHERE run_id = ?", (run_id,)).fetchone()
-        return row[0] if row else None
-
-    def claim(self, run_id: str, study: str, config: Mapping[str, Any], seed: int | None = None) -> bool:
-        """Mark the run 'running' for this process; False if done or held by a live worker."""
-        host, pid = socket.gethostname(), os.getpid()
+    def _writer(self) -> sqlite3.Connection:
+        """A connection to write with. The first one creates the table, or adds the lease columns
+        to a store from before leases (reading never rewrites the file)."""
         db = self._connect()
-        try:
-            db.execute("BEGIN IMMEDIATE")
-            row = db.execute("SELECT status, host, pid FROM runs WHERE run_id = ?", (run_id,)).fetchone()
-            if row is not None:
-                status, rhost, rpid = row
-                if status == "done" or (status == "running" and (rhost != host or _pid_alive(rpid))):
+        if not self._upgraded:
+            try:
+                db.execute("PRAGMA journal_mode=WAL")
+                db.execute("BEGIN IMMEDIATE")
+                db.execute(SCHEMA)
+                have = {r[1] for r in db.execute("PRAGMA table_info(runs)")}
+                for name, kind in LEASE_COLUMNS.items():
+                    if name not in have:
+                        db.execute(f"ALTER TABLE runs ADD COLUMN {name} {kind}")
+                db.execute("COMMIT")
+            except BaseException:
+                if db.in_transaction:
+                    db.execute("ROLLBACK")
+                db.close()
+                raise
+            self._upgraded = True
+        return db
+
+    def status(self, run_id: str) -> str | None:
+        row = self.row(run_id)
+        return row["status"] if row else None
+
+    def row(self, run_id: str) -> dict[str, Any] | None:
+        """The run's row as a dict (None if the store has no such run)."""
+        with closing(self._connect()) as db:
+            db.row_factory = sqlite3.Row
+            row = db.execute("SELECT * FROM runs WHERE run_id = ?", (run_id,)).fetchone()
+        return dict(row) if row else None
+
+    def claim(self, run_id: str, study: str, config: Mapping[str, Any], seed: int | None = None, *,
+              invocation: str | None = None, retry_failed: bool = False) -> bool:
+        """Mark the run 'running' for this process, with a fresh lease; True if this process now holds it.
+
+        Taken: a new run; a 'running' run whose lease lapsed (no heartbeat for ``lease`` seconds, or
+        its process on this host is dead); with ``retry_failed``, a failed run, unless it failed in
+        this same ``invocation`` (the id the workers of one sweep share). Never a done run."""
+        now = time.time()
+        with closing(self._writer()) as db:
+            try:
+                db.execute("BEGIN IMMEDIATE")
+                row = db.execute("SELECT status, host, pid, COALESCE(heartbeat, started), invocation FROM runs "
+                                 "WHERE run_id = ?", (run_id,)).fetchone()
+                if row is not None and not self._takeable(*row, now, invocation, retry_failed):
                     db.execute("ROLLBACK")
                     return False
-            db.execute(
-                "INSERT OR REPLACE INTO runs (run_id, study, config, seed, version, status, host, pid, started) "
-                "VALUES (?, ?, ?, ?, ?, 'running', ?, ?, ?)",
-                (run_id, study, json.dumps(config, sort_keys=True), seed, __version__, host, pid, time.time()))
-            db.execute("COMMIT")
-            return True
-        except BaseException:
-            if db.in_transaction:
-                db.execute("ROLLBACK")
-            raise
+                db.execute(
+                    "INSERT OR REPLACE INTO runs (run_id, study, config, seed, version, status, host, pid, started, "
+                    "heartbeat, invocation) VALUES (?, ?, ?, ?, ?, 'running', ?, ?, ?, ?, ?)",
+                    (run_id, study, json.dumps(config, sort_keys=True), seed, __version__, self.host, os.getpid(),
+                     now, now, invocation))
+                db.execute("COMMIT")
+                return True
+            except BaseException:
+                if db.in_transaction:
+                    db.execute("ROLLBACK")
+                raise
+
+    def _takeable(self, status: str, host: str, pid: int, beat: float | None, held_by: str | None, now: float,
+                  invocation: str | None, retry_failed: bool) -> bool:
+        if status == "failed":
+            return retry_failed and (invocation is None or held_by != invocation)
+        if status == "running":
+            return (host == self.host and not _pid_alive(pid)) or beat is None or now - beat > self.lease
+        return False
+
+    def _update_held(self, run_id: str, assignments: str, values: tuple) -> bool:
+        """UPDATE the run only while this process still holds it; False if its lease was taken over."""
+        with closing(self._writer()) as db:
+            cur = db.execute(f"UPDATE runs SET {assignments} WHERE run_id = ? AND status = 'running' "
+                             "AND host = ? AND pid = ?", (*values, run_id, self.host, os.getpid()))
+            return cur.rowcount == 1
+
+    def beat(self, run_id: str) -> bool:
+        """Refresh this process's lease on the run; False if it no longer holds it."""
+        return self._update_held(run_id, "heartbeat = ?", (time.time(),))
+
+    @contextmanager
+    def hold(self, run_id: str) -> Iterator[None]:
+        """Keep this process's lease on ``run_id`` fresh while the block runs (a beat every
+        ``lease / 4`` seconds from a background thread)."""
+        stop = threading.Event()
+
+        def beats() -> None:
+            while not stop.wait(self.lease / 4):
+                try:
+                    if not self.beat(run_id):
+                        return  # taken over: nothing left to hold
+                except sqlite3.OperationalError:
+                    pass  # the store is busy: try again at the next beat
+
+        thread = threading.Thread(target=beats, name=f"lease {run_id}", daemon=True)
+        thread.start()
+        try:
+            yield
         finally:
-            db.close()
+            stop.set()
+            thread.join()
 
     def finish(self, run_id: str, metrics: Mapping[str, Any], history: Mapping[str, Any] | None = None,
-               trainable: int | None = None, total: int | None = None, seconds: float | None = None) -> None:
-        with self._connect() as db:
-            db.execute("UPDATE runs SET status='done', metrics=?, history=?, trainable=?, total=?, seconds=?, "
-                       "finished=?, error=NULL WHERE run_id=?",
-                       (json.dumps(metrics, sort_keys=True), json.dumps(history, sort_keys=True), trainable, total,
-                        seconds, time.time(), run_id))
+               trainable: int | None = None, total: int | None = None, seconds: float | None = None) -> bool:
+        """Record the run as done; False (nothing written) if another process took it over."""
+        return self._update_held(
+            run_id, "status = 'done', metrics = ?, history = ?, trainable = ?, total = ?, seconds = ?, "
+            "finished = ?, error = NULL",
+            (json.dumps(metrics, sort_keys=True), json.dumps(history, sort_keys=True), trainable, total, seconds,
+             time.time()))
 
-    def fail(self, run_id: str, error: str) -> None:
-        with self._connect() as db:
-            db.execute("UPDATE runs SET status='failed', error=?, finished=? WHERE run_id=?",
-                       (error, time.time(), run_id))
+    def fail(self, run_id: str, error: str) -> bool:
+        """Record the run as failed with its error; False (nothing written) if another process took it over."""
+        return self._update_held(run_id, "status = 'failed', error = ?, finished = ?", (error, time.time()))
+
+    def amend(self, run_id: str, metrics: Mapping[str, Any], history: Mapping[str, Any]) -> bool:
+        """Add keys to a done run's metrics and history (records measured after the fact, without
+        training: sweep.backfill); keys already stored are kept. False if the run is not done."""
+        with closing(self._writer()) as db:
+            db.execute("BEGIN IMMEDIATE")
+            row = db.execute("SELECT metrics, history FROM runs WHERE run_id = ? AND status = 'done'",
+                             (run_id,)).fetchone()
+            if row is None:
+                db.execute("ROLLBACK")
+                return False
+            old_m, old_h = json.loads(row[0] or "{}"), json.loads(row[1] or "null") or {}
+            db.execute("UPDATE runs SET metrics = ?, history = ? WHERE run_id = ?",
+                       (json.dumps({**metrics, **old_m}, sort_keys=True),
+                        json.dumps({**history, **old_h}, sort_keys=True), run_id))
+            db.execute("COMMIT")
+            return True
+
+    def amend(self, run_id: str, metrics: Mapping[str, Any], history: Mapping[str, Any] | None = None) -> bool:
+        """Add keys missing from a done run's metrics and history (a backfill of what newer sweeps
+        record); a recorded value is never changed. False if the run is not done."""
+        with closing(self._writer()) as db:
+            try:
+                db.execute("BEGIN IMMEDIATE")
+                row = db.execute("SELECT metrics, history FROM runs WHERE run_id = ? AND status = 'done'",
+                                 (run_id,)).fetchone()
+                if row is None:
+                    db.execute("ROLLBACK")
+                    return False
+                old_metrics, old_history = json.loads(row[0] or "{}"), json.loads(row[1] or "null") or {}
+                db.execute("UPDATE runs SET metrics = ?, history = ? WHERE run_id = ?",
+                           (json.dumps({**metrics, **old_metrics}, sort_keys=True),
+                            json.dumps({**(history or {}), **old_history}, sort_keys=True), run_id))
+                db.execute("COMMIT")
+                return True
+            except BaseException:
+                if db.in_transaction:
+                    db.execute("ROLLBACK")
+                raise
 
     def rows(self, study: str | None = None) -> list[dict[str, Any]]:
         q, args = "SELECT * FROM runs", ()
@@ -127,7 +270,8 @@ class ResultsStore:
                 continue
             cfg = json.loads(r.pop("config"))
             metrics = json.loads(r.pop("metrics") or "{}")
-            r.pop("history")
+            for name in ("history", *LEASE_COLUMNS):
+                r.pop(name, None)
             records.append({**r, **{f"cfg.{k}": v for k, v in _flatten(cfg).items()}, **metrics})
         return pd.DataFrame.from_records(records)
 
@@ -145,6 +289,54 @@ def _flatten(d: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
         else:
             out[f"{prefix}{k}"] = json.dumps(v) if isinstance(v, list) else v
     return out
+
+
+
+def error_head(error: str) -> tuple[str, str]:
+    """(error type, message) of an error recorded by the sweep ("Type: message" then the traceback)."""
+    head = error.split("\nTraceback (most recent call last):")[0].strip()
+    return head.split(":", 1)[0].strip(), head
+
+
+@dataclass
+class SweepCounts:
+    """What one sweep did with each of its runs (each run counted once, whatever the number of workers)."""
+
+    done: int = 0  # ran to completion in this sweep
+    skipped: int = 0  # already done (before this sweep, or by another process during it)
+    failed: int = 0  # raised in this sweep (the error and traceback are in the store)
+    failed_before: int = 0  # failed in an earlier sweep and not retried (retry_failed=True retries them)
+    running_elsewhere: int = 0  # held by another live process whose lease is current
+    errors: dict[str, str] = field(default_factory=dict)  # error type -> first message, of failed and failed_before
+
+    # a run's outcome as seen by one worker; when workers saw it differently, the first in this order wins
+    OUTCOMES = ("done", "failed", "skipped", "failed_before", "running_elsewhere")
+    SEEN = {"done": "skipped", "failed": "failed_before", "running": "running_elsewhere"}  # by status, not run here
+
+    @classmethod
+    def of(cls, run_ids: Sequence[str], parts: Iterable[Mapping[str, tuple[str, str | None]]]) -> SweepCounts:
+        """Tally the workers' ``run_id -> (outcome, error)`` maps over the sweep's runs."""
+        parts = list(parts)
+        counts = cls()
+        for run_id in dict.fromkeys(run_ids):
+            seen = [p[run_id] for p in parts if run_id in p]
+            outcome, error = min(seen, key=lambda o: cls.OUTCOMES.index(o[0]), default=("running_elsewhere", None))
+            setattr(counts, outcome, getattr(counts, outcome) + 1)
+            if error and outcome in ("failed", "failed_before"):
+                kind, message = error_head(error)
+                counts.errors.setdefault(kind, message)
+        return counts
+
+    @property
+    def total(self) -> int:
+        return self.done + self.skipped + self.failed + self.failed_before + self.running_elsewhere
+
+    def summary(self) -> str:
+        """One line of counts, then the first error of each type ("Type: message")."""
+        line = (f"{self.done} run, {self.skipped} already done, {self.failed} failed, {self.failed_before} failed "
+                f"in an earlier sweep (not retried), {self.running_elsewhere} held by another live process "
+                f"({self.total} in all)")
+        return "\n".join([line, *(f"  {message}" for message in self.errors.values())])
 
 
 # ----------------------------------------------------------------------------- tables and figures

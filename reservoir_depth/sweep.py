@@ -13,18 +13,23 @@ from __future__ import annotations
 
 import copy
 import json
+import os
 import time
+import threading
 import traceback
+import uuid
+from concurrent.futures import ProcessPoolExecutor
 from functools import lru_cache
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 
+import torch
 from tqdm.auto import tqdm
 
 from . import __version__, data
 from .distributions import torch_rng
 from .models import build
-from .results import ResultsStore
+from .results import ResultsStore, SweepCounts
 from .scaffold import merge, scaffold
 from .study import METHODS, Run, Study
 from .train import TrainConfig, train
@@ -90,30 +95,42 @@ def runs_of(study: Study | Mapping[str, Any], ranks: Sequence[int] | None = None
     return Study.of(study).runs(ranks=ranks, baselines=baselines)
 
 
-def sweep(runs: Iterable[Run], store: ResultsStore, progress: bool = True) -> dict[str, int]:
-    """Run every run not already done in ``store``; returns counts of done / skipped / failed."""
+def sweep(runs: Iterable[Run], store: ResultsStore, progress: bool = True, retry_failed: bool = False) -> SweepCounts:
+    """Run every run not already done in ``store``, each at most once; returns what happened to each.
+
+    A run that raises is recorded as failed with its error, and the sweep goes on. Runs that failed
+    in an earlier sweep are retried only with ``retry_failed``."""
     runs = list(runs)
-    counts = {"done": 0, "skipped": 0, "failed": 0}
+    return SweepCounts.of([r.run_id for r in runs], [_sweep(runs, store, progress, retry_failed, uuid.uuid4().hex)])
+
+
+def _sweep(runs: Sequence[Run], store: ResultsStore, progress: bool, retry_failed: bool,
+           invocation: str) -> dict[str, tuple[str, str | None]]:
+    """One worker's pass: run_id -> (outcome, error), see SweepCounts. ``invocation`` is the id every
+    worker of one sweep shares, so a run one worker failed is not retried by another."""
+    outcomes: dict[str, tuple[str, str | None]] = {}
     bar = tqdm(runs, desc="sweep", disable=not progress, dynamic_ncols=True)
     for run in bar:
         cfg = run.config()
         cfg["version"] = __version__
-        if not store.claim(run.run_id, run.study, cfg, run.seed):
-            counts["skipped"] += 1
+        if not store.claim(run.run_id, run.study, cfg, run.seed, invocation=invocation, retry_failed=retry_failed):
+            row = store.row(run.run_id) or {"status": "running", "error": None}
+            outcomes.setdefault(run.run_id, (SweepCounts.SEEN[row["status"]], row["error"]))
             continue
-        label = f"{run.method} r={run.scaffold.get('r', '-')} seed={run.seed}"
-        bar.set_postfix_str(label)
+        bar.set_postfix_str(f"{run.method} r={run.scaffold.get('r', '-')} seed={run.seed}")
         t0 = time.perf_counter()
-        try:
-            metrics, history = execute(run, progress=progress)
-        except Exception as e:  # recorded, and the sweep goes on
-            store.fail(run.run_id, f"{type(e).__name__}: {e}\n{traceback.format_exc()}")
-            counts["failed"] += 1
-            continue
-        store.finish(run.run_id, metrics, history, metrics["trainable"], metrics["total"],
-                     time.perf_counter() - t0)
-        counts["done"] += 1
-    return counts
+        with store.hold(run.run_id):
+            try:
+                metrics, history = execute(run, progress=progress)
+            except Exception as e:  # recorded, and the sweep goes on
+                error = f"{type(e).__name__}: {e}\n{traceback.format_exc()}"
+                kept = store.fail(run.run_id, error)
+                outcomes[run.run_id] = ("failed", error) if kept else ("running_elsewhere", None)
+                continue
+            kept = store.finish(run.run_id, metrics, history, metrics["trainable"], metrics["total"],
+                                time.perf_counter() - t0)
+        outcomes[run.run_id] = ("done", None) if kept else ("running_elsewhere", None)  # else: taken over
+    return outcomes
 
 
 SPECTRA_ROWS = 5000  # activation spectra use at most this many training inputs
@@ -145,30 +162,41 @@ def measure_spectra(run: Run, model, d: data.Dataset, init=None) -> tuple[dict[s
     return out, eig
 
 
-def _worker(study: Mapping[str, Any], db: str, threads: int, offset: int) -> dict[str, int]:
-    import torch
+def _exit_with_parent(parent: int) -> None:
+    """Pool initializer: the worker exits once its parent process is gone (killed), instead of
+    waiting forever for work; the run it held is then taken over (its process is dead)."""
 
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(1.0)
+        os._exit(1)
+
+    threading.Thread(target=watch, name="exit with parent", daemon=True).start()
+
+
+def _worker(study: Mapping[str, Any], store: ResultsStore, threads: int, offset: int, retry_failed: bool,
+            invocation: str) -> dict[str, tuple[str, str | None]]:
     torch.set_num_threads(threads)
     runs = runs_of(study)
-    return sweep(runs[offset:] + runs[:offset], ResultsStore(db), progress=False)
+    return _sweep(runs[offset:] + runs[:offset], store, False, retry_failed, invocation)
 
 
-def run_study(study: Mapping[str, Any], store: ResultsStore, workers: int = 1, progress: bool = True) -> dict[str, int]:
-    """Sweep a whole study; ``workers`` > 1 runs that many processes sharing ``store``
-    (each claims a run before running it, so none is run twice)."""
-    import os
-    from concurrent.futures import ProcessPoolExecutor
-
+def run_study(study: Mapping[str, Any], store: ResultsStore, workers: int = 1, progress: bool = True,
+              retry_failed: bool = False) -> SweepCounts:
+    """Sweep a whole study (see sweep); ``workers`` > 1 runs that many processes sharing ``store``
+    (each claims a run before running it, so none is run twice; each exits if this process dies)."""
+    if not isinstance(workers, int) or isinstance(workers, bool) or workers < 1:
+        raise ValueError(f"workers must be a positive integer, got {workers!r}")
     runs = runs_of(study)
-    if workers <= 1:
-        return sweep(runs, store, progress=progress)
+    if workers == 1:
+        return sweep(runs, store, progress=progress, retry_failed=retry_failed)
     threads = max(1, (os.cpu_count() or 1) // workers)
-    with ProcessPoolExecutor(workers) as pool:
-        parts = list(pool.map(_worker, [study] * workers, [str(store.path)] * workers, [threads] * workers,
-                              [i * len(runs) // workers for i in range(workers)]))
-    counts = {k: sum(p[k] for p in parts) for k in parts[0]}
-    counts["skipped"] -= (workers - 1) * len(runs)  # each worker also skips what the others ran
-    return counts
+    offsets = [i * len(runs) // workers for i in range(workers)]
+    invocation = uuid.uuid4().hex
+    with ProcessPoolExecutor(workers, initializer=_exit_with_parent, initargs=(os.getpid(),)) as pool:
+        parts = list(pool.map(_worker, [study] * workers, [store] * workers, [threads] * workers, offsets,
+                              [retry_failed] * workers, [invocation] * workers))
+    return SweepCounts.of([r.run_id for r in runs], parts)
 
 
 def study_frame(study: Study | Mapping[str, Any], store: ResultsStore):

@@ -9,7 +9,8 @@ import time
 import pytest
 
 from reservoir_depth import data
-from reservoir_depth.results import ResultsStore, markdown, rank_table
+from reservoir_depth.report import markdown, rank_table
+from reservoir_depth.results import ResultsStore, SweepCounts
 from reservoir_depth.sweep import Run, runs_of, sweep
 from conftest import make_blobs
 
@@ -17,7 +18,7 @@ STUDY = {"study": "t", "dataset": "blobs", "seeds": [0, 1], "full": True, "ranks
          "arch": {"name": "mlp", "hidden": [16, 8]}, "train": {"epochs": 2, "batch_size": 64}}
 
 WORKER = textwrap.dedent("""
-    import json, sys, torch
+    import dataclasses, json, sys, torch
     sys.path.insert(0, {tests!r})
     torch.set_num_threads(1)
     from conftest import make_blobs
@@ -26,7 +27,8 @@ WORKER = textwrap.dedent("""
     from reservoir_depth.sweep import runs_of, sweep
     data.DATASETS["blobs"] = lambda: make_blobs(n_train={n})
     study = json.loads({study!r})
-    print(json.dumps(sweep(runs_of(study), ResultsStore(sys.argv[1]), progress=False)), flush=True)
+    counts = sweep(runs_of(study), ResultsStore(sys.argv[1], create=True), progress=False)
+    print(json.dumps(dataclasses.asdict(counts)), flush=True)
 """)
 
 
@@ -44,21 +46,22 @@ def worker_script(tmp_path, n=256, study=STUDY):
 
 
 def test_claim_finish_skip(tmp_path):
-    s = ResultsStore(tmp_path / "r.sqlite")
+    s = ResultsStore(tmp_path / "r.sqlite", create=True)
     assert s.claim("a", "t", {"x": 1}, 0)
     assert not s.claim("a", "t", {"x": 1}, 0)  # running in this (live) process
     s.finish("a", {"acc": 0.5}, {"epochs": []}, 10, 100, 1.0)
     assert not s.claim("a", "t", {"x": 1}, 0) and s.status("a") == "done"
     assert s.claim("b", "t", {"x": 2}, 1)
     s.fail("b", "boom")
-    assert s.claim("b", "t", {"x": 2}, 1)  # failed runs are retried
+    assert not s.claim("b", "t", {"x": 2}, 1)  # failed runs are retried only when asked
+    assert s.claim("b", "t", {"x": 2}, 1, retry_failed=True)
     df = s.frame("t")
     assert list(df["run_id"]) == ["a"] and df.loc[0, "acc"] == 0.5 and df.loc[0, "cfg.x"] == 1
     assert s.history("a") == {"epochs": []}
 
 
 def test_run_left_running_by_a_dead_process_is_retried(tmp_path):
-    s = ResultsStore(tmp_path / "r.sqlite")
+    s = ResultsStore(tmp_path / "r.sqlite", create=True)
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
     dead.wait()
     assert s.claim("a", "t", {}, 0)
@@ -68,11 +71,11 @@ def test_run_left_running_by_a_dead_process_is_retried(tmp_path):
 
 
 def test_sweep_skips_finished_runs(tmp_path):
-    store = ResultsStore(tmp_path / "r.sqlite")
+    store = ResultsStore(tmp_path / "r.sqlite", create=True)
     runs = runs_of(STUDY)
     assert len(runs) == 6 and len({r.run_id for r in runs}) == 6
-    assert sweep(runs, store, progress=False) == {"done": 6, "skipped": 0, "failed": 0}
-    assert sweep(runs, store, progress=False) == {"done": 0, "skipped": 6, "failed": 0}
+    assert sweep(runs, store, progress=False) == SweepCounts(done=6)
+    assert sweep(runs, store, progress=False) == SweepCounts(skipped=6)
     df = store.frame("t")
     assert len(df) == 6 and df["test_acc"].between(0, 1).all()
     assert set(df["cfg.method"]) == {"full", "lotta"}
@@ -82,10 +85,10 @@ def test_sweep_skips_finished_runs(tmp_path):
 
 
 def test_failed_run_is_recorded_and_sweep_goes_on(tmp_path):
-    store = ResultsStore(tmp_path / "r.sqlite")
+    store = ResultsStore(tmp_path / "r.sqlite", create=True)
     runs = runs_of({**STUDY, "seeds": [0], "ranks": [0, 99]})  # r=99 > min(d_in, d_out)
     counts = sweep(runs, store, progress=False)
-    assert counts == {"done": 2, "skipped": 0, "failed": 1}
+    assert (counts.done, counts.skipped, counts.failed) == (2, 0, 1) and "rank r=99" in counts.errors["ValueError"]
     failed = [r for r in store.rows() if r["status"] == "failed"]
     assert "rank r=99" in failed[0]["error"]
 
@@ -95,7 +98,7 @@ def test_killed_sweep_resumes_without_losing_or_repeating_runs(tmp_path):
     study = {**STUDY, "train": {"epochs": 30, "batch_size": 16}}
     proc = subprocess.Popen([sys.executable, str(worker_script(tmp_path, n=512, study=study)), str(db)],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    store = ResultsStore(db)
+    store = ResultsStore(db, create=True)
     deadline = time.time() + 120
     # kill once a run is done and the next one is running (not in the instant between the two)
     while time.time() < deadline and not {"done", "running"} <= {r["status"] for r in store.rows()}:
@@ -107,7 +110,7 @@ def test_killed_sweep_resumes_without_losing_or_repeating_runs(tmp_path):
     assert 1 <= len(done_before) < 6, "the kill should land mid-sweep"
     interrupted = [k for k, r in before.items() if r["status"] == "running"]  # almost always one (see the poll)
     counts = sweep(runs_of(study), store, progress=False)
-    assert counts["skipped"] == len(done_before) and counts["done"] == 6 - len(done_before)
+    assert counts.skipped == len(done_before) and counts.done == 6 - len(done_before)
     after = {r["run_id"]: r for r in store.rows()}
     assert len(after) == 6 and all(r["status"] == "done" for r in after.values())
     assert all(after[k]["finished"] == t for k, t in done_before.items())  # not redone
@@ -120,12 +123,13 @@ def test_two_workers_share_a_store(tmp_path):
     procs = [subprocess.Popen([sys.executable, str(script), str(db)], stdout=subprocess.PIPE, text=True)
              for _ in range(2)]
     outs = [json.loads(p.communicate(timeout=300)[0].strip().splitlines()[-1]) for p in procs]
-    assert sum(o["done"] for o in outs) == 6 and sum(o["skipped"] for o in outs) == 6
+    assert sum(o["done"] for o in outs) == 6  # each run once; the other process saw it done or running
+    assert all(o["done"] + o["skipped"] + o["running_elsewhere"] == 6 and o["failed"] == 0 for o in outs)
     assert len(ResultsStore(db).frame("t")) == 6
 
 
 def test_rank_table_recovery(tmp_path):
-    store = ResultsStore(tmp_path / "r.sqlite")
+    store = ResultsStore(tmp_path / "r.sqlite", create=True)
     sweep(runs_of(STUDY), store, progress=False)
     df = store.frame("t")
     table = rank_table(df)
