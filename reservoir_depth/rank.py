@@ -199,20 +199,6 @@ class SaturationRank:
             self.ci_ = (float(self.seed_r_star_.min()), float(self.seed_r_star_.max()))
         return self
 
-    @classmethod
-    def from_frame(cls, df, metric: str = "test_acc", **kwargs) -> "SaturationRank":
-        """Transitional: from a ResultsStore frame (rows with cfg.method 'lotta' by cfg.scaffold.r
-        and 'full', one curve per 'seed'). To be replaced by the study module's frame reader."""
-        lotta, full = df[df["cfg.method"] == "lotta"], df[df["cfg.method"] == "full"]
-        if "higher_is_better" not in kwargs:
-            kwargs["higher_is_better"] = not metric.endswith("loss")
-        table = lotta.pivot_table(index="seed", columns="cfg.scaffold.r", values=metric, aggfunc="mean",
-                                  dropna=False)
-        f = full.groupby("seed")[metric].mean()
-        paired = set(f.index) == set(table.index)
-        fv = f.loc[table.index].to_numpy() if paired else f.to_numpy()
-        return cls(**kwargs).fit(table.columns.astype(int), table.to_numpy(), fv, paired=paired)
-
 
 @dataclass
 class SearchResult:

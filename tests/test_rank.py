@@ -8,12 +8,13 @@ from hypothesis import strategies as st
 from reservoir_depth import data
 from reservoir_depth.rank import MIN_BOOTSTRAP_SEEDS, SaturationRank, adaptive_search, r_star
 from reservoir_depth.results import ResultsStore
+from reservoir_depth.study import curves
 from reservoir_depth.sweep import adaptive_sweep, runs_of, study_frame, sweep
 
-curves = st.dictionaries(st.integers(0, 64), st.floats(0, 1), min_size=1, max_size=12)
+rank_curves = st.dictionaries(st.integers(0, 64), st.floats(0, 1), min_size=1, max_size=12)
 
 
-@given(curves, st.floats(0, 1), st.floats(0, 0.5), st.floats(0, 0.5))
+@given(rank_curves, st.floats(0, 1), st.floats(0, 0.5), st.floats(0, 0.5))
 def test_r_star_is_monotone_in_eps(curve, full, e1, e2):
     lo, hi = sorted((e1, e2))
     assert r_star(curve, full, hi) <= r_star(curve, full, lo)
@@ -211,9 +212,10 @@ PLANTED = {"study": "planted", "dataset": {"name": "planted", "d": 12, "n_out": 
 def test_planted_rank_is_recovered(tmp_path, k):
     """Ground truth: a student on the teacher's scaffold saturates exactly at r = k (Prop. 4)."""
     study = {**PLANTED, "dataset": {**PLANTED["dataset"], "k": k}, "ranks": list(range(0, 6))}
-    store = ResultsStore(tmp_path / "r.sqlite")
-    assert sweep(runs_of(study), store, progress=False)["failed"] == 0
-    sr = SaturationRank.from_frame(study_frame(study, store), metric="test_loss", eps=0.25, n_boot=50)
+    store = ResultsStore(tmp_path / "r.sqlite", create=True)
+    assert sweep(runs_of(study), store, progress=False).failed == 0
+    ranks, values, full, _ = curves(study_frame(study, store), "test_loss")
+    sr = SaturationRank(eps=0.25, higher_is_better=False, n_boot=50).fit(ranks, values, full)
     assert sr.r_star_ == k, sr.curve_
     # each missing direction costs strength^2 = 1 in summed squared error
     assert sr.curve_[max(k - 1, 0)] > 0.5 if k else True
@@ -223,7 +225,7 @@ def test_planted_rank_is_recovered(tmp_path, k):
 
 def test_adaptive_sweep_needs_fewer_runs_than_the_grid(tmp_path):
     study = {**PLANTED, "dataset": {**PLANTED["dataset"], "k": 3}}
-    store = ResultsStore(tmp_path / "r.sqlite")
+    store = ResultsStore(tmp_path / "r.sqlite", create=True)
     res, n_runs = adaptive_sweep(study, store, eps=0.25, r_max=12)
     assert res.r_star == 3 and n_runs < 13
     assert len(store.frame("planted")) == n_runs + 1  # + the full-training baseline

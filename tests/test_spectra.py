@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import warnings
 
 import numpy as np
@@ -460,6 +461,28 @@ def test_delta_spectrum_has_exactly_k_values_for_a_planted_rank_k_update(k):
     assert frame.loc[frame.layer == "0", "rank"].item() == k and "total" in frame
 
 
+def test_delta_spectrum_of_a_scaffold_layer_is_that_of_its_merged_weight():
+    """For a ScaffoldLayer, W = beta W_seed + s B A: training B and beta (W_seed frozen) changes W."""
+    init = scaffold(nn.Sequential(nn.Linear(9, 7)), ScaffoldConfig(target_modules=["0"], r=2, root_seed=1))
+    trained = copy.deepcopy(init)
+    with torch.no_grad():
+        trained[0].lora_B.normal_(generator=torch.Generator().manual_seed(0))
+        trained[0].beta.fill_(1.5)
+    fit = WeightSpectra("delta").fit(init, trained)
+    expected = (trained[0].merged_weight() - init[0].merged_weight()).detach().double()
+    np.testing.assert_allclose(fit.spectra_["0"].eigenvalues, Spectrum.from_matrix(expected).eigenvalues, rtol=1e-6)
+    assert fit.spectra_["0"].total > 0
+
+
+def test_grouped_conv_input_falls_back_to_its_channels():
+    model = nn.Sequential(nn.Conv2d(4, 6, 3, groups=2))
+    X = torch.randn(5, 4, 6, 6, generator=torch.Generator().manual_seed(0))
+    fit = ActivationSpectra(side="input").fit(model, X)
+    expected = X.permute(0, 2, 3, 1).reshape(-1, 4).double().numpy()
+    assert fit.spectra_["0"].d == 4 and fit.covariances_["0"].n_ == 5 * 36
+    np.testing.assert_allclose(fit.covariances_["0"].covariance_, cov0(expected), rtol=1e-6, atol=1e-9)
+
+
 def test_weight_spectra_errors():
     plain = nn.Sequential(nn.Linear(3, 2))
     with pytest.raises(ValueError, match="kind must be one of"):
@@ -494,3 +517,40 @@ def test_intrinsic_dimension_rejects_unknown_method():
         IntrinsicDimension("pca")
     with pytest.raises(ValueError, match="n_samples"):
         IntrinsicDimension(n_samples=1)
+
+
+# ----------------------------------------------------------------------------- package layout
+
+
+def test_the_package_reexports_every_name_its_users_import():
+    """`from reservoir_depth.spectra import X` keeps working for measures and probes alike."""
+    import reservoir_depth.spectra as spectra
+    from reservoir_depth.spectra import measures, probes
+
+    for name in ("ActivationSpectra", "WeightSpectra", "TaskSpectrum", "IntrinsicDimension"):
+        assert getattr(spectra, name) is getattr(probes, name)
+    for name in ("Spectrum", "StreamingCovariance", "explained_variance_ratio", "k_tau", "participation_ratio",
+                 "entropy_effective_rank", "stable_rank", "MEASURES", "DEFAULT_TAUS"):
+        assert getattr(spectra, name) is getattr(measures, name)
+    assert set(spectra.__all__) == set(measures.__all__) | set(probes.__all__) | {"DEFAULT_TAUS"}
+
+
+def test_measures_do_not_depend_on_models():
+    """Array measures sit below the scaffold in the layering: measures.py imports no model code."""
+    import ast
+    import inspect
+
+    from reservoir_depth.spectra import measures
+
+    tree = ast.parse(inspect.getsource(measures))
+    imported = {(n.level, n.module) for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)}
+    assert imported <= {(0, "__future__"), (0, "dataclasses"), (0, "typing"), (2, "distributions")}, imported
+
+
+def test_summary_reports_every_registered_measure(monkeypatch):
+    from reservoir_depth.spectra import MEASURES
+
+    monkeypatch.setitem(MEASURES, "top", lambda lam: float(np.max(lam)))
+    summary = Spectrum([4.0, 1.0, 0.0]).summary(taus=(0.8,))
+    assert list(summary) == ["k_0.8", "participation_ratio", "entropy_rank", "stable_rank", "top", "rank", "d"]
+    assert summary["top"] == 4.0 and summary["participation_ratio"] == pytest.approx(25 / 17)
