@@ -378,14 +378,14 @@ def test_no_target_matches_lists_candidates():
 
 def test_layer_both_target_and_trainable():
     with pytest.raises(ValueError, match="head"):
-        scaffold(Net(), ScaffoldConfig(target_modules=(".*",), trainable=("head",), r=2))
+        scaffold(Net(), ScaffoldConfig(target_modules=(r"body\.\d+", "head"), trainable=("head",), r=2))
 
 
 def test_grouped_conv_rejected():
     with pytest.raises(ValueError, match="group"):
         ScaffoldConv2d(nn.Conv2d(4, 4, 3, groups=2), "conv", ScaffoldConfig(r=2))
     with pytest.raises(ValueError, match="group"):
-        scaffold(nn.Sequential(nn.Conv2d(4, 4, 3, groups=4)), ScaffoldConfig(r=1))
+        scaffold(nn.Sequential(nn.Conv2d(4, 4, 3, groups=4)), ScaffoldConfig(target_modules="0", r=1))
 
 
 # ----------------------------------------------------------------------------- 7. schedules
@@ -503,13 +503,13 @@ def test_lora_scale(r, alpha, rslora):
 
 
 def test_merge_keeps_dtype():
-    model = scaffold(nn.Sequential(nn.Linear(4, 3)), ScaffoldConfig(r=1)).double()
+    model = scaffold(nn.Sequential(nn.Linear(4, 3)), ScaffoldConfig(target_modules="0", r=1)).double()
     x = torch.randn(2, 4, dtype=torch.float64, generator=gen(0))
     torch.testing.assert_close(merge(model).eval()(x), model.eval()(x))
 
 
 def test_epoch_advance_keeps_dtype():
-    model = scaffold(nn.Sequential(nn.Linear(4, 3)), ScaffoldConfig(r=1, schedule="epoch")).double()
+    model = scaffold(nn.Sequential(nn.Linear(4, 3)), ScaffoldConfig(target_modules="0", r=1, schedule="epoch")).double()
     advance(model, epoch=1)
     assert model[0].W_seed.dtype == torch.float64
     model(torch.randn(2, 4, dtype=torch.float64))
