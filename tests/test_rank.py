@@ -181,8 +181,12 @@ def test_ranks_may_come_in_any_order():
 def test_bad_input_is_refused(kwargs, fit, match):
     with pytest.raises(ValueError, match=match):
         SaturationRank(**kwargs).fit(*fit)
-    with pytest.raises(ValueError, match="paired=True needs one full-training value per seed row"):
+
+
+def test_pairing_needs_one_full_value_per_seed():
+    with pytest.raises(ValueError, match=r"paired=True needs one full-training value per seed row \(2\), got 1"):
         SaturationRank().fit([0], [[0.5], [0.6]], [1.0], paired=True)
+    assert not SaturationRank().fit([0], [[0.5], [0.6]], [1.0, 1.0], paired=False).paired_
 
 
 @settings(max_examples=100, deadline=None)
@@ -199,6 +203,9 @@ def test_adaptive_search_matches_grid_with_fewer_evaluations(k, r_max):
 def test_adaptive_search_loss_direction_and_errors():
     res = adaptive_search(lambda r: max(0.0, 5 - r), 0.0, 0.5, 16, higher_is_better=False)
     assert res.r_star == 5
+    # relative eps: delta = 0.5 * |2.0| = 1, so L(r) = 7 - r <= 3 first at r = 4
+    assert adaptive_search(lambda r: 7.0 - r, 2.0, 0.5, 16, higher_is_better=False, relative=True).r_star == 4
+    assert adaptive_search(lambda r: 7.0 - r, 2.0, 0.5, 16, higher_is_better=False).r_star == 5
     with pytest.raises(ValueError, match="r_min"):
         adaptive_search(lambda r: 0.0, 0.0, 0.1, r_max=-1)
 
