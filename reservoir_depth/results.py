@@ -197,6 +197,13 @@ class ResultsStore:
             stop.set()
             thread.join()
 
+    def release(self, run_id: str) -> bool:
+        """Give up a run this process holds without a result (an interrupted run): it is new again."""
+        with closing(self._writer()) as db:
+            cur = db.execute("DELETE FROM runs WHERE run_id = ? AND status = 'running' AND host = ? AND pid = ?",
+                             (run_id, self.host, os.getpid()))
+            return cur.rowcount == 1
+
     def finish(self, run_id: str, metrics: Mapping[str, Any], history: Mapping[str, Any] | None = None,
                trainable: int | None = None, total: int | None = None, seconds: float | None = None) -> bool:
         """Record the run as done; False (nothing written) if another process took it over."""

@@ -127,6 +127,9 @@ def _sweep(runs: Sequence[Run], store: ResultsStore, progress: bool, retry_faile
                 kept = store.fail(run.run_id, error)
                 outcomes[run.run_id] = ("failed", error) if kept else ("running_elsewhere", None)
                 continue
+            except BaseException:  # interrupted (Ctrl-C): the run is free again at once
+                store.release(run.run_id)
+                raise
             kept = store.finish(run.run_id, metrics, history, metrics["trainable"], metrics["total"],
                                 time.perf_counter() - t0)
         outcomes[run.run_id] = ("done", None) if kept else ("running_elsewhere", None)  # else: taken over
@@ -162,9 +165,10 @@ def measure_spectra(run: Run, model, d: data.Dataset, init=None) -> tuple[dict[s
     return out, eig
 
 
-def _exit_with_parent(parent: int) -> None:
+def _exit_with_parent() -> None:
     """Pool initializer: the worker exits once its parent process is gone (killed), instead of
     waiting forever for work; the run it held is then taken over (its process is dead)."""
+    parent = os.getppid()
 
     def watch() -> None:
         while os.getppid() == parent:
@@ -193,7 +197,7 @@ def run_study(study: Mapping[str, Any], store: ResultsStore, workers: int = 1, p
     threads = max(1, (os.cpu_count() or 1) // workers)
     offsets = [i * len(runs) // workers for i in range(workers)]
     invocation = uuid.uuid4().hex
-    with ProcessPoolExecutor(workers, initializer=_exit_with_parent, initargs=(os.getpid(),)) as pool:
+    with ProcessPoolExecutor(workers, initializer=_exit_with_parent) as pool:
         parts = list(pool.map(_worker, [study] * workers, [store] * workers, [threads] * workers, offsets,
                               [retry_failed] * workers, [invocation] * workers))
     return SweepCounts.of([r.run_id for r in runs], parts)

@@ -300,3 +300,23 @@ def test_amend_adds_missing_keys_to_a_done_run_and_never_changes_a_recorded_valu
     assert s.frame()[["acc", "n_test"]].values.tolist() == [[0.5, 10]]
     assert s.history("x") == {"epochs": [1], "dataset": [1]}
     assert not s.amend("missing", {"n_test": 1})
+
+
+def test_an_interrupted_sweep_frees_its_run_at_once(tmp_path, monkeypatch):
+    def interrupted(**kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setitem(data.DATASETS, "interrupted", interrupted)
+    store = ResultsStore(tmp_path / "r.sqlite", create=True)
+    runs = runs_of({**STUDY, "dataset": "interrupted", "seeds": [0], "ranks": []})
+    with pytest.raises(KeyboardInterrupt):
+        sweep(runs, store, progress=False)
+    assert store.rows() == []  # not left 'running' (held by this live process) until its lease lapses
+    monkeypatch.setitem(data.DATASETS, "interrupted", make_blobs)
+    assert sweep(runs, store, progress=False) == SweepCounts(done=1)
+
+
+@pytest.mark.parametrize("workers", [0, -2, 1.5, True, "2"])
+def test_workers_must_be_a_positive_integer(tmp_path, workers):
+    with pytest.raises(ValueError, match=rf"workers must be a positive integer, got {workers!r}"):
+        run_study(STUDY, ResultsStore(tmp_path / "r.sqlite", create=True), workers=workers)
