@@ -50,9 +50,12 @@ def cmd_sweep(study: Study, out: Path, progress: bool = True, workers: int = 1, 
     store = ResultsStore(out / "runs.sqlite", create=True)
     counts = run_study(study, store, workers=workers, progress=progress, retry_failed=retry_failed)
     print(f"{study.study}: {counts.summary()}")
-    added = backfill(study, store)
+    added, problems = backfill(study, store)
     if added:
         print(f"{study.study}: recorded file sizes / spectra at init for {added} run(s) stored before they were recorded")
+    if problems:
+        print(f"{study.study}: could not record them for {len(problems)} older run(s) (their reports say 'not recorded'): "
+              f"{problems[0]}")
     if counts.failed or counts.failed_before:
         hint = " (earlier failures are retried with --retry-failed)" if counts.failed_before else ""
         raise RunsFailed(f"{counts.failed + counts.failed_before} run(s) of {study.study!r} failed{hint}; "

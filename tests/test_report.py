@@ -141,3 +141,27 @@ def test_rank_table_recovery(swept):
     assert table.loc[table["r"] == 2, "recovery"].item() == pytest.approx(r2 / full)
     assert list(table["r"]) == ["twin", 0, 2, 4, "full"]
     assert "| LottaLoRA | 2 |" in markdown(table)
+
+
+def test_backfill_records_what_old_runs_lack(swept, tmp_path):
+    from reservoir_depth.sweep import backfill
+
+    study, _ = swept
+    out = copy_store(swept, tmp_path)
+    with sqlite3.connect(out / "runs.sqlite") as db:  # as stored before the sweep recorded them
+        for run_id, m, h in db.execute("SELECT run_id, metrics, history FROM runs").fetchall():
+            m, h = json.loads(m), json.loads(h)
+            for k in ("adapter_bytes", "dense_bytes", "n_test"):
+                m.pop(k, None)
+            for k in ("dataset", "spectra_init"):
+                h.pop(k, None)
+            db.execute("UPDATE runs SET metrics = ?, history = ? WHERE run_id = ?",
+                       (json.dumps(m), json.dumps(h), run_id))
+    store = ResultsStore(out / "runs.sqlite")
+    assert "adapter_bytes" not in study.frame(store)
+    assert backfill(study, store) == (10, [])
+    df = study.frame(store)
+    assert (df[df[Columns.METHOD] == "lotta"][Columns.ADAPTER_BYTES] > 0).all() and (df["n_test"] == 360).all()
+    assert backfill(study, store) == (0, [])  # once
+    twin = df[df[Columns.METHOD] == "twin"][Columns.RUN_ID].iloc[0]
+    assert {"dataset", "spectra_init", "spectra"} <= set(store.history(twin))
