@@ -12,6 +12,7 @@ beta and the declared extras on the frozen scaffold.
 from __future__ import annotations
 
 import copy
+import tempfile
 import json
 import os
 import time
@@ -26,12 +27,13 @@ from typing import Any, Iterable, Mapping, Sequence
 import torch
 from tqdm.auto import tqdm
 
-from . import __version__, data
+from . import __version__, data, io
 from .distributions import torch_rng
 from .models import build
 from .results import ResultsStore, SweepCounts
 from .scaffold import merge, scaffold
-from .study import METHODS, Run, Study
+from .spectra import ActivationSpectra, IntrinsicDimension, TaskSpectrum, WeightSpectra
+from .study import METHODS, Columns, Run, Study
 from .train import TrainConfig, train
 
 
@@ -64,10 +66,12 @@ def build_model(run: Run, d: data.Dataset):
 
 
 def execute(run: Run, progress: bool = False) -> tuple[dict[str, Any], dict[str, Any]]:
-    """Train one run; returns (metrics, history)."""
+    """Train one run; returns (metrics, history), including everything its report needs
+    that training does not measure (``records``: file sizes, spectra at init, the data set's spectra)."""
     d = dataset_of(run)
     model = build_model(run, d)
     init = copy.deepcopy(model) if run.spectra and run.method == "twin" else None
+    rec_metrics, rec_history = records(run, model, d)
     hist = train(model, d, TrainConfig(**{**run.train, "seed": run.seed, "progress": progress}))
     final = hist.final
     metrics = {k: final[k] for k in ("test_acc", "test_loss", "train_loss") if k in final}
@@ -75,13 +79,80 @@ def execute(run: Run, progress: bool = False) -> tuple[dict[str, Any], dict[str,
         metrics["best_test_acc"] = max(e["test_acc"] for e in hist.epochs)
     metrics.update({"trainable": hist.trainable, "total": hist.total,
                     "trainable_fraction": hist.trainable / hist.total, "device": hist.device,
-                    **{k: v for k, v in final.items() if k.startswith("beta/")}})
-    history = hist.to_dict()
+                    **{k: v for k, v in final.items() if k.startswith("beta/")}, **rec_metrics})
+    history = {**hist.to_dict(), **rec_history}
     if run.spectra:
         measures, eigenvalues = measure_spectra(run, model, d, init)
         metrics.update(measures)
         history["spectra"] = eigenvalues
     return metrics, history
+
+
+RECORDED = ("n_test", Columns.ADAPTER_BYTES)  # metrics every run written since records() existed carries
+
+
+def records(run: Run, model, d: data.Dataset) -> tuple[dict[str, Any], dict[str, Any]]:
+    """What a report needs besides the training curve, measured on the run's model before training
+    (so a report never rebuilds a model): n_test; for LottaLoRA, the adapter file's bytes and a
+    dense checkpoint's (io.save); with spectra, the activation spectra at init (metrics
+    ``init/{layer}/{measure}``, eigenvalues in history["spectra_init"]) and the data set's own
+    spectra (history["dataset"]). Returns (metrics, history entries)."""
+    metrics: dict[str, Any] = {"n_test": int(len(d.X_test))}
+    history: dict[str, Any] = {}
+    if run.method == "lotta":
+        with tempfile.TemporaryDirectory() as tmp:
+            rep = io.save(model, tmp, arch=dict(run.arch))
+        metrics.update({Columns.ADAPTER_BYTES: rep.bytes, Columns.DENSE_BYTES: rep.full_bytes})
+    if run.spectra:
+        est = ActivationSpectra(layers=run.scaffold_config().target_modules).fit(model, d.X_train[:SPECTRA_ROWS])
+        for row in est.frame().to_dict("records"):
+            metrics.update({Columns.spectrum("init", row["layer"], k): v for k, v in row.items()
+                            if k not in ("layer", "n")})
+        history["spectra_init"] = {name: sp.eigenvalues.tolist() for name, sp in est.spectra_.items()}
+        rows, inputs = dataset_rows(d, d.X_train[:SPECTRA_ROWS])
+        history["dataset"] = {"rows": rows, "inputs": inputs.tolist()}
+    return metrics, history
+
+
+def dataset_rows(d: data.Dataset, X_id) -> tuple[list[dict[str, Any]], Any]:
+    """The data set's own spectra: input PCA, between-class scatter (classification) or
+    Cov(x, y) (regression), and the intrinsic dimensions of ``X_id``. Returns (rows, input eigenvalues)."""
+    task = TaskSpectrum(d.task).fit(d.X_train, d.y_train)
+    rows = [{"spectrum": "inputs (PCA)", "layer": "", **task.input_spectrum_.summary()}]
+    if d.task == "classification":
+        rows.append({"spectrum": f"between-class scatter (rank {task.between_class_rank_} <= C-1 = "
+                                 f"{task.n_classes_ - 1})", "layer": "", **task.between_class_spectrum_.summary()})
+    else:
+        rows.append({"spectrum": "Cov(x, y) (squared singular values)", "layer": "", **task.cross_spectrum_.summary()})
+    for method in ("twonn", "mle"):
+        rows.append({"spectrum": f"inputs, intrinsic dimension ({method})", "layer": "",
+                     "d": d.d_in, "intrinsic_dim": float(IntrinsicDimension(method).fit(X_id).dimension_)})
+    return rows, task.input_spectrum_.eigenvalues
+
+
+def backfill(study: Study | Mapping[str, Any], store: ResultsStore) -> tuple[int, list[str]]:
+    """Add ``records`` to finished runs stored before they were recorded (rebuilding each run's
+    model at init; no training). Returns (runs completed, one message per run that could not be,
+    e.g. a data set not installed here). Run by ``reservoir-depth sweep``."""
+    study = Study.of(study)
+    by_id = {r.run_id: r for r in study.runs()}
+    n, problems = 0, []
+    for row in store.rows(study.study):
+        run = by_id.get(row["run_id"])
+        if run is None or row["status"] != "done":
+            continue
+        metrics, history = json.loads(row["metrics"] or "{}"), json.loads(row["history"] or "null") or {}
+        if all(k in metrics for k in RECORDED if k != Columns.ADAPTER_BYTES or run.method == "lotta") and \
+                (not run.spectra or "dataset" in history):
+            continue
+        try:
+            d = dataset_of(run)
+        except (FileNotFoundError, ImportError) as e:
+            problems.append(f"{type(e).__name__}: {e}")
+            continue
+        rec_metrics, rec_history = records(run, build_model(run, d), d)
+        n += store.amend(row["run_id"], rec_metrics, rec_history)
+    return n, problems
 
 
 def load_study(path: str | Path) -> Study:
@@ -146,8 +217,6 @@ def measure_spectra(run: Run, model, d: data.Dataset, init=None) -> tuple[dict[s
     act: inputs of every target layer (what A sees) over training inputs; adapter: s B A
     of a LottaLoRA run; dW: W_trained - W_seed of a fully trained twin.
     """
-    from .spectra import ActivationSpectra, WeightSpectra
-
     targets = run.scaffold_config().target_modules
     out: dict[str, float] = {}
     eig: dict[str, list] = {}
