@@ -116,31 +116,82 @@ def chi_1(phi: PhiLike, sigma_w: float, sigma_b: float = 0.0, q: float | None = 
         lambda z: act.derivative(math.sqrt(q) * z) ** 2, n)
 
 
-def finite_width_sd(q0: float, L: int, phi: PhiLike, sigma_w: float, sigma_b: float, N: int) -> Array:
-    """Eq. (2.4): worst-case sd of log(measured q_l / q_l) at width N, l = 0 .. L.
+def _pair(act, s: float, c: float, f: Callable[[Array, Array], Array]) -> float:
+    """E[f(phi(u1), phi(u2))], (u1, u2) Gaussian with variance s^2 and correlation c."""
+    k = math.sqrt(max(0.0, 1.0 - c * c))
+    return gaussian_expectation_2d(lambda z1, z2: f(act(s * z1), act(s * (c * z1 + k * z2))))
 
-    Layer l adds two zero-mean fluctuations: drawing W_l (the N rows are iid; a row's squared
-    output has relative variance 2 for Gaussian pre-activations) and sampling phi(h) over N units
-    (relative variance kappa_l = Var_z[phi(sqrt(q_l) z)^2] / E_z[phi(sqrt(q_l) z)^2]^2), plus the bias
-    draw (2 sigma_b^4 / N). Worst case: the batch's inputs are parallel (one effective input).
-    Independent layers add in quadrature, each carried on by the map's gain g = d log q_{l+1} / d log q_l.
+
+def finite_width_sd(q0: float, L: int, phi: PhiLike, sigma_w: float, sigma_b: float, N: int,
+                    batch: int = 1, kurtosis: float = 0.0) -> Array:
+    """Eq. (2.4): sd of log(measured q_l / q_l) at width N, l = 0 .. L (0 at l = 0).
+
+    One input: given layer l, the N units of h_{l+1} are iid N(0, v_{l+1}), v_{l+1} = sigma_w^2
+    mean_i phi(h_{l,i})^2 + sigma_b^2. v_{l+1} scatters around q_{l+1} because mean_i phi(h_{l,i})^2
+    averages N terms (relative variance kappa_l / N), and that scatter is carried on by the gain
+    g_l = d log q_{l+1} / d log q_l; the measured q_l = mean_i h_{l,i}^2 scatters around v_l by a chi^2_N / N
+    factor (relative variance 2 / N) that is *not* carried on (the next v depends on phi(h_l), already
+    counted): sd_l^2 = V_l + 2 / N, V_{l+1} = g_l^2 V_l + sigma_w^4 Var(phi^2)_l / (N q_{l+1}^2), V_0 = 0.
+    The input has mean square exactly q0, so at l = 0 only the part of Var(phi^2) not explained by h^2
+    counts (0 for the identity).
+
+    ``batch`` = B > 1: q_l averaged over B inputs of independent random directions. Variance
+    (V_l + 2/N) / B + (1 - 1/B) (C_l + 2 E[c_l^2] / N), where C_l is V_l's covariance for a pair of inputs
+    (Cov(phi(u_a)^2, phi(u_b)^2) in place of Var(phi^2)) and c_l the pair's correlation: its mean follows
+    the correlation map at the layer's q_l from c_0 = 0, its scatter variance n_{l+1} = c'(c_l)^2 n_l + 1/N
+    from n_0 = 1/N (each layer's N rows add O(1/N)). batch = 1 is also the worst case of a batch of
+    parallel inputs. ``kurtosis``: the excess kurtosis k4 of W's entries (0 for a Gaussian family). Two
+    inputs then share a row's fourth cumulant, which adds k4 / N^2 to the pair terms of both
+    fluctuations (times gamma_l^2, gamma = d log E phi^2 / d log q, for the carried one); for one input it
+    is O(1/N^2) against 2/N and is left out.
     """
     if not isinstance(N, (int, np.integer)) or N < 1:
         raise ValueError(f"width N must be an int >= 1, got {N!r}")
+    if not isinstance(batch, (int, np.integer)) or batch < 1:
+        raise ValueError(f"batch must be an int >= 1, got {batch!r}")
+    if not (isinstance(kurtosis, (int, float, np.floating, np.integer)) and math.isfinite(kurtosis) and kurtosis >= -2):
+        raise ValueError(f"kurtosis (excess, of W's entries) must be a finite number >= -2, got {kurtosis!r}")
     act = as_activation(phi)
+    sigma_w, sigma_b = _check_nonneg("sigma_w", sigma_w), _check_nonneg("sigma_b", sigma_b)
     q = q_trajectory(q0, L, act, sigma_w, sigma_b)
-    var = [0.0]
+    V = C = 0.0
+    c, noise = 0.0, 1.0 / N  # mean correlation of two independent random directions, and its variance
+    k4_single = k4_pair = 0.0  # W_{l-1}'s fourth-cumulant weights (none before the first layer)
+    sd = [0.0]
     for l in range(L):
-        m2 = gaussian_expectation(lambda z: act(math.sqrt(q[l]) * z) ** 2)
-        m4 = gaussian_expectation(lambda z: act(math.sqrt(q[l]) * z) ** 4)
-        kappa = m4 / m2**2 - 1.0 if m2 > 0 else 0.0
-        spread = sigma_w**2 * m2 * (math.sqrt(2.0) + math.sqrt(kappa)) + math.sqrt(2.0) * sigma_b**2
-        s = 0.0 if q[l + 1] == 0 else spread / (math.sqrt(N) * q[l + 1])
+        s = math.sqrt(q[l])
+        m2 = gaussian_expectation(lambda z: act(s * z) ** 2)
+        var_phi2 = gaussian_expectation(lambda z: act(s * z) ** 4) - m2**2
+        if l == 0 and q[0] > 0:  # the input's mean square is fixed: remove the h^2 component of phi^2
+            cov = gaussian_expectation(lambda z: act(s * z) ** 2 * (q[0] * z * z - q[0]))
+            var_phi2 -= cov**2 / (2 * q[0] ** 2)
+        e2 = np.mean([_pair(act, s, min(1.0, max(-1.0, c + e)), lambda u, v: u**2 * v**2)
+                      for e in (-math.sqrt(noise), math.sqrt(noise))])  # E over c's scatter, 2nd order
+        cov_pair = e2 - m2**2
+        if l > 0 and kurtosis:  # the cumulant of W_{l-1} moves phi(h_l)^2 by (q dm2/dq) per unit of h^2
+            gq = (gaussian_expectation(lambda z: act(s * math.sqrt(1.0001) * z) ** 2)
+                  - gaussian_expectation(lambda z: act(s * math.sqrt(0.9999) * z) ** 2)) / 0.0002
+            var_phi2 += kurtosis * gq**2 * k4_single / N
+            cov_pair += kurtosis * gq**2 * k4_pair / N
+        if m2 > 0:  # weights of W_l's cumulant: sum_j x_j^4 / |x|^4 and sum_j x_aj^2 x_bj^2 / (|x_a| |x_b|)^2, times N
+            k4_single, k4_pair = (var_phi2 + m2**2) / m2**2, e2 / m2**2
         d = 1e-4 * q[l]  # central difference of the variance map in log q
         g = 0.0 if q[l] == 0 else (variance_map(q[l] + d, act, sigma_w, sigma_b)
                                    - variance_map(q[l] - d, act, sigma_w, sigma_b)) * q[l] / (2 * d * q[l + 1])
-        var.append(g**2 * var[-1] + s**2)
-    return np.sqrt(var)
+        if q[l + 1] == 0:
+            sd.append(0.0)
+            continue
+        V = g**2 * V + sigma_w**4 * max(var_phi2, 0.0) / (N * q[l + 1] ** 2)
+        C = g**2 * C + sigma_w**4 * cov_pair / (N * q[l + 1] ** 2)
+        c_map = lambda c0: (sigma_w**2 * _pair(act, s, c0, lambda u, v: u * v) + sigma_b**2) / q[l + 1]  # noqa: E731
+        h = 1e-3
+        slope = (c_map(min(c + h, 1.0)) - c_map(max(c - h, -1.0))) / (min(c + h, 1.0) - max(c - h, -1.0))
+        c, noise = min(1.0, c_map(c)), slope**2 * noise + 1.0 / N  # each layer's rows add O(1/N) to the variance
+        ce2 = min(1.0, c * c + noise)
+        single = V + (2.0 + kurtosis * k4_single / N) / N
+        pair = C + (2.0 * ce2 + kurtosis * k4_pair / N) / N
+        sd.append(math.sqrt(max(single / batch + (1.0 - 1.0 / batch) * pair, 0.0)))
+    return np.array(sd)
 
 
 def input_batch(N: int, batch: int, q0: float, seed: int) -> Array:
