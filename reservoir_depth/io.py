@@ -58,7 +58,7 @@ from torch import nn
 
 from . import __version__
 from .distributions import is_number, rng_for, torch_rng
-from .scaffold import ScaffoldConfig, ScaffoldLayer, merge, scaffold, scaffold_layers
+from .scaffold import ScaffoldConfig, merge, scaffold, scaffold_layers
 
 FORMAT_NAME, FORMAT_VERSION = "reservoir-depth-adapter", 2
 FORMAT = f"{FORMAT_NAME}/{FORMAT_VERSION}"
@@ -143,19 +143,12 @@ def _dtype_name(dtype: torch.dtype) -> str:
 
 
 # -- what a model saves ---------------------------------------------------------------------------
-def _frozen(layer: ScaffoldLayer) -> tuple[str, ...]:
-    """Names of a scaffold layer's parameters that are not trained: they regenerate from the seed."""
-    if hasattr(layer, "frozen"):
-        return tuple(layer.frozen())
-    return tuple(n for n, _ in layer.named_parameters(recurse=False) if n not in layer.trainable)
-
-
 def _regenerated(model: nn.Module) -> dict[str, torch.Tensor]:
     """Every tensor a load regenerates instead of reading: each layer's W_seed and frozen tensors."""
     out = {}
     for name, layer in scaffold_layers(model):
         out[f"{name}.W_seed"] = layer.W_seed
-        out.update({f"{name}.{local}": getattr(layer, local) for local in _frozen(layer)})
+        out.update({f"{name}.{local}": getattr(layer, local) for local in layer.frozen()})
     return out
 
 
@@ -218,10 +211,6 @@ def _atomic_write(path: Path, data: bytes) -> None:
         raise
 
 
-def _draw_id(layer: ScaffoldLayer) -> Any:
-    return getattr(layer, "draw_id", 0)
-
-
 def save(model: nn.Module, path: str | os.PathLike, arch: dict[str, Any] | None = None) -> SaveReport:
     """Write ``path``/adapter.safetensors and ``path``/adapter.json (each atomically; format in the module doc).
 
@@ -243,7 +232,7 @@ def save(model: nn.Module, path: str | os.PathLike, arch: dict[str, Any] | None 
         "versions": library_versions(),
         "arch": arch,
         "scaffold": config.to_dict(),
-        "draws": {n: _draw_id(layer) for n, layer in scaffold_layers(model)},
+        "draws": {n: layer.draw_id for n, layer in scaffold_layers(model)},
         "fingerprints": {n: fingerprint(t) for n, t in regenerated.items()},
         "tensors": {k: {"shape": list(v.shape), "dtype": _dtype_name(v.dtype), "sha256": _tensor_sha256(v)}
                     for k, v in state.items()},
@@ -282,14 +271,17 @@ def _object(file: Path, key: str, value: Any, required: tuple[str, ...] | None =
     return value
 
 
+_KINDS: dict[str, tuple[str, Callable[[Any], bool]]] = {  # JSON value kinds: (what is allowed, check)
+    "str": ("a string", lambda v: isinstance(v, str)),
+    "hex": ("a sha256 hex digest", lambda v: isinstance(v, str) and _HEX.fullmatch(v) is not None),
+    "finite": ("a finite number", lambda v: is_number(v) and math.isfinite(v)),
+    "size": ("an int >= 0", lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= 0),
+}
+
+
 def _of_type(file: Path, key: str, value: Any, kind: str) -> Any:
-    ok = {"str": isinstance(value, str),
-          "hex": isinstance(value, str) and _HEX.fullmatch(value) is not None,
-          "finite": is_number(value) and math.isfinite(value),
-          "size": isinstance(value, int) and not isinstance(value, bool) and value >= 0}[kind]
-    if not ok:
-        allowed = {"str": "a string", "hex": "a sha256 hex digest", "finite": "a finite number",
-                   "size": "an int >= 0"}[kind]
+    allowed, ok = _KINDS[kind]
+    if not ok(value):
         raise _error(file, key, f"expected {allowed}, got {value!r:.60}")
     return value
 
@@ -382,7 +374,8 @@ def _verify_config(file: Path, meta: Any) -> int:
             raise _error(file, f"ties/{alias}", f"must name a stored tensor ({target!r:.60} is not one) and not "
                                                 f"be one itself")
     _of_type(file, "tensors_sha256", meta["tensors_sha256"], "hex")
-    recorded = _object(file, "config_sha256", meta["config_sha256"], tuple(k for k in KEYS[major] if k != "config_sha256"))
+    hashed = tuple(k for k in KEYS[major] if k != "config_sha256")
+    recorded = _object(file, "config_sha256", meta["config_sha256"], hashed)
     for k, sha in sorted(config_hashes(meta).items()):
         if recorded[k] != sha:
             raise _error(file, k, "content does not match its sha256 in config_sha256: the file was edited or "
@@ -461,7 +454,8 @@ def architecture_builder(registry: str = ARCHITECTURE_REGISTRY) -> Builder:
 def _versions_note(meta: dict[str, Any]) -> str:
     written = meta.get("versions") or {"reservoir_depth": meta.get("version")}
     running = library_versions()
-    differ = [f"{k} {written[k]} (running {running[k]})" for k in VERSIONED if k in written and written[k] != running[k]]
+    differ = [f"{k} {written[k]} (running {running[k]})" for k in VERSIONED
+              if k in written and written[k] != running[k]]
     return (f"; the file was written with {', '.join(differ)}: the draw may have changed with them"
             if differ else "")
 
@@ -475,13 +469,11 @@ def _check_model(path: Path, meta: dict[str, Any], model: nn.Module, tensors: di
         raise _error(config_file, "draws", f"scaffold layers differ from the file: model has {sorted(layers)}, "
                                            f"file has {sorted(draws)}")
     for name, draw in draws.items():
-        if draw != 0:
-            if not hasattr(layers[name], "set_draw"):
-                raise _error(config_file, f"draws/{name}", f"this version cannot regenerate draw {draw!r}")
-            try:
+        try:
+            if draw != 0:  # a fresh layer holds draw 0
                 layers[name].set_draw(draw)
-            except (TypeError, ValueError) as e:
-                raise _error(config_file, f"draws/{name}", str(e)) from None
+        except (TypeError, ValueError) as e:
+            raise _error(config_file, f"draws/{name}", str(e)) from None
     regenerated, recorded = _regenerated(model), meta["fingerprints"]
     if meta["format"] == f"{FORMAT_NAME}/1":  # format 1 fingerprinted W_seed only, keyed by layer
         regenerated = {k.removesuffix(".W_seed"): v for k, v in regenerated.items() if k.endswith(".W_seed")}

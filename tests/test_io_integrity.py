@@ -265,7 +265,7 @@ def test_cli_prints_a_damaged_file_as_one_line(saved, capsys):
 def test_format_1_file_loads_with_its_outputs(v1):
     expected = json.loads((V1 / "expected.json").read_text())
     m = io.load(v1).eval()
-    torch.testing.assert_close(m(torch.tensor(expected["x"])), torch.tensor(expected["y"]), rtol=1e-6, atol=1e-7)
+    torch.testing.assert_close(m(torch.tensor(expected["x"])), torch.tensor(expected["y"]), rtol=1e-5, atol=1e-6)
     assert meta_of(v1)["format"] == "reservoir-depth-adapter/1"
 
 

@@ -64,7 +64,8 @@ def test_partially_overlapping_tensors_are_refused_by_name(tmp_path):
     m = TiedNet(tie=False)
     m.register_buffer("part", m.emb.weight.detach()[:5])  # a view of the same storage, not the same tensor
     m = scaffold(m, ScaffoldConfig(target_modules=["body"], r=2))
-    with pytest.raises(ValueError, match=r"'(emb.weight|part)' and '(emb.weight|part)' share memory without being the same tensor"):
+    with pytest.raises(ValueError, match=r"'(emb.weight|part)' and '(emb.weight|part)' share memory without being "
+                                         r"the same tensor"):
         io.save(m, tmp_path)
 
 
