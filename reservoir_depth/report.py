@@ -143,6 +143,7 @@ def plot_rank(df, path: str | os.PathLike, metric: str = "test_acc", title: str 
 # ----------------------------------------------------------------------------- what the store holds
 
 def run_label(run: Run) -> str:
+    """A run as the report names it: "lotta r=4 seed=1", "full seed=0"."""
     r = run.scaffold.get("r")
     return f"{run.method}{f' r={r}' if run.method == 'lotta' else ''} seed={run.seed}"
 
