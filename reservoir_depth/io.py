@@ -461,13 +461,27 @@ def _versions_note(meta: dict[str, Any]) -> str:
 
 
 def _check_model(path: Path, meta: dict[str, Any], model: nn.Module, tensors: dict[str, torch.Tensor]) -> None:
-    """The regenerated scaffold and the model's tensors against the file; sets each layer's recorded draw."""
+    """The model against the file: scaffold layers, stored tensors (ties, names, shapes, dtypes), then the
+    regenerated tensors against their fingerprints, after moving each layer to its recorded draw."""
     config_file = path / CONFIG
     layers = dict(scaffold_layers(model))
     draws = meta.get("draws", {name: 0 for name in layers})
     if set(layers) != set(draws):
         raise _error(config_file, "draws", f"scaffold layers differ from the file: model has {sorted(layers)}, "
                                            f"file has {sorted(draws)}")
+    expected, ties = _saved_state(model)
+    if ties != meta.get("ties", {}):
+        raise _error(config_file, "ties", f"the model ties {ties}, the file records {meta.get('ties', {})}")
+    missing, unexpected = sorted(set(expected) - set(tensors)), sorted(set(tensors) - set(expected))
+    if missing or unexpected:
+        raise ValueError(f"{path / TENSORS}: tensor names do not match the model: missing {missing}, "
+                         f"unexpected {unexpected}")
+    for k, t in expected.items():
+        if tensors[k].shape != t.shape:
+            raise _error(path / TENSORS, k, f"shape mismatch: file {tuple(tensors[k].shape)} vs model {tuple(t.shape)}")
+        if tensors[k].dtype != t.dtype:
+            raise _error(path / TENSORS, k, f"dtype mismatch: file {_dtype_name(tensors[k].dtype)} vs model "
+                                            f"{_dtype_name(t.dtype)} (pass model= built in the file's dtype)")
     for name, draw in draws.items():
         try:
             if draw != 0:  # a fresh layer holds draw 0
@@ -486,19 +500,6 @@ def _check_model(path: Path, meta: dict[str, Any], model: nn.Module, tensors: di
             raise _error(config_file, f"fingerprints/{name}", f"the regenerated tensor does not match the file "
                                                               f"({why}): a different seed, spec or draw produced it"
                                                               f"{_versions_note(meta)}")
-    expected, ties = _saved_state(model)
-    if ties != meta.get("ties", {}):
-        raise _error(config_file, "ties", f"the model ties {ties}, the file records {meta.get('ties', {})}")
-    missing, unexpected = sorted(set(expected) - set(tensors)), sorted(set(tensors) - set(expected))
-    if missing or unexpected:
-        raise ValueError(f"{path / TENSORS}: tensor names do not match the model: missing {missing}, "
-                         f"unexpected {unexpected}")
-    for k, t in expected.items():
-        if tensors[k].shape != t.shape:
-            raise _error(path / TENSORS, k, f"shape mismatch: file {tuple(tensors[k].shape)} vs model {tuple(t.shape)}")
-        if tensors[k].dtype != t.dtype:
-            raise _error(path / TENSORS, k, f"dtype mismatch: file {_dtype_name(tensors[k].dtype)} vs model "
-                                            f"{_dtype_name(t.dtype)} (pass model= built in the file's dtype)")
 
 
 def load(path: str | os.PathLike, model: nn.Module | None = None, build: Builder | None = None) -> nn.Module:

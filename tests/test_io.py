@@ -1,8 +1,11 @@
 import hashlib
 import json
+import tempfile
 
 import pytest
 import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from safetensors.torch import load_file
 from safetensors.torch import save as to_bytes
 from torch import nn
@@ -10,7 +13,7 @@ from torch import nn
 from reservoir_depth import io
 from reservoir_depth.distributions import DistributionSpec
 from reservoir_depth.models import build
-from reservoir_depth.scaffold import ScaffoldConfig, merge, scaffold, scaffold_layers
+from reservoir_depth.scaffold import ScaffoldConfig, advance, merge, scaffold, scaffold_layers
 
 
 def trained_mlp(seed=3, r=4, spec="normal", bias="frozen", **config):
@@ -148,3 +151,31 @@ def test_merged_model_matches_after_load(tmp_path):
     x = torch.randn(4, 20)
     assert not list(scaffold_layers(plain))
     torch.testing.assert_close(plain(x), m(x), rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.bfloat16])
+def test_round_trip_in_the_models_dtype(tmp_path, dtype):
+    m = trained_mlp()
+    m = scaffold(build("mlp", d_in=20, n_out=5, hidden="tiny").to(dtype),
+                 ScaffoldConfig(target_modules=m.scaffold_targets, trainable=m.scaffold_trainable, r=2, root_seed=3))
+    with torch.no_grad():
+        m.head.weight.add_(0.5)
+    io.save(m, tmp_path)
+    with pytest.raises(ValueError, match=rf"key '[\w.]+': dtype mismatch: file {str(dtype)[6:]} vs model float32"):
+        io.load(tmp_path)  # the recorded architecture builds float32: no silent cast
+    m2 = io.load(tmp_path, model=build("mlp", d_in=20, n_out=5, hidden="tiny").to(dtype)).eval()
+    x = torch.randn(3, 20, dtype=dtype)
+    assert torch.equal(m2(x), m.eval()(x))
+
+
+@settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(seed=st.integers(0, 2**32), r=st.integers(0, 8), bias=st.sampled_from(["keep", "frozen", "trainable", "none"]),
+       schedule=st.sampled_from(["static", "epoch", "step"]), t=st.integers(0, 7))
+def test_any_saved_model_loads_to_the_same_outputs(seed, r, bias, schedule, t):
+    m = trained_mlp(seed=seed, r=r, bias=bias, schedule=schedule, k=3 if schedule == "step" else 1)
+    advance(m, epoch=t, step=t)
+    with tempfile.TemporaryDirectory() as d:
+        io.save(m, d)
+        m2 = io.load(d).eval()
+    x = torch.randn(4, 20, generator=torch.Generator().manual_seed(seed % 1000))
+    assert torch.equal(m2(x), m(x))
