@@ -38,7 +38,8 @@ SEEDS = [0, 1, 2]
 def study(family: str, k: int) -> dict:
     arch, ds, train, _, ranks, _ = FAMILIES[family]
     return {"study": f"planted_{family}_k{k}", "dataset": {"name": "planted", "k": k, **ds}, "arch": arch,
-            "seeds": SEEDS, "full": False, "twin": True, "spectra": True, "ranks": ranks, "train": train}
+            "seeds": SEEDS, "full": False, "twin": True, "spectra": True, "ranks": ranks, "train": train,
+            "scaffold": {"bias": "frozen", "spec": {"name": "normal"}}}  # the legacy bias and draw these runs used
 
 
 def main() -> None:
