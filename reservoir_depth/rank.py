@@ -34,15 +34,17 @@ MIN_BOOTSTRAP_SEEDS = 5
 CI_KINDS = ("bootstrap", "seed range")
 
 
-def tolerance(full: float, eps: float, relative: bool = False) -> float:
-    """delta of r*(eps): eps in the metric's units, or eps * |full| when ``relative``."""
+def tolerance(full: Any, eps: float, relative: bool = False) -> Any:
+    """delta of r*(eps): eps in the metric's units, or eps * |full| when ``relative`` (elementwise
+    on an array of full-training means)."""
     if not (isinstance(eps, numbers.Real) and eps >= 0 and math.isfinite(eps)):
         raise ValueError(f"eps must be a finite number >= 0, got {eps!r}")
-    return eps * abs(full) if relative else float(eps)
+    return eps * np.abs(full) if relative else float(eps)
 
 
-def threshold(full: float, eps: float, higher_is_better: bool = True, relative: bool = False) -> float:
-    """The level a rank must reach to count as saturated: full -/+ delta (module docstring)."""
+def threshold(full: Any, eps: float, higher_is_better: bool = True, relative: bool = False) -> Any:
+    """The level a rank must reach to count as saturated: full -/+ delta (module docstring);
+    elementwise on an array of full-training means."""
     delta = tolerance(full, eps, relative)
     return full - delta if higher_is_better else full + delta
 
@@ -175,8 +177,7 @@ class SaturationRank:
             self.margin_ = float(gap if hib else -gap)
         else:
             self.margin_ = math.nan
-        levels = np.array([threshold(f, self.eps, hib, self.relative) for f in F]) if paired \
-            else np.full(S, self.threshold_)
+        levels = threshold(F, self.eps, hib, self.relative) if paired else np.full(S, self.threshold_)
         self.seed_r_star_ = _first_saturated(ranks, _saturated(V, levels[:, None], hib))
 
         rng = np.random.Generator(np.random.PCG64(self.random_state))
@@ -185,8 +186,7 @@ class SaturationRank:
             warnings.simplefilter("ignore", RuntimeWarning)  # a partial rank may go unrun in a resample
             curves = np.nanmean(V[idx], axis=1) if self.n_boot else np.empty((0, len(ranks)))
         boot_full = F[idx] if paired else F[rng.integers(0, len(F), size=(self.n_boot, len(F)))]
-        delta = self.eps * np.abs(boot_full.mean(axis=1)) if self.relative else self.eps
-        boot_level = boot_full.mean(axis=1) - delta if hib else boot_full.mean(axis=1) + delta
+        boot_level = threshold(boot_full.mean(axis=1), self.eps, hib, self.relative)
         self.boot_ = _first_saturated(ranks, _saturated(curves, boot_level[:, None], hib))
 
         if S >= MIN_BOOTSTRAP_SEEDS:

@@ -137,9 +137,10 @@ def test_relative_eps_and_losses():
     relative = SaturationRank(eps=0.1, relative=True, higher_is_better=False).fit(ranks, values, [2.0, 2.0])
     assert relative.threshold_ == pytest.approx(2.2) and relative.r_star_ == 1
     assert relative.margin_ == pytest.approx(0.9)
-    acc = SaturationRank(eps=0.5, relative=True).fit(ranks, [[0.1, 0.3, 0.4]], [0.8])
+    acc = SaturationRank(eps=0.5, relative=True).fit(ranks, [[0.1, 0.35, 0.45]], [0.8])
     assert acc.threshold_ == pytest.approx(0.4) and acc.r_star_ == 2
-    assert r_star({0: 0.1, 1: 0.3, 2: 0.4}, 0.8, 0.5, relative=True) == 2
+    assert r_star({0: 0.1, 1: 0.35, 2: 0.45}, 0.8, 0.5, relative=True) == 2
+    assert r_star({0: 0.1, 1: 0.35, 2: 0.45}, 0.8, 0.5) == 1
 
 
 def test_r_star_is_never_stated_beyond_the_last_rank_every_seed_ran():
