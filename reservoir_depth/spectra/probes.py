@@ -246,7 +246,8 @@ def _covariance_spectrum(X: np.ndarray) -> Spectrum:
 class TaskSpectrum:
     """Spectra of a data set: inputs (PCA), and the task's directions.
 
-    classification: between-class scatter S_b = sum_c (n_c / n)(mu_c - mu)(mu_c - mu)^T,
+    classification: between-class scatter (Fisher 1936; Duda, Hart & Stork 2001, sec. 3.8)
+        S_b = sum_c (n_c / n)(mu_c - mu)(mu_c - mu)^T,
         whose spectrum is that of the weighted centred means sqrt(n_c / n)(mu_c - mu)
         (padded with zeros to d); its numerical rank (<= C - 1) counts eigenvalues above
         ``rtol * d * max eigenvalue of Cov(X)`` (Cov(X) = S_w + S_b bounds S_b).
