@@ -423,9 +423,9 @@ def _verify_tensors(file: Path, data: bytes, meta: dict[str, Any]) -> dict[str, 
         if "dtype" in entry and _dtype_name(t.dtype) != entry["dtype"]:
             raise _error(file, name, f"dtype {_dtype_name(t.dtype)} differs from {entry['dtype']} in {CONFIG}")
         if "sha256" in entry and _tensor_sha256(t) != entry["sha256"]:
-            raise _error(file, name, "data do not match their sha256 in adapter.json: the file is damaged")
+            raise _error(file, name, f"data do not match their sha256 in {CONFIG}: the file is damaged")
     if damaged:
-        raise _error(file, "tensors_sha256", "the file does not match its sha256 in adapter.json although every "
+        raise _error(file, "tensors_sha256", f"the file does not match its sha256 in {CONFIG} although every "
                                              "tensor does: its header was changed")
     for name, t in sorted(tensors.items()):
         if t.is_floating_point() and not bool(torch.isfinite(t).all()):
