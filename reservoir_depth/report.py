@@ -252,6 +252,7 @@ def rank_section(df, study: Study, metric: str) -> tuple[list[str], dict[float, 
     r* clears its threshold, the largest rank that ran for every seed, and the test-set resolution.
     Returns (markdown lines, {eps: r*} for the figure (absolute eps), a JSON summary)."""
     rows, r_stars, summary = [], {}, []
+    n_test = df["n_test"].dropna() if "n_test" in df else []
     settings = [(e, False) for e in study.eps] + ([(e, True) for e in study.eps] if study.eps_relative else [])
     for eps, relative in settings:
         sr = saturation(df, study, metric, eps, relative)
@@ -263,6 +264,8 @@ def rank_section(df, study: Study, metric: str) -> tuple[list[str], dict[float, 
                 if sr.ci_kind_ == "bootstrap" else f"seed range over {sr.n_seeds_} seeds (not a confidence interval)")
         eps_cell = f"{eps:g} of full ({'relative'})" if relative else f"{eps:g} ({_points(eps, metric)}, absolute)"
         margin = _points(sr.margin_, metric) if math.isfinite(sr.margin_) else ""
+        if margin and metric == "test_acc" and len(n_test):  # the margin in test images, summed over the seeds
+            margin += f" ({round(sr.margin_ * int(n_test.iloc[0]) * sr.n_seeds_)} test images)"
         rows.append(f"| {eps_cell} | {_fmt_r(sr.r_star_, sr.max_rank_)} | [{_fmt_r(sr.ci_[0], sr.max_rank_)}, "
                     f"{_fmt_r(sr.ci_[1], sr.max_rank_)}] | {kind} | {margin} | {sr.max_rank_} |")
         summary.append({"eps": eps, "relative": relative, "r_star": sr.r_star_, "ci": list(sr.ci_),
@@ -276,11 +279,11 @@ def rank_section(df, study: Study, metric: str) -> tuple[list[str], dict[float, 
     lines = [f"Saturation rank r*(eps) = min{{r : mean {metric} at r within eps of full training}}, on the "
              f"mean over seeds. eps is **absolute**, in the metric's units ({unit}); a relative eps is a "
              "fraction of the full-training mean (study key `eps_relative = true`). The recovery column above "
-             "is relative. The margin is how far the mean at r* clears its threshold; r* is never stated "
+             "is relative. The margin is how far the mean at r* clears its threshold (in test images: how many more "
+             "test images, summed over the seeds, r* could lose and still count as saturated); r* is never stated "
              "beyond the largest rank that ran for every seed.", "",
              "| eps | r* | interval | interval kind | margin | largest complete rank |", "|---|---|---|---|---|---|",
              *rows, ""]
-    n_test = df["n_test"].dropna() if "n_test" in df else []
     if metric == "test_acc":
         if len(n_test):
             n, S = int(n_test.iloc[0]), len(study.seeds)
