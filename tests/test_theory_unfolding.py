@@ -5,6 +5,9 @@ Exact identities, checked at float64 precision over hypothesis-drawn sizes.
 
 from __future__ import annotations
 
+import hashlib
+import math
+
 import numpy as np
 import pytest
 import torch
@@ -67,23 +70,50 @@ def test_non_autonomous_esn_equals_untied_scaffold(N, T, d, seed, phi, held, fam
         assert not np.array_equal(Ws[0], Ws[1])  # untied: layers differ
 
 
+def _legacy_normal_draw(root_seed: int, t: int, N: int) -> np.ndarray:
+    """W_t written out without the library: seed = the first 8 bytes (little-endian) of
+    sha256("{root_seed}/layers.{t}/W_seed"), then numpy's PCG64 standard normals (the version-1 "normal"
+    draw) times the fan-in scale 1 / sqrt(N)."""
+    key = hashlib.sha256(f"{root_seed}/layers.{t}/W_seed".encode()).digest()[:8]
+    return np.random.Generator(np.random.PCG64(int.from_bytes(key, "little"))).standard_normal((N, N)) / math.sqrt(N)
+
+
+LEGACY_NORMAL = DistributionSpec("normal", version=1)  # the draw old adapter files were made with
+
+
+@settings(max_examples=10, deadline=None)
+@given(N=st.integers(2, 16), T=st.integers(1, 6), seed=st.integers(0, 2**32))
+def test_untied_weights_are_the_layers_seeded_draws(N, T, seed):
+    """Prop. 1b's W_t: layer t's draw from (root seed, "layers.t", "W_seed"), rebuilt here from sha256 and
+    numpy alone, equals untied_weights and the W_seed that scaffold() gives layer layers.t (float32)."""
+    Ws = U.untied_weights(LEGACY_NORMAL, N, T, seed)
+    net = U.unfolded_scaffold(np.zeros((N, N)), np.zeros((N, 1)), np.zeros(1), "tanh", T=T, dtype=torch.float32)
+    scaffold(net, ScaffoldConfig(target_modules=[r"layers\.\d+"], r=1, spec=LEGACY_NORMAL, root_seed=seed))
+    for t in range(T):
+        expected = _legacy_normal_draw(seed, t, N)
+        np.testing.assert_allclose(Ws[t], expected, rtol=1e-14, atol=0)
+        np.testing.assert_allclose(net.layers[t].W_seed.numpy(), expected.astype(np.float32), rtol=1e-6, atol=0)
+
+
 @settings(max_examples=10, deadline=None)
 @given(N=st.integers(2, 16), T=st.integers(1, 6), seed=st.integers(0, 2**32),
        family=st.sampled_from(["normal", "orthogonal", "laplace"]))
 def test_lottalora_scaffold_at_step_0_is_the_non_autonomous_esn(N, T, seed, family):
-    """Prop. 1 in the toolkit: scaffold() draws layers.t exactly as untied_weights, so at step 0
-    (beta = 1, B = 0) with bias W_in u the LottaLoRA model is the non-autonomous ESN (float32)."""
+    """Prop. 1 in the toolkit: at step 0 (beta = 1, B = 0) with bias W_in u, the LottaLoRA model that
+    scaffold() builds is the non-autonomous ESN of its own W_seed (float32). Which W_t those are is
+    checked independently by test_untied_weights_are_the_layers_seeded_draws."""
     spec = DistributionSpec(family)
     W_in, u, x0 = _problem(N, 3, seed)
     net = U.unfolded_scaffold(np.zeros((N, N)), W_in, u, "tanh", T=T, dtype=torch.float32)
     scaffold(net, ScaffoldConfig(target_modules=[r"layers\.\d+"], r=1, spec=spec, root_seed=seed, bias="frozen"))
-    Ws = U.untied_weights(spec, N, T, seed)
     with torch.no_grad():
-        for t, layer in enumerate(net.layers):
-            assert torch.equal(layer.W_seed, torch.from_numpy(Ws[t]).float())
+        for layer in net.layers:
             layer.bias.copy_(torch.from_numpy(W_in @ u).float())
         states = net.states(torch.from_numpy(x0).float()).double().numpy()
+        Ws = [layer.W_seed.double().numpy() for layer in net.layers]
     np.testing.assert_allclose(states, U.esn_states(Ws, W_in, u, phi="tanh", x0=x0), rtol=0, atol=1e-5)
+    assert [layer.beta.item() for layer in net.layers] == [1.0] * T
+    assert all(not layer.lora_B.any() for layer in net.layers)
 
 
 def test_unfolding_rejects_bad_arguments():
