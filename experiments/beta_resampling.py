@@ -4,7 +4,7 @@
     canonical scaffold and W' independent: the static scaffold keeps beta near a; with
     W_seed redrawn every step (never W_0) the mean beta over seeds follows the prediction
     beta_0 (1 - lr kappa)^t.
-(b) The destabilised-scaffold study: digits, small MLP, r = 8, AdamW, 30 epochs;
+(b) The destabilised-scaffold study: digits, small MLP, r = 8, AdamW, 100 epochs, 5 seeds;
     schedules static / epoch / step (k = 8) / batch (k = 4): beta per layer per epoch
     and test accuracy. (The prediction for AdamW is qualitative: beta -> 0.)
 
@@ -13,9 +13,8 @@
 
 from __future__ import annotations
 
-import argparse
-import json
 import platform
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -25,14 +24,17 @@ import torch
 from reservoir_depth import __version__, data
 from reservoir_depth.distributions import torch_rng
 from reservoir_depth.models import build
-from reservoir_depth.results import markdown
+from reservoir_depth.report import markdown
 from reservoir_depth.scaffold import ScaffoldConfig, ScaffoldLinear, advance, scaffold
 from reservoir_depth.theory.adapters import beta_sgd_trajectory, kappa_resampled
 from reservoir_depth.train import TrainConfig, train
 
+sys.path.insert(0, str(Path(__file__).parent))
+from _common import parser, write_provenance  # noqa: E402
+
 SGD = {"d": 16, "d_out": 16, "n": 256, "r": 2, "lr": 5e-4, "gain": 1.0, "steps": 150, "seeds": 100, "a": 0.7}
 STUDY = {"dataset": "digits", "hidden": "small", "r": 8, "epochs": 100, "lr": 1e-3, "batch_size": 64,
-         "seeds": [0, 1], "schedules": [("static", 1), ("epoch", 1), ("step", 8), ("batch", 4)]}
+         "seeds": [0, 1, 2, 3, 4], "schedules": [("static", 1), ("epoch", 1), ("step", 8), ("batch", 4)]}
 
 
 def sgd_beta(schedule: str, seed: int, p=SGD) -> tuple[np.ndarray, float]:
@@ -117,9 +119,7 @@ def plot(a: pd.DataFrame, b: pd.DataFrame, path: Path) -> None:
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--out", default="docs/results/beta_resampling")
-    out = Path(p.parse_args().out)
+    out = parser(__doc__, out="docs/results/beta_resampling").parse_args().out
     out.mkdir(parents=True, exist_ok=True)
     a, summary = part_a(out)
     b = part_b()
@@ -128,8 +128,12 @@ def main() -> None:
     plot(a, b, out / "beta_resampling.png")
     beta_cols = [c for c in b.columns if c.startswith("beta/")]
     last = b[b["epoch"] == b["epoch"].max()]
-    table = last.groupby("schedule", sort=False)[["test_acc", *beta_cols]].mean().reset_index()
+    g = last.groupby("schedule", sort=False)
+    table = g[["test_acc", *beta_cols]].mean().reset_index()
+    for c in ["test_acc", *beta_cols]:  # the per-seed range beside each mean: what n seeds support
+        table[c] = [f"{m:.3f} [{lo:.3f}, {hi:.3f}]" for m, lo, hi in zip(table[c], g[c].min(), g[c].max())]
     sa = pd.DataFrame([{"schedule": k, **v} for k, v in summary.items()])
+    n_seeds = len(STUDY["seeds"])
     text = "\n".join([
         "# beta under a resampled scaffold (Prop. 5)", "",
         f"reservoir-depth {__version__}, Python {platform.python_version()}. Regenerate: "
@@ -139,12 +143,14 @@ def main() -> None:
         "over all steps (the prediction is for the resampled schedule; static is the control).", "",
         markdown(sa, {c: "{:.4g}" for c in sa.columns}),
         f"(b) {STUDY['dataset']}, MLP {STUDY['hidden']}, r = {STUDY['r']}, AdamW lr {STUDY['lr']}, "
-        f"{STUDY['epochs']} epochs, seeds {STUDY['seeds']}: final test accuracy and beta per layer.", "",
-        markdown(table, {c: "{:.4f}" for c in table.columns if c != "schedule"}),
+        f"{STUDY['epochs']} epochs, {n_seeds} seeds {STUDY['seeds']}: final test accuracy and beta per layer, "
+        f"mean over seeds [smallest, largest seed] (a seed range, not a confidence interval).", "",
+        markdown(table),
         "![beta trajectories](beta_resampling.png)", ""])
     (out / "beta_resampling.md").write_text(text)
-    (out / "provenance.json").write_text(json.dumps({"version": __version__, "torch": torch.__version__,
-                                                     "sgd": SGD, "study": STUDY}, indent=1, sort_keys=True) + "\n")
+    metrics = {"sgd": summary, "final": {s: {c: float(v) for c, v in r.items()}
+                                         for s, r in g[["test_acc", *beta_cols]].mean().iterrows()}}
+    write_provenance(out, config={"sgd": SGD, "study": STUDY}, seeds=STUDY["seeds"], metrics=metrics)
     print(text)
 
 
