@@ -260,8 +260,9 @@ def rank_section(df, study: Study, metric: str) -> tuple[list[str], dict[float, 
             continue
         if not relative:
             r_stars[eps] = sr.r_star_
-        kind = (f"{'paired ' if sr.paired_ else ''}bootstrap over {sr.n_seeds_} seeds, {int(100 * sr.ci)}%"
-                if sr.ci_kind_ == "bootstrap" else f"seed range over {sr.n_seeds_} seeds (not a confidence interval)")
+        seeds = f"{sr.n_seeds_} seed{'s' if sr.n_seeds_ > 1 else ''}"
+        kind = (f"{'paired ' if sr.paired_ else ''}bootstrap over {seeds}, {int(100 * sr.ci)}%"
+                if sr.ci_kind_ == "bootstrap" else f"seed range over {seeds} (not a confidence interval)")
         eps_cell = f"{eps:g} of full ({'relative'})" if relative else f"{eps:g} ({_points(eps, metric)}, absolute)"
         margin = _points(sr.margin_, metric) if math.isfinite(sr.margin_) else ""
         if margin and metric == "test_acc" and len(n_test):  # the margin in test images, summed over the seeds
