@@ -13,7 +13,7 @@ Draw versions (``DistributionSpec.version``):
   64-bit key derived from (layer seed, family name, parameters, shape), written
   with int64 tensor ops that give identical bits on the CPU and CUDA, then the
   family's transform (Box-Muller, inverse CDF, ...) in float64 on the same
-  device. Families draw from independent streams (normal and kaiming_normal at
+  device (on CUDA fused by torch.compile when it works, else eager: same bits). Families draw from independent streams (normal and kaiming_normal at
   one seed are uncorrelated), and a draw can be generated directly on a GPU
   (``draw(..., device="cuda")``), agreeing with the CPU draw to float64 rounding
   (far below ``io.FINGERPRINT_RTOL``). truncated_normal, student_t and beta
@@ -266,49 +266,97 @@ def stream_key(seed: int, spec: "DistributionSpec", shape: tuple[int, ...]) -> i
     return int.from_bytes(hashlib.sha256(f"draw-v2/{blob}".encode()).digest()[:8], "little")
 
 
+def _philox_words(b: torch.Tensor, sub, k0, k1) -> torch.Tensor:
+    """The 4 words of each counter block b (int64 block indices) of substream ``sub``, flattened."""
+    return torch.stack(philox4x32(b & MASK32, b >> 32, sub, 0, k0, k1), dim=1).view(-1)
+
+
+def _uniform_of(w: torch.Tensor) -> torch.Tensor:
+    """U(0, 1) in float64 from uint32 words: (w + 1/2) 2^-32, never 0 or 1."""
+    return (w.to(torch.float64) + 0.5) * 2.0**-32
+
+
+def _box_muller(u: torch.Tensor) -> torch.Tensor:
+    """N(0, 1) from an even number of uniforms: entries 2m, 2m+1 from uniforms 2m, 2m+1."""
+    u = u.view(-1, 2)
+    r, theta = torch.sqrt(-2.0 * torch.log(u[:, 0])), (2.0 * math.pi) * u[:, 1]
+    return torch.stack([r * torch.cos(theta), r * torch.sin(theta)], dim=1).view(-1)
+
+
+_BLOCK_FNS: dict[str, Callable[..., torch.Tensor]] = {
+    "words": _philox_words,
+    "uniform": lambda b, sub, k0, k1: _uniform_of(_philox_words(b, sub, k0, k1)),
+    "normal": lambda b, sub, k0, k1: _box_muller(_uniform_of(_philox_words(b, sub, k0, k1))),
+}
+COMPILE_ON_DEVICE = True  # fuse the block functions with torch.compile on CUDA (eager if that fails)
+_compiled: dict[str, Callable[..., torch.Tensor] | None] = {}
+
+
+def _block_fn(kind: str, device: torch.device) -> Callable[..., torch.Tensor]:
+    if device.type != "cuda" or not COMPILE_ON_DEVICE or _compiled.get(kind, 0) is None:
+        return _BLOCK_FNS[kind]
+    if kind not in _compiled:
+        _compiled[kind] = torch.compile(_BLOCK_FNS[kind], dynamic=True)
+    return _compiled[kind]
+
+
 class Stream:
     """Counter-based random numbers of one version-2 draw of ``n`` entries on ``device``.
 
-    Substream j, entry i = word i % 4 of Philox4x32-10(counter (i // 4, 0, j, 0), key):
-    any entry is computable on its own, on any device, in any chunking.
+    Substream j, entry i = word i % 4 of Philox4x32-10(counter (i // 4, 0, j, 0), key);
+    uniforms are (word + 1/2) 2^-32 and normals Box-Muller of uniform pairs (2m, 2m+1).
+    Any entry is computable on its own, on any device, in any chunking. On the CPU the
+    counter rounds run on numpy uint64 arrays (about twice as fast as torch int64 ops
+    there); on CUDA on torch int64 tensors, fused by torch.compile (identical bits).
     """
 
     def __init__(self, key: int, n: int, device: torch.device | str | None = None) -> None:
         self.key, self.n = int(key), int(n)
         self.device = torch.device(device if device is not None else "cpu")
 
-    def words(self, sub: int = 0, n: int | None = None, backend: str | None = None) -> torch.Tensor:
-        """The first ``n`` (default self.n) uint32 words of substream ``sub`` as int64 on self.device.
+    def _numpy_words(self, sub: int) -> torch.Tensor:
+        blocks, (k0, k1) = -(-self.n // 4), (self.key & MASK32, self.key >> 32)
+        out = np.empty((blocks, 4), np.uint64)
+        for start in range(0, blocks, PHILOX_CHUNK["cpu"]):
+            b = np.arange(start, min(start + PHILOX_CHUNK["cpu"], blocks), dtype=np.uint64)
+            out[start:start + len(b)] = np.stack(philox4x32(b & MASK32, b >> 32, int(sub), 0, k0, k1), axis=1)
+        return torch.from_numpy(out.view(np.int64)).view(-1).to(self.device)
 
-        On the CPU the counter rounds run on numpy uint64 arrays (about twice as fast as
-        torch int64 ops there); on other devices on torch int64 tensors. Both are
-        :func:`philox4x32`, bit for bit (``backend`` "numpy" / "torch" forces one, for tests).
-        """
-        n = self.n if n is None else n
-        blocks = -(-n // 4)
-        k0, k1 = self.key & MASK32, self.key >> 32
-        backend = backend or ("numpy" if self.device.type == "cpu" else "torch")
-        if backend == "numpy":
-            out = np.empty((blocks, 4), np.uint64)
-            for start in range(0, blocks, PHILOX_CHUNK["cpu"]):
-                b = np.arange(start, min(start + PHILOX_CHUNK["cpu"], blocks), dtype=np.uint64)
-                out[start:start + len(b)] = np.stack(philox4x32(b & MASK32, b >> 32, int(sub), 0, k0, k1), axis=1)
-            return torch.from_numpy(out.view(np.int64)).view(-1)[:n].to(self.device)
-        out = torch.empty((blocks, 4), dtype=torch.int64, device=self.device)
+    def _torch(self, kind: str, sub: int) -> torch.Tensor:
+        blocks, dev = -(-self.n // 4), self.device
+        fn = _block_fn(kind, dev)
+        k0, k1, j = (torch.tensor(v, dtype=torch.int64, device=dev) for v in (self.key & MASK32, self.key >> 32, sub))
+        out = torch.empty(4 * blocks, dtype=torch.int64 if kind == "words" else torch.float64, device=dev)
         for start in range(0, blocks, PHILOX_CHUNK["device"]):
-            b = torch.arange(start, min(start + PHILOX_CHUNK["device"], blocks), dtype=torch.int64, device=self.device)
-            out[start:start + len(b)] = torch.stack(philox4x32(b & MASK32, b >> 32, int(sub), 0, k0, k1), dim=1)
-        return out.view(-1)[:n]
+            b = torch.arange(start, min(start + PHILOX_CHUNK["device"], blocks), dtype=torch.int64, device=dev)
+            try:
+                out[4 * start:4 * (start + len(b))] = fn(b, j, k0, k1)
+            except Exception:  # no working compiler (e.g. no Triton): the eager ops give the same bits
+                if fn is _BLOCK_FNS[kind]:
+                    raise
+                _compiled[kind], fn = None, _BLOCK_FNS[kind]
+                out[4 * start:4 * (start + len(b))] = fn(b, j, k0, k1)
+        return out
 
-    def uniform(self, sub: int = 0, n: int | None = None) -> torch.Tensor:
+    def _all(self, kind: str, sub: int, backend: str | None) -> torch.Tensor:
+        backend = backend or ("numpy" if self.device.type == "cpu" else "torch")
+        if backend == "torch":
+            return self._torch(kind, sub)[:self.n]
+        w = self._numpy_words(sub)
+        x = w if kind == "words" else _uniform_of(w)
+        return (x if kind != "normal" else _box_muller(x))[:self.n]
+
+    def words(self, sub: int = 0, backend: str | None = None) -> torch.Tensor:
+        """The uint32 words of substream ``sub`` as int64 (``backend`` "numpy" / "torch" forces one, for tests)."""
+        return self._all("words", sub, backend)
+
+    def uniform(self, sub: int = 0, backend: str | None = None) -> torch.Tensor:
         """U(0, 1) in float64, (w + 1/2) 2^-32: never 0 or 1."""
-        return (self.words(sub, n).to(torch.float64) + 0.5) * 2.0**-32
+        return self._all("uniform", sub, backend)
 
-    def normal(self, sub: int = 0) -> torch.Tensor:
+    def normal(self, sub: int = 0, backend: str | None = None) -> torch.Tensor:
         """N(0, 1) in float64 by Box-Muller: entries 2m, 2m+1 from uniforms 2m, 2m+1 of substream ``sub``."""
-        u = self.uniform(sub, self.n + (self.n & 1)).view(-1, 2)
-        r, theta = torch.sqrt(-2.0 * torch.log(u[:, 0])), (2.0 * math.pi) * u[:, 1]
-        return torch.stack([r * torch.cos(theta), r * torch.sin(theta)], dim=1).view(-1)[:self.n]
+        return self._all("normal", sub, backend)
 
 
 def _on_cpu(src: Stream, f: Callable[[Array], Array], sub: int = 0) -> torch.Tensor:

