@@ -31,9 +31,6 @@ class RunsFailed(Exception):
     """Some runs of the study failed (the message says which kinds and how to retry)."""
 
 
-DEFAULT_STUDY = Study.default()  # kept for scripts that still import it from here; use Study.default()
-
-
 def _study(path: str | None) -> Study:
     return Study.default() if path is None else Study.load(path)
 
