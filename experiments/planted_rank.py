@@ -8,22 +8,22 @@ scaffold), so r*(eps) = min{r : L(r) <= eps}.
 
     python experiments/planted_rank.py [--out docs/results/planted] [--workers 2]
 
-Writes runs.sqlite, planted.csv, adaptive.csv, planted.md and planted.png to --out.
+Writes runs.sqlite, planted.csv, adaptive.csv, planted.md and provenance.json to --out.
 """
 
 from __future__ import annotations
 
-import argparse
-import json
 import platform
-from pathlib import Path
 
 import pandas as pd
+from _common import parser, write_provenance
 
 from reservoir_depth import __version__
 from reservoir_depth.rank import SaturationRank, adaptive_search
-from reservoir_depth.results import ResultsStore, markdown
-from reservoir_depth.sweep import run_study, runs_of, study_frame
+from reservoir_depth.report import markdown
+from reservoir_depth.results import ResultsStore
+from reservoir_depth.study import Columns, Study, curves
+from reservoir_depth.sweep import run_study, runs_of
 
 FAMILIES = {
     # name: (architecture, dataset kwargs, train kwargs, ks, ranks, eps)
@@ -43,29 +43,27 @@ def study(family: str, k: int) -> dict:
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--out", default="docs/results/planted")
-    p.add_argument("--workers", type=int, default=1)
-    args = p.parse_args()
-    out = Path(args.out)
+    args = parser(__doc__, out="docs/results/planted", workers=True).parse_args()
+    out = args.out
     out.mkdir(parents=True, exist_ok=True)
-    store = ResultsStore(out / "runs.sqlite")
+    store = ResultsStore(out / "runs.sqlite", create=True)
     rows, adaptive = [], []
     for family, (_, _, _, ks, ranks, eps) in FAMILIES.items():
         for k in ks:
             s = study(family, k)
-            print(family, k, run_study(s, store, workers=args.workers, progress=False))
-            df = study_frame(s, store)
-            lotta, twin = df[df["cfg.method"] == "lotta"], df[df["cfg.method"] == "twin"]
-            sr = SaturationRank(eps=eps, higher_is_better=False, n_boot=1000).fit(
-                lotta["cfg.scaffold.r"].astype(int), lotta["test_loss"], [0.0])
+            print(family, k, run_study(s, store, workers=args.workers, progress=False).summary())
+            df = Study.of(s).frame(store)
+            lotta, twin = df[df[Columns.METHOD] == "lotta"], df[df[Columns.METHOD] == "twin"]
+            rs, values, _, _ = curves(df, "test_loss", ranks=ranks, seeds=SEEDS)
+            sr = SaturationRank(eps=eps, higher_is_better=False, n_boot=1000).fit(rs, values, [0.0])  # Bayes risk
             layers = sorted({c.split("/")[1] for c in twin.columns if c.startswith("dW/") and "head" not in c})
             row = {"family": family, "k": k, "eps": eps, "r*": sr.r_star_, "CI low": sr.ci_[0], "CI high": sr.ci_[1],
+                   "interval": sr.ci_kind_,
                    "L(k-1)": sr.curve_.get(k - 1, float("nan")), "L(k)": sr.curve_[k],
                    "twin loss": twin["test_loss"].mean()}
             for kind, label in (("dW", "dW"), ("act", "act"), ("adapter", "adapter@max")):
-                sel = lotta[lotta["cfg.scaffold.r"] == max(ranks)] if kind == "adapter" else \
-                    (twin if kind == "dW" else lotta[lotta["cfg.scaffold.r"] == 0])
+                sel = lotta[lotta[Columns.RANK] == max(ranks)] if kind == "adapter" else \
+                    (twin if kind == "dW" else lotta[lotta[Columns.RANK] == 0])
                 for layer in layers:
                     row[f"{label} {layer} k_0.99"] = sel[f"{kind}/{layer}/k_0.99"].mean()
                     row[f"{label} {layer} PR"] = sel[f"{kind}/{layer}/participation_ratio"].mean()
@@ -80,13 +78,14 @@ def main() -> None:
     table.to_csv(out / "planted.csv", index=False)
     ad.to_csv(out / "adaptive.csv", index=False)
     ratio = ad["grid runs"].sum() / ad["adaptive runs"].sum()
-    short = table[["family", "k", "eps", "r*", "CI low", "CI high", "L(k-1)", "L(k)", "twin loss"]
+    short = table[["family", "k", "eps", "r*", "CI low", "CI high", "interval", "L(k-1)", "L(k)", "twin loss"]
                   + [c for c in table.columns if c.endswith("k_0.99")]]
     text = "\n".join([
         "# Planted-rank ground truth", "",
         f"reservoir-depth {__version__}, Python {platform.python_version()}; seeds {SEEDS}. Regenerate: "
         "`python experiments/planted_rank.py --out docs/results/planted --workers 2`.", "",
-        "r* = min{r : test loss <= eps} (reference: Bayes risk 0), 95% bootstrap CI over seeds. k_0.99 columns: "
+        "r* = min{r : test loss <= eps} (eps absolute, in loss units; reference: Bayes risk 0); its interval is "
+        "the range of the per-seed r* (3 seeds: a seed range, not a confidence interval). k_0.99 columns: "
         "dW = Delta W of the fully trained twin (started from the scaffold); act = inputs of each layer (rank-0 "
         "student); adapter@max = s B A of the largest-rank student. Means over seeds.", "",
         markdown(short, {c: "{:.3g}" for c in short.columns}),
@@ -95,10 +94,10 @@ def main() -> None:
         f"(grid / adaptive = {ratio:.2f}); the same r* in {int((ad['grid r*'] == ad['adaptive r*']).sum())} of "
         f"{len(ad)} tasks.", ""])
     (out / "planted.md").write_text(text)
-    (out / "provenance.json").write_text(json.dumps({"version": __version__, "families": FAMILIES, "seeds": SEEDS,
-                                                     "studies": [runs_of(study(f, k))[0].config() for f in FAMILIES
-                                                                 for k in FAMILIES[f][3]]},
-                                                    sort_keys=True, indent=1, default=str) + "\n")
+    write_provenance(out, config={"families": FAMILIES, "studies": [runs_of(study(f, k))[0].config()
+                                                                     for f in FAMILIES for k in FAMILIES[f][3]]},
+                     seeds=SEEDS, metrics={"r_star": table[["family", "k", "r*", "CI low", "CI high"]].to_dict("records"),
+                                           "grid_over_adaptive_runs": ratio})
     print(text)
 
 
