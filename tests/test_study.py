@@ -128,3 +128,15 @@ def test_curves_places_every_run_at_its_seed_and_rank(rows):
     for s, r, v in rows:
         assert values[list(seeds).index(s), list(ranks).index(r)] == v
     assert full[list(seeds).index(9)] == 0.7 and np.isnan(full[seeds != 9]).all()
+
+
+def test_the_default_study_is_declared_package_data():
+    """A wheel ships reservoir_depth/studies/*.toml only if pyproject declares it: `reservoir-depth run` with no
+    argument must work from an installed package, not only from a checkout."""
+    import fnmatch
+    import tomllib
+
+    declared = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["package-data"]
+    patterns = declared["reservoir_depth"]
+    shipped = [p.relative_to(ROOT / "reservoir_depth").as_posix() for p in (ROOT / "reservoir_depth/studies").glob("*")]
+    assert shipped and all(any(fnmatch.fnmatch(f, pat) for pat in patterns) for f in shipped)
