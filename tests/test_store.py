@@ -11,6 +11,7 @@ import textwrap
 import time
 
 import pytest
+from hypothesis import given, strategies as st
 
 from reservoir_depth import data
 
@@ -63,6 +64,8 @@ def test_a_missing_store_is_refused_unless_asked_to_create(tmp_path):
     assert not path.exists() and not path.parent.exists()
     ResultsStore(path, create=True)
     assert path.exists() and ResultsStore(path).rows() == []
+    with sqlite3.connect(path) as db:
+        assert db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
 
 
 def test_a_file_that_is_not_a_store_is_refused_naming_it(tmp_path):
@@ -176,6 +179,22 @@ def test_failing_runs_with_two_workers_are_attempted_once_each_and_counted_right
     assert retried == counts and len(log.read_text().splitlines()) == 2 * n
     assert "1 failed" not in retried.summary() and f"{n} failed" in retried.summary()
     assert "apt-get install dataset-broken" in retried.summary()
+
+
+outcome = st.sampled_from(SweepCounts.OUTCOMES).map(lambda o: (o, f"E{o}: {o}" if "failed" in o else None))
+
+
+@given(st.lists(st.dictionaries(st.sampled_from("abcdef"), outcome), min_size=1, max_size=4))
+def test_counts_count_each_run_once_with_the_outcome_of_the_worker_that_ran_it(parts):
+    run_ids = list("abcdef")
+    counts = SweepCounts.of(run_ids + ["a"], parts)  # a run listed twice is one run
+    assert counts.total == len(run_ids)
+    ran = {k for p in parts for k, (o, _) in p.items() if o in ("done", "failed")}
+    assert counts.done + counts.failed == len(ran)  # whatever the other workers saw of those runs
+    unseen = set(run_ids) - {k for p in parts for k in p}
+    assert counts.running_elsewhere >= len(unseen)  # a run no worker reported is not counted as finished
+    final = {k: min((p[k][0] for p in parts if k in p), key=SweepCounts.OUTCOMES.index) for k in set(run_ids) - unseen}
+    assert set(counts.errors) == {f"E{o}" for o in final.values() if "failed" in o}
 
 
 def test_two_workers_count_done_skipped_and_failed_once_each(tmp_path, monkeypatch):
