@@ -1,0 +1,66 @@
+"""benchmarks/bench_lm.py: every variant runs, and the variants are comparable."""
+
+import importlib.util
+import json
+import math
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+_path = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_lm.py"
+_spec = importlib.util.spec_from_file_location("bench_lm", _path)
+bench_lm = sys.modules["bench_lm"] = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(bench_lm)
+
+TINY = bench_lm.PRESETS["tiny"]
+
+
+def test_tiny_preset_prints_a_row_per_variant_with_finite_ratios(tmp_path, capsys):
+    out = tmp_path / "lm.json"
+    rows = bench_lm.main(["--preset", "tiny", "--device", "cpu", "--steps", "1", "--warmup", "0", "--rounds", "1",
+                          "--json", str(out)])
+    printed = capsys.readouterr().out
+    assert [r["variant"] for r in rows] == list(bench_lm.VARIANTS)
+    for r in rows:
+        assert f"| {r['variant']} |" in printed
+        for key in ("ms_per_step", "tokens_per_s", "time_vs_full", "memory_mib", "memory_vs_full"):
+            assert math.isfinite(r[key]) and r[key] > 0, (r["variant"], key, r[key])
+    assert rows[0]["time_vs_full"] == rows[0]["memory_vs_full"] == 1.0
+    assert "command: python benchmarks/bench_lm.py --preset tiny" in printed
+    assert json.loads(out.read_text())["rows"] == rows
+
+
+def test_variants_train_the_same_adapters_and_other_modules():
+    """ours, plain and peft: A, B of r (d_in + d_out) per projection, plus the same embedding,
+    norms and lm_head; ours and plain add one beta per projection."""
+    n_proj = len(bench_lm.PROJECTIONS) * TINY.n_layers
+    expected = TINY.n_layers * 8 * (4 * 2 * TINY.d + 3 * (TINY.d + TINY.hidden))
+    assert bench_lm.expected_adapter_parameters(TINY) == expected
+    models = {v: bench_lm.build(v, TINY) for v in bench_lm.VARIANTS}
+    trainable = {v: sum(p.numel() for p in m.parameters() if p.requires_grad) for v, m in models.items()}
+    others = {v: trainable[v] - bench_lm.adapter_parameters(m) for v, m in models.items()}
+    for v in ("ours", "plain", "peft"):
+        assert bench_lm.adapter_parameters(models[v]) == expected, v
+    full = models["full"]
+    head = sum(p.numel() for m in (full.embed, full.lm_head, full.norm) for p in m.parameters())
+    head += sum(p.numel() for b in full.layers for m in (b.attn_norm, b.mlp_norm) for p in m.parameters())
+    assert others["peft"] == head
+    assert others["ours"] == others["plain"] == head + n_proj  # beta
+    assert trainable["full"] == sum(p.numel() for p in full.parameters())
+
+
+def test_plain_takes_the_generic_autograd_path_and_agrees_with_ours():
+    ours, plain = bench_lm.build("ours", TINY), bench_lm.build("plain", TINY)
+    kinds = {type(m).__name__ for m in plain.modules()}
+    assert "PlainScaffoldLinear" in kinds and "ScaffoldLinear" not in kinds
+    x = torch.randint(0, TINY.vocab, (2, 16), generator=torch.Generator().manual_seed(1))
+    torch.testing.assert_close(plain(x), ours(x))
+
+
+@pytest.mark.parametrize("argv", [["--variants", "ours,peft"], ["--variants", "full,lora"], ["--steps", "0"]])
+def test_refuses_what_it_cannot_honour(argv, capsys):
+    with pytest.raises(SystemExit):
+        bench_lm.main(["--preset", "tiny", "--device", "cpu", *argv])
+    assert "--" in capsys.readouterr().err
