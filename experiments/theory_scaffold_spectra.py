@@ -29,7 +29,7 @@ import pandas as pd
 
 from reservoir_depth import DistributionSpec, __version__, layer_seed, sample
 from reservoir_depth.distributions import rng_for, spectral_radius
-from reservoir_depth.results import markdown
+from reservoir_depth.report import markdown
 from reservoir_depth.theory.scaffold_spectra import (circular_cdf, echo_state_contraction, ks_distance, mp_cdf,
                                                      mp_pdf, mp_support, squared_singular_values)
 
