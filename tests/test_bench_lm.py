@@ -64,3 +64,23 @@ def test_refuses_what_it_cannot_honour(argv, capsys):
     with pytest.raises(SystemExit):
         bench_lm.main(["--preset", "tiny", "--device", "cpu", *argv])
     assert "--" in capsys.readouterr().err
+
+
+def test_a_compile_failure_is_a_row_and_the_run_goes_on(monkeypatch, capsys):
+    def broken(model):
+        raise RuntimeError("no compiler here")
+
+    monkeypatch.setattr(bench_lm, "compile_blocks", broken)
+    rows = bench_lm.main(["--preset", "tiny", "--device", "cpu", "--steps", "1", "--warmup", "0", "--rounds", "2",
+                          "--variants", "full,ours", "--compile"])
+    assert [r["variant"] for r in rows] == ["full", "ours", "full+compile", "ours+compile"]
+    assert rows[2] == {"variant": "full+compile", "error": "RuntimeError: no compiler here"}
+    assert math.isfinite(rows[1]["time_vs_full"])
+    assert "| ours+compile | failed: RuntimeError: no compiler here |" in capsys.readouterr().out
+
+
+@pytest.mark.slow
+def test_compiled_variants_run():
+    rows = bench_lm.main(["--preset", "tiny", "--device", "cpu", "--steps", "1", "--warmup", "1", "--rounds", "1",
+                          "--variants", "full,ours,plain", "--compile"])
+    assert all(math.isfinite(r.get("time_vs_full", math.nan)) for r in rows), rows
