@@ -44,6 +44,7 @@ import hashlib
 import json
 import math
 import numbers
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping
 
@@ -271,16 +272,18 @@ def _philox_words(b: torch.Tensor, sub, k0, k1) -> torch.Tensor:
     return torch.stack(philox4x32(b & MASK32, b >> 32, sub, 0, k0, k1), dim=1).view(-1)
 
 
-def _uniform_of(w: torch.Tensor) -> torch.Tensor:
-    """U(0, 1) in float64 from uint32 words: (w + 1/2) 2^-32, never 0 or 1."""
-    return (w.to(torch.float64) + 0.5) * 2.0**-32
+def _uniform_of(w):
+    """U(0, 1) in float64 from uint32 words (a tensor or a numpy array): (w + 1/2) 2^-32, never 0 or 1 (exact)."""
+    return ((w.to(torch.float64) if isinstance(w, torch.Tensor) else w.astype(np.float64)) + 0.5) * 2.0**-32
 
 
-def _box_muller(u: torch.Tensor) -> torch.Tensor:
-    """N(0, 1) from an even number of uniforms: entries 2m, 2m+1 from uniforms 2m, 2m+1."""
-    u = u.view(-1, 2)
-    r, theta = torch.sqrt(-2.0 * torch.log(u[:, 0])), (2.0 * math.pi) * u[:, 1]
-    return torch.stack([r * torch.cos(theta), r * torch.sin(theta)], dim=1).view(-1)
+def _box_muller(u):
+    """N(0, 1) from an even number of uniforms (a tensor or a numpy array): entries 2m, 2m+1 from uniforms
+    2m, 2m+1 (torch and numpy math libraries may differ in the last bit)."""
+    xp = torch if isinstance(u, torch.Tensor) else np
+    u = u.reshape(-1, 2)
+    r, theta = xp.sqrt(-2.0 * xp.log(u[:, 0])), (2.0 * math.pi) * u[:, 1]
+    return xp.stack([r * xp.cos(theta), r * xp.sin(theta)], 1).reshape(-1)
 
 
 _BLOCK_FNS: dict[str, Callable[..., torch.Tensor]] = {
@@ -306,21 +309,36 @@ class Stream:
     Substream j, entry i = word i % 4 of Philox4x32-10(counter (i // 4, 0, j, 0), key);
     uniforms are (word + 1/2) 2^-32 and normals Box-Muller of uniform pairs (2m, 2m+1).
     Any entry is computable on its own, on any device, in any chunking. On the CPU the
-    counter rounds run on numpy uint64 arrays (about twice as fast as torch int64 ops
-    there); on CUDA on torch int64 tensors, fused by torch.compile (identical bits).
+    counter rounds and transforms run on numpy arrays in cache-sized chunks (about twice
+    as fast as torch int64 ops there); on CUDA on torch int64 tensors, fused by
+    torch.compile. Words and uniforms are identical bits on every path; normals agree to
+    the last bit or so (the math libraries' log / cos / sin).
     """
 
     def __init__(self, key: int, n: int, device: torch.device | str | None = None) -> None:
         self.key, self.n = int(key), int(n)
         self.device = torch.device(device if device is not None else "cpu")
 
-    def _numpy_words(self, sub: int) -> torch.Tensor:
+    def _numpy(self, kind: str, sub: int) -> torch.Tensor:
+        """CPU path: counter rounds and the block's transform on numpy arrays, in cache-sized chunks spread
+        over torch's thread count (each entry is computed from its own counter, so chunking changes nothing)."""
         blocks, (k0, k1) = -(-self.n // 4), (self.key & MASK32, self.key >> 32)
-        out = np.empty((blocks, 4), np.uint64)
-        for start in range(0, blocks, PHILOX_CHUNK["cpu"]):
+        out = np.empty(4 * blocks, dtype=np.int64 if kind == "words" else np.float64)
+        to = {"words": lambda w: w, "uniform": _uniform_of, "normal": lambda w: _box_muller(_uniform_of(w))}[kind]
+        def chunk(start: int) -> None:
             b = np.arange(start, min(start + PHILOX_CHUNK["cpu"], blocks), dtype=np.uint64)
-            out[start:start + len(b)] = np.stack(philox4x32(b & MASK32, b >> 32, int(sub), 0, k0, k1), axis=1)
-        return torch.from_numpy(out.view(np.int64)).view(-1).to(self.device)
+            w = np.stack(philox4x32(b & MASK32, b >> 32, int(sub), 0, k0, k1), axis=1).view(np.int64).reshape(-1)
+            out[4 * start:4 * (start + len(b))] = to(w)
+
+        starts = range(0, blocks, PHILOX_CHUNK["cpu"])
+        threads = min(torch.get_num_threads(), len(starts))
+        if threads > 1:  # numpy releases the GIL: chunks in parallel on torch's thread count
+            with ThreadPoolExecutor(threads) as pool:
+                list(pool.map(chunk, starts))
+        else:
+            for start in starts:
+                chunk(start)
+        return torch.from_numpy(out).to(self.device)
 
     def _torch(self, kind: str, sub: int) -> torch.Tensor:
         blocks, dev = -(-self.n // 4), self.device
@@ -342,9 +360,7 @@ class Stream:
         backend = backend or ("numpy" if self.device.type == "cpu" else "torch")
         if backend == "torch":
             return self._torch(kind, sub)[:self.n]
-        w = self._numpy_words(sub)
-        x = w if kind == "words" else _uniform_of(w)
-        return (x if kind != "normal" else _box_muller(x))[:self.n]
+        return self._numpy(kind, sub)[:self.n]
 
     def words(self, sub: int = 0, backend: str | None = None) -> torch.Tensor:
         """The uint32 words of substream ``sub`` as int64 (``backend`` "numpy" / "torch" forces one, for tests)."""
@@ -408,8 +424,9 @@ for _f in [
            transform=lambda src, s, fi, fo: _orthogonal_v2(src, s),
            doc="Haar-distributed (semi-)orthogonal: W W^T = I (rows <= cols) or W^T W = I. Unit singular "
                "values, so entry variance 1/max(rows, cols): an expanding layer (rows > cols) gets "
-               "cols/rows of the fan-in variance 1/fan_in (1/4 at rows = 4 cols); use scaling='fan_in' "
-               "for variance gain^2/fan_in"),
+               "cols/rows of the fan-in variance 1/fan_in (1/4 at rows = 4 cols), a contracting one the "
+               "full 1/fan_in; gain = sqrt(rows/cols) restores 1/fan_in (the fan-in rule, which assumes "
+               "unit-variance entries, does not)"),
     Family("kaiming_normal", lambda rng, s, fi, fo, gain: rng.standard_normal(s) * _kaiming_std(fi, gain),
            defaults={"gain": math.sqrt(2.0)}, default_scaling="none", validate=_positive("gain"),
            transform=lambda src, s, fi, fo, gain: src.normal() * _kaiming_std(fi, gain),
@@ -679,10 +696,11 @@ def _check(w: Array | torch.Tensor, spec: DistributionSpec, shape: tuple[int, ..
     """Refuse a non-finite draw, or an all-zero one unless ``zero_ok`` (the 'zeros' family, gain or rho 0)."""
     where = f"{what} of {spec.name} with {dict(spec.params)}, shape {shape} (draw version {spec.version})"
     if isinstance(w, np.ndarray):
-        bad, nonzero = int(w.size - np.isfinite(w).sum()), bool(np.any(w))
+        finite, nonzero = bool(np.isfinite(w).all()), bool(np.any(w))
     else:
-        bad, nonzero = int((~torch.isfinite(w)).sum()), bool(w.any())
-    if bad:
+        finite, nonzero = bool(torch.isfinite(w).all()), bool(w.any())
+    if not finite:
+        bad = int(w.size - np.isfinite(w).sum()) if isinstance(w, np.ndarray) else int((~torch.isfinite(w)).sum())
         raise ValueError(f"the {where} has {bad} non-finite entries: the parameters (or gain) overflow it")
     if not nonzero and not zero_ok and min(shape, default=0) > 0:
         raise ValueError(f"the {where} is all zero: the parameters (or gain) leave no non-zero entry (use a larger "

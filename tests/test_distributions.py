@@ -755,19 +755,28 @@ def test_stream_words_agree_across_backends_and_with_python_ints(key, n, sub):
     src = Stream(key, n)
     a, b = src.words(sub, backend="numpy"), src.words(sub, backend="torch")
     assert torch.equal(a, b) and a.dtype == torch.int64 and int(a.min()) >= 0 and int(a.max()) < 2**32
-    for kind in ("uniform", "normal"):  # the CPU path (numpy words) and the device path (torch blocks)
-        x, y = getattr(src, kind)(sub, backend="numpy"), getattr(src, kind)(sub, backend="torch")
-        assert x.shape == (n,) and x.dtype == torch.float64 and torch.equal(x, y)
+    # the CPU path (numpy) and the device path (torch blocks): identical uniforms, normals to the last bit
+    x, y = src.uniform(sub, backend="numpy"), src.uniform(sub, backend="torch")
+    assert x.shape == (n,) and x.dtype == torch.float64 and torch.equal(x, y)
+    x, y = src.normal(sub, backend="numpy"), src.normal(sub, backend="torch")
+    assert x.shape == (n,) and x.dtype == torch.float64
+    torch.testing.assert_close(x, y, rtol=4e-16, atol=4e-16)
     i = n // 2  # entry i = word i % 4 of block i // 4, computed by hand with Python ints
     assert int(a[i]) == philox4x32(i // 4, 0, sub, 0, key & 0xFFFFFFFF, key >> 32)[i % 4]
 
 
-def test_stream_does_not_depend_on_chunking(monkeypatch):
-    full = Stream(99, 1000).words(2)
+def test_stream_does_not_depend_on_chunking_or_threads(monkeypatch):
+    full, normal = Stream(99, 1000).words(2), Stream(99, 1000).normal(2)
     monkeypatch.setitem(PHILOX_CHUNK, "cpu", 7)
     monkeypatch.setitem(PHILOX_CHUNK, "device", 5)
     assert torch.equal(Stream(99, 1000).words(2, backend="numpy"), full)
     assert torch.equal(Stream(99, 1000).words(2, backend="torch"), full)
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(3)  # chunks computed by a pool of 3 threads
+        assert torch.equal(Stream(99, 1000).words(2), full) and torch.equal(Stream(99, 1000).normal(2), normal)
+    finally:
+        torch.set_num_threads(threads)
 
 
 @pytest.mark.parametrize("name", FAMILIES)
@@ -842,3 +851,25 @@ def test_draw_device_argument_on_cpu():
     assert w.device.type == "cpu" and torch.equal(w, draw("normal", (4, 4), 1))
     v1 = draw(DistributionSpec("normal", version=1), (4, 4), 1, device=torch.device("cpu"))
     assert v1.device.type == "cpu"
+
+
+@pytest.mark.parametrize("version", DRAW_VERSIONS)
+def test_orthogonal_default_gives_an_expanding_layer_a_quarter_of_the_fan_in_variance(version):
+    """As documented: unit singular values, so entry variance 1/max(rows, cols) = (cols/rows) / fan_in."""
+    rows, cols = 256, 64
+    w = sample(DistributionSpec("orthogonal", version=version), (rows, cols), SEED)
+    assert np.mean(w**2) == pytest.approx(0.25 / cols, rel=1e-12)
+    restored = sample(DistributionSpec("orthogonal", gain=math.sqrt(rows / cols), version=version), (rows, cols), SEED)
+    assert np.mean(restored**2) == pytest.approx(1 / cols, rel=1e-12)  # gain sqrt(rows/cols) restores 1/fan_in
+    contracting = sample(DistributionSpec("orthogonal", version=version), (cols, rows), SEED)
+    assert np.mean(contracting**2) == pytest.approx(1 / rows, rel=1e-12)  # fan_in = rows: the full variance
+    assert "1/4" in DISTRIBUTIONS["orthogonal"].doc
+
+
+def test_asymmetric_truncated_normal_has_a_mean_that_center_removes():
+    spec = DistributionSpec("truncated_normal", {"a": -1.0, "b": 3.0}, scaling="none")
+    assert spec.mean == pytest.approx(stats.truncnorm(-1.0, 3.0).mean()) and spec.mean > 0.2
+    assert sample(spec, (100, 100), SEED).mean() == pytest.approx(spec.mean, abs=0.03)
+    centred = DistributionSpec("truncated_normal", {"a": -1.0, "b": 3.0}, scaling="none", center=True)
+    assert abs(sample(centred, (100, 100), SEED).mean()) < 0.03
+    assert "mean != 0" in DISTRIBUTIONS["truncated_normal"].doc
