@@ -344,17 +344,3 @@ class SweepCounts:
                 f"in an earlier sweep (not retried), {self.running_elsewhere} held by another live process "
                 f"({self.total} in all)")
         return "\n".join([line, *(f"  {message}" for message in self.errors.values())])
-
-
-# ----------------------------------------------------------------------------- tables and figures
-# Tables and figures live in report.py (store, then present). These names are forwarded for
-# callers that still import them from here; import them from reservoir_depth.report.
-_MOVED_TO_REPORT = ("natural", "rank_table", "markdown", "plot_rank")
-
-
-def __getattr__(name: str):
-    if name in _MOVED_TO_REPORT:
-        from . import report  # deferred: report imports this module
-
-        return getattr(report, name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
