@@ -6,11 +6,18 @@ from __future__ import annotations
 
 import itertools
 import math
+from functools import lru_cache
 
 import numpy as np
 from scipy import stats
 
 MAX_EXACT = 8  # 8! = 40,320 orderings; beyond that an exact test is slow to enumerate
+
+
+@lru_cache(maxsize=MAX_EXACT)
+def _orderings(n: int) -> np.ndarray:
+    """All n! permutations of range(n), one per row."""
+    return np.array(list(itertools.permutations(range(n))))
 
 
 def _spearman(x: np.ndarray, y: np.ndarray) -> float:
@@ -34,7 +41,7 @@ def permutation_pvalue(x, y, alternative: str = "greater") -> float:
     rx, ry = stats.rankdata(x), stats.rankdata(y)
     rx, ry = (rx - rx.mean()) / np.linalg.norm(rx - rx.mean()), (ry - ry.mean()) / np.linalg.norm(ry - ry.mean())
     rho = float(rx @ ry)  # Spearman's rho: the Pearson correlation of the (average) ranks
-    perms = rx[np.array(list(itertools.permutations(range(len(x)))))] @ ry
+    perms = rx[_orderings(len(x))] @ ry
     tol = 1e-12  # orderings that tie the observed rho count as at least as extreme
     if alternative == "greater":
         return float(np.mean(perms >= rho - tol))
