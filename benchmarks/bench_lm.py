@@ -25,6 +25,7 @@ allocated memory on CUDA, activation bytes saved for backward on CPU.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import copy
 import gc
 import json
@@ -38,6 +39,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import torch._dynamo
 import torch.nn.functional as F
 from torch import nn
 
@@ -278,19 +280,15 @@ def _free(dev: torch.device) -> None:
         torch.cuda.empty_cache()
 
 
-def benchmark(c: LMConfig, dev: torch.device, variants: list[str], compile_: bool, warmup: int, steps: int,
-              rounds: int, amp: bool) -> list[dict[str, Any]]:
-    """One row per variant (and per "+compile" variant): median step time, tokens/s, memory and
-    their ratios to full training measured in the same run."""
-    g = torch.Generator().manual_seed(0)
-    tokens = torch.randint(0, c.vocab, (c.batch, c.context + 1), generator=g).to(dev)
-    x, y = tokens[:, :-1].contiguous(), tokens[:, 1:].contiguous()
-    names = [v + s for s in ("", "+compile") if s == "" or compile_ for v in variants]
-    times: dict[str, list[float]] = {n: [] for n in names}
-    info: dict[str, dict[str, Any]] = {n: {} for n in names}
-    proto: dict[str, nn.Module] = {}  # built once on the CPU (drawing W_seed is the slow part), copied per run
-    for v in variants:
-        proto[v] = _plain_of(proto["ours"]) if v == "plain" and "ours" in proto else build(v, c)
+def _strict_compile():
+    """Context: a compiled graph that would fall back to eager (recompile limit hit) raises
+    instead, so a "+compile" row never reports an eager run."""
+    cfg = torch._dynamo.config
+    flag = next((f for f in ("fail_on_recompile_limit_hit", "fail_on_cache_limit_hit") if hasattr(cfg, f)), None)
+    return cfg.patch(**{flag: True}) if flag else contextlib.nullcontext()
+
+
+def _rounds(names, proto, times, info, x, y, dev, warmup, steps, rounds, amp) -> None:
     for _ in range(rounds):  # interleaved, so drift in machine load hits every variant alike
         for name in names:
             if "error" in info[name]:
@@ -316,6 +314,23 @@ def benchmark(c: LMConfig, dev: torch.device, variants: list[str], compile_: boo
             info[name]["frozen_dtype"] = frozen_dtypes(model)
             del model
             _free(dev)
+
+
+def benchmark(c: LMConfig, dev: torch.device, variants: list[str], compile_: bool, warmup: int, steps: int,
+              rounds: int, amp: bool) -> list[dict[str, Any]]:
+    """One row per variant (and per "+compile" variant): median step time, tokens/s, memory and
+    their ratios to full training measured in the same run."""
+    g = torch.Generator().manual_seed(0)
+    tokens = torch.randint(0, c.vocab, (c.batch, c.context + 1), generator=g).to(dev)
+    x, y = tokens[:, :-1].contiguous(), tokens[:, 1:].contiguous()
+    names = [v + s for s in ("", "+compile") if s == "" or compile_ for v in variants]
+    times: dict[str, list[float]] = {n: [] for n in names}
+    info: dict[str, dict[str, Any]] = {n: {} for n in names}
+    proto: dict[str, nn.Module] = {}  # built once on the CPU (drawing W_seed is the slow part), copied per run
+    for v in variants:
+        proto[v] = _plain_of(proto["ours"]) if v == "plain" and "ours" in proto else build(v, c)
+    with _strict_compile():
+        _rounds(names, proto, times, info, x, y, dev, warmup, steps, rounds, amp)
     full = statistics.median(times["full"])
     ref = info["full"]
     rows = []
