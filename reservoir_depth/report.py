@@ -289,7 +289,8 @@ def rank_section(df, study: Study, metric: str) -> tuple[list[str], dict[float, 
         if len(n_test):
             n, S = int(n_test.iloc[0]), len(study.seeds)
             lines += [f"Test-set resolution: {n} test images, so one image moves a run's accuracy by "
-                      f"{100 / n:.2f} pp and the mean over {S} seeds by {100 / (n * S):.2f} pp.", ""]
+                      f"{100 / n:.2g} pp" + (f" and the mean over {S} seeds by {100 / (n * S):.2g} pp." if S > 1 else "."),
+                      ""]
         else:
             lines += [f"Test-set resolution: {NOT_RECORDED} (run `reservoir-depth sweep` on this study to record it).",
                       ""]
