@@ -39,9 +39,11 @@ def parser(doc: str | None, out: str, workers: bool = False) -> argparse.Argumen
 
 
 def write_provenance(out: str | Path, config: Mapping[str, Any], seeds: Sequence[int],
-                     metrics: Mapping[str, Any] | None = None, **extra: Any) -> Path:
-    """Write ``out``/provenance.json (sorted keys) in the shared format; returns its path."""
-    path = Path(out) / "provenance.json"
+                     metrics: Mapping[str, Any] | None = None, filename: str = "provenance.json",
+                     **extra: Any) -> Path:
+    """Write ``out``/``filename`` (sorted keys) in the shared format; returns its path. Scripts that share
+    an output folder give each its own ``filename``."""
+    path = Path(out) / filename
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(provenance(config, seeds, metrics, **extra), sort_keys=True, indent=1,
                                default=_jsonable) + "\n")
