@@ -33,6 +33,7 @@ import scipy
 import torch
 
 from . import __version__
+from .data import DATASETS
 from .distributions import DistributionSpec, is_number
 from .models import ARCHITECTURES
 from .scaffold import ScaffoldConfig
@@ -175,9 +176,7 @@ class Study(MappingABC):
             raise StudyError(f"{source}: missing key(s) {', '.join(missing)}; required: {', '.join(REQUIRED)}")
         if not isinstance(d["study"], str) or not d["study"]:
             raise StudyError(f"{source}: study must be a non-empty string (the study's name), got {d['study']!r}")
-        ds = d["dataset"]
-        if not (isinstance(ds, str) or (isinstance(ds, MappingABC) and isinstance(ds.get("name"), str))):
-            raise StudyError(f"{source}: dataset must be a name or a table with a 'name', got {ds!r}")
+        ds = cls._dataset(d["dataset"], source)
         seeds = cls._ints(d["seeds"], "seeds", source, minimum=0)
         if not seeds or len(set(seeds)) != len(seeds):
             raise StudyError(f"{source}: seeds must be a non-empty list of distinct ints, got {d['seeds']!r}")
@@ -229,6 +228,21 @@ class Study(MappingABC):
         for k, v in t.items():
             _check_type(v, allowed[k], f"{name}.{k}", source)
         return dict(t)
+
+    @staticmethod
+    def _dataset(ds: Any, source: str) -> str | dict[str, Any]:
+        """A registered data set's name, or a table of its name and its loader's keyword arguments."""
+        if not (isinstance(ds, str) or (isinstance(ds, MappingABC) and isinstance(ds.get("name"), str))):
+            raise StudyError(f"{source}: dataset must be a name or a table with a 'name', got {ds!r}")
+        name = ds if isinstance(ds, str) else ds["name"]
+        if name not in DATASETS:
+            raise StudyError(f"{source}: unknown dataset {name!r}; allowed: {', '.join(sorted(DATASETS))}")
+        if isinstance(ds, str):
+            return ds
+        params = inspect.signature(DATASETS[name]).parameters
+        if not any(p.kind is p.VAR_KEYWORD for p in params.values()):
+            _check_keys(ds, ["name", *params], f"the dataset table of {name!r}", source, "dataset.")
+        return dict(ds)
 
     @staticmethod
     def _arch(a: Any, source: str) -> dict[str, Any]:

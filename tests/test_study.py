@@ -25,6 +25,8 @@ BASE = {"study": "s", "dataset": "digits", "seeds": [0], "ranks": [0, 2], "arch"
     ({"scaffold": {"spec": {"name": "normal", "gian": 2.0}}}, r"scaffold\.spec\.gian .*allowed: .*gain"),
     ({"arch": {"name": "mlp", "hiden": "tiny"}}, r"arch\.hiden .*allowed: .*hidden"),
     ({"arch": {"name": "resnet"}}, r"unknown architecture arch\.name = 'resnet'; allowed: .*mlp"),
+    ({"dataset": "cifar"}, r"unknown dataset 'cifar'; allowed: .*digits"),
+    ({"dataset": {"name": "planted", "kk": 4}}, r"dataset\.kk in the dataset table of 'planted'; allowed: .*k, "),
 ])
 def test_unknown_keys_are_refused_naming_source_key_and_allowed(patch, match):
     with pytest.raises(StudyError, match=match):
