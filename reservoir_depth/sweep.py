@@ -33,7 +33,7 @@ from .models import build
 from .results import ResultsStore, SweepCounts
 from .scaffold import merge, scaffold
 from .spectra import ActivationSpectra, IntrinsicDimension, TaskSpectrum, WeightSpectra
-from .study import METHODS, Columns, Run, Study
+from .study import Columns, Run, Study
 from .train import TrainConfig, train
 
 
