@@ -14,6 +14,7 @@ import json
 import math
 import os
 import re
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping, Sequence
@@ -150,19 +151,21 @@ def run_label(run: Run) -> str:
 
 @dataclass
 class StudyStatus:
-    """Each run of a study as the store has it: done, failed (with its error), running (held,
-    or left by a killed worker until its lease runs out), or missing (never claimed); ``other``
+    """Each run of a study as the store has it: done, failed (with its error), running (its
+    worker's lease is current), stale ('running' without a heartbeat for longer than the lease:
+    a stopped worker's; the next sweep takes it over), or missing (never claimed); ``other``
     counts stored rows of the same study name that are not runs of the current study file."""
 
     done: list[Run] = field(default_factory=list)
     failed: list[tuple[Run, str]] = field(default_factory=list)
     running: list[Run] = field(default_factory=list)
+    stale: list[Run] = field(default_factory=list)
     missing: list[Run] = field(default_factory=list)
     other: int = 0
 
     @property
     def n_runs(self) -> int:
-        return len(self.done) + len(self.failed) + len(self.running) + len(self.missing)
+        return len(self.done) + len(self.failed) + len(self.running) + len(self.stale) + len(self.missing)
 
     def errors(self) -> dict[str, tuple[int, str]]:
         """Error type -> (number of failed runs, the first one's message)."""
@@ -177,14 +180,18 @@ class StudyStatus:
         """Markdown lines for the top of the report (or a CLI message)."""
         out = [f"Runs: {len(self.done)} of {self.n_runs} done"
                + (f", {len(self.failed)} failed" if self.failed else "")
-               + (f", {len(self.running)} running or left by a stopped worker" if self.running else "")
+               + (f", {len(self.running)} running" if self.running else "")
+               + (f", {len(self.stale)} stale (left by a stopped worker)" if self.stale else "")
                + (f", {len(self.missing)} not run yet" if self.missing else "") + "."]
         if self.failed:
             out.append(f"- failed: {', '.join(run_label(r) for r, _ in self.failed)}")
             out += [f"  - {kind} ({n} run{'s' if n > 1 else ''}): `{msg.splitlines()[0]}`"
                     for kind, (n, msg) in self.errors().items()]
         if self.running:
-            out.append(f"- running (or stale): {', '.join(map(run_label, self.running))}")
+            out.append(f"- running: {', '.join(map(run_label, self.running))}")
+        if self.stale:
+            out.append(f"- stale (no heartbeat within the lease; the next sweep reruns them): "
+                       f"{', '.join(map(run_label, self.stale))}")
         if self.missing:
             out.append(f"- not run yet: {', '.join(map(run_label, self.missing))}")
         if self.other:
@@ -207,6 +214,8 @@ def study_status(study: Study | Mapping[str, Any], store: ResultsStore) -> Study
             st.done.append(run)
         elif row["status"] == "failed":
             st.failed.append((run, row.get("error") or ""))
+        elif row.get("heartbeat") is None or time.time() - row["heartbeat"] > store.lease:
+            st.stale.append(run)
         else:
             st.running.append(run)
     st.other = len(set(rows) - {r.run_id for r in runs})
@@ -449,7 +458,8 @@ def write_report(study: Study | Mapping[str, Any], out: str | Path) -> str:
     (out / "report.md").write_text(text)
     meta = provenance(study.to_dict(), study.seeds,
                       {**r_summary, "n_done": len(status.done), "n_failed": len(status.failed),
-                       "n_running": len(status.running), "n_missing": len(status.missing)},
+                       "n_running": len(status.running), "n_stale": len(status.stale),
+                       "n_missing": len(status.missing)},
                       runs=[r.config() | {"run_id": r.run_id} for r in study.runs()])
     (out / "study.json").write_text(json.dumps(meta, sort_keys=True, indent=1, default=_jsonable) + "\n")
     return text

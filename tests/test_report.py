@@ -165,3 +165,18 @@ def test_backfill_records_what_old_runs_lack(swept, tmp_path):
     assert backfill(study, store) == (0, [])  # once
     twin = df[df[Columns.METHOD] == "twin"][Columns.RUN_ID].iloc[0]
     assert {"dataset", "spectra_init", "spectra"} <= set(store.history(twin))
+
+
+def test_running_and_stale_runs_are_told_apart(swept, tmp_path):
+    study, _ = swept
+    out = copy_store(swept, tmp_path, drop={("lotta", 2, 1), ("lotta", 4, 1)})
+    s = Study.from_dict(TINY)
+    held, left = [r for r in s.runs() if r.method == "lotta" and r.seed == 1 and r.scaffold["r"] in (2, 4)]
+    store = ResultsStore(out / "runs.sqlite", lease=60)
+    for run in (held, left):
+        assert store.claim(run.run_id, run.study, run.config(), run.seed)
+    with sqlite3.connect(out / "runs.sqlite") as db:  # the second worker stopped beating long ago
+        db.execute("UPDATE runs SET heartbeat = heartbeat - 3600 WHERE run_id = ?", (left.run_id,))
+    st = study_status(s, store)
+    assert st.running == [held] and st.stale == [left]
+    assert "stale (no heartbeat within the lease; the next sweep reruns them): lotta r=4 seed=1" in "\n".join(st.lines())
