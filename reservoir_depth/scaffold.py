@@ -163,7 +163,7 @@ class ScaffoldLayer(nn.Module):
         if r > min(d_in, d_out):
             raise ValueError(f"rank r={r} for layer {name!r} must lie in [0, min(d_in, d_out)] = [0, {min(d_in, d_out)}]")
         self.r, self.s = r, config.s
-        self.register_buffer("W_seed", self._draw(0, dtype).to(device), persistent=False)
+        self.register_buffer("W_seed", self._draw(0, dtype, device), persistent=False)
         self.register_buffer("_stack", None, persistent=False)
         self.draw_id: Any = 0  # the W_seed in use: 0 (canonical), ["epoch", e] or ["cycle", i]
         self.beta = nn.Parameter(torch.ones((), dtype=dtype, device=device))
@@ -177,7 +177,7 @@ class ScaffoldLayer(nn.Module):
             if config.bias == "trainable":
                 self.trainable = (*type(self).trainable, "bias")
         if config.schedule in ("step", "batch") and config.k > 1:
-            self._stack = torch.stack([self.W_seed] + [self._draw(("cycle", i), dtype).to(device)
+            self._stack = torch.stack([self.W_seed] + [self._draw(("cycle", i), dtype, device)
                                                        for i in range(1, config.k)])
 
     def frozen(self) -> tuple[str, ...]:
@@ -188,10 +188,13 @@ class ScaffoldLayer(nn.Module):
     def seed(self, *salt: Any) -> int:
         return layer_seed(self.config.root_seed, self.name, *salt)
 
-    def _draw(self, which: Any, dtype: torch.dtype) -> torch.Tensor:
-        """Scaffold 0 is the canonical W_seed; others are seeded by (schedule, index)."""
+    def _draw(self, which: Any, dtype: torch.dtype, device: torch.device | str) -> torch.Tensor:
+        """Scaffold 0 is the canonical W_seed; others are seeded by (schedule, index). Drawn on
+        ``device`` itself (a meta layer holds no values)."""
+        if torch.device(device).type == "meta":
+            return torch.empty(self.weight_shape, dtype=dtype, device="meta")
         salt = () if which == 0 else tuple(which)
-        return draw(self.config.spec, self.weight_shape, self.seed("W_seed", *salt), dtype=dtype)
+        return draw(self.config.spec, self.weight_shape, self.seed("W_seed", *salt), dtype=dtype, device=device)
 
     def _uniform(self, what: str, shape: tuple[int, ...], bound: float, dtype: torch.dtype) -> torch.Tensor:
         u = rng_for(self.seed(what)).uniform(-bound, bound, shape)
@@ -218,11 +221,11 @@ class ScaffoldLayer(nn.Module):
         """Point W_seed at the draw ``draw_id`` (0, ["epoch", e] or ["cycle", i]), regenerated from the seed."""
         draw_id = self._check_draw_id(draw_id)
         if draw_id == 0:
-            w = self._stack[0] if self._stack is not None else self._draw(0, self.W_seed.dtype)
+            w = self._stack[0] if self._stack is not None else self._draw(0, self.W_seed.dtype, self.W_seed.device)
         elif draw_id[0] == "cycle":
             w = self._stack[draw_id[1]]
         else:
-            w = self._draw(tuple(draw_id), self.W_seed.dtype)
+            w = self._draw(tuple(draw_id), self.W_seed.dtype, self.W_seed.device)
         self.W_seed = w.to(self.W_seed.device)
         self.draw_id = draw_id
 
