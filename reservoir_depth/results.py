@@ -139,9 +139,10 @@ class ResultsStore:
         with closing(self._writer()) as db:
             try:
                 db.execute("BEGIN IMMEDIATE")
-                row = db.execute("SELECT status, host, pid, COALESCE(heartbeat, started), invocation FROM runs "
+                db.row_factory = sqlite3.Row
+                row = db.execute("SELECT status, host, pid, started, heartbeat, invocation FROM runs "
                                  "WHERE run_id = ?", (run_id,)).fetchone()
-                if row is not None and not self._takeable(*row, now, invocation, retry_failed):
+                if row is not None and not self._takeable(dict(row), now, invocation, retry_failed):
                     db.execute("ROLLBACK")
                     return False
                 db.execute(
@@ -156,13 +157,19 @@ class ResultsStore:
                     db.execute("ROLLBACK")
                 raise
 
-    def _takeable(self, status: str, host: str, pid: int, beat: float | None, held_by: str | None, now: float,
-                  invocation: str | None, retry_failed: bool) -> bool:
-        if status == "failed":
-            return retry_failed and (invocation is None or held_by != invocation)
-        if status == "running":
-            return (host == self.host and not _pid_alive(pid)) or beat is None or now - beat > self.lease
-        return False
+    def _takeable(self, row: Mapping[str, Any], now: float, invocation: str | None, retry_failed: bool) -> bool:
+        if row["status"] == "failed":
+            return retry_failed and (invocation is None or row["invocation"] != invocation)
+        return row["status"] == "running" and self.lapsed(row, now)
+
+    def lapsed(self, row: Mapping[str, Any], now: float | None = None) -> bool:
+        """Whether the lease on a 'running' row (from ``rows``) has lapsed, so another process may take
+        the run over: no heartbeat for ``lease`` seconds (a row from before leases: since it started),
+        or its process on this host is dead."""
+        beat = row.get("heartbeat")
+        beat = row["started"] if beat is None else beat
+        now = time.time() if now is None else now
+        return (row["host"] == self.host and not _pid_alive(row["pid"])) or beat is None or now - beat > self.lease
 
     def _update_held(self, run_id: str, assignments: str, values: tuple) -> bool:
         """UPDATE the run only while this process still holds it; False if its lease was taken over."""

@@ -339,3 +339,17 @@ def test_an_interrupted_sweep_frees_its_run_at_once(tmp_path, monkeypatch):
 def test_workers_must_be_a_positive_integer(tmp_path, workers):
     with pytest.raises(ValueError, match=rf"workers must be a positive integer, got {workers!r}"):
         run_study(STUDY, ResultsStore(tmp_path / "r.sqlite", create=True), workers=workers)
+
+
+def test_lapsed_tells_a_stale_running_row_from_a_held_one(tmp_path):
+    store = ResultsStore(tmp_path / "r.sqlite", create=True, lease=30)
+    assert store.claim("x", "t", {})
+    (row,) = store.rows()
+    assert not store.lapsed(row)
+    assert store.lapsed({**row, "heartbeat": time.time() - 31})
+    assert not other_host(store).lapsed({**row, "heartbeat": time.time() - 29})
+    assert other_host(store).lapsed({**row, "heartbeat": None, "started": time.time() - 31})  # before leases
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    assert store.lapsed({**row, "pid": dead.pid})  # its process on this host is gone
+    assert not other_host(store).lapsed({**row, "pid": dead.pid})  # a pid on another host means nothing here
