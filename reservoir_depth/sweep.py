@@ -14,6 +14,7 @@ from __future__ import annotations
 import copy
 import tempfile
 import json
+import multiprocessing
 import os
 import time
 import threading
@@ -254,6 +255,13 @@ def _worker(study: Mapping[str, Any], store: ResultsStore, threads: int, offset:
     return _sweep(runs[offset:] + runs[:offset], store, False, retry_failed, invocation)
 
 
+def _pool_context() -> multiprocessing.context.BaseContext:
+    """The platform's default start method (fork on Linux: fast, and the workers see datasets and
+    architectures registered at run time), or spawn once CUDA is initialised here: a forked
+    child cannot use CUDA, so every run on a GPU would fail."""
+    return multiprocessing.get_context("spawn" if torch.cuda.is_initialized() else None)
+
+
 def run_study(study: Mapping[str, Any], store: ResultsStore, workers: int = 1, progress: bool = True,
               retry_failed: bool = False) -> SweepCounts:
     """Sweep a whole study (see sweep); ``workers`` > 1 runs that many processes sharing ``store``
@@ -266,7 +274,7 @@ def run_study(study: Mapping[str, Any], store: ResultsStore, workers: int = 1, p
     threads = max(1, (os.cpu_count() or 1) // workers)
     offsets = [i * len(runs) // workers for i in range(workers)]
     invocation = uuid.uuid4().hex
-    with ProcessPoolExecutor(workers, initializer=_exit_with_parent) as pool:
+    with ProcessPoolExecutor(workers, mp_context=_pool_context(), initializer=_exit_with_parent) as pool:
         parts = list(pool.map(_worker, [study] * workers, [store] * workers, [threads] * workers, offsets,
                               [retry_failed] * workers, [invocation] * workers))
     return SweepCounts.of([r.run_id for r in runs], parts)
