@@ -32,7 +32,8 @@ def _seen_in_training(model, data) -> dict[str, list[tuple[torch.Tensor, object]
     hooks = [layer.register_forward_pre_hook(
         lambda mod, args, name=name: seen[name].append((mod.W_seed.detach().clone(), mod.draw_id))
         if mod.training else None) for name, layer in scaffold_layers(model)]
-    train(model, data, TrainConfig(epochs=EPOCHS, batch_size=BATCH, lr=1e-3, progress=False))
+    # on the CPU: draws compared bit for bit with CPU probes (a CUDA draw may differ in the last bit)
+    train(model, data, TrainConfig(epochs=EPOCHS, batch_size=BATCH, lr=1e-3, progress=False, device="cpu"))
     for h in hooks:
         h.remove()
     return seen
