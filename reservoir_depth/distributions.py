@@ -534,13 +534,27 @@ def _fan_in_rule(w, spec, family, params, fan_in, fan_out):
 NILPOTENT_RTOL = 1e-6  # radius / ||W||_2 below this is rounding noise (a Jordan block of size n gives eps^(1/n))
 
 
+def _radius_is_trustworthy(m: Array, r: float, norm: float) -> bool:
+    """Whether the computed spectral radius r of a square W is a radius and not rounding noise
+    (theory/03, Prop. 3): perturbing W by sqrt(eps) ||W||_2 in a fixed random direction moves a
+    simple eigenvalue by about that much, but a defective one (a nilpotent Jordan block of size k)
+    by (sqrt eps)^(1/k) ||W||; trust r when it moves by less than 1e-3 r. Non-square W: the largest
+    singular value, always well conditioned."""
+    m2 = m.reshape(m.shape[0], -1)
+    if m2.shape[0] != m2.shape[1]:
+        return True
+    e = rng_for(0).standard_normal(m2.shape)
+    r2 = spectral_radius(m2 + math.sqrt(np.finfo(np.float64).eps) * norm * e / np.linalg.norm(e, 2))
+    return abs(r2 - r) <= 1e-3 * r
+
+
 def _spectral_rule(w, spec, family, params, fan_in, fan_out):
     """Rescale so that the spectral radius is exactly rho (post-processing, as reservoirpy)."""
     m = _numpy(w)
     if not np.any(m):
         return w
     r, norm = spectral_radius(m), float(np.linalg.norm(m.reshape(m.shape[0], -1), 2))
-    if r <= NILPOTENT_RTOL * norm:  # numerically nilpotent: the computed radius is rounding noise
+    if r <= NILPOTENT_RTOL * norm or not _radius_is_trustworthy(m, r, norm):  # rounding noise, not a radius
         raise ValueError(f"a {family.name} draw of shape {w.shape} is nilpotent (spectral radius {r:.3g} against "
                          f"norm {norm:.3g}): it cannot be rescaled to rho={spec.rho}; use a denser family or a "
                          f"larger matrix")

@@ -172,9 +172,6 @@ def test_spectral_radius_rule_on_a_nilpotent_draw():
             sample(DistributionSpec("binary", scaling="spectral_radius", rho=1.0), (2, 2), seed)
 
 
-@pytest.mark.xfail(strict=True, reason="KNOWN BUG in distributions._spectral_rule (not theory code): the guard "
-                   "radius <= 1e-6 ||W|| misses nilpotent draws of size >= 3, whose computed radius is about "
-                   "eps^(1/k) ||W||; the fix is in theory/03. Remove this mark when it lands.")
 def test_spectral_radius_rule_on_4x4_nilpotent_draws():
     """Nilpotent 4 x 4 binary draws have computed radius 1e-9 to 1e-4 ||W||: the rule must refuse every one
     (today it refuses those below 1e-6 and scales the others by up to ~1e5, so the radius lands anywhere
