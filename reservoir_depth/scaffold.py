@@ -143,12 +143,13 @@ def _skeleton(module: nn.Module) -> nn.Module:
 class ScaffoldLayer(nn.Module):
     """Shared machinery of a frozen-scaffold layer; subclasses give the geometry.
 
-    ``trainable`` declares, in one place, the tensors this layer trains and saves;
+    ``trained`` declares, in one place, the names of the tensors this layer trains and saves
+    (ScaffoldConfig.trainable is a different thing: patterns of other modules that train);
     ``frozen()`` are the other parameters (a seeded bias), regenerated from the seed.
     Every tensor takes the replaced layer's dtype and device.
     """
 
-    trainable: tuple[str, ...] = ("beta", "lora_A", "lora_B")
+    trained: tuple[str, ...] = ("beta", "lora_A", "lora_B")
 
     def __init__(self, weight_shape: tuple[int, ...], name: str, config: ScaffoldConfig, template: nn.Module,
                  has_bias: bool = True, dtype: torch.dtype | None = None, device: torch.device | str | None = None,
@@ -175,14 +176,14 @@ class ScaffoldLayer(nn.Module):
             b = self._uniform("bias", (d_out,), 1.0 / math.sqrt(d_in), dtype).to(device)
             self.bias = nn.Parameter(b, requires_grad=config.bias == "trainable")
             if config.bias == "trainable":
-                self.trainable = (*type(self).trainable, "bias")
+                self.trained = (*type(self).trained, "bias")
         if config.schedule in ("step", "batch") and config.k > 1:
             self._stack = torch.stack([self.W_seed] + [self._draw(("cycle", i), dtype, device)
                                                        for i in range(1, config.k)])
 
     def frozen(self) -> tuple[str, ...]:
         """Names of this layer's parameters that are not trained (regenerated from the seed)."""
-        return tuple(n for n, _ in self.named_parameters(recurse=False) if n not in self.trainable)
+        return tuple(n for n, _ in self.named_parameters(recurse=False) if n not in self.trained)
 
     # -- seeded draws -------------------------------------------------------------------
     def seed(self, *salt: Any) -> int:

@@ -207,7 +207,7 @@ def test_only_adapters_beta_and_trainable_modules_train(arch, bias):
             assert layer.bias is None
         else:
             assert layer.bias is not None and layer.bias.requires_grad == (bias == "trainable")
-            assert ("bias" in layer.trainable) == (bias == "trainable")
+            assert ("bias" in layer.trained) == (bias == "trainable")
         if bias == "trainable":
             expected.add(f"{n}.bias")
     assert {n for n, p in model.named_parameters() if p.requires_grad} == expected
