@@ -14,9 +14,9 @@ scaffold_spectra.png to --out.
 
 from __future__ import annotations
 
-import argparse
 import math
 import platform
+import sys
 import time
 from pathlib import Path
 
@@ -32,6 +32,9 @@ from reservoir_depth.distributions import rng_for, spectral_radius
 from reservoir_depth.report import markdown
 from reservoir_depth.theory.scaffold_spectra import (circular_cdf, echo_state_contraction, ks_distance, mp_cdf,
                                                      mp_pdf, mp_support, squared_singular_values)
+
+sys.path.insert(0, str(Path(__file__).parent))
+from _common import parser, write_provenance  # noqa: E402
 
 FAMILIES = [("normal", {}, "finite variance"), ("uniform", {}, "finite variance"), ("laplace", {}, "finite variance"),
             ("binary", {}, "finite variance"), ("student_t", {"df": 5.0}, "finite variance"),
@@ -169,10 +172,7 @@ def figure(df: pd.DataFrame, keep: dict, path: Path) -> None:
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--out", default="docs/results/theory")
-    args = p.parse_args()
-    out = Path(args.out)
+    out = parser(__doc__, out="docs/results/theory").parse_args().out
     out.mkdir(parents=True, exist_ok=True)
     start = time.time()
     df, keep = measure()
@@ -229,6 +229,9 @@ def main() -> None:
         "",
     ]
     (out / "scaffold_spectra.md").write_text("\n".join(md))
+    write_provenance(out, config={"families": FAMILIES, "square": SQUARE, "rect": RECT, "esn_n": ESN_N, "esn_t": ESN_T,
+                                  "esn_seeds": ESN_SEEDS}, seeds=SEEDS, metrics={"seconds": seconds},
+                     filename="scaffold_spectra.provenance.json")
     print(markdown(mp, fmt))
     print(markdown(circ, fmt))
     print(markdown(rules, {"max rel. error": "{:.2e}"}))

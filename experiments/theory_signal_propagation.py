@@ -15,9 +15,9 @@ signal_propagation.md and signal_propagation.png to --out.
 
 from __future__ import annotations
 
-import argparse
 import math
 import platform
+import sys
 import time
 from pathlib import Path
 
@@ -32,6 +32,9 @@ from reservoir_depth import DistributionSpec, __version__
 from reservoir_depth.report import markdown
 from reservoir_depth.theory.signal_propagation import (FINITE_VARIANCE_FAMILIES, chi_1, empirical_q, finite_width_sd,
                                                        q_trajectory)
+
+sys.path.insert(0, str(Path(__file__).parent))
+from _common import parser, write_provenance  # noqa: E402
 
 FINITE = list(FINITE_VARIANCE_FAMILIES)
 HEAVY = [("cauchy", {})]
@@ -165,13 +168,12 @@ def figure(df: pd.DataFrame, t: pd.DataFrame, path: Path) -> None:
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--out", default="docs/results/theory")
+    p = parser(__doc__, out="docs/results/theory")
     p.add_argument("--from-csv", action="store_true",
                    help="rebuild the tables and figure from the stored signal_propagation.csv (no draws), with the "
                         "current eq. (2.4) for the sd column")
     args = p.parse_args()
-    out = Path(args.out)
+    out = args.out
     out.mkdir(parents=True, exist_ok=True)
     start = time.time()
     if args.from_csv:
@@ -226,6 +228,9 @@ def main() -> None:
         "",
     ]
     (out / "signal_propagation.md").write_text("\n".join(md))
+    write_provenance(out, config={"finite": FINITE, "heavy": HEAVY, "nonzero_mean": NONZERO_MEAN, "widths": WIDTHS,
+                                  "sigma_w": SIGMA_W, "phis": PHIS, "from_csv": args.from_csv},
+                     seeds=SEEDS, filename="signal_propagation.provenance.json")
     print(markdown(k, fmt))
     print(f"{seconds:.0f} s; wrote {out}/signal_propagation.{{md,csv,png}}")
 
