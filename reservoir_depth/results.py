@@ -224,23 +224,6 @@ class ResultsStore:
         """Record the run as failed with its error; False (nothing written) if another process took it over."""
         return self._update_held(run_id, "status = 'failed', error = ?, finished = ?", (error, time.time()))
 
-    def amend(self, run_id: str, metrics: Mapping[str, Any], history: Mapping[str, Any]) -> bool:
-        """Add keys to a done run's metrics and history (records measured after the fact, without
-        training: sweep.backfill); keys already stored are kept. False if the run is not done."""
-        with closing(self._writer()) as db:
-            db.execute("BEGIN IMMEDIATE")
-            row = db.execute("SELECT metrics, history FROM runs WHERE run_id = ? AND status = 'done'",
-                             (run_id,)).fetchone()
-            if row is None:
-                db.execute("ROLLBACK")
-                return False
-            old_m, old_h = json.loads(row[0] or "{}"), json.loads(row[1] or "null") or {}
-            db.execute("UPDATE runs SET metrics = ?, history = ? WHERE run_id = ?",
-                       (json.dumps({**metrics, **old_m}, sort_keys=True),
-                        json.dumps({**history, **old_h}, sort_keys=True), run_id))
-            db.execute("COMMIT")
-            return True
-
     def amend(self, run_id: str, metrics: Mapping[str, Any], history: Mapping[str, Any] | None = None) -> bool:
         """Add keys missing from a done run's metrics and history (a backfill of what newer sweeps
         record); a recorded value is never changed. False if the run is not done."""
