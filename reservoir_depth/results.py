@@ -95,6 +95,20 @@ class ResultsStore:
     def _connect(self) -> sqlite3.Connection:
         return sqlite3.connect(self.path, timeout=60, isolation_level=None)
 
+    @staticmethod
+    @contextmanager
+    def _immediate(db: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
+        """One IMMEDIATE transaction on ``db``: committed when the block ends (a block that returns
+        early, having written nothing, commits nothing), rolled back on any error."""
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            yield db
+        except BaseException:
+            if db.in_transaction:
+                db.execute("ROLLBACK")
+            raise
+        db.execute("COMMIT")
+
     def _writer(self) -> sqlite3.Connection:
         """A connection to write with. The first one creates the table, or adds the lease columns
         to a store from before leases (reading never rewrites the file)."""
@@ -102,16 +116,13 @@ class ResultsStore:
         if not self._upgraded:
             try:
                 db.execute("PRAGMA journal_mode=WAL")
-                db.execute("BEGIN IMMEDIATE")
-                db.execute(SCHEMA)
-                have = {r[1] for r in db.execute("PRAGMA table_info(runs)")}
-                for name, kind in LEASE_COLUMNS.items():
-                    if name not in have:
-                        db.execute(f"ALTER TABLE runs ADD COLUMN {name} {kind}")
-                db.execute("COMMIT")
+                with self._immediate(db):
+                    db.execute(SCHEMA)
+                    have = {r[1] for r in db.execute("PRAGMA table_info(runs)")}
+                    for name, kind in LEASE_COLUMNS.items():
+                        if name not in have:
+                            db.execute(f"ALTER TABLE runs ADD COLUMN {name} {kind}")
             except BaseException:
-                if db.in_transaction:
-                    db.execute("ROLLBACK")
                 db.close()
                 raise
             self._upgraded = True
@@ -136,26 +147,18 @@ class ResultsStore:
         its process on this host is dead); with ``retry_failed``, a failed run, unless it failed in
         this same ``invocation`` (the id the workers of one sweep share). Never a done run."""
         now = time.time()
-        with closing(self._writer()) as db:
-            try:
-                db.execute("BEGIN IMMEDIATE")
-                db.row_factory = sqlite3.Row
-                row = db.execute("SELECT status, host, pid, started, heartbeat, invocation FROM runs "
-                                 "WHERE run_id = ?", (run_id,)).fetchone()
-                if row is not None and not self._takeable(dict(row), now, invocation, retry_failed):
-                    db.execute("ROLLBACK")
-                    return False
-                db.execute(
-                    "INSERT OR REPLACE INTO runs (run_id, study, config, seed, version, status, host, pid, started, "
-                    "heartbeat, invocation) VALUES (?, ?, ?, ?, ?, 'running', ?, ?, ?, ?, ?)",
-                    (run_id, study, json.dumps(config, sort_keys=True), seed, __version__, self.host, os.getpid(),
-                     now, now, invocation))
-                db.execute("COMMIT")
-                return True
-            except BaseException:
-                if db.in_transaction:
-                    db.execute("ROLLBACK")
-                raise
+        with closing(self._writer()) as db, self._immediate(db):
+            db.row_factory = sqlite3.Row
+            row = db.execute("SELECT status, host, pid, started, heartbeat, invocation FROM runs "
+                             "WHERE run_id = ?", (run_id,)).fetchone()
+            if row is not None and not self._takeable(dict(row), now, invocation, retry_failed):
+                return False
+            db.execute(
+                "INSERT OR REPLACE INTO runs (run_id, study, config, seed, version, status, host, pid, started, "
+                "heartbeat, invocation) VALUES (?, ?, ?, ?, ?, 'running', ?, ?, ?, ?, ?)",
+                (run_id, study, json.dumps(config, sort_keys=True), seed, __version__, self.host, os.getpid(),
+                 now, now, invocation))
+            return True
 
     def _takeable(self, row: Mapping[str, Any], now: float, invocation: str | None, retry_failed: bool) -> bool:
         if row["status"] == "failed":
@@ -227,24 +230,16 @@ class ResultsStore:
     def amend(self, run_id: str, metrics: Mapping[str, Any], history: Mapping[str, Any] | None = None) -> bool:
         """Add keys missing from a done run's metrics and history (a backfill of what newer sweeps
         record); a recorded value is never changed. False if the run is not done."""
-        with closing(self._writer()) as db:
-            try:
-                db.execute("BEGIN IMMEDIATE")
-                row = db.execute("SELECT metrics, history FROM runs WHERE run_id = ? AND status = 'done'",
-                                 (run_id,)).fetchone()
-                if row is None:
-                    db.execute("ROLLBACK")
-                    return False
-                old_metrics, old_history = json.loads(row[0] or "{}"), json.loads(row[1] or "null") or {}
-                db.execute("UPDATE runs SET metrics = ?, history = ? WHERE run_id = ?",
-                           (json.dumps({**metrics, **old_metrics}, sort_keys=True),
-                            json.dumps({**(history or {}), **old_history}, sort_keys=True), run_id))
-                db.execute("COMMIT")
-                return True
-            except BaseException:
-                if db.in_transaction:
-                    db.execute("ROLLBACK")
-                raise
+        with closing(self._writer()) as db, self._immediate(db):
+            row = db.execute("SELECT metrics, history FROM runs WHERE run_id = ? AND status = 'done'",
+                             (run_id,)).fetchone()
+            if row is None:
+                return False
+            old_metrics, old_history = json.loads(row[0] or "{}"), json.loads(row[1] or "null") or {}
+            db.execute("UPDATE runs SET metrics = ?, history = ? WHERE run_id = ?",
+                       (json.dumps({**metrics, **old_metrics}, sort_keys=True),
+                        json.dumps({**(history or {}), **old_history}, sort_keys=True), run_id))
+            return True
 
     def rows(self, study: str | None = None) -> list[dict[str, Any]]:
         q, args = "SELECT * FROM runs", ()
