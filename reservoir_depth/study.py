@@ -29,12 +29,10 @@ from typing import Any, Iterator, Mapping, Sequence
 
 import numpy as np
 import pandas
-import scipy
-import torch
 
-from . import __version__
 from .data import DATASETS
 from .distributions import DistributionSpec, is_number
+from .io import library_versions
 from .models import ARCHITECTURES
 from .scaffold import ScaffoldConfig
 from .train import TrainConfig
@@ -391,10 +389,10 @@ def curves(df, metric: str, ranks: Sequence[int] | None = None, seeds: Sequence[
 # ----------------------------------------------------------------------------- provenance
 
 def versions() -> dict[str, str]:
-    """The versions a result depends on: this package, Python, and numpy / scipy (they determine
-    the canonical draw of W_seed), torch, pandas."""
-    return {"reservoir_depth": __version__, "python": platform.python_version(), "numpy": np.__version__,
-            "scipy": scipy.__version__, "torch": torch.__version__, "pandas": pandas.__version__}
+    """The versions a result depends on: those an adapter file records (io.library_versions: this
+    package, numpy / scipy, which determine the canonical draw of W_seed, torch, safetensors),
+    plus Python and pandas."""
+    return {**library_versions(), "python": platform.python_version(), "pandas": pandas.__version__}
 
 
 def provenance(config: Mapping[str, Any], seeds: Sequence[int], metrics: Mapping[str, Any] | None = None,
