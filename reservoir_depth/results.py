@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import random
 import socket
 import sqlite3
 import threading
@@ -115,7 +116,7 @@ class ResultsStore:
         db = self._connect()
         if not self._upgraded:
             try:
-                db.execute("PRAGMA journal_mode=WAL")
+                self._wal(db)
                 with self._immediate(db):
                     db.execute(SCHEMA)
                     have = {r[1] for r in db.execute("PRAGMA table_info(runs)")}
@@ -127,6 +128,20 @@ class ResultsStore:
                 raise
             self._upgraded = True
         return db
+
+    @staticmethod
+    def _wal(db: sqlite3.Connection, wait: float = 60.0) -> None:
+        """Switch ``db`` to WAL. Two processes switching one new file at the same instant get
+        SQLITE_BUSY at once (SQLite does not wait there, to avoid a deadlock): retry until ``wait``."""
+        deadline = time.monotonic() + wait
+        while True:
+            try:
+                db.execute("PRAGMA journal_mode=WAL")
+                return
+            except sqlite3.OperationalError as e:
+                if "locked" not in str(e) or time.monotonic() > deadline:
+                    raise
+                time.sleep(0.01 + 0.05 * random.random())
 
     def status(self, run_id: str) -> str | None:
         row = self.row(run_id)

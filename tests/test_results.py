@@ -1,6 +1,8 @@
 import json
+import multiprocessing
 import os
 import signal
+import sqlite3
 import subprocess
 import sys
 import textwrap
@@ -126,6 +128,45 @@ def test_two_workers_share_a_store(tmp_path):
     assert sum(o["done"] for o in outs) == 6  # each run once; the other process saw it done or running
     assert all(o["done"] + o["skipped"] + o["running_elsewhere"] == 6 and o["failed"] == 0 for o in outs)
     assert len(ResultsStore(db).frame("t")) == 6
+
+
+class _LockedOnce(sqlite3.Connection):
+    """A connection whose first switch to WAL is refused as SQLite refuses it when another process
+    switches the same new file at the same instant (SQLITE_BUSY without waiting)."""
+    refused = 0
+
+    def execute(self, sql, *args):
+        if sql.upper().startswith("PRAGMA JOURNAL_MODE=WAL") and _LockedOnce.refused < 2:
+            _LockedOnce.refused += 1
+            raise sqlite3.OperationalError("database is locked")
+        return super().execute(sql, *args)
+
+
+def test_creating_a_store_retries_when_another_process_holds_the_lock(tmp_path, monkeypatch):
+    _LockedOnce.refused = 0
+    monkeypatch.setattr(ResultsStore, "_connect",
+                        lambda self: sqlite3.connect(self.path, timeout=60, isolation_level=None,
+                                                     factory=_LockedOnce))
+    store = ResultsStore(tmp_path / "r.sqlite", create=True)
+    assert _LockedOnce.refused == 2 and store.rows() == []
+
+
+def _create(path, barrier):
+    barrier.wait()
+    ResultsStore(path, create=True)
+
+
+def test_many_processes_create_one_store_at_once(tmp_path):
+    """The race CI hit: workers that start together all create the same new store."""
+    ctx = multiprocessing.get_context("fork")
+    for i in range(20):
+        barrier = ctx.Barrier(6)
+        procs = [ctx.Process(target=_create, args=(tmp_path / f"{i}.sqlite", barrier)) for _ in range(6)]
+        for p in procs:
+            p.start()
+        for p in procs:
+            p.join(120)
+        assert [p.exitcode for p in procs] == [0] * 6
 
 
 def test_rank_table_recovery(tmp_path):
