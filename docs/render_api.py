@@ -28,11 +28,37 @@ def _doc(obj) -> str:
     return doc.split("\n\n")[0].replace("\n", " ")
 
 
+def _default(value) -> str:
+    """A default as it would be written in code: strings keep their quotes, functions their name."""
+    if inspect.isfunction(value) or inspect.isclass(value) or inspect.isbuiltin(value):
+        return value.__qualname__
+    return re.sub(r"<function ([\w.<>]+) at 0x[0-9a-f]+>", r"\1", repr(value))
+
+
 def _sig(obj) -> str:
+    """The signature with annotations unquoted (they are strings under postponed evaluation) and
+    defaults quoted as in code (``target_modules = ('all-linear',)``, ``title: str = ''``)."""
     try:
-        return re.sub(r"<function ([\w.<>]+) at 0x[0-9a-f]+>", r"\1", str(inspect.signature(obj)).replace("'", ""))
+        sig = inspect.signature(obj)
     except (TypeError, ValueError):
         return ""
+    params = [p.replace(annotation=p.annotation if p.annotation is p.empty else _Raw(_annotation(p.annotation)),
+                        default=p.default if p.default is p.empty else _Raw(_default(p.default)))
+              for p in sig.parameters.values()]
+    ret = sig.return_annotation
+    return str(sig.replace(parameters=params,
+                           return_annotation=ret if ret is sig.empty else _Raw(_annotation(ret))))
+
+
+def _annotation(a) -> str:
+    return a if isinstance(a, str) else inspect.formatannotation(a)
+
+
+class _Raw(str):
+    """A string that prints as itself inside a Signature (no quotes added)."""
+
+    def __repr__(self) -> str:
+        return str(self)
 
 
 def public(mod):

@@ -45,3 +45,19 @@ def test_every_public_function_has_a_docstring():
     missing = [f"{m}.{n}" for m in mod.MODULES for n, obj in mod.public(importlib.import_module(m))
                if not inspect.getdoc(obj)]
     assert not missing, missing
+
+
+def test_api_reference_quotes_string_defaults():
+    """Issue 13.10: string defaults keep their quotes (``bias: str = 'keep'``, not ``bias: str = keep``)."""
+    spec = importlib.util.spec_from_file_location("render_api", ROOT / "docs" / "render_api.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+
+    def f(title: str = "", target_modules=("all-linear",), n: int = 3, g=len):
+        """f."""
+
+    def h(bias: "str | None" = "keep") -> "int":  # annotations as postponed evaluation leaves them
+        """h."""
+
+    assert mod._sig(f) == "(title: str = '', target_modules=('all-linear',), n: int = 3, g=len)"
+    assert mod._sig(h) == "(bias: str | None = 'keep') -> int"
