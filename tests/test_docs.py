@@ -61,3 +61,17 @@ def test_api_reference_quotes_string_defaults():
 
     assert mod._sig(f) == "(title: str = '', target_modules=('all-linear',), n: int = 3, g=len)"
     assert mod._sig(h) == "(bias: str | None = 'keep') -> int"
+
+
+def test_citation_file_names_the_toolkit_version_and_the_paper():
+    """Issue 13.8: CITATION.cff is valid YAML with CFF 1.2.0's required keys, the package's own
+    version, and the paper (arXiv 2604.08749) as the preferred citation."""
+    yaml = pytest.importorskip("yaml")
+    import reservoir_depth
+
+    cff = yaml.safe_load((ROOT / "CITATION.cff").read_text())
+    assert {"cff-version", "message", "title", "authors"} <= set(cff)
+    assert cff["version"] == reservoir_depth.__version__
+    paper = cff["preferred-citation"]
+    assert "2604.08749" in paper["url"] and paper["title"].startswith("A Little Rank Goes a Long Way")
+    assert [a["family-names"] for a in paper["authors"]] == ["Hazan", "Zhang", "Hartl", "Levin"]
