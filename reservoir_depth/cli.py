@@ -4,7 +4,7 @@
     reservoir-depth sweep [STUDY.toml] [--out DIR] [--workers N] [--retry-failed]   run what is not done yet
     reservoir-depth report [STUDY.toml] [--out DIR]    report.md, table.csv, runs.csv, rank.png, spectra.*, study.json
     reservoir-depth train --data digits --arch mlp --rank 4 --save DIR   one LottaLoRA run, saved as an adapter file
-    reservoir-depth spectra --data digits [--adapter DIR]   PCA / task / adapter spectra
+    reservoir-depth spectra --data digits [--adapter DIR] [--model FILE.py:FACTORY]   PCA / task / layer / adapter spectra
     reservoir-depth distributions                   the registered random-matrix families
 
 Exit status: 0 on success, 1 when runs failed or a report has no finished run, 2 on bad input.
@@ -80,6 +80,55 @@ def _hidden(text: str) -> str | list[int]:
     return widths
 
 
+def _keyword(flag: str):
+    """KEY=VALUE for --arch-kw / --data-kw: VALUE read as JSON where it parses (8, [64, 32], true), else a str."""
+    import json
+
+    def parse(text: str) -> tuple[str, object]:
+        key, eq, value = text.partition("=")
+        if not eq or not key.isidentifier():
+            raise argparse.ArgumentTypeError(f"{flag} takes KEY=VALUE, got {text!r}")
+        try:
+            return key, json.loads(value)
+        except json.JSONDecodeError:
+            return key, value
+    return parse
+
+
+def _factory(text: str):
+    """--model MODULE:CALLABLE or FILE.py:CALLABLE -> the callable (which returns an nn.Module)."""
+    import importlib
+    import importlib.util
+
+    where, colon, attr = text.rpartition(":")
+    if not colon or not where or not attr:
+        raise ValueError(f"--model takes MODULE:CALLABLE or FILE.py:CALLABLE, got {text!r}")
+    if where.endswith(".py"):
+        path = Path(where)
+        if not path.is_file():
+            raise FileNotFoundError(f"--model: no file {path}")
+        spec = importlib.util.spec_from_file_location(path.stem, path)
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+    else:
+        module = importlib.import_module(where)
+    if not hasattr(module, attr):
+        raise ValueError(f"--model: {where} has no attribute {attr!r}")
+    factory = getattr(module, attr)
+    if not callable(factory):
+        raise ValueError(f"--model: {where}:{attr} is not callable (a function returning an nn.Module is needed)")
+    return factory
+
+
+def _user_model(text: str):
+    from torch import nn
+
+    model = _factory(text)()
+    if not isinstance(model, nn.Module):
+        raise ValueError(f"--model: {text}() returned {type(model).__name__}, not a torch nn.Module")
+    return model
+
+
 def cmd_train(args: argparse.Namespace) -> None:
     from . import data, io
     from .distributions import DistributionSpec, torch_rng
@@ -87,17 +136,21 @@ def cmd_train(args: argparse.Namespace) -> None:
     from .scaffold import ScaffoldConfig, count_parameters, scaffold
     from .train import TrainConfig, train
 
-    arch: dict = {}
+    arch: dict = dict(args.arch_kw)
     if args.hidden is not None:
         if args.arch != "mlp":
             raise ValueError(f"--hidden applies to --arch mlp only, got --arch {args.arch}")
         arch["hidden"] = args.hidden
     elif args.arch == "mlp":
-        arch["hidden"] = "small"
-    tc = TrainConfig(epochs=args.epochs, lr=args.lr, batch_size=args.batch_size, seed=args.seed)
-    d = data.load(args.data)
+        arch.setdefault("hidden", "small")
+    tc = TrainConfig(epochs=args.epochs, lr=args.lr, batch_size=args.batch_size, seed=args.seed,
+                     progress=not args.no_progress)
+    d = data.load(args.data, **dict(args.data_kw))
     with torch_rng(args.seed):
-        model = build(args.arch, d_in=d.d_in, n_out=d.n_out, **arch)
+        try:
+            model = build(args.arch, d_in=d.d_in, n_out=d.n_out, **arch)
+        except TypeError as e:  # an --arch-kw the family does not take
+            raise ValueError(f"--arch {args.arch}: {e}") from None
     model = scaffold(model, ScaffoldConfig(target_modules=model.scaffold_targets, trainable=model.scaffold_trainable,
                                            r=args.rank, alpha=args.alpha, rslora=args.rslora, root_seed=args.seed,
                                            spec=DistributionSpec(args.dist)))
@@ -118,13 +171,16 @@ def cmd_spectra(args: argparse.Namespace) -> None:
     from .spectra import ActivationSpectra, WeightSpectra
     from .sweep import dataset_rows
 
-    d = data.load(args.data)
+    d = data.load(args.data, **dict(args.data_kw))
     rows, _ = dataset_rows(d, d.X_train)
+    model = _user_model(args.model) if args.model else None
     if args.adapter:
-        model = io.load(args.adapter)
+        model = io.load(args.adapter, model=model)
+    if model is not None:
         X = d.X_train[:args.rows]
         for name, sp in ActivationSpectra(layers=args.layers).fit(model, X).spectra_.items():
             rows.append({"spectrum": "layer inputs", "layer": name, **sp.summary()})
+    if args.adapter:
         for name, sp in WeightSpectra("adapter").fit(model).spectra_.items():
             rows.append({"spectrum": "adapter s B A", "layer": name, **sp.summary()})
     table = pd.DataFrame(rows)
@@ -184,12 +240,24 @@ def parser() -> argparse.ArgumentParser:
     t.add_argument("--lr", type=float, default=1e-3, help="AdamW learning rate")
     t.add_argument("--batch-size", type=_positive, default=128, help="training batch size")
     t.add_argument("--seed", type=int, default=0, help="root seed of W_seed, A's init and the shuffling")
+    t.add_argument("--arch-kw", metavar="KEY=VALUE", type=_keyword("--arch-kw"), action="append", default=[],
+                   help="a keyword of the architecture family (repeatable; VALUE read as JSON where it parses), "
+                        "e.g. --arch-kw size=3m%(default).0s")
+    t.add_argument("--data-kw", metavar="KEY=VALUE", type=_keyword("--data-kw"), action="append", default=[],
+                   help="a keyword of the dataset loader (repeatable), e.g. --data-kw n_train=512%(default).0s")
+    t.add_argument("--no-progress", action="store_true", help="no progress bar")
     t.add_argument("--save", metavar="DIR",
                    help="save the adapter file to DIR (adapter.safetensors + adapter.json)%(default).0s")
     sp = sub.add_parser("spectra", help="PCA / task / adapter spectra of a dataset and a saved model",
                         formatter_class=D)
     sp.add_argument("--data", default="digits", choices=sorted(DATASETS), help="dataset")
+    sp.add_argument("--data-kw", metavar="KEY=VALUE", type=_keyword("--data-kw"), action="append", default=[],
+                    help="a keyword of the dataset loader (repeatable)%(default).0s")
     sp.add_argument("--adapter", help="an adapter folder written by save / train --save")
+    sp.add_argument("--model", metavar="MODULE:CALLABLE",
+                    help="your own model: a function (in an importable module, or FILE.py:NAME) returning an "
+                         "nn.Module; its layer inputs' spectra are measured. With --adapter, the adapter file is "
+                         "loaded into it (for a model the file records no architecture of)")
     sp.add_argument("--layers", nargs="*", help="layer names or regexes (default: the scaffold layers)")
     sp.add_argument("--rows", type=_positive, default=10000, help="training inputs used for activation spectra")
     sp.add_argument("--csv", help="also write the table to this CSV file")

@@ -7,6 +7,7 @@ import pytest
 from reservoir_depth import data
 from reservoir_depth import sweep as sweep_mod
 from reservoir_depth.cli import main, parser
+from reservoir_depth.models import ARCHITECTURES
 
 TINY = ('study = "tiny"\ndataset = "digits"\nseeds = [0]\nranks = [1]\nfull = false\n'
         '[arch]\nname = "mlp"\nhidden = [8]\n[train]\nepochs = 1\n')
@@ -18,7 +19,7 @@ def test_every_train_option_has_help_and_default():
     assert {"--arch", "--batch-size", "--data", "--hidden", "--rank"} <= {a.option_strings[0] for a in opts}
     assert all(a.help for a in opts)
     text = train.format_help()
-    assert "(default: 4)" in text and "{linear,mlp,plain}" in text and "(default: 128)" in text
+    assert "(default: 4)" in text and "{" + ",".join(sorted(ARCHITECTURES)) + "}" in text and "(default: 128)" in text
 
 
 def test_train_on_a_regression_set_and_other_architectures(capsys):
@@ -92,3 +93,51 @@ def test_workers_must_be_positive(capsys):
     with pytest.raises(SystemExit):
         main(["sweep", "--workers", "0"])
     assert "must be an integer >= 1" in capsys.readouterr().err
+
+
+def test_train_passes_arch_and_data_keywords_and_can_hide_progress(monkeypatch, capsys):
+    """--arch-kw / --data-kw reach the builders (values read as JSON where they parse); --no-progress
+    reaches TrainConfig."""
+    seen = {}
+    train_mod = importlib.import_module("reservoir_depth.train")
+    real = train_mod.train
+
+    def spy(model, d, cfg):
+        seen.update(progress=cfg.progress, hidden=model.hidden, name=d.name, n=len(d.X_train))
+        return real(model, d, cfg)
+
+    monkeypatch.setattr(train_mod, "train", spy)
+    assert main(["train", "--data", "planted", "--data-kw", "n_train=64", "--data-kw", "k=2",
+                 "--arch-kw", "hidden=[6, 5]", "--arch-kw", "activation=tanh",
+                 "--rank", "1", "--epochs", "1", "--no-progress"]) == 0
+    assert seen == {"progress": False, "hidden": (6, 5), "name": seen["name"], "n": 64}
+    with pytest.raises(SystemExit) as e:
+        main(["train", "--data-kw", "nokey", "--epochs", "1"])
+    assert e.value.code == 2
+    assert "--data-kw takes KEY=VALUE, got 'nokey'" in capsys.readouterr().err
+    assert main(["train", "--arch-kw", "depth=3", "--epochs", "1"]) == 2
+    assert "depth" in capsys.readouterr().err
+
+
+def _factory_file(tmp_path):
+    f = tmp_path / "mymodel.py"
+    f.write_text("import torch\nfrom torch import nn\n\n"
+                 "def make():\n    torch.manual_seed(0)\n"
+                 "    return nn.Sequential(nn.Flatten(), nn.Linear(64, 12), nn.ReLU(), nn.Linear(12, 10))\n"
+                 "not_callable = 3\n")
+    return f
+
+
+def test_spectra_of_a_users_own_model(tmp_path, capsys):
+    """Issue 13.3: `spectra --model FILE.py:FACTORY` reads a user's model (no adapter file needed)."""
+    f = _factory_file(tmp_path)
+    assert main(["spectra", "--data", "digits", "--model", f"{f}:make", "--rows", "200"]) == 0
+    out = capsys.readouterr().out
+    assert "| layer inputs" in out and "| 1 " in out and "| 3 " in out  # both Linear layers, by name
+    assert main(["spectra", "--model", f"{f}:nothing"]) == 2
+    assert "has no attribute 'nothing'" in capsys.readouterr().err
+    assert main(["spectra", "--model", f"{f}:not_callable"]) == 2
+    err = capsys.readouterr().err
+    assert "not_callable" in err and "is not callable" in err
+    assert main(["spectra", "--model", "no_colon_here"]) == 2
+    assert "MODULE:CALLABLE" in capsys.readouterr().err
