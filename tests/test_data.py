@@ -161,3 +161,164 @@ def test_train_refuses_a_test_loss_that_turns_non_finite_after_an_epoch():
     model.register_forward_hook(poison)
     with pytest.raises(FloatingPointError, match="test loss on 'blobs' is nan after epoch 1"):
         train(model, make_blobs(), TrainConfig(epochs=2, progress=False))
+
+
+# ----------------------------------------------------------------------------- tasks of issue 9: tokens, lm, forecasting
+
+
+def tokens(n=6, T=5, vocab=7, task="lm", **override) -> dict:
+    g = torch.Generator().manual_seed(1)
+    ids = lambda: torch.randint(0, vocab, (n, T), generator=g)
+    if task == "lm":
+        t = {"X_train": ids(), "y_train": ids(), "X_test": ids(), "y_test": ids(), "n_classes": vocab}
+    else:  # sequence classification, right-padded with pad_id 0
+        t = {"X_train": ids(), "y_train": torch.randint(0, 2, (n,), generator=g), "X_test": ids(),
+             "y_test": torch.randint(0, 2, (n,), generator=g), "n_classes": 2, "pad_id": 0}
+    return {"name": "tok", **t, "task": task, "vocab_size": vocab, **override}
+
+
+def forecasting(n=4, T=10, d=3, d_out=3, washout=2, **override) -> dict:
+    g = torch.Generator().manual_seed(2)
+    t = {"X_train": torch.randn(n, T, d, generator=g), "y_train": torch.randn(n, T, d_out, generator=g),
+         "X_test": torch.randn(n, T, d, generator=g), "y_test": torch.randn(n, T, d_out, generator=g)}
+    return {"name": "wave", **t, "n_classes": 0, "task": "forecasting", "washout": washout, **override}
+
+
+def test_tasks_include_lm_and_forecasting():
+    assert set(dataset_module.TASKS) == {"classification", "regression", "lm", "forecasting"}
+
+
+def test_d_in_and_n_out_follow_the_pinned_rules():
+    lm = Dataset(**tokens())
+    assert (lm.d_in, lm.n_out, lm.vocab_size, lm.pad_id, lm.washout) == (7, 7, 7, None, 0)
+    seq = Dataset(**tokens(task="classification"))
+    assert (seq.d_in, seq.n_out, seq.pad_id) == (7, 2, 0)
+    fc = Dataset(**forecasting(d=3, d_out=2))
+    assert (fc.d_in, fc.n_out, fc.washout) == (3, 2, 2)  # d_in: the last axis, not T * d
+    images = Dataset("img", torch.randn(4, 1, 2, 3), torch.arange(4), torch.randn(2, 1, 2, 3), torch.arange(2), 4)
+    assert (images.d_in, images.n_out) == (6, 4)
+
+
+@pytest.mark.parametrize("task", ["lm", "classification"])
+@pytest.mark.parametrize("key", ["X_train", "X_test"])
+@pytest.mark.parametrize("bad", [7, -1])
+def test_token_ids_outside_the_vocabulary_are_refused(task, key, bad):
+    kw = tokens(task=task)
+    kw[key] = kw[key].clone()
+    kw[key][2, 3] = bad
+    split = key.split("_")[1]
+    with pytest.raises(ValueError, match=rf"dataset 'tok', {split} split: {key} holds token id {bad} at index "
+                                         rf"\(2, 3\); allowed: 0 <= id < vocab_size = 7"):
+        Dataset(**kw)
+
+
+@pytest.mark.parametrize("key", ["y_train", "y_test"])
+def test_lm_targets_outside_the_vocabulary_are_refused(key):
+    kw = tokens()
+    kw[key] = kw[key].clone()
+    kw[key][0, 0] = 9
+    with pytest.raises(ValueError, match=rf"{key} holds token id 9 .*allowed: 0 <= id < vocab_size = 7"):
+        Dataset(**kw)
+
+
+@pytest.mark.parametrize("washout,T", [(10, 10), (11, 10)])
+def test_a_forecasting_window_not_longer_than_the_washout_is_refused(washout, T):
+    with pytest.raises(ValueError, match=rf"dataset 'wave', train split: windows of X_train have {T} steps, "
+                                         rf"not more than the washout {washout}; allowed: washout < {T}"):
+        Dataset(**forecasting(T=T, washout=washout))
+
+
+@pytest.mark.parametrize("washout", [-1, 2.5])
+def test_a_negative_or_fractional_washout_is_refused(washout):
+    with pytest.raises(ValueError, match=rf"dataset 'wave': washout must be an int >= 0, got {washout}"):
+        Dataset(**forecasting(washout=washout))
+
+
+@pytest.mark.parametrize("pad_id", [7, -1])
+def test_a_pad_id_outside_the_vocabulary_is_refused(pad_id):
+    with pytest.raises(ValueError, match=rf"dataset 'tok': pad_id = {pad_id} is outside the vocabulary; "
+                                         rf"allowed: 0 <= pad_id < vocab_size = 7"):
+        Dataset(**tokens(task="classification", pad_id=pad_id))
+
+
+def test_a_pad_id_without_a_vocabulary_is_refused():
+    with pytest.raises(ValueError, match="dataset 'toy': pad_id = 0 needs token inputs"):
+        Dataset(**regression(pad_id=0))
+
+
+def test_washout_outside_forecasting_is_refused():
+    with pytest.raises(ValueError, match="dataset 'tok': washout = 3 applies only to task 'forecasting'"):
+        Dataset(**tokens(washout=3))
+
+
+WRONG_Y = [  # (task builder, key, bad y, what the message names)
+    (tokens, "y_train", lambda kw: kw["y_train"].float(), r"y_train must be int64 token ids of shape \(6, 5\)"),
+    (tokens, "y_test", lambda kw: kw["y_test"][:, :4], r"y_test must be int64 token ids of shape \(6, 5\), got "
+                                                       r"int64 of shape \(6, 4\)"),
+    (forecasting, "y_train", lambda kw: kw["y_train"][:, :9], r"y_train must be float of shape \(4, 10, d_out\)"),
+    (forecasting, "y_test", lambda kw: kw["y_test"][..., 0], r"y_test must be float of shape \(4, 10, d_out\)"),
+    (forecasting, "y_test", lambda kw: kw["y_test"].long(), r"y_test must be float.*got int64"),
+    (regression, "y_train", lambda kw: kw["y_train"][:, 0], r"y_train must be float of shape \(8, n_out\)"),
+    (regression, "y_test", lambda kw: kw["y_test"].long(), r"y_test must be float.*got int64"),
+    (lambda: tokens(task="classification"), "y_train", lambda kw: kw["y_train"].float(),
+     r"y_train must be int64 class labels of shape \(6,\)"),
+    (lambda: tokens(task="classification"), "y_test", lambda kw: kw["y_test"][:, None],
+     r"y_test must be int64 class labels of shape \(6,\), got int64 of shape \(6, 1\)"),
+]
+
+
+@pytest.mark.parametrize("build,key,bad,message", WRONG_Y)
+def test_y_of_the_wrong_shape_or_dtype_for_the_task_is_refused(build, key, bad, message):
+    kw = build()
+    kw[key] = bad(kw)
+    split = key.split("_")[1]
+    with pytest.raises(ValueError, match=rf"dataset '{kw['name']}', {split} split: {message}"):
+        Dataset(**kw)
+
+
+@pytest.mark.parametrize("key", ["X_train", "X_test"])
+def test_x_of_the_wrong_shape_or_dtype_for_the_task_is_refused(key):
+    kw = forecasting()
+    kw[key] = kw[key][..., 0]
+    with pytest.raises(ValueError, match=rf"{key} must be float of shape \(n, T, d\), got float32 of shape \(4, 10\)"):
+        Dataset(**kw)
+    kw = tokens()
+    kw[key] = kw[key].float()
+    with pytest.raises(ValueError, match=rf"{key} must be int64 token ids of shape \(n, T\), got float32"):
+        Dataset(**kw)
+
+
+def test_forecasting_inputs_and_targets_share_their_windows():
+    kw = forecasting()
+    kw["X_train"] = kw["X_train"][:, :8]
+    with pytest.raises(ValueError, match=r"y_train must be float of shape \(4, 8, d_out\)"):
+        Dataset(**kw)
+    kw = forecasting(d_out=2)
+    kw["y_test"] = kw["y_test"][..., :1]  # train has d_out 2, test 1
+    with pytest.raises(ValueError, match=r"test split: y_test has 1 output\(s\) per step but y_train 2"):
+        Dataset(**kw)
+
+
+def test_labels_outside_the_classes_are_refused():
+    kw = {"name": "cls", "X_train": torch.randn(4, 2), "y_train": torch.tensor([0, 1, 3, 1]),
+          "X_test": torch.randn(2, 2), "y_test": torch.tensor([0, 1]), "n_classes": 3}
+    with pytest.raises(ValueError, match=r"dataset 'cls', train split: y_train holds label 3 at index \(2,\); "
+                                         r"allowed: 0 <= label < n_classes = 3"):
+        Dataset(**kw)
+
+
+def test_lm_needs_a_vocabulary_and_n_classes_equal_to_it():
+    with pytest.raises(ValueError, match="dataset 'tok': task 'lm' needs vocab_size > 0, got 0"):
+        Dataset(**tokens(vocab_size=0))
+    with pytest.raises(ValueError, match="dataset 'tok': task 'lm' needs n_classes = vocab_size = 7, got 5"):
+        Dataset(**tokens(n_classes=5))
+    with pytest.raises(ValueError, match="dataset 'wave': task 'forecasting' needs n_classes = 0, got 3"):
+        Dataset(**forecasting(n_classes=3))
+
+
+def test_the_checks_also_read_a_duck_typed_dataset_without_the_new_fields():
+    duck = SimpleNamespace(**{k: getattr(make_blobs(), k) for k in SPLITS}, name="duck", task="classification")
+    check_dataset(duck)  # vocab_size, pad_id and washout default to 0, None and 0
+    duck.task = "lm"
+    with pytest.raises(ValueError, match="task 'lm' needs vocab_size > 0"):
+        check_dataset(duck)

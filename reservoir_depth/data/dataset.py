@@ -1,29 +1,41 @@
 """The Dataset every loader returns and every training run reads: tensors checked at construction.
 
-A :class:`Dataset` refuses non-finite inputs or targets and mismatched lengths,
-naming the data set and the split, so that a NaN in the data is reported as
-such and never as a training instability (issue: a NaN test loss passing as a
-number).
+A :class:`Dataset` refuses non-finite inputs or targets, mismatched lengths and
+tensors of the wrong shape or dtype for its task, naming the data set and the
+split, so that a NaN in the data is reported as such and never as a training
+instability (issue: a NaN test loss passing as a number), and a token id out of
+the vocabulary never reaches an embedding lookup.
+
+Tasks (``TASKS``), with n rows per split:
+
+- ``classification``: y (n,) int64 labels in [0, n_classes); X float (n, ...), or int64
+  token ids (n, T) when ``vocab_size`` > 0 (sequence classification: positions holding
+  ``pad_id`` are padding, on the right).
+- ``regression``: y (n, n_out) float.
+- ``lm``: X (n, T) int64 tokens, y (n, T) int64 next tokens (y[:, t] is the token after
+  X[:, t]); n_classes = vocab_size.
+- ``forecasting``: X (n, T, d) float inputs, y (n, T, d_out) float one-step-ahead targets
+  (y[:, t] = series[t + 1]); the first ``washout`` steps of every window are excluded from
+  loss and metrics; n_classes = 0.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from types import SimpleNamespace
+from typing import Any, Callable
 
 import numpy as np
 import torch
 
-TASKS = ("classification", "regression")
+TASKS = ("classification", "regression", "lm", "forecasting")
 
 
 @dataclass
 class Dataset:
-    """Train and test tensors of one task.
+    """Train and test tensors of one task (see the module doc for each task's shapes).
 
-    X: inputs (n, ...) of any floating or integer dtype; y: int64 class labels
-    (classification, ``n_classes`` > 0) or float targets (n, n_out) (regression,
-    ``n_classes`` = 0). Construction runs :func:`check_dataset`.
+    Construction runs :func:`check_dataset`.
     """
 
     name: str
@@ -31,19 +43,28 @@ class Dataset:
     y_train: torch.Tensor
     X_test: torch.Tensor
     y_test: torch.Tensor
-    n_classes: int  # 0 for regression
-    task: str = "classification"  # or "regression" (targets y are float, shape (n, n_out))
+    n_classes: int  # 0 for regression and forecasting; vocab_size for lm
+    task: str = "classification"  # one of TASKS
+    vocab_size: int = 0  # > 0: X holds int64 token ids in [0, vocab_size)
+    pad_id: int | None = None  # the padding token of right-padded token sequences
+    washout: int = 0  # forecasting: leading steps of each window left out of loss and metrics
 
     def __post_init__(self) -> None:
         check_dataset(self)
 
     @property
     def d_in(self) -> int:
+        """vocab_size for token inputs; d for forecasting (X (n, T, d)); else prod(X.shape[1:])."""
+        if self.vocab_size > 0:
+            return int(self.vocab_size)
+        if self.task == "forecasting":
+            return int(self.X_train.shape[-1])
         return int(np.prod(self.X_train.shape[1:]))
 
     @property
     def n_out(self) -> int:
-        return self.n_classes if self.task == "classification" else int(self.y_train.shape[1])
+        """n_classes for classification and lm; y.shape[-1] for regression and forecasting."""
+        return self.n_classes if self.task in ("classification", "lm") else int(self.y_train.shape[-1])
 
     def __repr__(self) -> str:
         return (f"Dataset({self.name!r}, train={tuple(self.X_train.shape)}, test={tuple(self.X_test.shape)}, "
@@ -62,17 +83,124 @@ def _check_finite(name: str, split: str, key: str, t: Any) -> None:
                              f"the first at index {first}; clean or impute the data before training")
 
 
-def check_dataset(d: Any) -> None:
-    """Refuse non-finite X or y, X and y of different lengths, or an unknown task, naming the data set and split.
+def _dtype(t: torch.Tensor) -> str:
+    return str(t.dtype).removeprefix("torch.")
 
-    Works on any object with ``name``, ``X_train``, ``y_train``, ``X_test``, ``y_test`` (and ``task``).
+
+def _shape(t: torch.Tensor) -> str:
+    return str(tuple(t.shape))
+
+
+def _refuse_outside(where: str, key: str, t: torch.Tensor, what: str, upper: int, upper_name: str) -> None:
+    """Refuse an integer tensor holding values outside [0, upper), naming the first one and its index."""
+    bad = (t < 0) | (t >= upper)
+    if bool(bad.any()):
+        first = tuple(int(i) for i in bad.nonzero()[0])
+        raise ValueError(f"{where}: {key} holds {what} {int(t[first])} at index {first}; "
+                         f"allowed: 0 <= {'id' if what == 'token id' else what} < {upper_name} = {upper}")
+
+
+def _tokens(where: str, key: str, t: torch.Tensor, vocab_size: int, shape: str = "(n, T)") -> None:
+    if t.dtype != torch.int64 or t.dim() != 2:
+        raise ValueError(f"{where}: {key} must be int64 token ids of shape {shape}, "
+                         f"got {_dtype(t)} of shape {_shape(t)}")
+    _refuse_outside(where, key, t, "token id", vocab_size, "vocab_size")
+
+
+def _check_classification(d: Any, where: str, split: str, X: torch.Tensor, y: torch.Tensor) -> None:
+    if d.vocab_size > 0:
+        _tokens(where, f"X_{split}", X, d.vocab_size)
+    if y.dtype != torch.int64 or y.dim() != 1:
+        raise ValueError(f"{where}: y_{split} must be int64 class labels of shape ({len(X)},), "
+                         f"got {_dtype(y)} of shape {_shape(y)}")
+    if d.n_classes is not None:
+        _refuse_outside(where, f"y_{split}", y, "label", d.n_classes, "n_classes")
+
+
+def _check_regression(d: Any, where: str, split: str, X: torch.Tensor, y: torch.Tensor) -> None:
+    if not y.is_floating_point() or y.dim() != 2:
+        raise ValueError(f"{where}: y_{split} must be float of shape ({len(X)}, n_out), "
+                         f"got {_dtype(y)} of shape {_shape(y)}")
+
+
+def _check_lm(d: Any, where: str, split: str, X: torch.Tensor, y: torch.Tensor) -> None:
+    _tokens(where, f"X_{split}", X, d.vocab_size)
+    _tokens(where, f"y_{split}", y, d.vocab_size, shape=_shape(X))
+    if y.shape != X.shape:
+        raise ValueError(f"{where}: y_{split} must be int64 token ids of shape {_shape(X)}, "
+                         f"got {_dtype(y)} of shape {_shape(y)}")
+
+
+def _check_forecasting(d: Any, where: str, split: str, X: torch.Tensor, y: torch.Tensor) -> None:
+    if not X.is_floating_point() or X.dim() != 3:
+        raise ValueError(f"{where}: X_{split} must be float of shape (n, T, d), got {_dtype(X)} of shape {_shape(X)}")
+    if not y.is_floating_point() or y.dim() != 3 or y.shape[:2] != X.shape[:2]:
+        raise ValueError(f"{where}: y_{split} must be float of shape ({X.shape[0]}, {X.shape[1]}, d_out) like "
+                         f"X_{split}, got {_dtype(y)} of shape {_shape(y)}")
+    if X.shape[1] <= d.washout:
+        raise ValueError(f"{where}: windows of X_{split} have {X.shape[1]} steps, not more than the washout "
+                         f"{d.washout}; allowed: washout < {X.shape[1]} (shorten the washout or lengthen the windows)")
+
+
+# task -> its per-split check of X and y (shapes, dtypes, token ids and labels in range)
+TASK_CHECKS: dict[str, Callable[..., None]] = {
+    "classification": _check_classification,
+    "regression": _check_regression,
+    "lm": _check_lm,
+    "forecasting": _check_forecasting,
+}
+
+
+def _check_fields(d: Any, name: str, task: str) -> None:
+    """The scalar fields: vocab_size, pad_id, washout and n_classes as the task needs them."""
+    vocab, pad, washout, n_classes = d.vocab_size, d.pad_id, d.washout, d.n_classes
+    if isinstance(vocab, bool) or not isinstance(vocab, (int, np.integer)) or vocab < 0:
+        raise ValueError(f"dataset {name!r}: vocab_size must be an int >= 0, got {vocab!r}")
+    if isinstance(washout, bool) or not isinstance(washout, (int, np.integer)) or washout < 0:
+        raise ValueError(f"dataset {name!r}: washout must be an int >= 0, got {washout!r}")
+    if washout and task != "forecasting":
+        raise ValueError(f"dataset {name!r}: washout = {washout} applies only to task 'forecasting', not {task!r}")
+    if pad is not None:
+        if not vocab:
+            raise ValueError(f"dataset {name!r}: pad_id = {pad!r} needs token inputs (vocab_size > 0, got 0)")
+        if isinstance(pad, bool) or not isinstance(pad, (int, np.integer)) or not 0 <= pad < vocab:
+            raise ValueError(f"dataset {name!r}: pad_id = {pad!r} is outside the vocabulary; "
+                             f"allowed: 0 <= pad_id < vocab_size = {vocab}")
+    if task == "lm" and not vocab:
+        raise ValueError(f"dataset {name!r}: task 'lm' needs vocab_size > 0, got {vocab}")
+    if task == "lm" and n_classes != vocab:
+        raise ValueError(f"dataset {name!r}: task 'lm' needs n_classes = vocab_size = {vocab}, got {n_classes}")
+    if task == "forecasting" and n_classes not in (0, None):
+        raise ValueError(f"dataset {name!r}: task 'forecasting' needs n_classes = 0, got {n_classes}")
+
+
+def check_dataset(d: Any) -> None:
+    """Refuse what a training run cannot honour, naming the data set, the split, the value and what is allowed.
+
+    Refused: an unknown task; non-finite X or y; X and y of different lengths; X or y of the wrong
+    shape or dtype for the task; token ids outside [0, vocab_size); labels outside [0, n_classes);
+    a pad_id outside the vocabulary; a forecasting window not longer than the washout; train and
+    test targets of different widths. Works on any object with ``name``, ``X_train``, ``y_train``,
+    ``X_test``, ``y_test`` (``task``, ``vocab_size``, ``pad_id`` and ``washout`` default to
+    "classification", 0, None and 0; without ``n_classes`` labels are not range-checked).
     """
     name, task = getattr(d, "name", "?"), getattr(d, "task", "classification")
     if task not in TASKS:
         raise ValueError(f"dataset {name!r}: task must be one of {TASKS}, got {task!r}")
+    # the scalar fields, read the same way from a Dataset or a duck (n_classes None: labels not range-checked)
+    view = SimpleNamespace(**{k: getattr(d, k, default) for k, default in
+                              (("n_classes", None), ("vocab_size", 0), ("pad_id", None), ("washout", 0))})
+    _check_fields(view, name, task)
+    out = {}
     for split in ("train", "test"):
         X, y = getattr(d, f"X_{split}"), getattr(d, f"y_{split}")
+        where = f"dataset {name!r}, {split} split"
         _check_finite(name, split, f"X_{split}", X)
         _check_finite(name, split, f"y_{split}", y)
         if len(X) != len(y):
-            raise ValueError(f"dataset {name!r}, {split} split: X_{split} has {len(X)} rows but y_{split} {len(y)}")
+            raise ValueError(f"{where}: X_{split} has {len(X)} rows but y_{split} {len(y)}")
+        TASK_CHECKS[task](view, where, split, X, y)
+        out[split] = y.shape[-1] if y.dim() > 1 else None
+    if task in ("regression", "forecasting") and out["train"] != out["test"]:
+        raise ValueError(f"dataset {name!r}, test split: y_test has {out['test']} output(s) per step but "
+                         f"y_train {out['train']}")
