@@ -1,7 +1,10 @@
 """Architecture families built from ordinary torch layers, scaffolded by name.
 
 Each family declares ``scaffold_targets`` (the layers that become frozen scaffolds)
-and ``scaffold_trainable`` (what else trains: heads, norms, embeddings).
+and ``scaffold_trainable`` (what else trains: heads, norms, embeddings); where they
+depend on the configuration (llama, vit) the instance's attributes hold the resolved
+ones. The reservoir also declares ``scaffold_specs``, its per-layer distribution
+override (the spectral-radius rule for the recurrent weight W).
 ``build(arch, **kwargs)`` rebuilds a model from the architecture config stored in
 an adapter file.
 """
@@ -12,11 +15,19 @@ from typing import Any, Callable
 
 from torch import nn
 
+from .encoder import Encoder
 from .linear import Linear
+from .llama import SIZES as LLAMA_SIZES
+from .llama import Llama, count_llama
 from .mlp import MLP, SIZES
 from .plain import Plain
+from .reservoir import Reservoir
+from .vit import ViT
 
-ARCHITECTURES: dict[str, Callable[..., nn.Module]] = {"mlp": MLP, "linear": Linear, "plain": Plain}
+ARCHITECTURES: dict[str, Callable[..., nn.Module]] = {
+    "mlp": MLP, "linear": Linear, "plain": Plain,
+    "llama": Llama, "encoder": Encoder, "vit": ViT, "reservoir": Reservoir,
+}
 
 
 def build(arch: str, **kwargs: Any) -> nn.Module:
@@ -28,4 +39,5 @@ def build(arch: str, **kwargs: Any) -> nn.Module:
     return model
 
 
-__all__ = ["ARCHITECTURES", "Linear", "MLP", "Plain", "SIZES", "build"]
+__all__ = ["ARCHITECTURES", "Encoder", "LLAMA_SIZES", "Linear", "Llama", "MLP", "Plain", "Reservoir", "SIZES", "ViT",
+           "build", "count_llama"]

@@ -1,0 +1,83 @@
+"""A recurrent reservoir (echo-state style) with scaffolded input and recurrent weights.
+
+    h_t = (1 - leak) h_{t-1} + leak * tanh(W_in x_t + W h_{t-1} + b),    y_t = readout(h_t)
+
+W_in (with its bias b) and W are nn.Linear layers and the scaffold targets: scaffolded,
+each is beta W_seed x + s B A x (eq. (1)), so LoRA adapts both; the readout trains.
+With B = 0 and beta = 1 it is exactly an echo state network with W_in = W_in's W_seed
+and W = W's W_seed. Unrolled in time it is the depth-unfolded network of Prop. 1
+(theory/01_unfolding.md): step t is a layer with the tied weight W and the bias
+W_in x_t + b, i.e. eq. (1.1) driven by x_t, with a leak.
+
+The recurrent weight wants the echo-state scaling rule, spectral radius rho, not the
+fan-in rule: ``scaffold_specs`` is the recommended per-layer override, to pass as
+``ScaffoldConfig(specs=model.scaffold_specs, ...)``; the instance's rho is used.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+from torch import nn
+
+
+def spectral_spec(rho: float) -> dict[str, Any]:
+    """N(0, 1) entries rescaled to spectral radius rho (distributions.py's "spectral_radius" rule), draw version 2."""
+    return {"name": "normal", "scaling": "spectral_radius", "rho": float(rho), "version": 2}
+
+
+class Reservoir(nn.Module):
+    """forward(x (B, T, d_in) float) -> (B, T, n_out); step(x_t (B, d_in), h | None) -> (y_t, h)."""
+
+    scaffold_targets = ("W_in", "W")
+    scaffold_trainable = ("readout",)
+    scaffold_specs: dict[str, dict[str, Any]] = {"W": spectral_spec(0.9)}
+
+    def __init__(self, d_in: int, n_out: int, units: int = 200, leak: float = 0.3, rho: float = 0.9) -> None:
+        super().__init__()
+        if units < 1:
+            raise ValueError(f"units must be >= 1, got {units}")
+        if not (isinstance(leak, (int, float)) and 0 < leak <= 1):
+            raise ValueError(f"leak must be a number in (0, 1], got {leak!r}")
+        if not (isinstance(rho, (int, float)) and math.isfinite(rho) and rho > 0):
+            raise ValueError(f"rho (spectral radius of W) must be a finite number > 0, got {rho!r}")
+        self.d_in, self.units, self.leak, self.rho = d_in, units, float(leak), float(rho)
+        self.W_in = nn.Linear(d_in, units)  # its bias is b
+        self.W = nn.Linear(units, units, bias=False)
+        self.readout = nn.Linear(units, n_out)
+        self.scaffold_specs = {"W": spectral_spec(rho)}
+
+    def _check(self, x: torch.Tensor, dims: int, what: str) -> None:
+        if x.dim() != dims or x.shape[-1] != self.d_in or not x.is_floating_point():
+            shape = "(batch, T, d_in)" if dims == 3 else "(batch, d_in)"
+            raise ValueError(f"{what}: expected a float tensor of shape {shape} with d_in={self.d_in}, "
+                             f"got {x.dtype} of shape {tuple(x.shape)}")
+
+    def _update(self, u_t: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
+        """One leaky step, given u_t = W_in x_t + b."""
+        return (1 - self.leak) * h + self.leak * torch.tanh(u_t + self.W(h))
+
+    def states(self, x: torch.Tensor, h: torch.Tensor | None = None) -> torch.Tensor:
+        """The reservoir states h_1 .. h_T (B, T, units) from h_0 = ``h`` (zeros if None)."""
+        self._check(x, 3, "x")
+        u = self.W_in(x)  # every W_in x_t + b in one call
+        h = u.new_zeros(len(x), self.units) if h is None else h
+        out = []
+        for t in range(x.shape[1]):
+            h = self._update(u[:, t], h)
+            out.append(h)
+        return torch.stack(out, 1) if out else u.new_zeros(len(x), 0, self.units)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.readout(self.states(x))
+
+    def step(self, x_t: torch.Tensor, state: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """One step for free-running prediction: (y_t (B, n_out), h_t (B, units)); state None = zeros."""
+        self._check(x_t, 2, "x_t")
+        h = x_t.new_zeros(len(x_t), self.units) if state is None else state
+        if h.shape != (len(x_t), self.units):
+            raise ValueError(f"state: expected shape {(len(x_t), self.units)}, got {tuple(h.shape)}")
+        h = self._update(self.W_in(x_t), h)
+        return self.readout(h), h

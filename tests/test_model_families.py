@@ -1,0 +1,350 @@
+"""The paper's architecture families: llama, encoder, vit, reservoir (models/)."""
+
+import dataclasses
+import math
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from torch import nn
+
+from reservoir_depth import io
+from reservoir_depth.distributions import spectral_radius
+from reservoir_depth.models import ARCHITECTURES, LLAMA_SIZES, build, count_llama
+from reservoir_depth.models.llama import resolve_size
+from reservoir_depth.models.transformer import Rotary
+from reservoir_depth.scaffold import LAYER_TYPES, ScaffoldConfig, ScaffoldLinear, scaffold, scaffold_layers
+
+HAS_SPECS = "specs" in {f.name for f in dataclasses.fields(ScaffoldConfig)}
+HAS_EMBEDDING = nn.Embedding in LAYER_TYPES
+
+TINY_LLAMA = dict(d_in=11, n_out=11, size=None, d_model=16, layers=2, heads=2, context=12)
+TINY = {
+    "llama": TINY_LLAMA,
+    "encoder": dict(d_in=13, n_out=3, layers=2, d_model=16, heads=2, context=10, dropout=0.0),
+    "vit": dict(d_in=64, n_out=3, image_size=8, patch=4, d_model=16, layers=2, heads=2, dropout=0.0),
+    "reservoir": dict(d_in=2, n_out=2, units=12, leak=0.5, rho=0.8),
+}
+
+
+def scaffolded(model, r=2, **kw):
+    """Scaffold by the model's own declared targets, trainable extras and (where supported) specs."""
+    extra = {"specs": model.scaffold_specs} if HAS_SPECS and hasattr(model, "scaffold_specs") else {}
+    return scaffold(model, ScaffoldConfig(target_modules=model.scaffold_targets, trainable=model.scaffold_trainable,
+                                          r=r, **extra, **kw))
+
+
+def data(name, n=16, seed=0):
+    """Tiny random (x, y, loss) for each family."""
+    g = torch.Generator().manual_seed(seed)
+    kw = TINY[name]
+    if name == "llama":
+        x = torch.randint(0, kw["d_in"], (n, 8), generator=g)
+        return x, torch.roll(x, -1, 1), lambda out, y: nn.functional.cross_entropy(out.flatten(0, 1), y.flatten())
+    if name == "encoder":
+        x = torch.randint(1, kw["d_in"], (n, 9), generator=g)
+        x[: n // 2, 6:] = 0  # right padding
+        return x, torch.randint(0, 3, (n,), generator=g), nn.functional.cross_entropy
+    if name == "vit":
+        return torch.randn(n, 1, 8, 8, generator=g), torch.randint(0, 3, (n,), generator=g), nn.functional.cross_entropy
+    x = torch.randn(n, 10, 2, generator=g)
+    return x, torch.roll(x, 1, 1), nn.functional.mse_loss  # recall the previous input
+
+
+def test_registered():
+    assert {"llama", "encoder", "vit", "reservoir"} <= set(ARCHITECTURES)
+
+
+# ----------------------------------------------------------------------------- shapes, errors
+
+
+def test_shapes():
+    torch.manual_seed(0)
+    for name, kw in TINY.items():
+        m = build(name, **kw).eval()
+        x, y, _ = data(name, n=3)
+        out = m(x)
+        want = {"llama": (3, 8, 11), "encoder": (3, 3), "vit": (3, 3), "reservoir": (3, 10, 2)}[name]
+        assert out.shape == want, name
+    vit = build("vit", **TINY["vit"]).eval()
+    x = torch.randn(2, 1, 8, 8)
+    torch.testing.assert_close(vit(x), vit(x.flatten(1)))
+
+
+def test_llama_errors():
+    m = build("llama", **TINY_LLAMA)
+    with pytest.raises(ValueError, match="sequence length 13 exceeds the context 12"):
+        m(torch.zeros(1, 13, dtype=torch.long))
+    with pytest.raises(ValueError, match=r"token id 11 is out of the vocabulary: allowed \[0, 10\]"):
+        m(torch.tensor([[1, 11, 2]]))
+    with pytest.raises(ValueError, match=r"token id -1 is out"):
+        m(torch.tensor([[1, -1]]))
+    with pytest.raises(ValueError, match="integer token ids"):
+        m(torch.zeros(1, 3))
+    with pytest.raises(ValueError, match="unknown llama size '7m'"):
+        build("llama", d_in=5, n_out=5, size="7m")
+    with pytest.raises(ValueError, match="adapters must be one of"):
+        build("llama", **{**TINY_LLAMA, "adapters": "mlp"})
+    with pytest.raises(ValueError, match="heads=3 must be >= 1 and divide d_model=16"):
+        build("llama", **{**TINY_LLAMA, "heads": 3})
+    with pytest.raises(ValueError, match="even head dimension"):
+        build("llama", **{**TINY_LLAMA, "d_model": 18, "heads": 2})
+    with pytest.raises(ValueError, match="size=None needs explicit layers"):
+        resolve_size(None, d_model=8, heads=2)
+    with pytest.raises(ValueError, match="tie_head=True needs train_embeddings=True"):
+        build("llama", **{**TINY_LLAMA, "tie_head": True, "train_embeddings": False})
+    with pytest.raises(ValueError, match="tie_head=True needs d_in == n_out"):
+        build("llama", **{**TINY_LLAMA, "tie_head": True, "n_out": 12})
+
+
+def test_encoder_vit_reservoir_errors():
+    enc = build("encoder", **TINY["encoder"])
+    with pytest.raises(ValueError, match="sequence length 11 exceeds the context 10"):
+        enc(torch.ones(1, 11, dtype=torch.long))
+    with pytest.raises(ValueError, match=r"token id 13 is out of the vocabulary: allowed \[0, 12\]"):
+        enc(torch.tensor([[1, 13]]))
+    with pytest.raises(ValueError, match="sequence 1 of the batch is all padding"):
+        enc(torch.tensor([[1, 2], [0, 0]]))
+    with pytest.raises(ValueError, match="pooling must be one of"):
+        build("encoder", **{**TINY["encoder"], "pooling": "max"})
+    with pytest.raises(ValueError, match="pad_id=13 is out of the vocabulary"):
+        build("encoder", **{**TINY["encoder"], "pad_id": 13})
+    with pytest.raises(ValueError, match="d_in = 65 is not channels x image_size"):
+        build("vit", **{**TINY["vit"], "d_in": 65})
+    with pytest.raises(ValueError, match="patch=3 must be >= 1 and divide image_size=8"):
+        build("vit", **{**TINY["vit"], "patch": 3})
+    with pytest.raises(ValueError, match=r"expected images of shape \(batch, 1, 8, 8\)"):
+        build("vit", **TINY["vit"])(torch.randn(2, 3, 8, 8))
+    res = build("reservoir", **TINY["reservoir"])
+    with pytest.raises(ValueError, match="leak must be a number in"):
+        build("reservoir", **{**TINY["reservoir"], "leak": 0})
+    with pytest.raises(ValueError, match="rho .* must be a finite number > 0"):
+        build("reservoir", **{**TINY["reservoir"], "rho": float("nan")})
+    with pytest.raises(ValueError, match=r"x: expected a float tensor of shape \(batch, T, d_in\) with d_in=2"):
+        res(torch.randn(3, 5, 4))
+    with pytest.raises(ValueError, match=r"state: expected shape \(3, 12\)"):
+        res.step(torch.randn(3, 2), torch.zeros(3, 5))
+
+
+# ----------------------------------------------------------------------------- llama sizes
+
+
+@pytest.mark.parametrize("size,target", [("3m", 3e6), ("30m", 30e6)])
+def test_llama_cpu_sizes(size, target):
+    m = build("llama", d_in=65, n_out=65, size=size)
+    n = sum(p.numel() for p in m.parameters())
+    assert abs(n / target - 1) < 0.15, n
+    assert n == count_llama(size, vocab=65)
+
+
+@pytest.mark.parametrize("size,target", [("150m", 150e6), ("300m", 300e6), ("900m", 900e6)])
+def test_llama_gpu_sizes_on_meta(size, target):
+    assert abs(count_llama(size, vocab=65) / target - 1) < 0.15
+
+
+def test_llama_sizes_table_is_complete():
+    assert set(LLAMA_SIZES) == {"3m", "30m", "150m", "300m", "900m"}
+
+
+# ----------------------------------------------------------------------------- invariants
+
+
+def test_llama_is_causal():
+    """Changing a future token does not change earlier logits; it does change later ones."""
+    torch.manual_seed(0)
+    m = build("llama", **TINY_LLAMA).eval()
+    x = torch.randint(0, 11, (2, 10))
+    x2 = x.clone()
+    x2[:, 6] = (x2[:, 6] + 1) % 11
+    a, b = m(x), m(x2)
+    torch.testing.assert_close(a[:, :6], b[:, :6], rtol=0, atol=1e-6)
+    assert (a[:, 6:] - b[:, 6:]).abs().amax() > 1e-4
+
+
+def test_llama_uses_positions():
+    """Without positions one layer of attention is a set operation over the prefix: swapping two earlier
+    tokens would leave the last logits unchanged. Rotary positions make them differ."""
+    torch.manual_seed(0)
+    m = build("llama", **{**TINY_LLAMA, "layers": 1}).eval()
+    a, b = m(torch.tensor([[1, 2, 3, 4]])), m(torch.tensor([[2, 1, 3, 4]]))
+    assert (a[0, -1] - b[0, -1]).abs().amax() > 1e-4
+
+
+@settings(max_examples=25, deadline=None)
+@given(m=st.integers(0, 20), n=st.integers(0, 20), shift=st.integers(0, 10), seed=st.integers(0, 2**16))
+def test_rotary_scores_depend_on_relative_position(m, n, shift, seed):
+    g = torch.Generator().manual_seed(seed)
+    rot = Rotary(8, 32)
+    q, k = torch.randn(8, generator=g), torch.randn(8, generator=g)
+
+    def at(v, p):
+        return rot(v.view(1, 1, 1, 8), offset=p).flatten()
+
+    torch.testing.assert_close(at(q, m) @ at(k, n), at(q, m + shift) @ at(k, n + shift), rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(at(q, m).norm(), q.norm())
+
+
+@pytest.mark.parametrize("pooling", ["mean", "first"])
+def test_encoder_padding_does_not_change_output(pooling):
+    torch.manual_seed(0)
+    m = build("encoder", **{**TINY["encoder"], "pooling": pooling}).eval()
+    x = torch.tensor([[3, 4, 5, 0, 0], [7, 8, 9, 10, 11]])
+    padded = torch.cat([x, torch.zeros(2, 4, dtype=torch.long)], 1)
+    torch.testing.assert_close(m(padded), m(x), rtol=0, atol=1e-5)
+    other = x.clone()
+    other[0, 3:] = 6  # real tokens where the pads were: the output changes for that row
+    assert (m(other)[0] - m(x)[0]).abs().amax() > 1e-4
+
+
+# ----------------------------------------------------------------------------- scaffold targets
+
+
+def test_llama_targets_follow_config():
+    att = build("llama", **TINY_LLAMA)
+    names = {n for n, _ in scaffold_layers(scaffolded(att))}
+    assert names == {f"blocks.{i}.attn.{p}" for i in range(2) for p in "qkvo"}
+    trainable = {n for n, p in att.named_parameters() if p.requires_grad}
+    assert {"embed.weight", "head.weight", "norm.weight", "blocks.0.attn_norm.weight"} <= trainable
+    assert not any(".mlp." in n for n in trainable)  # the SwiGLU layers are frozen at random init
+    every = build("llama", **{**TINY_LLAMA, "adapters": "all", "train_head": False, "train_norms": False})
+    names = {n for n, _ in scaffold_layers(scaffolded(every))}
+    assert names == {f"blocks.{i}.{p}" for i in range(2) for p in
+                     ("attn.q", "attn.k", "attn.v", "attn.o", "mlp.gate", "mlp.up", "mlp.down")} | {"head"}
+    assert {n for n, p in every.named_parameters() if p.requires_grad and "lora" not in n and "beta" not in n} \
+        == {"embed.weight"}
+    assert type(every).scaffold_targets != every.scaffold_targets  # instance attributes, from the config
+
+
+def test_llama_tied_head_trains_with_embedding():
+    m = scaffolded(build("llama", **{**TINY_LLAMA, "tie_head": True}))
+    assert m.head.weight is m.embed.weight and m.embed.weight.requires_grad
+    assert "head" not in m.scaffold_trainable
+
+
+@pytest.mark.skipif(not HAS_EMBEDDING, reason="nn.Embedding is not in the layer-type registry yet")
+def test_llama_scaffolded_embedding():
+    m = scaffolded(build("llama", **{**TINY_LLAMA, "train_embeddings": False}))
+    assert "embed" in dict(scaffold_layers(m))
+    assert m(torch.randint(0, 11, (2, 5))).shape == (2, 5, 11)
+
+
+def test_vit_fully_random_scaffolds_patch_embedding():
+    names = {n for n, _ in scaffold_layers(scaffolded(build("vit", **TINY["vit"])))}
+    assert "patch_embed" in names and "blocks.1.mlp.down" in names
+    m = scaffolded(build("vit", **{**TINY["vit"], "fully_random": False}))
+    assert "patch_embed" not in dict(scaffold_layers(m)) and m.patch_embed.weight.requires_grad
+    assert m.tokens.pos.requires_grad and m.tokens.cls.requires_grad
+
+
+def test_encoder_targets_every_block_linear():
+    m = scaffolded(build("encoder", **TINY["encoder"]))
+    assert {n for n, _ in scaffold_layers(m)} == {f"blocks.{i}.{p}" for i in range(2) for p in
+                                                  ("attn.q", "attn.k", "attn.v", "attn.o", "mlp.up", "mlp.down")}
+    assert m.embed.weight.requires_grad and m.pos.weight.requires_grad and m.head.weight.requires_grad
+
+
+@pytest.mark.parametrize("name", list(TINY))
+def test_family_trains_and_loss_falls(name):
+    torch.manual_seed(0)
+    m = scaffolded(build(name, **TINY[name]), r=2)
+    x, y, loss_fn = data(name)
+    opt = torch.optim.Adam([p for p in m.parameters() if p.requires_grad], lr=1e-2)
+    m.train()
+    losses = []
+    for _ in range(12):
+        loss = loss_fn(m(x), y)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    assert losses[-1] < 0.9 * losses[0], losses
+    frozen = [n for n, l in scaffold_layers(m) if l.W_seed.requires_grad]
+    assert not frozen
+
+
+@pytest.mark.parametrize("name", list(TINY))
+def test_build_round_trip(name, tmp_path):
+    """arch_config rebuilds the family; a scaffolded, perturbed model saves and loads bit for bit."""
+    torch.manual_seed(0)
+    m = scaffolded(build(name, **TINY[name]), r=2)
+    assert m.arch_config == {"name": name, **TINY[name]}
+    g = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        for p in m.parameters():
+            if p.requires_grad:
+                p.add_(0.05 * torch.randn(p.shape, generator=g))
+    m.eval()
+    x, _, _ = data(name, n=3)
+    io.save(m, tmp_path)
+    torch.testing.assert_close(io.load(tmp_path).eval()(x), m(x), rtol=0, atol=0)
+
+
+# ----------------------------------------------------------------------------- the reservoir is an ESN
+
+
+def esn(x, W_in, b, W, leak):
+    """An echo state network run by hand (float64 numpy): h_t = (1-a) h + a tanh(W_in x_t + W h + b)."""
+    h = np.zeros((x.shape[0], W.shape[0]))
+    states = []
+    for t in range(x.shape[1]):
+        h = (1 - leak) * h + leak * np.tanh(x[:, t] @ W_in.T + h @ W.T + b)
+        states.append(h)
+    return np.stack(states, 1)
+
+
+def test_zero_adapter_reservoir_is_an_echo_state_network():
+    """B = 0, beta = 1 (any r): the scaffolded reservoir is the ESN with W_in, W = the layers' W_seed."""
+    torch.manual_seed(0)
+    m = scaffolded(build("reservoir", d_in=3, n_out=2, units=20, leak=0.4, rho=0.9), r=3)
+    assert isinstance(m.W, ScaffoldLinear) and isinstance(m.W_in, ScaffoldLinear)
+    assert m.W.lora_A.detach().abs().sum() > 0 and not m.W.lora_B.detach().any() and float(m.W.beta.detach()) == 1
+    x = torch.randn(4, 15, 3, generator=torch.Generator().manual_seed(1))
+    W_in, b, W = (t.detach().double().numpy() for t in (m.W_in.W_seed, m.W_in.bias, m.W.W_seed))
+    h = esn(x.double().numpy(), W_in, b, W, 0.4)
+    np.testing.assert_allclose(m.states(x).detach().numpy(), h, rtol=1e-4, atol=1e-5)
+    R, c = m.readout.weight.detach().double().numpy(), m.readout.bias.detach().double().numpy()
+    np.testing.assert_allclose(m(x).detach().numpy(), h @ R.T + c, rtol=1e-4, atol=1e-5)
+    # a non-zero adapter changes the dynamics (so the check above is not vacuous)
+    with torch.no_grad():
+        m.W.lora_B.fill_(0.1)
+    assert np.abs(m.states(x).detach().numpy() - h).max() > 1e-3
+
+
+def test_reservoir_step_matches_forward():
+    torch.manual_seed(0)
+    m = build("reservoir", **TINY["reservoir"])
+    x = torch.randn(3, 7, 2)
+    y, state = [], None
+    for t in range(7):
+        y_t, state = m.step(x[:, t], state)
+        y.append(y_t)
+    torch.testing.assert_close(torch.stack(y, 1), m(x))
+
+
+def test_reservoir_declares_spectral_rule():
+    m = build("reservoir", **{**TINY["reservoir"], "rho": 0.7})
+    assert m.scaffold_specs == {"W": {"name": "normal", "scaling": "spectral_radius", "rho": 0.7, "version": 2}}
+    assert type(m).scaffold_specs["W"]["rho"] == 0.9
+
+
+@pytest.mark.skipif(not HAS_SPECS, reason="ScaffoldConfig has no per-layer specs yet")
+def test_reservoir_recurrent_weight_has_spectral_radius_rho():
+    m = scaffolded(build("reservoir", **{**TINY["reservoir"], "rho": 0.7}))
+    assert math.isclose(spectral_radius(m.W.W_seed.double().numpy()), 0.7, rel_tol=1e-5)
+    assert not math.isclose(spectral_radius(m.W_in.W_seed.double().numpy()[:, :2]), 0.7, rel_tol=1e-2)
+
+
+def test_reservoir_matches_reservoirpy_if_installed():
+    reservoirpy = pytest.importorskip("reservoirpy")
+    from reservoirpy.nodes import Reservoir as RpyReservoir
+
+    torch.manual_seed(0)
+    m = scaffolded(build("reservoir", d_in=2, n_out=1, units=10, leak=0.3))
+    W_in, b, W = (t.detach().double().numpy() for t in (m.W_in.W_seed, m.W_in.bias, m.W.W_seed))
+    node = RpyReservoir(units=10, lr=0.3, W=W, Win=W_in, bias=b.reshape(-1, 1), input_bias=True)
+    x = np.random.default_rng(0).standard_normal((12, 2))
+    del reservoirpy
+    np.testing.assert_allclose(m.states(torch.from_numpy(x).float()[None]).detach().numpy()[0], node.run(x),
+                               rtol=1e-4, atol=1e-5)
