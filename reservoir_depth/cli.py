@@ -2,6 +2,7 @@
 
     reservoir-depth run [STUDY.toml] [--out DIR] [--workers N]   sweep + report (default: the digits study)
     reservoir-depth sweep [STUDY.toml] [--out DIR] [--workers N] [--retry-failed]   run what is not done yet
+    reservoir-depth run STUDY.toml --backend ray [--address HOST:PORT]   one Ray task per run (pip install -e '.[ray]')
     reservoir-depth report [STUDY.toml] [--out DIR]    report.md, table.csv, runs.csv, rank.png, spectra.*, study.json
     reservoir-depth train --data digits --arch mlp --rank 4 --save DIR   one LottaLoRA run, saved as an adapter file
     reservoir-depth spectra --data digits [--adapter DIR] [--model FILE.py:FACTORY]   PCA / task / layer / adapter spectra
@@ -39,13 +40,28 @@ def _out(study: Study, out: str | None) -> Path:
     return Path(out) if out else Path("results") / study.study
 
 
-def cmd_sweep(study: Study, out: Path, progress: bool = True, workers: int = 1, retry_failed: bool = False):
-    """Run what is not done yet, record what old runs lack (sweep.backfill); RunsFailed if any run failed."""
+def cmd_sweep(study: Study, out: Path, progress: bool = True, workers: int = 1, retry_failed: bool = False,
+              backend: str = "local", address: str | None = None, cpus: float = 1, gpus: float = 0):
+    """Run what is not done yet, record what old runs lack (sweep.backfill); RunsFailed if any run failed.
+    ``backend="ray"`` sends each run to a Ray cluster (ray_sweep.run_study_ray)."""
     from .results import ResultsStore
     from .sweep import backfill, run_study
 
-    store = ResultsStore(out / "runs.sqlite", create=True)
-    counts = run_study(study, store, workers=workers, progress=progress, retry_failed=retry_failed)
+    if backend == "ray":
+        from .ray_sweep import _ray, run_study_ray
+
+        _ray()  # a missing ray is reported before the store is created
+        if workers != 1:
+            raise ValueError(f"--workers {workers} is for the local backend; Ray schedules the runs "
+                             f"(set --cpus-per-run / --gpus-per-run instead)")
+        store = ResultsStore(out / "runs.sqlite", create=True)
+        counts = run_study_ray(study, store, address=address, cpus=cpus, gpus=gpus, retry_failed=retry_failed,
+                               progress=progress)
+    else:
+        if address is not None:
+            raise ValueError("--address needs --backend ray")
+        store = ResultsStore(out / "runs.sqlite", create=True)
+        counts = run_study(study, store, workers=workers, progress=progress, retry_failed=retry_failed)
     print(f"{study.study}: {counts.summary()}")
     added, problems = backfill(study, store)
     if added:
@@ -223,6 +239,13 @@ def parser() -> argparse.ArgumentParser:
             s.add_argument("--workers", type=_positive, default=1, help="processes sharing the results store")
             s.add_argument("--retry-failed", action="store_true",
                            help="also rerun runs that failed in an earlier sweep (default: leave them failed)")
+            s.add_argument("--backend", choices=("local", "ray"), default="local",
+                           help="local: --workers processes on this machine; ray: one Ray task per run, results "
+                                "written here by this process (pip install -e '.[ray]')")
+            s.add_argument("--address", help="Ray cluster address (`ray start --head` prints it; 'auto' finds a "
+                                             "local one); default: start a local Ray instance for this sweep")
+            s.add_argument("--cpus-per-run", type=float, default=1.0, help="CPUs Ray reserves for each run")
+            s.add_argument("--gpus-per-run", type=float, default=0.0, help="GPUs Ray reserves for each run")
     t = sub.add_parser("train", help="train one LottaLoRA model and optionally save its adapter file",
                        description="Train one LottaLoRA model (frozen scaffold + A, B, beta, trainable head).",
                        formatter_class=D)
@@ -277,7 +300,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             if args.cmd in ("run", "sweep"):
                 try:
                     cmd_sweep(study, out, progress=not args.no_progress, workers=args.workers,
-                              retry_failed=args.retry_failed)
+                              retry_failed=args.retry_failed, backend=args.backend, address=args.address,
+                              cpus=args.cpus_per_run, gpus=args.gpus_per_run)
                 except RunsFailed as e:
                     failed = e
                     print(f"reservoir-depth: {e}", file=sys.stderr)

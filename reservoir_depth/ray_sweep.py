@@ -1,0 +1,142 @@
+"""Sweeps on a Ray cluster: each pending run is one Ray task; the driver writes the results.
+
+The driver claims each run in the SQLite results store exactly as a local worker does
+(``ResultsStore.claim``), keeps the leases of the runs in flight fresh from one heartbeat
+thread, and records each returned result (``finish``) or error (``fail``). Workers never
+touch the store, so a cluster needs no shared file system: resuming, reports and the local
+``--workers`` path see the same rows. A killed driver loses no finished run: the runs it
+held are taken over by the next sweep once their leases lapse (at once on the same host,
+where the driver's process is seen to be dead).
+
+Ray is an optional extra (``pip install -e '.[ray]'``), imported only here.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+import traceback
+import uuid
+from contextlib import contextmanager
+from typing import Any, Iterator, Mapping
+
+from tqdm.auto import tqdm
+
+from . import __version__
+from .results import ResultsStore, SweepCounts
+from .study import Run
+
+INSTALL = "pip install -e '.[ray]'  (or: pip install 'ray>=2.9')"
+
+
+def _ray():
+    try:
+        import ray
+    except ImportError as e:
+        raise ImportError(f"the Ray backend needs ray, which is not installed: {INSTALL}") from e
+    return ray
+
+
+def _execute(run: Run, threads: int) -> tuple[dict[str, Any], dict[str, Any], float]:
+    """What a Ray task runs: ``sweep.execute`` on the worker, timed."""
+    import torch
+
+    from .sweep import execute
+
+    torch.set_num_threads(threads)
+    t0 = time.perf_counter()
+    metrics, history = execute(run, progress=False)
+    return metrics, history, time.perf_counter() - t0
+
+
+def _error(e: BaseException) -> str:
+    """The task's own exception and traceback (Ray wraps it in a RayTaskError)."""
+    cause = getattr(e, "cause", None)
+    if isinstance(cause, BaseException):
+        return f"{type(cause).__name__}: {cause}\n{e}"
+    return f"{type(e).__name__}: {e}\n{traceback.format_exc()}"
+
+
+@contextmanager
+def _leases(store: ResultsStore, held: set[str]) -> Iterator[None]:
+    """Beat every run in ``held`` (which the caller grows and shrinks) every lease / 4 seconds."""
+    stop = threading.Event()
+
+    def beats() -> None:
+        while not stop.wait(store.lease / 4):
+            for run_id in list(held):
+                try:
+                    store.beat(run_id)
+                except Exception:  # a busy store: the next beat tries again
+                    pass
+
+    thread = threading.Thread(target=beats, name="ray sweep leases", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join()
+
+
+def run_study_ray(study: Mapping[str, Any], store: ResultsStore, address: str | None = None,
+                  cpus: float = 1, gpus: float = 0, retry_failed: bool = False, progress: bool = True) -> SweepCounts:
+    """Sweep a study with one Ray task per pending run (``cpus`` / ``gpus`` each); see the module doc.
+
+    ``address``: a running cluster (``ray start --head`` prints it; "auto" finds the local one);
+    None starts a local Ray instance for this sweep and shuts it down after. Counts as ``sweep``."""
+    from .sweep import runs_of
+
+    for name, value in (("cpus", cpus), ("gpus", gpus)):
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not value >= 0:
+            raise ValueError(f"{name} per run must be a number >= 0, got {value!r}")
+    if cpus == 0 and gpus == 0:
+        raise ValueError("a run needs some resource: cpus > 0 or gpus > 0 per run")
+    ray = _ray()
+    runs = runs_of(study)
+    started = not ray.is_initialized()
+    if started:
+        ray.init(address=address, include_dashboard=False, log_to_driver=False, configure_logging=False)
+    task = ray.remote(num_cpus=cpus, num_gpus=gpus, max_retries=0)(_execute)
+    threads = max(1, int(cpus))
+    invocation, outcomes = uuid.uuid4().hex, {}
+    pending: dict[Any, Run] = {}
+    held: set[str] = set()
+    bar = tqdm(total=len(runs), desc="sweep (ray)", disable=not progress, dynamic_ncols=True)
+    try:
+        with _leases(store, held):
+            for run in runs:
+                cfg = {**run.config(), "version": __version__}
+                if not store.claim(run.run_id, run.study, cfg, run.seed, invocation=invocation,
+                                   retry_failed=retry_failed):
+                    row = store.row(run.run_id) or {"status": "running", "error": None}
+                    outcomes.setdefault(run.run_id, (SweepCounts.SEEN[row["status"]], row["error"]))
+                    bar.update()
+                    continue
+                held.add(run.run_id)
+                pending[task.remote(run, threads)] = run
+            while pending:
+                (ref,), _ = ray.wait(list(pending), num_returns=1)
+                run = pending.pop(ref)
+                try:
+                    metrics, history, seconds = ray.get(ref)
+                except Exception as e:  # the run raised on its worker (or the worker died): recorded
+                    error = _error(e)
+                    kept = store.fail(run.run_id, error)
+                    outcomes[run.run_id] = ("failed", error) if kept else ("running_elsewhere", None)
+                else:
+                    kept = store.finish(run.run_id, metrics, history, metrics["trainable"], metrics["total"],
+                                        seconds)
+                    outcomes[run.run_id] = ("done", None) if kept else ("running_elsewhere", None)
+                held.discard(run.run_id)
+                bar.update()
+    except BaseException:  # interrupted: the runs still in flight are free again at once
+        for ref, run in pending.items():
+            ray.cancel(ref, force=True)
+            store.release(run.run_id)
+        raise
+    finally:
+        bar.close()
+        if started:
+            ray.shutdown()
+    return SweepCounts.of([r.run_id for r in runs], [outcomes])
