@@ -16,7 +16,7 @@ import copy
 import math
 import numbers
 import re
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Any, Iterator, Mapping, Sequence
 
 import numpy as np
@@ -73,6 +73,14 @@ class ScaffoldConfig:
         default) keeps W_seed; "epoch" redraws it every epoch; "step" cycles k
         scaffolds, one per optimiser step; "batch" splits each training batch into
         k sub-batches, each through its own scaffold.
+    specs: per-layer distribution overrides {pattern: spec} (e.g. the spectral-radius rule
+        for a reservoir's recurrent weight). A pattern matches a scaffold layer by the peft
+        rule on the layer's name or on the name of the target that holds it (an
+        nn.MultiheadAttention's ``attn`` holds ``attn.in_proj`` and ``attn.out_proj``). Every
+        pattern must match a scaffold layer, and a layer matched by two patterns is an error
+        (no order-dependent "first wins": the adapter file stores the patterns sorted). Layers
+        no pattern matches take ``spec``. Empty by default and then left out of to_dict(),
+        so configs without overrides keep their stored form and run ids.
     """
 
     target_modules: Sequence[str] | str = (ALL_LINEAR,)
@@ -85,9 +93,14 @@ class ScaffoldConfig:
     trainable: Sequence[str] | str = ()
     schedule: str = "static"
     k: int = 1
+    specs: Mapping[str, DistributionSpec] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "spec", as_spec(self.spec))
+        if not isinstance(self.specs, Mapping):
+            raise ValueError(f"specs must be a mapping {{pattern: spec}}, got {self.specs!r}")
+        _patterns(tuple(self.specs), "specs")
+        object.__setattr__(self, "specs", {p: as_spec(v) for p, v in sorted(self.specs.items())})
         object.__setattr__(self, "target_modules", _patterns(self.target_modules, "target_modules"))
         object.__setattr__(self, "trainable", _patterns(self.trainable, "trainable"))
         if not self.target_modules:
@@ -116,15 +129,28 @@ class ScaffoldConfig:
             return 0.0
         return self.alpha / (math.sqrt(self.r) if self.rslora else self.r)
 
+    def spec_for(self, *names: str) -> tuple[str | None, DistributionSpec]:
+        """(pattern, spec) of the layer known by ``names`` (its own name, the target holding it):
+        the one ``specs`` pattern matching any of them, else (None, ``spec``); two patterns is an error."""
+        hits = [p for p in self.specs if any(matches(n, (p,)) for n in names)]
+        if len(hits) > 1:
+            raise ValueError(f"layer {names[0]!r} is matched by several specs patterns {hits}: make them disjoint")
+        return (hits[0], self.specs[hits[0]]) if hits else (None, self.spec)
+
     def to_dict(self) -> dict[str, Any]:
-        d = asdict(self)
+        d = {f.name: getattr(self, f.name) for f in fields(self)}
         d["spec"] = self.spec.to_dict()
         d["target_modules"], d["trainable"] = list(self.target_modules), list(self.trainable)
+        if self.specs:
+            d["specs"] = {p: v.to_dict() for p, v in self.specs.items()}
+        else:
+            del d["specs"]  # stored configs (and run ids) without overrides keep their form
         return d
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> "ScaffoldConfig":
-        return cls(**{**d, "spec": DistributionSpec.from_dict(d["spec"])})
+        specs = {p: DistributionSpec.from_dict(v) for p, v in d.get("specs", {}).items()}
+        return cls(**{**d, "spec": DistributionSpec.from_dict(d["spec"]), "specs": specs})
 
 
 def matches(name: str, patterns: Sequence[str]) -> bool:
@@ -133,16 +159,32 @@ def matches(name: str, patterns: Sequence[str]) -> bool:
 
 
 def _skeleton(module: nn.Module) -> nn.Module:
-    """A copy of ``module`` on the meta device (no memory): the class and attributes merge() rebuilds."""
+    """A copy of ``module`` (and its children) on the meta device (no memory): the class and attributes
+    to_plain() rebuilds."""
     memo: dict[int, Any] = {id(p): nn.Parameter(torch.empty_like(p, device="meta"), p.requires_grad)
-                            for p in module.parameters(recurse=False)}
-    memo.update({id(b): torch.empty_like(b, device="meta") for b in module.buffers(recurse=False)})
+                            for p in module.parameters()}
+    memo.update({id(b): torch.empty_like(b, device="meta") for b in module.buffers()})
     return copy.deepcopy(module, memo)
 
 
-class ScaffoldLayer(nn.Module):
-    """Shared machinery of a frozen-scaffold layer; subclasses give the geometry.
+class Scaffolded(nn.Module):
+    """A module that replaced a registered layer type; ``to_plain()`` rebuilds that class (merge())."""
 
+    def to_plain(self) -> nn.Module:
+        raise NotImplementedError
+
+
+class ScaffoldLayer(Scaffolded):
+    """Shared machinery of a frozen-scaffold layer with one weight; subclasses give the geometry.
+
+    Geometry a subclass declares (the layer type's one place):
+      ``transposed``: the stored weight is the transpose of the (d_out, d_in) map (Conv1D, Embedding);
+        A is (r, d_in), B (d_out, r) and ``delta()`` returns s B A in the stored layout.
+      ``fan_in_axis``: the stored axis the draw's fan-in counts (times the kernel): 1 draws the stored
+        shape as it is (torch's (out, in, *kernel) convention); 0 draws the transpose and transposes it
+        back, so a (d_in, d_out) weight gets fan_in = d_in.
+      ``base(x, w)``: the replaced layer's op with weight w; ``adapter(x)``: B (A x) in that geometry;
+      ``a_bound()``: A ~ U(-a, a); ``to_plain()``: the replaced class holding the merged weight.
     ``trained`` declares, in one place, the names of the tensors this layer trains and saves
     (ScaffoldConfig.trainable is a different thing: patterns of other modules that train);
     ``frozen()`` are the other parameters (a seeded bias), regenerated from the seed.
@@ -150,16 +192,23 @@ class ScaffoldLayer(nn.Module):
     """
 
     trained: tuple[str, ...] = ("beta", "lora_A", "lora_B")
+    transposed: bool = False
+    fan_in_axis: int = 1
 
     def __init__(self, weight_shape: tuple[int, ...], name: str, config: ScaffoldConfig, template: nn.Module,
                  has_bias: bool = True, dtype: torch.dtype | None = None, device: torch.device | str | None = None,
-                 ) -> None:
+                 target: str | None = None) -> None:
+        """``target``: the name of the replaced module holding this layer, if it is not the layer itself
+        (``specs`` patterns match either name)."""
         super().__init__()
-        self.name, self.config, self.weight_shape = name, config, tuple(weight_shape)
+        self.name, self.config, self.weight_shape = name, config, tuple(int(n) for n in weight_shape)
+        if (self.transposed or self.fan_in_axis != 1) and len(self.weight_shape) != 2:
+            raise ValueError(f"layer {name!r}: a transposed layout needs a 2-D weight, got {self.weight_shape}")
+        self.spec_pattern, self.spec = config.spec_for(name, *(() if target is None else (target,)))
         dtype = template.weight.dtype if dtype is None else dtype
         device = template.weight.device if device is None else device
         object.__setattr__(self, "_template", _skeleton(template))  # not a submodule: no state
-        d_out, d_in = weight_shape[0], int(np.prod(weight_shape[1:]))
+        d_out, d_in = self.map_shape
         r = config.r
         if r > min(d_in, d_out):
             raise ValueError(f"rank r={r} for layer {name!r} must lie in [0, min(d_in, d_out)] = [0, {min(d_in, d_out)}]")
@@ -168,7 +217,7 @@ class ScaffoldLayer(nn.Module):
         self.register_buffer("_stack", None, persistent=False)
         self.draw_id: Any = 0  # the W_seed in use: 0 (canonical), ["epoch", e] or ["cycle", i]
         self.beta = nn.Parameter(torch.ones((), dtype=dtype, device=device))
-        self.lora_A = nn.Parameter(self._uniform("lora_A", (r, d_in), 1.0 / math.sqrt(d_in), dtype).to(device))
+        self.lora_A = nn.Parameter(self._uniform("lora_A", (r, d_in), self.a_bound(), dtype).to(device))
         self.lora_B = nn.Parameter(torch.zeros(d_out, r, dtype=dtype, device=device))
         if config.bias == "none" or (config.bias == "keep" and not has_bias):
             self.bias = None
@@ -181,6 +230,21 @@ class ScaffoldLayer(nn.Module):
             self._stack = torch.stack([self.W_seed] + [self._draw(("cycle", i), dtype, device)
                                                        for i in range(1, config.k)])
 
+    @property
+    def map_shape(self) -> tuple[int, int]:
+        """(d_out, d_in) of the map y = W x the weight stands for (d_in includes a conv's kernel)."""
+        if self.transposed:
+            return self.weight_shape[1], self.weight_shape[0]
+        return self.weight_shape[0], int(np.prod(self.weight_shape[1:]))
+
+    def to_map(self, w: torch.Tensor) -> torch.Tensor:
+        """A weight in the stored layout, seen as the (d_out, d_in, *kernel) map (a view)."""
+        return w.T if self.transposed else w
+
+    def a_bound(self) -> float:
+        """A ~ U(-a, a), kaiming-uniform (a = sqrt(5)): a = 1 / sqrt(d_in)."""
+        return 1.0 / math.sqrt(self.map_shape[1])
+
     def frozen(self) -> tuple[str, ...]:
         """Names of this layer's parameters that are not trained (regenerated from the seed)."""
         return tuple(n for n, _ in self.named_parameters(recurse=False) if n not in self.trained)
@@ -191,11 +255,13 @@ class ScaffoldLayer(nn.Module):
 
     def _draw(self, which: Any, dtype: torch.dtype, device: torch.device | str) -> torch.Tensor:
         """Scaffold 0 is the canonical W_seed; others are seeded by (schedule, index). Drawn on
-        ``device`` itself (a meta layer holds no values)."""
+        ``device`` itself (a meta layer holds no values), in the layout ``fan_in_axis`` says."""
         if torch.device(device).type == "meta":
             return torch.empty(self.weight_shape, dtype=dtype, device="meta")
         salt = () if which == 0 else tuple(which)
-        return draw(self.config.spec, self.weight_shape, self.seed("W_seed", *salt), dtype=dtype, device=device)
+        shape = self.weight_shape if self.fan_in_axis == 1 else self.weight_shape[::-1]
+        w = draw(self.spec, shape, self.seed("W_seed", *salt), dtype=dtype, device=device)
+        return w if self.fan_in_axis == 1 else w.T.contiguous()
 
     def _uniform(self, what: str, shape: tuple[int, ...], bound: float, dtype: torch.dtype) -> torch.Tensor:
         u = rng_for(self.seed(what)).uniform(-bound, bound, shape)
@@ -264,11 +330,12 @@ class ScaffoldLayer(nn.Module):
 
     # -- merged view --------------------------------------------------------------------------
     def delta(self) -> torch.Tensor:
-        """The adapter update s * B A, shaped like W_seed."""
-        return (self.s * (self.lora_B @ self.lora_A)).view(self.weight_shape)
+        """The adapter update s * B A, in the stored layout of W_seed."""
+        m = self.s * (self.lora_B @ self.lora_A)
+        return m.T if self.transposed else m.view(self.weight_shape)
 
     def merged_weight(self) -> torch.Tensor:
-        """W = beta * W_seed + s * B A."""
+        """W = beta * W_seed + s * B A (stored layout)."""
         return self.beta * self.W_seed + self.delta()
 
     def to_plain(self) -> nn.Module:
@@ -284,8 +351,8 @@ class ScaffoldLayer(nn.Module):
         return m
 
     def extra_repr(self) -> str:
-        c = self.config
-        return f"{self.name!r}, shape={self.weight_shape}, r={self.r}, s={self.s:g}, spec={c.spec.name}, schedule={c.schedule}"
+        return (f"{self.name!r}, shape={self.weight_shape}, r={self.r}, s={self.s:g}, spec={self.spec.name}, "
+                f"schedule={self.config.schedule}")
 
 
 class _LottaLinear(torch.autograd.Function):
@@ -326,14 +393,15 @@ class ScaffoldLinear(ScaffoldLayer):
 
     def __init__(self, in_features: int, out_features: int, name: str, config: ScaffoldConfig,
                  template: nn.Module | None = None, dtype: torch.dtype | None = None,
-                 device: torch.device | str | None = None) -> None:
+                 device: torch.device | str | None = None, target: str | None = None) -> None:
         """``template``: the nn.Linear replaced (its class, bias structure, dtype and device);
         without one, a float32 CPU nn.Linear with a bias (or ``dtype`` / ``device``)."""
         if template is None:
             template = nn.Linear(in_features, out_features, device="meta", dtype=dtype)
             device = "cpu" if device is None else device
-        super().__init__((out_features, in_features), name, config, template, has_bias=template.bias is not None,
-                         dtype=dtype, device=device)
+        shape = (in_features, out_features) if self.transposed else (out_features, in_features)
+        super().__init__(shape, name, config, template, has_bias=template.bias is not None,
+                         dtype=dtype, device=device, target=target)
         self.in_features, self.out_features = in_features, out_features
 
     @classmethod
@@ -341,7 +409,7 @@ class ScaffoldLinear(ScaffoldLayer):
         return cls(module.in_features, module.out_features, name, config, template=module)
 
     def base(self, x, w):
-        return F.linear(x, w)
+        return F.linear(x, self.to_map(w))
 
     def adapter(self, x):
         return F.linear(F.linear(x, self.lora_A), self.lora_B)
@@ -350,15 +418,37 @@ class ScaffoldLinear(ScaffoldLayer):
         if self.r == 0 or (self.config.schedule == "batch" and self.training and self._stack is not None):
             return super().forward(x)
         shape = x.shape
-        y = _LottaLinear.apply(x.reshape(-1, shape[-1]), self.W_seed, self.beta, self.lora_A, self.lora_B, self.s)
+        y = _LottaLinear.apply(x.reshape(-1, shape[-1]), self.to_map(self.W_seed), self.beta, self.lora_A,
+                               self.lora_B, self.s)
         y = y.reshape(*shape[:-1], self.out_features)
         return y if self.bias is None else y + self.bias.to(y.dtype)
 
 
-class ScaffoldConv2d(ScaffoldLayer):
-    """nn.Conv2d geometry (groups = 1): A is a conv with the kernel, B a 1x1 conv (as peft)."""
+class ScaffoldConv1D(ScaffoldLinear):
+    """transformers' Conv1D (GPT-2): W stored (d_in, d_out), y = x W + b. W_seed is drawn (d_out, d_in),
+    fan_in = d_in, and stored transposed, so it equals the W_seed of an nn.Linear of the same name;
+    merge() returns a Conv1D."""
 
-    def __init__(self, conv: nn.Conv2d, name: str, config: ScaffoldConfig) -> None:
+    transposed, fan_in_axis = True, 0
+
+    @classmethod
+    def from_module(cls, module: nn.Module, name: str, config: ScaffoldConfig) -> "ScaffoldConv1D":
+        return cls(module.nx, module.nf, name, config, template=module)
+
+
+_CONV_OPS = {1: F.conv1d, 2: F.conv2d}
+
+
+class ScaffoldConv(ScaffoldLayer):
+    """nn.Conv1d / nn.Conv2d geometry (groups = 1, zero padding): W_seed (d_out, c_in, *kernel),
+    A a conv with the kernel (r, c_in, *kernel), B a 1x1 conv (as peft)."""
+
+    nd: int = 2
+
+    def __init__(self, conv: nn.Module, name: str, config: ScaffoldConfig) -> None:
+        if conv.weight.dim() != self.nd + 2:
+            raise ValueError(f"layer {name!r}: {type(self).__name__} takes a {self.nd}-D convolution, "
+                             f"got weight shape {tuple(conv.weight.shape)}")
         if conv.groups != 1:
             raise ValueError(f"layer {name!r}: grouped convolutions (groups={conv.groups}) are not supported")
         if conv.padding_mode != "zeros":
@@ -367,60 +457,333 @@ class ScaffoldConv2d(ScaffoldLayer):
         self.stride, self.padding, self.dilation = conv.stride, conv.padding, conv.dilation
 
     @classmethod
-    def from_module(cls, module: nn.Conv2d, name: str, config: ScaffoldConfig) -> "ScaffoldConv2d":
+    def from_module(cls, module: nn.Module, name: str, config: ScaffoldConfig) -> "ScaffoldConv":
         return cls(module, name, config)
 
     def _conv(self, x, w):
-        return F.conv2d(x, w, None, self.stride, self.padding, self.dilation)
+        return _CONV_OPS[self.nd](x, w, None, self.stride, self.padding, self.dilation)
 
     def base(self, x, w):
         return self._conv(x, w)
 
     def adapter(self, x):
         a = self.lora_A.view(self.r, *self.weight_shape[1:])
-        return F.conv2d(self._conv(x, a), self.lora_B[:, :, None, None])
+        return _CONV_OPS[self.nd](self._conv(x, a), self.lora_B.view(*self.lora_B.shape, *(1,) * self.nd))
 
     def _bias_shape(self):
-        return (1, -1, 1, 1)
+        return (1, -1) + (1,) * self.nd
+
+
+class ScaffoldConv1d(ScaffoldConv):
+    """nn.Conv1d: input (N, C, L)."""
+
+    nd = 1
+
+
+class ScaffoldConv2d(ScaffoldConv):
+    """nn.Conv2d: input (N, C, H, W)."""
+
+    nd = 2
+
+
+class ScaffoldEmbedding(ScaffoldLayer):
+    """nn.Embedding, adapter as peft: W_seed stored (V, D) = (num_embeddings, embedding_dim); A (r, V) is
+    looked up by token id (A x for the one-hot x), B (D, r); the update s (B A)^T is stored like W.
+
+    Draw: the stored (V, D) shape as torch.nn.init reads it, fan_in = D, so every token's vector has
+    expected squared norm gain^2 whatever V is (the map's fan-in V would shrink it with the vocabulary).
+    A ~ U(-1, 1): a lookup reads one column of A (a one-hot input has one non-zero entry), so A x has the
+    variance A x of a linear layer has for unit-variance inputs. padding_idx: its row of W_seed is zero (as
+    nn.Embedding's) and its column of A is zero and gets no gradient, so the row stays zero, merged too.
+    max_norm, scale_grad_by_freq and sparse are refused; so is a seeded bias (an Embedding has none).
+    """
+
+    transposed = True
+
+    def __init__(self, emb: nn.Embedding, name: str, config: ScaffoldConfig) -> None:
+        for attr, ok in (("max_norm", None), ("scale_grad_by_freq", False), ("sparse", False)):
+            if getattr(emb, attr) != ok:
+                raise ValueError(f"layer {name!r}: nn.Embedding with {attr}={getattr(emb, attr)!r} cannot be "
+                                 f"scaffolded (allowed: {attr}={ok!r})")
+        if config.bias in ("frozen", "trainable"):
+            raise ValueError(f"layer {name!r}: an nn.Embedding has no bias; bias={config.bias!r} would add one "
+                             f"its class cannot hold (use 'keep' or 'none')")
+        object.__setattr__(self, "padding_idx", emb.padding_idx)  # _draw needs it during __init__
+        super().__init__(tuple(emb.weight.shape), name, config, emb, has_bias=False)
+        if self.padding_idx is not None:
+            with torch.no_grad():
+                self.lora_A[:, self.padding_idx] = 0
+
+    @classmethod
+    def from_module(cls, module: nn.Embedding, name: str, config: ScaffoldConfig) -> "ScaffoldEmbedding":
+        return cls(module, name, config)
+
+    def a_bound(self) -> float:
+        return 1.0
+
+    def _draw(self, which, dtype, device):
+        w = super()._draw(which, dtype, device)
+        if self.padding_idx is not None and w.device.type != "meta":
+            w[self.padding_idx] = 0
+        return w
+
+    def base(self, x, w):
+        return F.embedding(x, w)
+
+    def adapter(self, x):
+        return F.embedding(x, self.lora_A.T, self.padding_idx) @ self.lora_B.T
+
+
+class ScaffoldMultiheadAttention(Scaffolded):
+    """nn.MultiheadAttention as two scaffold layers, ``in_proj`` (3E, E: q, k, v packed as
+    in_proj_weight) and ``out_proj`` (E, E), named ``<name>.in_proj`` and ``<name>.out_proj``.
+
+    The forward calls both as modules (eq. (1) on each, the fused path, their hooks fire) and attends as
+    nn.MultiheadAttention does (same masks, need_weights, average_attn_weights, batch_first or not,
+    unbatched input); merge() returns an nn.MultiheadAttention. kdim / vdim != embed_dim, add_bias_kv and
+    add_zero_attn are refused. Dropout on the attention weights draws its own mask (not torch's).
+    """
+
+    def __init__(self, mha: nn.MultiheadAttention, name: str, config: ScaffoldConfig) -> None:
+        bad = [f"{k}={v!r}" for k, v, ok in (
+            ("kdim", mha.kdim, mha.embed_dim), ("vdim", mha.vdim, mha.embed_dim),
+            ("add_bias_kv", mha.bias_k is not None, False), ("add_zero_attn", mha.add_zero_attn, False)) if v != ok]
+        if bad:
+            raise ValueError(f"layer {name!r}: nn.MultiheadAttention with {', '.join(bad)} cannot be scaffolded "
+                             f"(allowed: kdim = vdim = embed_dim = {mha.embed_dim}, no add_bias_kv, no add_zero_attn)")
+        super().__init__()
+        object.__setattr__(self, "_template", _skeleton(mha))
+        E, w = mha.embed_dim, mha.in_proj_weight
+        packed = nn.Linear(E, 3 * E, bias=mha.in_proj_bias is not None, device="meta", dtype=w.dtype)
+        self.in_proj = ScaffoldLinear(E, 3 * E, f"{name}.in_proj", config, template=packed, dtype=w.dtype,
+                                      device=w.device, target=name)
+        self.out_proj = ScaffoldLinear(E, E, f"{name}.out_proj", config, template=mha.out_proj, target=name)
+        self.name, self.embed_dim, self.num_heads, self.head_dim = name, E, mha.num_heads, mha.head_dim
+        self.dropout, self.batch_first = mha.dropout, mha.batch_first
+
+    @classmethod
+    def from_module(cls, module: nn.MultiheadAttention, name: str, config: ScaffoldConfig) -> "ScaffoldMultiheadAttention":
+        return cls(module, name, config)
+
+    @staticmethod
+    def _float_mask(mask: torch.Tensor, dtype: torch.dtype, what: str) -> torch.Tensor:
+        if mask.dtype == torch.bool:
+            return torch.zeros(mask.shape, dtype=dtype, device=mask.device).masked_fill_(mask, float("-inf"))
+        if not mask.is_floating_point():
+            raise ValueError(f"{what} must be bool or floating point, got {mask.dtype}")
+        return mask.to(dtype)
+
+    def forward(self, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
+                key_padding_mask: torch.Tensor | None = None, need_weights: bool = True,
+                attn_mask: torch.Tensor | None = None, average_attn_weights: bool = True,
+                is_causal: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """nn.MultiheadAttention.forward's contract; ``is_causal`` is a hint that attn_mask is causal."""
+        if is_causal and attn_mask is None:
+            raise ValueError("is_causal=True needs attn_mask (the causal mask), as nn.MultiheadAttention")
+        self_attn, kv_same = query is key and key is value, key is value
+        batched = query.dim() == 3
+        q_in, k_in, v_in = ((t if batched else t.unsqueeze(0 if self.batch_first else 1)) for t in (query, key, value))
+        if not self.batch_first:
+            q_in, k_in, v_in = (t.transpose(0, 1) for t in (q_in, k_in, v_in))
+        E, H, hd = self.embed_dim, self.num_heads, self.head_dim
+        if self_attn:
+            q, k, v = self.in_proj(q_in).chunk(3, dim=-1)
+        elif kv_same:
+            q = self.in_proj(q_in)[..., :E]
+            k, v = self.in_proj(k_in)[..., E:].chunk(2, dim=-1)
+        else:
+            q, k, v = self.in_proj(q_in)[..., :E], self.in_proj(k_in)[..., E:2 * E], self.in_proj(v_in)[..., 2 * E:]
+        N, L, S = q.shape[0], q.shape[1], k.shape[1]
+        q, k, v = (t.reshape(N, -1, H, hd).transpose(1, 2) for t in (q, k, v))  # (N, H, len, hd)
+        mask = None
+        if attn_mask is not None:
+            mask = self._float_mask(attn_mask, q.dtype, "attn_mask")
+            mask = mask.view(1, 1, L, S) if mask.dim() == 2 else mask.view(N, H, L, S)
+        if key_padding_mask is not None:
+            kp = self._float_mask(key_padding_mask, q.dtype, "key_padding_mask").view(N, 1, 1, S)
+            mask = kp if mask is None else mask + kp
+        p = self.dropout if self.training else 0.0
+        weights = None
+        if need_weights:
+            scores = (q * math.sqrt(1.0 / hd)) @ k.transpose(-2, -1)
+            a = torch.softmax(scores if mask is None else scores + mask, dim=-1)
+            weights = F.dropout(a, p) if p > 0 else a
+            out = weights @ v
+        else:
+            out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=p)
+        out = self.out_proj(out.transpose(1, 2).reshape(N, L, E))
+        if not self.batch_first:
+            out = out.transpose(0, 1)
+        if weights is not None:
+            weights = weights.mean(dim=1) if average_attn_weights else weights
+        if not batched:
+            out = out.squeeze(0 if self.batch_first else 1)
+            weights = weights.squeeze(0) if weights is not None else None
+        return out, weights
+
+    def to_plain(self) -> nn.MultiheadAttention:
+        """nn.MultiheadAttention with in_proj_weight, in_proj_bias and out_proj of the merged layers."""
+        w = self.in_proj.W_seed
+        m = copy.deepcopy(self._template).to_empty(device=w.device).to(w.dtype)
+        packed = self.in_proj.to_plain()
+        m.in_proj_weight = packed.weight
+        if packed.bias is None:
+            m.register_parameter("in_proj_bias", None)
+        else:
+            m.in_proj_bias = packed.bias
+        m.out_proj = self.out_proj.to_plain()
+        return m
+
+    def extra_repr(self) -> str:
+        return f"{self.name!r}, embed_dim={self.embed_dim}, num_heads={self.num_heads}, batch_first={self.batch_first}"
+
+
+# ----------------------------------------------------------------------------- how spectra read a layer's input
+
+def feature_rows(module: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """(..., d) -> (rows, d): every leading position (batch, token, time step) is a row."""
+    return x.reshape(-1, x.shape[-1])
+
+
+def _pad_amounts(padding: Any, kernel: tuple[int, ...], dilation: tuple[int, ...]) -> list[int]:
+    """F.pad amounts (last dim first) of a conv's padding (ints, 'valid' or 'same')."""
+    if padding == "valid":
+        return [0, 0] * len(kernel)
+    if padding == "same":  # as torch: total d (k - 1), the extra one on the right / bottom
+        out: list[int] = []
+        for k, d in reversed(list(zip(kernel, dilation))):
+            total = d * (k - 1)
+            out += [total // 2, total - total // 2]
+        return out
+    pads = (padding,) * len(kernel) if isinstance(padding, int) else tuple(padding)
+    return [p for q in reversed(pads) for p in (q, q)]
+
+
+def conv_rows(module: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """A dense conv's input as the (N L, C prod(kernel)) patches its kernel sees (its fan_in), with its own
+    padding, stride and dilation; a grouped conv (no patch geometry) falls back to channel rows (N L, C)."""
+    nd = x.dim() - 2
+    if module.groups != 1:
+        return x.movedim(1, -1).reshape(-1, x.shape[1])
+    kernel, dilation, stride = tuple(module.kernel_size), tuple(module.dilation), tuple(module.stride)
+    pad = _pad_amounts(module.padding, kernel, dilation)
+    if any(pad):
+        x = F.pad(x, pad, mode="constant" if module.padding_mode == "zeros" else module.padding_mode)
+    if nd == 1:  # a 1-D conv is a 2-D one of height 1
+        x, kernel, dilation, stride = x.unsqueeze(2), (1, *kernel), (1, *dilation), (1, *stride)
+    cols = F.unfold(x, kernel, dilation=dilation, padding=0, stride=stride)  # (N, C prod(k), L)
+    return cols.transpose(1, 2).reshape(-1, cols.shape[1])
+
+
+ONE_HOT_LIMIT = 4096
+
+
+def one_hot_rows(module: nn.Module, ids: torch.Tensor) -> torch.Tensor:
+    """Token ids (...) -> one-hot rows (n, V): what an Embedding's A sees (A x = column x of A). Their
+    covariance is diag(p) - p p^T of the token frequencies p; refused for V > ONE_HOT_LIMIT (V x V)."""
+    V = module.num_embeddings
+    if V > ONE_HOT_LIMIT:
+        raise ValueError(f"an Embedding's input rows are one-hot over V = {V} tokens, a V x V covariance; "
+                         f"above {ONE_HOT_LIMIT} leave the layer out (layers=[...])")
+    return F.one_hot(ids.reshape(-1).long(), V).to(torch.get_default_dtype())
 
 
 # ----------------------------------------------------------------------------- the layer-type registry
 
 @dataclass(frozen=True)
 class LayerType:
-    """A module class that can be scaffolded: ``layer.from_module(module, name, config)`` wraps it;
-    ``linear``: part of target_modules="all-linear"."""
+    """A module class that can be scaffolded, declared in one place.
 
-    module: type[nn.Module]
-    layer: type[ScaffoldLayer]
+    module: the class, or its dotted path "package.module.Class" (matched by the class's own
+        __module__ and __qualname__, so registering it never imports the package).
+    layer: the Scaffolded class; ``layer.from_module(module, name, config)`` wraps one. A ScaffoldLayer
+        subclass declares the weight layout (``transposed``, ``fan_in_axis``), base and adapter ops and
+        the merge (``to_plain``); a container (ScaffoldMultiheadAttention) holds ScaffoldLayers and
+        merges them back into the same class.
+    linear: part of target_modules="all-linear".
+    rows: how spectra read the module's input as (rows, fan_in): ``rows(module, x)``; None: not read.
+    """
+
+    module: type[nn.Module] | str
+    layer: type[Scaffolded]
     linear: bool = False
+    rows: Callable[[nn.Module, torch.Tensor], torch.Tensor] | None = feature_rows
+
+    @property
+    def name(self) -> str:
+        return self.module.rpartition(".")[2] if isinstance(self.module, str) else self.module.__name__
 
 
-LAYER_TYPES: dict[type[nn.Module], LayerType] = {}
+LAYER_TYPES: dict[type[nn.Module] | str, LayerType] = {}
+
+
+def _key(cls: type) -> str:
+    return f"{cls.__module__}.{cls.__qualname__}"
 
 
 def register_layer_type(entry: LayerType) -> LayerType:
     """Add a scaffoldable module class (see LayerType); a class can be registered once."""
-    if entry.module in LAYER_TYPES:
-        raise ValueError(f"layer type {entry.module.__name__} is already registered")
+    keys = {entry.module, entry.module if isinstance(entry.module, str) else _key(entry.module)}
+    taken = [k for k in LAYER_TYPES if k in keys or (not isinstance(k, str) and _key(k) in keys)]
+    if taken:
+        raise ValueError(f"layer type {entry.name} is already registered")
+    if not (isinstance(entry.layer, type) and issubclass(entry.layer, Scaffolded)):
+        raise ValueError(f"layer type {entry.name}: layer must be a Scaffolded subclass, got {entry.layer!r}")
     LAYER_TYPES[entry.module] = entry
     return entry
 
 
 register_layer_type(LayerType(nn.Linear, ScaffoldLinear, linear=True))
-register_layer_type(LayerType(nn.Conv2d, ScaffoldConv2d))
-
-# Parents that read a child's weight directly instead of calling it: scaffolding the child is wrong.
-_OPAQUE_PARENTS: tuple[type[nn.Module], ...] = (nn.MultiheadAttention,)
+register_layer_type(LayerType("transformers.pytorch_utils.Conv1D", ScaffoldConv1D, linear=True))
+register_layer_type(LayerType(nn.Conv1d, ScaffoldConv1d, rows=conv_rows))
+register_layer_type(LayerType(nn.Conv2d, ScaffoldConv2d, rows=conv_rows))
+register_layer_type(LayerType(nn.Embedding, ScaffoldEmbedding, rows=one_hot_rows))
+register_layer_type(LayerType(nn.MultiheadAttention, ScaffoldMultiheadAttention, linear=True))
 
 
 def layer_type(module: nn.Module) -> LayerType | None:
     """The registry entry for ``module``, or None. A subclass counts only if it keeps its
     registered base's forward (a subclass with its own forward computes something else)."""
     for cls in type(module).__mro__:
-        if cls in LAYER_TYPES:
-            return LAYER_TYPES[cls] if type(module).forward is cls.forward else None
+        entry = LAYER_TYPES.get(cls) or LAYER_TYPES.get(_key(cls))
+        if entry is not None:
+            return entry if type(module).forward is cls.forward else None
     return None
+
+
+def is_container(module: nn.Module) -> bool:
+    """A registered module whose scaffold holds several layers (it reads its children's weights directly)."""
+    entry = layer_type(module)
+    return entry is not None and not issubclass(entry.layer, ScaffoldLayer)
+
+
+def effective_weight(module: nn.Module) -> torch.Tensor | None:
+    """The (d_out, d_in, *kernel) map of a one-weight layer: beta W_seed + s B A of a ScaffoldLayer, W of a
+    registered plain module; None for anything else (a container, an unregistered module)."""
+    if isinstance(module, ScaffoldLayer):
+        return module.to_map(module.merged_weight())
+    entry = layer_type(module)
+    if entry is None or not issubclass(entry.layer, ScaffoldLayer):
+        return None
+    return module.weight.T if entry.layer.transposed else module.weight
+
+
+def input_rows(module: nn.Module, x: torch.Tensor) -> torch.Tensor | None:
+    """The input ``x`` of ``module`` as the (rows, d_in) its adapter's A sees, by its type's ``rows``;
+    None for a module no entry reads."""
+    plain = module._template if isinstance(module, Scaffolded) else module
+    entry = layer_type(plain)
+    return None if entry is None or entry.rows is None else entry.rows(plain, x)
+
+
+def _type_names() -> str:
+    return ", ".join(t.name for t in LAYER_TYPES.values())
+
+
+def _outermost(targets: list[tuple[str, nn.Module]]) -> list[tuple[str, nn.Module]]:
+    """Targets less those inside a targeted container (an nn.MultiheadAttention scaffolds its out_proj)."""
+    containers = [n for n, m in targets if is_container(m)]
+    return [(n, m) for n, m in targets if not any(n.startswith(c + ".") for c in containers)]
 
 
 def _set_submodule(model: nn.Module, name: str, new: nn.Module) -> None:
@@ -448,7 +811,7 @@ def _unmatched(patterns: Sequence[str], names: Sequence[str]) -> list[str]:
 
 def _select_targets(model: nn.Module, config: ScaffoldConfig) -> list[tuple[str, nn.Module]]:
     """The (name, module) pairs to replace; every refusal of ScaffoldConfig's docstring is raised here."""
-    if getattr(model, "scaffold_config", None) is not None or any(isinstance(m, ScaffoldLayer) for m in model.modules()):
+    if getattr(model, "scaffold_config", None) is not None or any(isinstance(m, Scaffolded) for m in model.modules()):
         raise ValueError("the model is already scaffolded: scaffold a fresh instance (or load() an adapter file "
                          "into a fresh instance)")
     named = [(n, m) for n, m in model.named_modules() if n]
@@ -464,7 +827,7 @@ def _select_targets(model: nn.Module, config: ScaffoldConfig) -> list[tuple[str,
     if config.target_modules == (ALL_LINEAR,):
         linear = [(n, m) for n, m in named if (t := layer_type(m)) is not None and t.linear]
         out = _output_layer(model, linear)
-        targets = [(n, m) for n, m in linear if m is not out and not matches(n, config.trainable)]
+        targets = _outermost([(n, m) for n, m in linear if m is not out and not matches(n, config.trainable)])
         if not targets:
             raise ValueError(f"target_modules='all-linear' finds no linear layer besides the output layer; modules: "
                              f"{_describe(named)}")
@@ -477,12 +840,13 @@ def _select_targets(model: nn.Module, config: ScaffoldConfig) -> list[tuple[str,
         if unsupported:
             raise ValueError(f"target_modules {list(config.target_modules)} match modules that cannot be scaffolded: "
                              f"{_describe(unsupported)}; scaffoldable types: "
-                             f"{', '.join(t.__name__ for t in LAYER_TYPES)} (register_layer_type adds one). "
+                             f"{_type_names()} (register_layer_type adds one). "
                              f"Narrow the patterns, e.g. to the names above that should stay as they are.")
         targets = [(n, m) for n, m in matched if layer_type(m) is not None]
+        targets = _outermost(targets)
         if not targets:
             raise ValueError(f"target_modules {list(config.target_modules)} match no scaffoldable layer "
-                             f"({', '.join(t.__name__ for t in LAYER_TYPES)}); modules: {_describe(named)}")
+                             f"({_type_names()}); modules: {_describe(named)}")
     for n, m in targets:
         if len(aliases[id(m)]) > 1:
             raise ValueError(f"layer {n!r} is reachable under several names {aliases[id(m)]}: a shared module "
@@ -490,14 +854,14 @@ def _select_targets(model: nn.Module, config: ScaffoldConfig) -> list[tuple[str,
         if matches(n, config.trainable):
             raise ValueError(f"layer {n!r} is both a scaffold target and in trainable={list(config.trainable)}")
         parent = model.get_submodule(n.rpartition(".")[0]) if "." in n else model
-        if isinstance(parent, _OPAQUE_PARENTS):
+        if is_container(parent):
             raise ValueError(f"layer {n!r} belongs to a {type(parent).__name__}, which reads its weight directly; "
                              f"it cannot be scaffolded on its own")
     owners: dict[int, list[str]] = {}
     for n, p in model.named_parameters(remove_duplicate=False):
         owners.setdefault(id(p), []).append(n)
     for n, m in targets:
-        for local, p in m.named_parameters(recurse=False):
+        for local, p in m.named_parameters():
             others = [o for o in owners[id(p)] if o != f"{n}.{local}"]
             if others:
                 raise ValueError(f"layer {n!r}: {local} is tied to {others} (shared tensor); scaffolding it would "
@@ -514,6 +878,11 @@ def scaffold(model: nn.Module, config: ScaffoldConfig) -> nn.Module:
     """
     targets = _select_targets(model, config)
     wrapped = [(n, layer_type(m).layer.from_module(m, n, config)) for n, m in targets]
+    used = {layer.spec_pattern for _, unit in wrapped for layer in unit.modules() if isinstance(layer, ScaffoldLayer)}
+    unused = [p for p in config.specs if p not in used]
+    if unused:
+        raise ValueError(f"specs patterns {unused} match no scaffold layer; layers: "
+                         f"{[l.name for _, u in wrapped for l in u.modules() if isinstance(l, ScaffoldLayer)]}")
     for p in model.parameters():
         p.requires_grad_(False)
     for n, m in model.named_modules():
@@ -531,6 +900,15 @@ def scaffold_layers(model: nn.Module) -> Iterator[tuple[str, ScaffoldLayer]]:
     for n, m in model.named_modules():
         if isinstance(m, ScaffoldLayer):
             yield n, m
+
+
+def _units(model: nn.Module) -> list[tuple[str, Scaffolded]]:
+    """(name, module) of every Scaffolded module not inside another: what merge() replaces."""
+    units: list[tuple[str, Scaffolded]] = []
+    for n, m in model.named_modules():
+        if isinstance(m, Scaffolded) and not any(n.startswith(u + ".") for u, _ in units):
+            units.append((n, m))
+    return units
 
 
 def betas(model: nn.Module) -> dict[str, float]:
@@ -574,7 +952,7 @@ def merge(model: nn.Module) -> nn.Module:
     twin's starting point (full training started from the same scaffold).
     """
     plain = copy.deepcopy(model)
-    for n, m in list(scaffold_layers(plain)):
+    for n, m in _units(plain):
         _set_submodule(plain, n, m.to_plain())
     for p in plain.parameters():
         p.requires_grad_(True)

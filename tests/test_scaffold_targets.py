@@ -86,12 +86,12 @@ def test_all_linear_cannot_be_mixed_with_patterns():
 # ----------------------------------------------------------------------------- 2. matched but unsupported
 
 
-class WithNormAndAttention(nn.Module):
+class WithNormAndRecurrence(nn.Module):
     def __init__(self) -> None:
         super().__init__()
         self.fc = nn.Linear(4, 4)
         self.norm = nn.LayerNorm(4)
-        self.attn = nn.MultiheadAttention(4, 2)
+        self.gru = nn.GRU(4, 4)
         self.head = nn.Linear(4, 2)
 
     def forward(self, x):
@@ -99,12 +99,12 @@ class WithNormAndAttention(nn.Module):
 
 
 def test_matched_unsupported_modules_are_named_with_their_class():
-    model = WithNormAndAttention()
+    model = WithNormAndRecurrence()
     before = {k: v.clone() for k, v in model.state_dict().items()}
     with pytest.raises(ValueError) as err:
         scaffold(model, ScaffoldConfig(target_modules=".*", trainable="head"))
     msg = str(err.value)
-    assert "norm (LayerNorm)" in msg and "attn (MultiheadAttention)" in msg
+    assert "norm (LayerNorm)" in msg and "gru (GRU)" in msg and "Conv1D" in msg  # the registry is listed
     assert type(model.fc) is nn.Linear  # untouched
     assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())
 
@@ -119,7 +119,7 @@ def test_subclass_with_its_own_forward_is_not_treated_as_linear():
         scaffold(model, ScaffoldConfig(target_modules="0"))
 
 
-def test_gpt2_conv1d_layers_are_refused_not_skipped():
+def test_gpt2_conv1d_layers_are_scaffolded_and_norms_refused_not_skipped():
     transformers = pytest.importorskip("transformers")
     config = transformers.GPT2Config(n_layer=2, n_embd=16, n_head=2, vocab_size=40, n_positions=8,
                                      bos_token_id=0, eos_token_id=0)
@@ -127,7 +127,11 @@ def test_gpt2_conv1d_layers_are_refused_not_skipped():
     with pytest.raises(ValueError) as err:
         scaffold(model, ScaffoldConfig(target_modules=".*"))
     msg = str(err.value)
-    assert "transformer.h.0.attn.c_attn (Conv1D)" in msg and "transformer.h.1.mlp.c_proj (Conv1D)" in msg
+    assert "transformer.h.0.ln_1 (LayerNorm)" in msg and "(Conv1D)" not in msg.split(";")[0]
+    scaffolded = scaffold(transformers.GPT2LMHeadModel(config), ScaffoldConfig(r=2))
+    assert [n for n, _ in scaffold_layers(scaffolded)][:4] == [
+        "transformer.h.0.attn.c_attn", "transformer.h.0.attn.c_proj", "transformer.h.0.mlp.c_fc",
+        "transformer.h.0.mlp.c_proj"]
     # lm_head is an nn.Linear tied to the token embedding: scaffolding it would untie them
     with pytest.raises(ValueError, match=r"lm_head.*transformer\.wte"):
         scaffold(model, ScaffoldConfig(target_modules="lm_head"))
