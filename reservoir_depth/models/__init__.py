@@ -39,5 +39,18 @@ def build(arch: str, **kwargs: Any) -> nn.Module:
     return model
 
 
+def scaffold_defaults(model: nn.Module) -> dict[str, Any]:
+    """The ScaffoldConfig keywords a model declares: target_modules, trainable and, where it declares
+    per-layer distribution overrides (the reservoir's spectral-radius rule), specs. Read from the
+    instance, since llama's and vit's depend on their configuration:
+    ``ScaffoldConfig(**scaffold_defaults(model), r=8)``."""
+    out: dict[str, Any] = {"target_modules": tuple(model.scaffold_targets),
+                           "trainable": tuple(model.scaffold_trainable)}
+    specs = getattr(model, "scaffold_specs", None)
+    if specs:
+        out["specs"] = {p: dict(s) for p, s in specs.items()}
+    return out
+
+
 __all__ = ["ARCHITECTURES", "Encoder", "LLAMA_SIZES", "Linear", "Llama", "MLP", "Plain", "Reservoir", "SIZES", "ViT",
-           "build", "count_llama"]
+           "build", "count_llama", "scaffold_defaults"]
