@@ -38,6 +38,9 @@ from .scaffold import ScaffoldConfig
 from .train import TrainConfig
 
 METHODS = ("full", "twin", "lotta")
+# TrainConfig settings added after run ids were first stored: a run's config records them only when
+# they differ from their default, so the ids of runs stored before keep matching.
+TRAIN_ADDED = ("free_run",)
 
 
 @dataclass(frozen=True)
@@ -63,8 +66,10 @@ class Run:
         """The resolved config: every default filled in, as recorded in the store."""
         tc = TrainConfig(**{**self.train, "seed": self.seed, "progress": False}).__dict__
         ds = self.dataset if isinstance(self.dataset, str) else dict(sorted(self.dataset.items()))
+        train = {k: v for k, v in tc.items()
+                 if k != "progress" and not (k in TRAIN_ADDED and v == getattr(TrainConfig, k))}
         cfg = {"study": self.study, "dataset": ds, "arch": dict(self.arch), "method": self.method,
-               "seed": self.seed, "train": {k: v for k, v in tc.items() if k != "progress"}}
+               "seed": self.seed, "train": train}
         if self.method in ("lotta", "twin"):
             cfg["scaffold"] = self.scaffold_config().to_dict()
         if self.spectra:

@@ -25,6 +25,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 
+import numpy as np
 import torch
 from tqdm.auto import tqdm
 
@@ -75,7 +76,7 @@ def execute(run: Run, progress: bool = False) -> tuple[dict[str, Any], dict[str,
     rec_metrics, rec_history = records(run, model, d)
     hist = train(model, d, TrainConfig(**{**run.train, "seed": run.seed, "progress": progress}))
     final = hist.final
-    metrics = {k: final[k] for k in ("test_acc", "test_loss", "train_loss") if k in final}
+    metrics = {k: final[k] for k in FINAL_METRICS if k in final}
     if "test_acc" in final:
         metrics["best_test_acc"] = max(e["test_acc"] for e in hist.epochs)
     metrics.update({"trainable": hist.trainable, "total": hist.total,
@@ -88,6 +89,9 @@ def execute(run: Run, progress: bool = False) -> tuple[dict[str, Any], dict[str,
         history["spectra"] = eigenvalues
     return metrics, history
 
+
+FINAL_METRICS = ("test_acc", "test_loss", "train_loss", "test_bpc", "tokens_per_s", "test_nrmse", "test_nrmse_free")
+"""The final epoch's metrics a run records (those its task measures, see train.TASKS)."""
 
 RECORDED = ("n_test", Columns.ADAPTER_BYTES)  # metrics every run written since records() existed carries
 
@@ -117,14 +121,29 @@ def records(run: Run, model, d: data.Dataset) -> tuple[dict[str, Any], dict[str,
 
 def dataset_rows(d: data.Dataset, X_id) -> tuple[list[dict[str, Any]], Any]:
     """The data set's own spectra: input PCA, between-class scatter (classification) or
-    Cov(x, y) (regression), and the intrinsic dimensions of ``X_id``. Returns (rows, input eigenvalues)."""
-    task = TaskSpectrum(d.task).fit(d.X_train, d.y_train)
+    Cov(x, y) (regression, forecasting), and the intrinsic dimensions of ``X_id``. Returns (rows,
+    input eigenvalues). Forecasting windows count each time step t >= washout as a row (x_t, y_t).
+    Token ids (lm, token classification) are categorical: no spectrum is taken of them; one row
+    says so, with no input eigenvalues (the embedding's outputs are in the activation spectra)."""
+    if getattr(d, "vocab_size", 0):
+        return [{"spectrum": f"inputs: token ids (vocabulary {d.vocab_size}), categorical, so no input PCA, "
+                             f"between-class scatter or intrinsic dimension; see the activation spectra",
+                 "layer": ""}], np.zeros(0)
+    X, y, task_name = d.X_train, d.y_train, d.task
+    if d.task == "forecasting":
+        X, y, X_id = (t[:, d.washout:].reshape(-1, t.shape[-1]) for t in (X, y, X_id))
+        X, y, X_id, task_name = X[:SPECTRA_ROWS], y[:SPECTRA_ROWS], X_id[:SPECTRA_ROWS], "regression"
+    task = TaskSpectrum(task_name).fit(X, y)
     rows = [{"spectrum": "inputs (PCA)", "layer": "", **task.input_spectrum_.summary()}]
     if d.task == "classification":
         rows.append({"spectrum": f"between-class scatter (rank {task.between_class_rank_} <= C-1 = "
                                  f"{task.n_classes_ - 1})", "layer": "", **task.between_class_spectrum_.summary()})
     else:
         rows.append({"spectrum": "Cov(x, y) (squared singular values)", "layer": "", **task.cross_spectrum_.summary()})
+    if task.n_features_ < 2:  # a scalar series: its points lie on a line, nothing to estimate
+        rows.append({"spectrum": "inputs, intrinsic dimension: not estimated for 1-dimensional inputs", "layer": "",
+                     "d": d.d_in})
+        return rows, task.input_spectrum_.eigenvalues
     for method in ("twonn", "mle"):
         rows.append({"spectrum": f"inputs, intrinsic dimension ({method})", "layer": "",
                      "d": d.d_in, "intrinsic_dim": float(IntrinsicDimension(method).fit(X_id).dimension_)})

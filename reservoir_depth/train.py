@@ -5,6 +5,11 @@ requires_grad) and for a plain model (full training) alike. The device is chosen
 automatically (CUDA if present), with bf16 autocast on CUDA. On the CPU a run is
 deterministic for a given seed: batches are shuffled by a seeded generator and
 dropout draws from a seeded, restored global RNG.
+
+The loss and the test metrics come from the data set's task, one entry of the ``TASKS``
+registry: classification (float inputs or padded token ids), regression, next-token language
+modelling ("lm": nats per token, bits per character, tokens/s) and forecasting (MSE after the
+washout, teacher-forced and free-running NRMSE).
 """
 
 from __future__ import annotations
@@ -35,6 +40,7 @@ class TrainConfig:
     amp: bool = True  # bf16 autocast, CUDA only
     progress: bool = True
     beta_every: int = 0  # also record beta every n optimiser steps (0: per epoch only)
+    free_run: bool = True  # forecasting: also measure free-running NRMSE (test_nrmse_free), through model.step
 
     def __post_init__(self) -> None:
         for k in ("epochs", "batch_size"):
@@ -42,6 +48,8 @@ class TrainConfig:
                 raise ValueError(f"{k} must be >= 1, got {getattr(self, k)!r}")
         if not (self.lr > 0 and math.isfinite(self.lr)):
             raise ValueError(f"lr must be a finite number > 0, got {self.lr!r}")
+        if not isinstance(self.free_run, bool):
+            raise ValueError(f"free_run must be True or False, got {self.free_run!r}")
 
 
 @dataclass
@@ -74,48 +82,216 @@ def resolve_device(device: str = "auto") -> torch.device:
     return torch.device(device)
 
 
-def loss_fn(task: str, out: torch.Tensor, y: torch.Tensor, reduction: str = "mean") -> torch.Tensor:
-    """Cross-entropy for classification; for regression the squared error summed over
-    outputs and averaged over samples (so one missing planted direction costs strength^2, Prop. 4b)."""
-    if task == "classification":
+class Task:
+    """A training task: its loss and what evaluation measures (one entry of ``TASKS``).
+
+    ``loss(out, y, reduction, washout)`` is the training loss (``reduction`` "mean" or "sum");
+    ``sums(out, y, washout)`` what one test batch adds up; ``metrics(sums, y, washout)`` the
+    test metrics from the sums over the whole test split (``y``: all its targets), named
+    ``test_<key>`` in the epoch rows; ``throughput(X, seconds)`` extra per-epoch training rates.
+    """
+
+    name: str = ""
+
+    def check(self, out: torch.Tensor, y: torch.Tensor, model: nn.Module) -> None:
+        """Refuse an output whose shape does not fit the targets (``out`` must be ``y``'s shape)."""
+        if out.shape != y.shape:
+            raise ValueError(f"task {self.name!r}: {type(model).__name__} returned an output of shape "
+                             f"{tuple(out.shape)} for targets of shape {tuple(y.shape)}; they must be equal")
+
+    def loss(self, out: torch.Tensor, y: torch.Tensor, reduction: str = "mean", washout: int = 0) -> torch.Tensor:
+        raise NotImplementedError
+
+    def sums(self, out: torch.Tensor, y: torch.Tensor, washout: int = 0) -> dict[str, float]:
+        return {"loss": self.loss(out, y, reduction="sum", washout=washout).item(), "n": len(y)}
+
+    def metrics(self, sums: dict[str, float], y: torch.Tensor, washout: int = 0) -> dict[str, float]:
+        return {"loss": sums["loss"] / sums["n"]}
+
+    def throughput(self, X: torch.Tensor, seconds: float) -> dict[str, float]:
+        return {}
+
+
+class Classification(Task):
+    """Cross-entropy of logits (n, C) against labels (n,); test_acc. Inputs are floats or token ids
+    (n, T) right-padded with pad_id: the model handles the padding."""
+
+    name = "classification"
+
+    def check(self, out, y, model) -> None:
+        if out.shape[:-1] != y.shape:
+            raise ValueError(f"task {self.name!r}: {type(model).__name__} returned logits of shape "
+                             f"{tuple(out.shape)} for labels of shape {tuple(y.shape)}; logits must be "
+                             f"{(*y.shape, 'n_classes')}")
+
+    def loss(self, out, y, reduction="mean", washout=0):
         return F.cross_entropy(out.float(), y, reduction=reduction)
-    if task == "regression":
+
+    def sums(self, out, y, washout=0):
+        return {**super().sums(out, y), "correct": (out.argmax(-1) == y).sum().item()}
+
+    def metrics(self, sums, y, washout=0):
+        return {"loss": sums["loss"] / sums["n"], "acc": sums["correct"] / sums["n"]}
+
+
+class Regression(Task):
+    """Squared error summed over outputs and averaged over samples (so one missing planted
+    direction costs strength^2, Prop. 4b)."""
+
+    name = "regression"
+
+    def loss(self, out, y, reduction="mean", washout=0):
         se = (out.float() - y).pow(2).sum(-1)
         return se.mean() if reduction == "mean" else se.sum()
-    raise ValueError(f"task must be 'classification' or 'regression', got {task!r}")
+
+
+class LanguageModelling(Classification):
+    """Next-token cross-entropy over every position: logits (n, T, V) against y (n, T), y[:, t] the
+    token after X[:, t]. test_loss in nats per token, test_bpc = test_loss / ln 2 (bits per
+    character for a character vocabulary); tokens_per_s = training tokens per second of the epoch."""
+
+    name = "lm"
+
+    def loss(self, out, y, reduction="mean", washout=0):
+        return F.cross_entropy(out.float().flatten(0, -2), y.flatten(), reduction=reduction)
+
+    def sums(self, out, y, washout=0):
+        return {"loss": self.loss(out, y, reduction="sum").item(), "n": y.numel()}
+
+    def metrics(self, sums, y, washout=0):
+        loss = sums["loss"] / sums["n"]
+        return {"loss": loss, "bpc": loss / math.log(2)}
+
+    def throughput(self, X, seconds):
+        return {"tokens_per_s": X.numel() / seconds if seconds > 0 else float("nan")}
+
+
+class Forecasting(Task):
+    """One-step-ahead prediction: out (n, T, d_out) against y (n, T, d_out), y[:, t] = series[t + 1].
+
+    The first ``washout`` steps of every window are excluded. test_loss (and the training loss) is
+    the MSE: squared error averaged over windows, steps t >= washout and output dimensions alike.
+    NRMSE = sqrt(MSE) / std(y), std over the same entries (all windows, steps t >= washout and
+    output dimensions pooled, population std of the test targets). test_nrmse: teacher-forced
+    (the model reads the true X); test_nrmse_free: free-running (see ``free_run``).
+    Predicting the targets exactly gives 0, predicting their mean 1.
+    """
+
+    name = "forecasting"
+
+    def loss(self, out, y, reduction="mean", washout=0):
+        se = (out.float()[:, washout:] - y[:, washout:]).pow(2)
+        return se.mean() if reduction == "mean" else se.sum()
+
+    def sums(self, out, y, washout=0):
+        return {"loss": self.loss(out, y, reduction="sum", washout=washout).item(), "n": y[:, washout:].numel()}
+
+    def metrics(self, sums, y, washout=0):
+        mse = sums["loss"] / sums["n"]
+        return {"loss": mse, "nrmse": math.sqrt(mse) / target_std(y, washout)}
+
+
+TASKS: dict[str, Task] = {t.name: t for t in (Classification(), Regression(), LanguageModelling(), Forecasting())}
+
+
+def task_of(name: str) -> Task:
+    """The registered task ``name``; a clear error names the allowed ones."""
+    if name not in TASKS:
+        raise ValueError(f"task must be one of {tuple(TASKS)}, got {name!r}")
+    return TASKS[name]
+
+
+def loss_fn(task: str, out: torch.Tensor, y: torch.Tensor, reduction: str = "mean", washout: int = 0) -> torch.Tensor:
+    """The training loss of ``task`` (see TASKS): cross-entropy for classification (and per token for
+    lm); for regression the squared error summed over outputs and averaged over samples; for
+    forecasting the MSE over steps t >= washout."""
+    return task_of(task).loss(out, y, reduction=reduction, washout=washout)
+
+
+def target_std(y: torch.Tensor, washout: int = 0) -> float:
+    """std(y) over every window, step t >= washout and output dimension (the NRMSE's denominator);
+    a constant target is refused (NRMSE is undefined there)."""
+    sd = float(y[:, washout:].double().std(unbiased=False))
+    if not sd > 0:
+        raise ValueError(f"the test targets after the washout ({washout} steps) have std {sd}; NRMSE = RMSE / std "
+                         f"is undefined for a constant target")
+    return sd
+
+
+def check_free_run(model: nn.Module, X: torch.Tensor, y: torch.Tensor, name: str = "the data") -> None:
+    """Free-running needs ``model.step(x_t, state)`` and a series whose inputs are its own past
+    targets (X[:, t + 1] == y[:, t]): the prediction of y[:, t] is fed back as x_{t+1}."""
+    if not callable(getattr(model, "step", None)):
+        raise TypeError(f"{type(model).__name__} has no step(x_t, state) -> (y_t, state) method, which the "
+                        f"free-running evaluation (test_nrmse_free) needs; add one, or train with free_run=False")
+    if X.shape[-1] != y.shape[-1] or (X.shape[1] > 1 and not torch.allclose(X[:, 1:], y[:, :-1], rtol=1e-5,
+                                                                                  atol=1e-6)):
+        raise ValueError(f"dataset {name!r}: its inputs are not the series' own past (X[:, t + 1] != y[:, t]; X "
+                         f"{tuple(X.shape)}, y {tuple(y.shape)}), so predictions cannot be fed back as inputs and "
+                         f"free-running is undefined (e.g. a driven system such as NARMA); train with free_run=False")
+
+
+@torch.no_grad()
+def free_run(model: nn.Module, X: torch.Tensor, washout: int = 0) -> torch.Tensor:
+    """Free-running predictions (n, T, d_out) through ``model.step``: steps t < max(washout, 1) read
+    the true x_t (teacher forcing warms the state up), every later step reads the model's own
+    previous prediction as x_t. Compare with y over steps t >= washout."""
+    state, prev, outs = None, None, []
+    for t in range(X.shape[1]):
+        x_t = X[:, t] if t < max(washout, 1) else prev
+        prev, state = model.step(x_t, state)
+        outs.append(prev)
+    return torch.stack(outs, 1)
 
 
 @torch.no_grad()
 def evaluate(model: nn.Module, X: torch.Tensor, y: torch.Tensor, batch_size: int = 1024,
-             amp: bool = True, task: str = "classification") -> dict[str, float]:
-    """Mean loss (and accuracy, for classification) of ``model`` over (X, y)."""
+             amp: bool = True, task: str = "classification", washout: int = 0,
+             free: bool = False) -> dict[str, float]:
+    """The test metrics of ``task`` (see TASKS) of ``model`` over (X, y): mean loss, and accuracy
+    (classification), bpc (lm), nrmse (forecasting; ``free``: also nrmse_free, free-running)."""
+    t = task_of(task)
     was_training = model.training
     model.eval()
     dev = next(model.parameters()).device
-    loss_sum, correct = 0.0, 0
+    sums: dict[str, float] = {}
+    free_sums: dict[str, float] = {}
     for i in range(0, len(X), batch_size):
         xb, yb = X[i:i + batch_size].to(dev), y[i:i + batch_size].to(dev)
         with torch.autocast("cuda", torch.bfloat16, enabled=amp and dev.type == "cuda"):
             out = model(xb)
-        loss_sum += loss_fn(task, out, yb, reduction="sum").item()
-        if task == "classification":
-            correct += (out.argmax(-1) == yb).sum().item()
+            pred_free = free_run(model, xb, washout) if free else None
+        t.check(out, yb, model)
+        for k, v in t.sums(out, yb, washout).items():
+            sums[k] = sums.get(k, 0) + v
+        if free:
+            t.check(pred_free, yb, model)
+            for k, v in t.sums(pred_free, yb, washout).items():
+                free_sums[k] = free_sums.get(k, 0) + v
     model.train(was_training)
-    ev = {"loss": loss_sum / len(X)}
-    if task == "classification":
-        ev["acc"] = correct / len(X)
+    ev = t.metrics(sums, y, washout)
+    if free:
+        ev["nrmse_free"] = t.metrics(free_sums, y, washout)["nrmse"]
     return ev
 
 
 def train(model: nn.Module, data, config: TrainConfig = TrainConfig()) -> History:
     """Train the parameters of ``model`` that require grad on ``data`` (a data.Dataset).
 
+    The loss and the test metrics are those of ``data.task`` (TASKS): one row per epoch with
+    train_loss, test_loss and test_acc (classification), test_bpc and tokens_per_s (lm), test_nrmse
+    and, with ``config.free_run``, test_nrmse_free (forecasting, over steps t >= data.washout).
     ``data`` is checked first (finite tensors, naming the data set and split:
-    data.dataset.check_dataset). Raises FloatingPointError on a NaN or inf
-    training loss, naming the epoch and step, and on a NaN or inf test loss (a
-    non-finite test loss is never recorded as a number).
+    data.dataset.check_dataset); free-running forecasting needs ``model.step`` (check_free_run).
+    Raises FloatingPointError on a NaN or inf training loss, naming the epoch and step, and on a
+    NaN or inf test loss (a non-finite test loss is never recorded as a number).
     """
     check_dataset(data)
+    t = task_of(getattr(data, "task", "classification"))
+    washout = int(getattr(data, "washout", 0) or 0)
+    free = t.name == "forecasting" and config.free_run
+    if free:
+        check_free_run(model, data.X_test, data.y_test, getattr(data, "name", "the data"))
     dev = resolve_device(config.device)
     model.to(dev)
     params = [p for p in model.parameters() if p.requires_grad]
@@ -128,16 +304,15 @@ def train(model: nn.Module, data, config: TrainConfig = TrainConfig()) -> Histor
     X, y = data.X_train, data.y_train
     n = len(X)
     use_amp = config.amp and dev.type == "cuda"
-    task = getattr(data, "task", "classification")
 
     def record(epoch: int, train_loss: float, seconds: float) -> None:
-        ev = evaluate(model, data.X_test, data.y_test, amp=config.amp, task=task)
+        ev = evaluate(model, data.X_test, data.y_test, amp=config.amp, task=t.name, washout=washout, free=free)
         if not math.isfinite(ev["loss"]):
             when = "before training (the model's output at init is not finite)" if epoch == 0 else f"after epoch {epoch}"
             raise FloatingPointError(f"test loss on {getattr(data, 'name', 'the data')!r} is {ev['loss']} {when}; "
                                      f"the test inputs are finite, so the model produced it")
-        hist.epochs.append({"epoch": epoch, "train_loss": train_loss, "test_loss": ev["loss"],
-                            **({"test_acc": ev["acc"]} if "acc" in ev else {}), "seconds": seconds,
+        hist.epochs.append({"epoch": epoch, "train_loss": train_loss, **{f"test_{k}": v for k, v in ev.items()},
+                            "seconds": seconds, **t.throughput(X, seconds),
                             **{f"beta/{k}": v for k, v in betas(model).items()}})
 
     step = 0
@@ -155,7 +330,7 @@ def train(model: nn.Module, data, config: TrainConfig = TrainConfig()) -> Histor
                 xb, yb = X[idx].to(dev, non_blocking=True), y[idx].to(dev, non_blocking=True)
                 advance(model, step=step)
                 with torch.autocast("cuda", torch.bfloat16, enabled=use_amp):
-                    loss = loss_fn(task, model(xb), yb)
+                    loss = t.loss(model(xb), yb, washout=washout)
                 if not torch.isfinite(loss):
                     raise FloatingPointError(f"loss is {loss.item()} at epoch {epoch}, step {step}; "
                                              f"try a lower lr (now {config.lr:g})")
