@@ -14,7 +14,7 @@ from reservoir_depth.distributions import spectral_radius
 from reservoir_depth.models import ARCHITECTURES, LLAMA_SIZES, build, count_llama, scaffold_defaults
 from reservoir_depth.models.llama import resolve_size
 from reservoir_depth.models.transformer import Rotary
-from reservoir_depth.scaffold import LAYER_TYPES, ScaffoldConfig, ScaffoldLinear, scaffold, scaffold_layers
+from reservoir_depth.scaffold import LAYER_TYPES, ScaffoldConfig, ScaffoldLinear, merge, scaffold, scaffold_layers
 
 HAS_EMBEDDING = nn.Embedding in LAYER_TYPES
 
@@ -328,6 +328,26 @@ def test_build_round_trip(name, kw, tmp_path):
     x, _, _ = data(name, n=3)
     io.save(m, tmp_path)
     torch.testing.assert_close(io.load(tmp_path).eval()(x), m(x), rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("name,kw", ROUND_TRIPS)
+def test_merge_matches_and_loads_into_the_family(name, kw):
+    """merge() computes what the scaffolded model computes and loads strictly into a fresh instance."""
+    if name == "llama" and not kw.get("train_embeddings", True) and not HAS_EMBEDDING:
+        pytest.skip("nn.Embedding is not in the layer-type registry yet")
+    torch.manual_seed(0)
+    m = scaffolded(build(name, **kw), r=2)
+    with torch.no_grad():
+        for n, p in m.named_parameters():
+            if "lora_B" in n:
+                p.normal_(0, 0.1)
+    m.eval()
+    x, _, _ = data(name, n=3)
+    merged = merge(m).eval()
+    torch.testing.assert_close(merged(x), m(x), rtol=1e-4, atol=1e-5)
+    fresh = build(name, **kw).eval()
+    fresh.load_state_dict(merged.state_dict(), strict=True)
+    torch.testing.assert_close(fresh(x), m(x), rtol=1e-4, atol=1e-5)
 
 
 # ----------------------------------------------------------------------------- the reservoir is an ESN

@@ -22,6 +22,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from ..distributions import is_number
+
 
 def spectral_spec(rho: float) -> dict[str, Any]:
     """N(0, 1) entries rescaled to spectral radius rho (distributions.py's "spectral_radius" rule), draw version 2."""
@@ -37,11 +39,11 @@ class Reservoir(nn.Module):
 
     def __init__(self, d_in: int, n_out: int, units: int = 200, leak: float = 0.3, rho: float = 0.9) -> None:
         super().__init__()
-        if units < 1:
-            raise ValueError(f"units must be >= 1, got {units}")
-        if not (isinstance(leak, (int, float)) and 0 < leak <= 1):
+        if not isinstance(units, int) or isinstance(units, bool) or units < 1:
+            raise ValueError(f"units must be an int >= 1, got {units!r}")
+        if not (is_number(leak) and 0 < leak <= 1):
             raise ValueError(f"leak must be a number in (0, 1], got {leak!r}")
-        if not (isinstance(rho, (int, float)) and math.isfinite(rho) and rho > 0):
+        if not (is_number(rho) and math.isfinite(rho) and rho > 0):
             raise ValueError(f"rho (spectral radius of W) must be a finite number > 0, got {rho!r}")
         self.d_in, self.units, self.leak, self.rho = d_in, units, float(leak), float(rho)
         self.W_in = nn.Linear(d_in, units)  # its bias is b
