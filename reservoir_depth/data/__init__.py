@@ -18,6 +18,7 @@ import torch
 
 from .dataset import Dataset, check_dataset
 from .planted import planted
+from .series import lorenz, mackey_glass, narma10
 
 FASHION_MNIST_ENV = "RESERVOIR_DEPTH_FASHION_MNIST"
 FASHION_MNIST_DIRS = ("/usr/share/datasets/fashion-mnist",)
@@ -106,6 +107,9 @@ DATASETS: dict[str, Callable[..., Dataset]] = {
     "digits": digits,
     "mnist5k": mnist5k,
     "planted": planted,
+    "lorenz": lorenz,
+    "mackey-glass": mackey_glass,
+    "narma10": narma10,
 }
 
 
