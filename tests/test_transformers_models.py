@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import copy
 import json
+import re
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Callable
 
 import pytest
@@ -23,7 +25,6 @@ from reservoir_depth import io  # noqa: E402
 from reservoir_depth.scaffold import ScaffoldConfig, matches, merge, scaffold, scaffold_layers  # noqa: E402
 
 V, T, N = 50, 12, 4  # vocabulary, sequence length, batch
-CONV1D_PENDING = pytest.mark.xfail(strict=True, reason="transformers' Conv1D is not a registered layer type yet")
 
 
 def _gpt2(seed: int, **kw):
@@ -101,10 +102,10 @@ BERT_TIES = {"cls.predictions.decoder.weight": "bert.embeddings.word_embeddings.
 NO_WEIGHT = pytest.mark.xfail(strict=True, reason="ViTModel.forward reads projection.weight.dtype and a scaffold "
                                                 "layer has no .weight (request: /tmp/plan/requests/hf.md #1)")
 CASES = [
-    pytest.param(Case(_gpt2, _tokens, ("all-linear",), ("ln_f",), GPT2_TIES), id="gpt2-all-linear",
-                 marks=CONV1D_PENDING),
-    pytest.param(Case(_gpt2, _tokens, ("attn.c_attn", "attn.c_proj"), ("lm_head",), GPT2_TIES), id="gpt2-attention",
-                 marks=CONV1D_PENDING),
+    pytest.param(Case(_gpt2, _tokens, ("all-linear",), ("ln_f",), GPT2_TIES), id="gpt2-all-linear"),
+    pytest.param(Case(_gpt2, _tokens, ("attn.c_attn", "attn.c_proj"), ("lm_head",), GPT2_TIES), id="gpt2-attention"),
+    pytest.param(Case(_gpt2, _tokens, ("c_attn", "c_proj", "c_fc", "wpe"), ("ln_f",), GPT2_TIES),
+                 id="gpt2-blocks-and-positions"),
     pytest.param(Case(_bert_mlm, _tokens, ("all-linear",), ("cls.predictions.transform.LayerNorm",), BERT_TIES),
                  id="bert-mlm-all-linear"),
     pytest.param(Case(_bert_mlm, _tokens, ("query", "key", "value"), ("cls",), BERT_TIES), id="bert-mlm-attention"),
@@ -117,19 +118,14 @@ CASES = [
     pytest.param(Case(_llama, _tokens, ("all-linear",), ("lm_head",)), id="llama-all-linear"),
     pytest.param(Case(_llama, _tokens, ("q_proj", "k_proj", "v_proj", "o_proj"), ("lm_head", "embed_tokens", "norm")),
                  id="llama-attention"),
+    pytest.param(Case(_llama, _tokens, ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj",
+                                        "embed_tokens"), ("lm_head",)), id="llama-embedding-too"),
 ]
 
 
 def logits(model: torch.nn.Module, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
     with torch.no_grad():
         return model.eval()(**inputs).logits
-
-
-def _seed_weight(module: torch.nn.Module, w_seed: torch.Tensor) -> torch.Tensor:
-    """W_seed in the layout ``module`` stores its weight: transformers' Conv1D keeps (in, out)."""
-    if type(module).__name__ == "Conv1D":
-        return w_seed.T
-    return w_seed.view(module.weight.shape)
 
 
 def trained(case: Case, steps: int, lr: float = 1e-2) -> tuple[torch.nn.Module, list[float]]:
@@ -157,10 +153,11 @@ def test_at_init_the_scaffold_is_the_original_model_holding_w_seed(case):
     with torch.no_grad():
         for name, layer in layers.items():
             m = reference.get_submodule(name)
-            m.weight.copy_(_seed_weight(m, layer.W_seed))
-            assert (m.bias is None) == (layer.bias is None), name  # bias="keep": the bias structure stays
-            if m.bias is not None:
-                m.bias.copy_(layer.bias)
+            m.weight.copy_(layer.W_seed)  # W_seed is held in the layout of the weight it replaces
+            bias = getattr(m, "bias", None)  # an nn.Embedding has none
+            assert (bias is None) == (layer.bias is None), name  # bias="keep": the bias structure stays
+            if bias is not None:
+                bias.copy_(layer.bias)
     x = case.inputs()
     torch.testing.assert_close(logits(model, x), logits(reference, x), rtol=1e-5, atol=1e-6)
 
@@ -240,3 +237,58 @@ def test_merge_loads_strictly_into_the_original_class_with_the_same_outputs(case
     for alias, name in case.ties.items():
         mod, _, attr = alias.rpartition(".")
         assert getattr(fresh.get_submodule(mod), attr) is fresh.get_parameter(name)
+
+
+# -- the documentation's examples run -----------------------------------------------------------------------------
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def marked_block(path: Path, marker: str) -> str:
+    """The ```python block right after ``<!-- marker -->`` in a markdown file."""
+    m = re.search(rf"<!-- {re.escape(marker)} -->\n```python\n(.*?)\n```", path.read_text(), re.S)
+    assert m, f"{path.name} has no python block after <!-- {marker} -->"
+    return m.group(1)
+
+
+def test_readme_gpt2_example_runs(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    scope: dict = {}
+    exec(compile(marked_block(ROOT / "README.md", "example: gpt2"), "README.md (gpt2)", "exec"), scope)
+    assert type(scope["plain"]) is transformers.GPT2LMHeadModel
+    assert (tmp_path / "runs" / "gpt2-r4" / io.CONFIG).exists()
+    ids = scope["ids"]
+    with torch.no_grad():
+        torch.testing.assert_close(scope["plain"].eval()(ids).logits, scope["model"].eval()(ids).logits)
+
+
+def section_blocks(path: Path, heading: str) -> list[str]:
+    """Every ```python block of the ``## heading`` section of a markdown file, in order."""
+    text = path.read_text()
+    start = text.index(f"\n## {heading}\n")
+    end = text.find("\n## ", start + 1)
+    return re.findall(r"```python\n(.*?)\n```", text[start:end if end > 0 else None], re.S)
+
+
+def promised_output(code: str) -> list[str]:
+    """What a block's comments say it prints: ``print(...)  # text`` and ``# a -> b   note`` lines
+    (a trailing '...' elides the rest)."""
+    out = []
+    for line in code.splitlines():
+        if line.lstrip().startswith("print(") and "  # " in line:
+            out.append(line.split("  # ", 1)[1].strip().removesuffix("...").strip())
+        elif line.startswith("# ") and " -> " in line:
+            out.append(re.split(r"\s{2,}", line[2:])[0])
+    return out
+
+
+def test_guide_scaffolding_your_own_model_runs_and_prints_what_it_says(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    blocks = section_blocks(ROOT / "docs" / "guide.md", "Scaffolding your own model")
+    assert len(blocks) >= 5
+    scope: dict = {}
+    for i, code in enumerate(blocks):
+        exec(compile(code, f"guide.md, Scaffolding your own model, block {i}", "exec"), scope)
+        printed = capsys.readouterr().out
+        for text in promised_output(code):
+            assert text in printed, f"block {i} promises {text!r}, printed:\n{printed}"
