@@ -14,9 +14,7 @@ from reservoir_depth.distributions import spectral_radius
 from reservoir_depth.models import ARCHITECTURES, LLAMA_SIZES, build, count_llama, scaffold_defaults
 from reservoir_depth.models.llama import resolve_size
 from reservoir_depth.models.transformer import Rotary
-from reservoir_depth.scaffold import LAYER_TYPES, ScaffoldConfig, ScaffoldLinear, merge, scaffold, scaffold_layers
-
-HAS_EMBEDDING = nn.Embedding in LAYER_TYPES
+from reservoir_depth.scaffold import ScaffoldConfig, ScaffoldLinear, merge, scaffold, scaffold_layers
 
 TINY_LLAMA = dict(d_in=11, n_out=11, size=None, d_model=16, layers=2, heads=2, context=12)
 TINY = {
@@ -263,7 +261,6 @@ def test_llama_tied_head_trains_with_embedding():
     assert "head" not in m.scaffold_trainable
 
 
-@pytest.mark.skipif(not HAS_EMBEDDING, reason="nn.Embedding is not in the layer-type registry yet")
 def test_llama_scaffolded_embedding():
     m = scaffolded(build("llama", **{**TINY_LLAMA, "train_embeddings": False}))
     assert "embed" in dict(scaffold_layers(m))
@@ -314,8 +311,6 @@ ROUND_TRIPS = [(name, kw) for name, kw in TINY.items()] + [
 @pytest.mark.parametrize("name,kw", ROUND_TRIPS)
 def test_build_round_trip(name, kw, tmp_path):
     """arch_config rebuilds the family; a scaffolded, perturbed model saves and loads bit for bit."""
-    if name == "llama" and not kw.get("train_embeddings", True) and not HAS_EMBEDDING:
-        pytest.skip("nn.Embedding is not in the layer-type registry yet")
     torch.manual_seed(0)
     m = scaffolded(build(name, **kw), r=2)
     assert m.arch_config == {"name": name, **kw}
@@ -333,8 +328,6 @@ def test_build_round_trip(name, kw, tmp_path):
 @pytest.mark.parametrize("name,kw", ROUND_TRIPS)
 def test_merge_matches_and_loads_into_the_family(name, kw):
     """merge() computes what the scaffolded model computes and loads strictly into a fresh instance."""
-    if name == "llama" and not kw.get("train_embeddings", True) and not HAS_EMBEDDING:
-        pytest.skip("nn.Embedding is not in the layer-type registry yet")
     torch.manual_seed(0)
     m = scaffolded(build(name, **kw), r=2)
     with torch.no_grad():
