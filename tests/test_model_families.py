@@ -305,6 +305,7 @@ ROUND_TRIPS = [(name, kw) for name, kw in TINY.items()] + [
     ("llama", {**TINY_LLAMA, "tie_head": True}),
     ("llama", {**TINY_LLAMA, "adapters": "all", "train_embeddings": False, "train_head": False}),
     ("vit", {**TINY["vit"], "fully_random": False}),
+    ("reservoir", {**TINY["reservoir"], "adapters": "recurrent"}),
 ]
 
 
@@ -383,6 +384,17 @@ def test_reservoir_step_matches_forward():
         y_t, state = m.step(x[:, t], state)
         y.append(y_t)
     torch.testing.assert_close(torch.stack(y, 1), m(x))
+
+
+def test_reservoir_on_a_scalar_series():
+    """W_in is (units, 1): rank 2 is refused for it, naming the layer; adapters="recurrent" scaffolds W only."""
+    with pytest.raises(ValueError, match=r"rank r=2 for layer 'W_in' must lie in \[0, min\(d_in, d_out\)\] = \[0, 1\]"):
+        scaffolded(build("reservoir", d_in=1, n_out=1, units=8))
+    m = scaffolded(build("reservoir", d_in=1, n_out=1, units=8, adapters="recurrent"))
+    assert [n for n, _ in scaffold_layers(m)] == ["W"]
+    assert not m.W_in.weight.requires_grad and m.readout.weight.requires_grad
+    with pytest.raises(ValueError, match="adapters must be one of 'both', 'recurrent'"):
+        build("reservoir", d_in=1, n_out=1, adapters="input")
 
 
 def test_reservoir_declares_spectral_rule():

@@ -9,6 +9,11 @@ and W = W's W_seed. Unrolled in time it is the depth-unfolded network of Prop. 1
 (theory/01_unfolding.md): step t is a layer with the tied weight W and the bias
 W_in x_t + b, i.e. eq. (1.1) driven by x_t, with a leak.
 
+A LoRA rank r is at most min(d_in, units) for W_in, so on a scalar series (d_in = 1) a
+rank above 1 is refused for it; ``adapters="recurrent"`` then scaffolds W only and
+keeps W_in frozen at its random init (an ESN's fixed input weights, stored in the
+adapter file), while ``adapters="both"`` (default) scaffolds both.
+
 The recurrent weight wants the echo-state scaling rule, spectral radius rho, not the
 fan-in rule: ``scaffold_specs`` is the recommended per-layer override, to pass as
 ``ScaffoldConfig(specs=model.scaffold_specs, ...)``; the instance's rho is used.
@@ -30,6 +35,9 @@ def spectral_spec(rho: float) -> dict[str, Any]:
     return {"name": "normal", "scaling": "spectral_radius", "rho": float(rho), "version": 2}
 
 
+ADAPTERS: dict[str, tuple[str, ...]] = {"both": ("W_in", "W"), "recurrent": ("W",)}
+
+
 class Reservoir(nn.Module):
     """forward(x (B, T, d_in) float) -> (B, T, n_out); step(x_t (B, d_in), h | None) -> (y_t, h)."""
 
@@ -37,8 +45,11 @@ class Reservoir(nn.Module):
     scaffold_trainable = ("readout",)
     scaffold_specs: dict[str, dict[str, Any]] = {"W": spectral_spec(0.9)}
 
-    def __init__(self, d_in: int, n_out: int, units: int = 200, leak: float = 0.3, rho: float = 0.9) -> None:
+    def __init__(self, d_in: int, n_out: int, units: int = 200, leak: float = 0.3, rho: float = 0.9,
+                 adapters: str = "both") -> None:
         super().__init__()
+        if adapters not in ADAPTERS:
+            raise ValueError(f"adapters must be one of {', '.join(map(repr, ADAPTERS))}, got {adapters!r}")
         if not isinstance(units, int) or isinstance(units, bool) or units < 1:
             raise ValueError(f"units must be an int >= 1, got {units!r}")
         if not (is_number(leak) and 0 < leak <= 1):
@@ -50,6 +61,7 @@ class Reservoir(nn.Module):
         self.W = nn.Linear(units, units, bias=False)
         self.readout = nn.Linear(units, n_out)
         self.scaffold_specs = {"W": spectral_spec(rho)}
+        self.scaffold_targets = ADAPTERS[adapters]
 
     def _check(self, x: torch.Tensor, dims: int, what: str) -> None:
         if x.dim() != dims or x.shape[-1] != self.d_in or not x.is_floating_point():
