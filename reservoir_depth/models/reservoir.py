@@ -16,7 +16,9 @@ adapter file), while ``adapters="both"`` (default) scaffolds both.
 
 The recurrent weight wants the echo-state scaling rule, spectral radius rho, not the
 fan-in rule: ``scaffold_specs`` is the recommended per-layer override, to pass as
-``ScaffoldConfig(specs=model.scaffold_specs, ...)``; the instance's rho is used.
+``ScaffoldConfig(specs=model.scaffold_specs, ...)`` (``models.scaffold_defaults(model)``
+includes it); the instance's rho is used. Unscaffolded, W_in and W keep torch's default
+init (W then has spectral radius about 0.6).
 """
 
 from __future__ import annotations
