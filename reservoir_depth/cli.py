@@ -148,7 +148,7 @@ def _user_model(text: str):
 def cmd_train(args: argparse.Namespace) -> None:
     from . import data, io
     from .distributions import DistributionSpec, torch_rng
-    from .models import build
+    from .models import build, scaffold_defaults
     from .scaffold import ScaffoldConfig, count_parameters, scaffold
     from .train import TrainConfig, train
 
@@ -167,9 +167,8 @@ def cmd_train(args: argparse.Namespace) -> None:
             model = build(args.arch, d_in=d.d_in, n_out=d.n_out, **arch)
         except TypeError as e:  # an --arch-kw the family does not take
             raise ValueError(f"--arch {args.arch}: {e}") from None
-    model = scaffold(model, ScaffoldConfig(target_modules=model.scaffold_targets, trainable=model.scaffold_trainable,
-                                           r=args.rank, alpha=args.alpha, rslora=args.rslora, root_seed=args.seed,
-                                           spec=DistributionSpec(args.dist)))
+    model = scaffold(model, ScaffoldConfig(**scaffold_defaults(model), r=args.rank, alpha=args.alpha,
+                                           rslora=args.rslora, root_seed=args.seed, spec=DistributionSpec(args.dist)))
     print(f"{d}\n{count_parameters(model)}")
     hist = train(model, d, tc)
     print(hist.to_frame().to_string(index=False, float_format=lambda v: f"{v:.4f}"))

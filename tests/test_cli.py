@@ -141,3 +141,19 @@ def test_spectra_of_a_users_own_model(tmp_path, capsys):
     assert "not_callable" in err and "is not callable" in err
     assert main(["spectra", "--model", "no_colon_here"]) == 2
     assert "MODULE:CALLABLE" in capsys.readouterr().err
+
+
+def test_train_takes_the_families_declared_specs(monkeypatch):
+    """A reservoir declares the spectral-radius rule for its recurrent weight: `train` must pass it on."""
+    seen = {}
+    scaffold_mod = importlib.import_module("reservoir_depth.scaffold")
+    real = scaffold_mod.scaffold
+
+    def spy(model, config):
+        seen["specs"] = dict(config.specs)
+        raise ValueError("stop here")
+
+    monkeypatch.setattr(scaffold_mod, "scaffold", spy)
+    assert main(["train", "--data", "mackey-glass", "--arch", "reservoir", "--epochs", "1"]) == 2
+    (spec,) = seen["specs"].values()
+    assert spec.scaling == "spectral_radius"
