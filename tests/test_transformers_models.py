@@ -22,7 +22,7 @@ from safetensors.torch import load_file
 transformers = pytest.importorskip("transformers")
 
 from reservoir_depth import io  # noqa: E402
-from reservoir_depth.scaffold import ScaffoldConfig, matches, merge, scaffold, scaffold_layers  # noqa: E402
+from reservoir_depth.scaffold import LAYER_TYPES, ScaffoldConfig, matches, merge, scaffold, scaffold_layers  # noqa: E402
 
 V, T, N = 50, 12, 4  # vocabulary, sequence length, batch
 
@@ -286,9 +286,14 @@ def test_guide_scaffolding_your_own_model_runs_and_prints_what_it_says(tmp_path,
     monkeypatch.chdir(tmp_path)
     blocks = section_blocks(ROOT / "docs" / "guide.md", "Scaffolding your own model")
     assert len(blocks) >= 5
+    registered = dict(LAYER_TYPES)
     scope: dict = {}
-    for i, code in enumerate(blocks):
-        exec(compile(code, f"guide.md, Scaffolding your own model, block {i}", "exec"), scope)
-        printed = capsys.readouterr().out
-        for text in promised_output(code):
-            assert text in printed, f"block {i} promises {text!r}, printed:\n{printed}"
+    try:
+        for i, code in enumerate(blocks):
+            exec(compile(code, f"guide.md, Scaffolding your own model, block {i}", "exec"), scope)
+            printed = capsys.readouterr().out
+            for text in promised_output(code):
+                assert text in printed, f"block {i} promises {text!r}, printed:\n{printed}"
+    finally:  # the guide registers a layer type of its own: leave the registry as it was
+        LAYER_TYPES.clear()
+        LAYER_TYPES.update(registered)
