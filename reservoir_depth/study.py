@@ -23,17 +23,19 @@ import platform
 import tomllib
 from collections.abc import Mapping as MappingABC
 from dataclasses import dataclass, field
+from functools import lru_cache
 from importlib import resources
 from pathlib import Path
 from typing import Any, Iterator, Mapping, Sequence
 
 import numpy as np
 import pandas
+import torch
 
 from .data import DATASETS
 from .distributions import DistributionSpec, is_number
 from .io import library_versions
-from .models import ARCHITECTURES
+from .models import ARCHITECTURES, scaffold_defaults
 from .scaffold import ScaffoldConfig
 from .train import TrainConfig
 
@@ -41,6 +43,34 @@ METHODS = ("full", "twin", "lotta")
 # TrainConfig settings added after run ids were first stored: a run's config records them only when
 # they differ from their default, so the ids of runs stored before keep matching.
 TRAIN_ADDED = ("free_run",)
+
+
+def declared_scaffold(arch: Mapping[str, Any]) -> dict[str, Any]:
+    """The ScaffoldConfig keywords (target_modules, trainable, specs) that the architecture ``arch``
+    ({"name": ..., **kwargs}) declares: read from an instance (models.scaffold_defaults), since
+    llama's and vit's depend on their arguments and the reservoir's spectral-radius spec on rho.
+    The instance is built on the meta device (no memory, no draw) with d_in = n_out = 8 (the
+    declarations do not depend on them), or d_in = channels x image_size^2 for a family taking
+    both (vit). A family that refuses those dimensions (plain: its d_in is an image) gives its class
+    attributes; sweep.build_model checks them against the real instance before training."""
+    return dict(_declared(json.dumps(dict(arch), sort_keys=True)))
+
+
+@lru_cache(maxsize=256)
+def _declared(arch_json: str) -> tuple:
+    kwargs = json.loads(arch_json)
+    family = ARCHITECTURES[kwargs.pop("name")]
+    params = inspect.signature(family).parameters
+    d_in = 8
+    if "channels" in params and "image_size" in params:
+        d_in = kwargs.get("channels", params["channels"].default) * kwargs.get("image_size",
+                                                                              params["image_size"].default) ** 2
+    try:
+        with torch.device("meta"):
+            model = family(d_in=d_in, n_out=d_in, **kwargs)
+    except (ValueError, TypeError):
+        model = family  # the class's own declarations
+    return tuple(scaffold_defaults(model).items())
 
 
 @dataclass(frozen=True)
@@ -77,10 +107,10 @@ class Run:
         return cfg
 
     def scaffold_config(self) -> ScaffoldConfig:
-        """The study's scaffold settings over the architecture's declared targets and extras."""
-        family = ARCHITECTURES[self.arch["name"]]
-        defaults = {"target_modules": family.scaffold_targets, "trainable": family.scaffold_trainable}
-        return ScaffoldConfig(**{**defaults, **self.scaffold, "root_seed": self.seed})
+        """The study's scaffold settings over what the architecture declares for this config
+        (targets, trainable extras and per-layer specs: see declared_scaffold)."""
+        return ScaffoldConfig(**{**declared_scaffold(self.arch), **self.scaffold, "root_seed": self.seed})
+
 
     @property
     def run_id(self) -> str:

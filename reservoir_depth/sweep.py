@@ -31,9 +31,9 @@ from tqdm.auto import tqdm
 
 from . import __version__, data, io
 from .distributions import torch_rng
-from .models import build
+from .models import build, scaffold_defaults
 from .results import ResultsStore, SweepCounts
-from .scaffold import merge, scaffold
+from .scaffold import ScaffoldConfig, merge, scaffold
 from .spectra import ActivationSpectra, IntrinsicDimension, TaskSpectrum, WeightSpectra
 from .study import Columns, Run, Study
 from .train import TrainConfig, train
@@ -61,7 +61,14 @@ def build_model(run: Run, d: data.Dataset):
     with torch_rng(run.seed):
         model = build(name, d_in=d.d_in, n_out=d.n_out, **arch)
     if run.method in ("lotta", "twin"):
-        model = scaffold(model, run.scaffold_config())
+        cfg = run.scaffold_config()
+        built = ScaffoldConfig(**{**scaffold_defaults(model), **run.scaffold, "root_seed": run.seed})
+        if built != cfg:  # the study's view of the family (study.declared_scaffold) missed this instance's
+            raise ValueError(f"architecture {run.arch!r} declares {scaffold_defaults(model)} when built for "
+                             f"{d.name!r} (d_in={d.d_in}, n_out={d.n_out}), but the run's scaffold config was "
+                             f"resolved as {cfg.to_dict()}; study.declared_scaffold cannot read this family's "
+                             f"declarations without the data set")
+        model = scaffold(model, cfg)
     if run.method == "twin":
         model = merge(model)  # W = beta W_seed + s B A = W_seed at init, every weight trainable
     return model

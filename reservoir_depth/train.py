@@ -40,7 +40,9 @@ class TrainConfig:
     amp: bool = True  # bf16 autocast, CUDA only
     progress: bool = True
     beta_every: int = 0  # also record beta every n optimiser steps (0: per epoch only)
-    free_run: bool = True  # forecasting: also measure free-running NRMSE (test_nrmse_free), through model.step
+    # forecasting: also measure the free-running NRMSE (test_nrmse_free) through model.step; None: when the
+    # series is autonomous (its inputs are its own past, X[:, t + 1] = y[:, t]), not for a driven one (NARMA)
+    free_run: bool | None = None
 
     def __post_init__(self) -> None:
         for k in ("epochs", "batch_size"):
@@ -48,8 +50,9 @@ class TrainConfig:
                 raise ValueError(f"{k} must be >= 1, got {getattr(self, k)!r}")
         if not (self.lr > 0 and math.isfinite(self.lr)):
             raise ValueError(f"lr must be a finite number > 0, got {self.lr!r}")
-        if not isinstance(self.free_run, bool):
-            raise ValueError(f"free_run must be True or False, got {self.free_run!r}")
+        if self.free_run is not None and not isinstance(self.free_run, bool):
+            raise ValueError(f"free_run must be True, False or None (when the series is autonomous), "
+                             f"got {self.free_run!r}")
 
 
 @dataclass
@@ -92,6 +95,7 @@ class Task:
     """
 
     name: str = ""
+    eval_batch: int | None = 1024  # test windows per evaluation batch (None: the training batch size)
 
     def check(self, out: torch.Tensor, y: torch.Tensor, model: nn.Module) -> None:
         """Refuse an output whose shape does not fit the targets (``out`` must be ``y``'s shape)."""
@@ -122,7 +126,7 @@ class Classification(Task):
         if out.shape[:-1] != y.shape:
             raise ValueError(f"task {self.name!r}: {type(model).__name__} returned logits of shape "
                              f"{tuple(out.shape)} for labels of shape {tuple(y.shape)}; logits must be "
-                             f"{(*y.shape, 'n_classes')}")
+                             f"({', '.join(map(str, y.shape))}, n_classes)")
 
     def loss(self, out, y, reduction="mean", washout=0):
         return F.cross_entropy(out.float(), y, reduction=reduction)
@@ -151,6 +155,7 @@ class LanguageModelling(Classification):
     character for a character vocabulary); tokens_per_s = training tokens per second of the epoch."""
 
     name = "lm"
+    eval_batch = None  # logits are (B, T, V): evaluate in batches of the training size, which fit
 
     def loss(self, out, y, reduction="mean", washout=0):
         return F.cross_entropy(out.float().flatten(0, -2), y.flatten(), reduction=reduction)
@@ -218,17 +223,25 @@ def target_std(y: torch.Tensor, washout: int = 0) -> float:
     return sd
 
 
+OFF = "or set free_run = False (TrainConfig, or [train] of a study)"
+
+
+def autonomous(X: torch.Tensor, y: torch.Tensor) -> bool:
+    """Whether a series' inputs are its own past targets (X[:, t + 1] == y[:, t]), so that a
+    prediction of y[:, t] can be fed back as x_{t+1} (not so for a driven system such as NARMA)."""
+    return X.shape[-1] == y.shape[-1] and (X.shape[1] < 2 or torch.allclose(X[:, 1:], y[:, :-1], rtol=1e-5,
+                                                                             atol=1e-6))
+
+
 def check_free_run(model: nn.Module, X: torch.Tensor, y: torch.Tensor, name: str = "the data") -> None:
-    """Free-running needs ``model.step(x_t, state)`` and a series whose inputs are its own past
-    targets (X[:, t + 1] == y[:, t]): the prediction of y[:, t] is fed back as x_{t+1}."""
-    if not callable(getattr(model, "step", None)):
-        raise TypeError(f"{type(model).__name__} has no step(x_t, state) -> (y_t, state) method, which the "
-                        f"free-running evaluation (test_nrmse_free) needs; add one, or train with free_run=False")
-    if X.shape[-1] != y.shape[-1] or (X.shape[1] > 1 and not torch.allclose(X[:, 1:], y[:, :-1], rtol=1e-5,
-                                                                                  atol=1e-6)):
+    """Free-running needs ``model.step(x_t, state)`` and an autonomous series (see ``autonomous``)."""
+    if not autonomous(X, y):
         raise ValueError(f"dataset {name!r}: its inputs are not the series' own past (X[:, t + 1] != y[:, t]; X "
                          f"{tuple(X.shape)}, y {tuple(y.shape)}), so predictions cannot be fed back as inputs and "
-                         f"free-running is undefined (e.g. a driven system such as NARMA); train with free_run=False")
+                         f"free-running is undefined (e.g. a driven system such as NARMA); {OFF}")
+    if not callable(getattr(model, "step", None)):
+        raise TypeError(f"{type(model).__name__} has no step(x_t, state) -> (y_t, state) method, which the "
+                        f"free-running evaluation (test_nrmse_free) needs; add one, {OFF}")
 
 
 @torch.no_grad()
@@ -280,7 +293,7 @@ def train(model: nn.Module, data, config: TrainConfig = TrainConfig()) -> Histor
 
     The loss and the test metrics are those of ``data.task`` (TASKS): one row per epoch with
     train_loss, test_loss and test_acc (classification), test_bpc and tokens_per_s (lm), test_nrmse
-    and, with ``config.free_run``, test_nrmse_free (forecasting, over steps t >= data.washout).
+    and test_nrmse_free (forecasting, over steps t >= data.washout; see TrainConfig.free_run).
     ``data`` is checked first (finite tensors, naming the data set and split:
     data.dataset.check_dataset); free-running forecasting needs ``model.step`` (check_free_run).
     Raises FloatingPointError on a NaN or inf training loss, naming the epoch and step, and on a
@@ -289,7 +302,8 @@ def train(model: nn.Module, data, config: TrainConfig = TrainConfig()) -> Histor
     check_dataset(data)
     t = task_of(getattr(data, "task", "classification"))
     washout = int(getattr(data, "washout", 0) or 0)
-    free = t.name == "forecasting" and config.free_run
+    free = t.name == "forecasting" and (config.free_run if config.free_run is not None
+                                        else autonomous(data.X_test, data.y_test))
     if free:
         check_free_run(model, data.X_test, data.y_test, getattr(data, "name", "the data"))
     dev = resolve_device(config.device)
@@ -306,7 +320,8 @@ def train(model: nn.Module, data, config: TrainConfig = TrainConfig()) -> Histor
     use_amp = config.amp and dev.type == "cuda"
 
     def record(epoch: int, train_loss: float, seconds: float) -> None:
-        ev = evaluate(model, data.X_test, data.y_test, amp=config.amp, task=t.name, washout=washout, free=free)
+        ev = evaluate(model, data.X_test, data.y_test, batch_size=t.eval_batch or config.batch_size, amp=config.amp,
+                      task=t.name, washout=washout, free=free)
         if not math.isfinite(ev["loss"]):
             when = "before training (the model's output at init is not finite)" if epoch == 0 else f"after epoch {epoch}"
             raise FloatingPointError(f"test loss on {getattr(data, 'name', 'the data')!r} is {ev['loss']} {when}; "

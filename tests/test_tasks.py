@@ -178,7 +178,8 @@ def test_lm_output_of_the_wrong_shape_is_refused_naming_the_model():
             return super().forward(x).mean(1)  # (B, V): a classifier's output, not per position
 
     d = char_data()
-    with pytest.raises(ValueError, match=r"Pooled returned logits of shape \(32, 7\) for labels of shape \(32, 12\)"):
+    with pytest.raises(ValueError, match=r"Pooled returned logits of shape \(16, 7\) for labels of shape \(16, 12\); "
+                                         r"logits must be \(16, 12, n_classes\)"):
         train(Pooled(d.vocab_size, d.vocab_size), d, CFG)
 
 
@@ -274,28 +275,34 @@ def test_forecasting_trains_and_records_teacher_forced_and_free_running_nrmse():
 
 def test_free_running_without_step_is_refused_naming_the_model():
     d = series_data()
-    with pytest.raises(TypeError, match=r"Pointwise has no step\(x_t, state\).*free_run=False"):
+    with pytest.raises(TypeError, match=r"Pointwise has no step\(x_t, state\).*free_run = False"):
         train(Pointwise(), d, CFG)
     h = train(Pointwise(), d, TrainConfig(**{**CFG.__dict__, "free_run": False}))
     assert "test_nrmse" in h.final and "test_nrmse_free" not in h.final
 
 
-def test_free_running_a_driven_series_is_refused():
+def _driven() -> Dataset:
     d = series_data()
-    driven = Dataset("driven", torch.randn_like(d.X_train), d.y_train, torch.randn_like(d.X_test), d.y_test, 0,
-                     task="forecasting", washout=d.washout)
+    return Dataset("driven", torch.randn_like(d.X_train), d.y_train, torch.randn_like(d.X_test), d.y_test, 0,
+                   task="forecasting", washout=d.washout)
+
+
+def test_free_running_a_driven_series_is_refused_when_asked_for_and_left_out_by_default():
+    d = _driven()
     with pytest.raises(ValueError, match=r"dataset 'driven': its inputs are not the series' own past"):
-        train(TinyRNN(1, 1), driven, CFG)
+        train(TinyRNN(1, 1), d, TrainConfig(**{**CFG.__dict__, "free_run": True}))
+    h = train(TinyRNN(1, 1), d, CFG)  # free_run None: free-running only where it is defined
+    assert "test_nrmse" in h.final and "test_nrmse_free" not in h.final
 
 
 def test_free_run_setting_is_checked():
-    with pytest.raises(ValueError, match="free_run must be True or False, got 1"):
+    with pytest.raises(ValueError, match="free_run must be True, False or None .*got 1"):
         TrainConfig(free_run=1)
 
 
 # ----------------------------------------------------------------------------- studies and the store
 
-def test_free_run_enters_a_runs_config_only_when_turned_off():
+def test_free_run_enters_a_runs_config_only_when_set():
     """Settings added to TrainConfig after runs were stored must not change those runs' ids."""
     run = Run("s", "digits", {"name": "mlp"}, "full", 0)
     assert "free_run" not in run.config()["train"]

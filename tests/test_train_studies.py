@@ -1,0 +1,75 @@
+"""Studies of the trainer's tasks: run ids stay, what a family declares reaches the scaffold config."""
+
+import glob
+from pathlib import Path
+
+import pytest
+from torch import nn
+
+from reservoir_depth import data
+from reservoir_depth.models import ARCHITECTURES, build, scaffold_defaults
+from reservoir_depth.results import ResultsStore
+from reservoir_depth.scaffold import ScaffoldConfig
+from reservoir_depth.study import Run, Study, declared_scaffold
+from reservoir_depth.sweep import build_model
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.mark.parametrize("path", sorted(glob.glob(str(ROOT / "experiments" / "*.toml"))), ids=lambda p: Path(p).name)
+def test_stored_studies_keep_their_run_ids(path):
+    """Every finished run of a committed results store is still one of its study's runs (a new
+    TrainConfig or ScaffoldConfig setting must not change the resolved config of old runs)."""
+    study = Study.load(path)
+    store_path = ROOT / "docs" / "results" / study.study / "runs.sqlite"
+    if not store_path.exists():
+        pytest.skip(f"no committed store for {study.study}")
+    stored = {r["run_id"] for r in ResultsStore(store_path).rows(study.study) if r["status"] == "done"}
+    assert {r.run_id for r in study.runs()} <= stored
+
+
+@pytest.mark.parametrize("arch", [
+    {"name": "llama", "size": None, "d_model": 16, "layers": 1, "heads": 2, "d_ff": 32, "context": 8,
+     "adapters": "all", "train_embeddings": False},
+    {"name": "vit", "image_size": 8, "patch": 4, "d_model": 16, "layers": 1, "heads": 2, "fully_random": False},
+    {"name": "reservoir", "units": 10, "rho": 0.7},
+    {"name": "mlp", "hidden": "small"},
+])
+def test_scaffold_config_reads_what_the_built_family_declares(arch):
+    """llama's and vit's targets depend on their arguments, the reservoir's spectral-radius spec on rho:
+    the run's scaffold config must be the instance's, not the class defaults."""
+    kwargs = {k: v for k, v in arch.items() if k != "name"}
+    d_in = 64 if arch["name"] == "vit" else 5
+    model = build(arch["name"], d_in=d_in, n_out=d_in, **kwargs)
+    cfg = Run("s", "digits", arch, "lotta", 0, scaffold={"r": 1}).scaffold_config()
+    assert cfg == ScaffoldConfig(**{**scaffold_defaults(model), "r": 1, "root_seed": 0})
+    if arch["name"] == "reservoir":
+        assert cfg.specs["W"].rho == 0.7
+
+
+class Picky(nn.Module):
+    """A family that refuses the probe's dimensions and whose targets depend on its arguments."""
+
+    scaffold_targets = ("a",)
+    scaffold_trainable = ()
+
+    def __init__(self, d_in: int, n_out: int, second: bool = False) -> None:
+        super().__init__()
+        if d_in != 7:
+            raise ValueError("d_in must be 7")
+        self.a, self.b = nn.Linear(d_in, 4), nn.Linear(4, n_out)
+        if second:
+            self.scaffold_targets = ("a", "b")
+
+    def forward(self, x):
+        return self.b(self.a(x))
+
+
+def test_a_family_whose_declarations_the_study_cannot_read_is_refused_before_training(monkeypatch, blobs):
+    monkeypatch.setitem(ARCHITECTURES, "picky", Picky)
+    d = data.Dataset("seven", blobs.X_train[:, :7], blobs.y_train, blobs.X_test[:, :7], blobs.y_test, 3)
+    assert declared_scaffold({"name": "picky", "second": True})["target_modules"] == ("a",)  # the class's
+    build_model(Run("s", "digits", {"name": "picky"}, "lotta", 0, scaffold={"r": 1}), d)  # agrees: builds
+    with pytest.raises(ValueError, match=r"architecture .*picky.* declares .*'a', 'b'.* but the run's scaffold "
+                                         r"config was resolved as"):
+        build_model(Run("s", "digits", {"name": "picky", "second": True}, "lotta", 0, scaffold={"r": 1}), d)
