@@ -10,6 +10,7 @@ from hypothesis import strategies as st
 
 from reservoir_depth import data
 from reservoir_depth.data import series
+from reservoir_depth.data.dataset import windows
 
 SMALL = {"window": 50, "washout": 10, "n_train": 1000, "n_test": 300}
 
@@ -23,9 +24,9 @@ def test_windows_pair_each_step_with_the_next_one(L, window, stride):
     s = np.arange(L, dtype=float)[:, None] * np.array([1.0, -1.0])
     if L < window + 1:
         with pytest.raises(ValueError, match=f"hold no window of {window} \\+ 1 steps"):
-            series.windows(s, s, window, stride, "toy", "train")
+            windows(s, s, window, stride, "toy", "train")
         return
-    X, Y = series.windows(s, s, window, stride, "toy", "train")
+    X, Y = windows(s, s, window, stride, "toy", "train")
     assert X.shape == Y.shape == ((L - window - 1) // stride + 1, window, 2)
     assert np.array_equal(Y[:, :-1], X[:, 1:]) and np.array_equal(Y[:, :, 0], X[:, :, 0] + 1)  # y[:, t] = s[t + 1]
     assert np.array_equal(X[:, 0, 0], np.arange(0, L - window, stride))  # starts every `stride` steps
@@ -34,7 +35,7 @@ def test_windows_pair_each_step_with_the_next_one(L, window, stride):
 
 def test_windows_of_an_input_output_pair_take_targets_one_step_later():
     u, out = np.arange(10.0)[:, None], 100 + np.arange(10.0)[:, None]
-    X, Y = series.windows(u, out, 4, 4, "toy", "train")
+    X, Y = windows(u, out, 4, 4, "toy", "train")
     assert X[:, :, 0].tolist() == [[0, 1, 2, 3], [4, 5, 6, 7]]
     assert Y[:, :, 0].tolist() == [[101, 102, 103, 104], [105, 106, 107, 108]]
 

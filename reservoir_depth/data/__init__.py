@@ -19,6 +19,7 @@ import torch
 from .dataset import Dataset, check_dataset
 from .planted import planted
 from .series import lorenz, mackey_glass, narma10
+from .text import shakespeare_char, shakespeare_milton
 
 FASHION_MNIST_ENV = "RESERVOIR_DEPTH_FASHION_MNIST"
 FASHION_MNIST_DIRS = ("/usr/share/datasets/fashion-mnist",)
@@ -110,6 +111,8 @@ DATASETS: dict[str, Callable[..., Dataset]] = {
     "lorenz": lorenz,
     "mackey-glass": mackey_glass,
     "narma10": narma10,
+    "shakespeare-char": shakespeare_char,
+    "shakespeare-milton": shakespeare_milton,
 }
 
 

@@ -71,6 +71,26 @@ class Dataset:
                 f"{self.task}, n_out={self.n_out})")
 
 
+def positive_int(key: str, v: Any) -> int:
+    """``v`` as an int, refusing anything but an int >= 1 (a bool, a float, zero, a negative)."""
+    if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 1:
+        raise ValueError(f"{key} must be an int >= 1, got {v!r}")
+    return int(v)
+
+
+def windows(inputs: np.ndarray, targets: np.ndarray, window: int, stride: int, name: str, split: str,
+            unit: str = "steps") -> tuple[np.ndarray, np.ndarray]:
+    """The one-step-ahead windows of the lm and forecasting tasks: X = inputs[s : s + T] and
+    Y = targets[s + 1 : s + T + 1] (y[:, t] = series[t + 1]) for s = 0, stride, 2 stride, ... within the part."""
+    L = len(inputs)
+    if L < window + 1:
+        raise ValueError(f"dataset {name!r}, {split} split: n_{split} = {L} {unit} hold no window of {window} + 1 "
+                         f"{unit}; allowed: n_{split} >= window + 1 = {window + 1}")
+    starts = np.arange(0, L - window, stride)
+    idx = starts[:, None] + np.arange(window)
+    return inputs[idx], targets[idx + 1]
+
+
 def _check_finite(name: str, split: str, key: str, t: Any) -> None:
     if not isinstance(t, torch.Tensor):
         raise TypeError(f"dataset {name!r}, {split} split: {key} must be a torch.Tensor, got {type(t).__name__}")

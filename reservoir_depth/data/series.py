@@ -25,18 +25,12 @@ from typing import Callable
 import numpy as np
 import torch
 
-from .dataset import Dataset
+from .dataset import Dataset, positive_int, windows
 
 LORENZ = {"sigma": 10.0, "rho": 28.0, "beta": 8 / 3}
 MACKEY_GLASS = {"a": 0.2, "b": 0.1, "n": 10}
 MG_STEP = 0.1  # the integration step h of Mackey-Glass
 NARMA_BOUND, NARMA_DRAWS = 10.0, 100  # |y| above the bound: that input draw diverged
-
-
-def _positive_int(key: str, v) -> int:
-    if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 1:
-        raise ValueError(f"{key} must be an int >= 1, got {v!r}")
-    return int(v)
 
 
 def _steps(key: str, t: float, h: float) -> int:
@@ -141,25 +135,13 @@ TRAJECTORIES: dict[str, Callable[..., tuple[np.ndarray, np.ndarray]]] = {
 }
 
 
-def windows(inputs: np.ndarray, targets: np.ndarray, window: int, stride: int, name: str,
-            split: str) -> tuple[np.ndarray, np.ndarray]:
-    """Windows X = inputs[s : s + T], Y = targets[s + 1 : s + T + 1] for s = 0, stride, ... within the part."""
-    L = len(inputs)
-    if L < window + 1:
-        raise ValueError(f"dataset {name!r}, {split} split: n_{split} = {L} steps hold no window of {window} + 1 "
-                         f"steps; allowed: n_{split} >= window + 1 = {window + 1}")
-    starts = np.arange(0, L - window, stride)
-    idx = starts[:, None] + np.arange(window)
-    return inputs[idx], targets[idx + 1]
-
-
 def forecasting(name: str, window: int = 200, washout: int = 50, n_train: int = 10_000, n_test: int = 2_000,
                 stride: int | None = None, seed: int = 0, **kwargs) -> Dataset:
     """The forecasting Dataset of a registered trajectory (see module doc); training windows start every
     ``stride`` steps (default ``window``: disjoint), test windows are disjoint."""
-    window, n_train, n_test = (_positive_int(k, v) for k, v in
+    window, n_train, n_test = (positive_int(k, v) for k, v in
                                (("window", window), ("n_train", n_train), ("n_test", n_test)))
-    stride = window if stride is None else _positive_int("stride", stride)
+    stride = window if stride is None else positive_int("stride", stride)
     u, v = TRAJECTORIES[name](n_train + n_test, seed, **kwargs)
     u, v = u.reshape(n_train + n_test, -1), v.reshape(n_train + n_test, -1)
     (mu_u, sd_u), (mu_v, sd_v) = ((a[:n_train].mean(0), a[:n_train].std(0)) for a in (u, v))
