@@ -17,7 +17,7 @@ import math
 import numbers
 import re
 from dataclasses import dataclass, field, fields
-from typing import Any, Iterator, Mapping, Sequence
+from typing import Any, Callable, Iterator, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -338,6 +338,12 @@ class ScaffoldLayer(Scaffolded):
         """W = beta * W_seed + s * B A (stored layout)."""
         return self.beta * self.W_seed + self.delta()
 
+    @property
+    def weight(self) -> torch.Tensor:
+        """The merged W, read-only, in the replaced layer's layout: for code that reads a layer's weight
+        instead of calling it (torch's fused TransformerEncoderLayer inference path)."""
+        return self.merged_weight()
+
     def to_plain(self) -> nn.Module:
         """The replaced layer's own class holding W = beta W_seed + s B A and this layer's bias."""
         w = self.W_seed  # the layer's current dtype and device (it may have moved since scaffold())
@@ -621,6 +627,25 @@ class ScaffoldMultiheadAttention(Scaffolded):
             weights = weights.squeeze(0) if weights is not None else None
         return out, weights
 
+    # read by torch's fused TransformerEncoderLayer inference path (taken only without hooks and gradients)
+    _qkv_same_embed_dim = True
+    merge_masks = nn.MultiheadAttention.merge_masks
+
+    @property
+    def in_proj_weight(self) -> torch.Tensor:
+        """The merged packed (3E, E) weight, read-only."""
+        return self.in_proj.weight
+
+    @property
+    def in_proj_bias(self) -> torch.Tensor | None:
+        return self.in_proj.bias
+
+    @staticmethod
+    def plain_weights(mha: nn.MultiheadAttention) -> dict[str, torch.Tensor]:
+        """The weights a plain nn.MultiheadAttention holds itself, by the name of the scaffold layer that
+        replaces each (out_proj is its own nn.Linear child)."""
+        return {"in_proj": mha.in_proj_weight}
+
     def to_plain(self) -> nn.MultiheadAttention:
         """nn.MultiheadAttention with in_proj_weight, in_proj_bias and out_proj of the merged layers."""
         w = self.in_proj.W_seed
@@ -645,6 +670,11 @@ def feature_rows(module: nn.Module, x: torch.Tensor) -> torch.Tensor:
     return x.reshape(-1, x.shape[-1])
 
 
+def channel_rows(module: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """(N, C, *spatial) -> (N prod(spatial), C): every position is a row of channels."""
+    return x.movedim(1, -1).reshape(-1, x.shape[1])
+
+
 def _pad_amounts(padding: Any, kernel: tuple[int, ...], dilation: tuple[int, ...]) -> list[int]:
     """F.pad amounts (last dim first) of a conv's padding (ints, 'valid' or 'same')."""
     if padding == "valid":
@@ -664,7 +694,7 @@ def conv_rows(module: nn.Module, x: torch.Tensor) -> torch.Tensor:
     padding, stride and dilation; a grouped conv (no patch geometry) falls back to channel rows (N L, C)."""
     nd = x.dim() - 2
     if module.groups != 1:
-        return x.movedim(1, -1).reshape(-1, x.shape[1])
+        return channel_rows(module, x)
     kernel, dilation, stride = tuple(module.kernel_size), tuple(module.dilation), tuple(module.stride)
     pad = _pad_amounts(module.padding, kernel, dilation)
     if any(pad):
@@ -701,13 +731,15 @@ class LayerType:
         the merge (``to_plain``); a container (ScaffoldMultiheadAttention) holds ScaffoldLayers and
         merges them back into the same class.
     linear: part of target_modules="all-linear".
-    rows: how spectra read the module's input as (rows, fan_in): ``rows(module, x)``; None: not read.
+    rows: how spectra read the module's input as the (rows, d_in) its A sees: ``rows(module, x)``;
+        None: not read. output_rows: the same for its output (rows, d_out).
     """
 
     module: type[nn.Module] | str
     layer: type[Scaffolded]
     linear: bool = False
     rows: Callable[[nn.Module, torch.Tensor], torch.Tensor] | None = feature_rows
+    output_rows: Callable[[nn.Module, torch.Tensor], torch.Tensor] | None = feature_rows
 
     @property
     def name(self) -> str:
@@ -735,8 +767,8 @@ def register_layer_type(entry: LayerType) -> LayerType:
 
 register_layer_type(LayerType(nn.Linear, ScaffoldLinear, linear=True))
 register_layer_type(LayerType("transformers.pytorch_utils.Conv1D", ScaffoldConv1D, linear=True))
-register_layer_type(LayerType(nn.Conv1d, ScaffoldConv1d, rows=conv_rows))
-register_layer_type(LayerType(nn.Conv2d, ScaffoldConv2d, rows=conv_rows))
+register_layer_type(LayerType(nn.Conv1d, ScaffoldConv1d, rows=conv_rows, output_rows=channel_rows))
+register_layer_type(LayerType(nn.Conv2d, ScaffoldConv2d, rows=conv_rows, output_rows=channel_rows))
 register_layer_type(LayerType(nn.Embedding, ScaffoldEmbedding, rows=one_hot_rows))
 register_layer_type(LayerType(nn.MultiheadAttention, ScaffoldMultiheadAttention, linear=True))
 
@@ -768,12 +800,26 @@ def effective_weight(module: nn.Module) -> torch.Tensor | None:
     return module.weight.T if entry.layer.transposed else module.weight
 
 
-def input_rows(module: nn.Module, x: torch.Tensor) -> torch.Tensor | None:
-    """The input ``x`` of ``module`` as the (rows, d_in) its adapter's A sees, by its type's ``rows``;
-    None for a module no entry reads."""
+def effective_weights(model: nn.Module) -> Iterator[tuple[str, torch.Tensor]]:
+    """(name, effective_weight) of every one-weight layer of ``model``, scaffolded or plain; a plain
+    container's own weights come under its scaffold layers' names (an nn.MultiheadAttention ``attn``
+    gives ``attn.in_proj``; its out_proj is a Linear child)."""
+    for n, m in model.named_modules():
+        w = effective_weight(m)
+        if w is not None:
+            yield n, w
+        elif is_container(m):
+            for local, w in layer_type(m).layer.plain_weights(m).items():
+                yield f"{n}.{local}" if n else local, w
+
+
+def layer_rows(module: nn.Module, x: torch.Tensor, side: str = "input") -> torch.Tensor | None:
+    """``x``, the input (side="input": the rows its adapter's A sees) or output of ``module``, as
+    (rows, features) by its layer type's ``rows`` / ``output_rows``; None for a module no entry reads."""
     plain = module._template if isinstance(module, Scaffolded) else module
     entry = layer_type(plain)
-    return None if entry is None or entry.rows is None else entry.rows(plain, x)
+    read = None if entry is None else entry.rows if side == "input" else entry.output_rows
+    return None if read is None else read(plain, x)
 
 
 def _type_names() -> str:

@@ -7,112 +7,46 @@ singular values of the adapters s B A or of a weight update Delta W = W_trained 
 ``IntrinsicDimension`` wraps scikit-dimension's TwoNN / MLE estimators. Each spectrum is
 summarised by the measures of ``spectra.measures``.
 
-``_probed`` is the one place that knows layer types.
+Layer types are scaffold's registry (LAYER_TYPES): each declares how its input and output
+are read as rows (``scaffold.layer_rows``) and its effective weight (``scaffold.effective_weights``).
 """
 
 from __future__ import annotations
 
 import math
 import numbers
-from dataclasses import dataclass
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any, Sequence
 
 import numpy as np
 import pandas as pd
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-from ..scaffold import ScaffoldConv2d, ScaffoldLayer, matches, scaffold_layers
+from ..scaffold import effective_weights, is_container, layer_rows, layer_type, matches, scaffold_layers
 from .measures import DEFAULT_TAUS, Spectrum, StreamingCovariance, _to_numpy
 
 __all__ = ["ActivationSpectra", "IntrinsicDimension", "TaskSpectrum", "WeightSpectra"]
 
 
-# ----------------------------------------------------------------------------- layer types
-
-
-@dataclass(frozen=True)
-class _Conv:
-    """Geometry of a dense 2-D convolution: its input is read as unfolded patches."""
-
-    kernel: tuple[int, int]
-    dilation: tuple[int, int]
-    stride: tuple[int, int]
-    padding: Any
-    padding_mode: str
-
-
-@dataclass(frozen=True)
-class _Probed:
-    """What the probes read from one layer: its effective weight (W, or beta W_seed + s B A
-    for a ScaffoldLayer) and, for a dense conv, its geometry."""
-
-    weight: Callable[[], torch.Tensor]
-    conv: _Conv | None = None
-
-
-def _probed(module: nn.Module) -> _Probed | None:
-    """The probes' view of ``module``, or None for a module they do not read. The one place
-    the probes look at layer types: ScaffoldLayer (and its ScaffoldConv2d), nn.Linear and
-    nn.Conv2d (a grouped conv has no patch geometry: its input falls back to channels)."""
-    if isinstance(module, ScaffoldLayer):
-        conv = None
-        if isinstance(module, ScaffoldConv2d):
-            conv = _Conv(tuple(module.weight_shape[2:]), tuple(module.dilation), tuple(module.stride),
-                         module.padding, "zeros")
-        return _Probed(module.merged_weight, conv)
-    if isinstance(module, nn.Conv2d):
-        conv = None if module.groups != 1 else _Conv(tuple(module.kernel_size), tuple(module.dilation),
-                                                      tuple(module.stride), module.padding, module.padding_mode)
-        return _Probed(lambda: module.weight, conv)
-    if isinstance(module, nn.Linear):
-        return _Probed(lambda: module.weight)
-    return None
-
-
-# ----------------------------------------------------------------------------- activations
+# ----------------------------------------------------------------------------- layer rows
 
 
 SIDES = ("input", "output")
 
 
-def _pad_amounts(padding: Any, kernel: tuple[int, int], dilation: tuple[int, int]) -> list[int]:
-    """F.pad amounts (left, right, top, bottom) of a conv's padding (ints, 'valid' or 'same')."""
-    if padding == "valid":
-        return [0, 0, 0, 0]
-    if padding == "same":  # as torch: total d (k - 1), the extra one on the right / bottom
-        out: list[int] = []
-        for k, d in reversed(list(zip(kernel, dilation))):
-            total = d * (k - 1)
-            out += [total // 2, total - total // 2]
-        return out
-    ph, pw = (padding, padding) if isinstance(padding, int) else padding
-    return [pw, pw, ph, ph]
-
-
-def _conv_patches(module: nn.Module, x: torch.Tensor) -> torch.Tensor | None:
-    """(N * L, C kh kw) patches a conv's kernel sees (its fan_in), or None if ``module`` is no dense conv."""
-    probed = _probed(module)
-    if probed is None or probed.conv is None:
-        return None
-    c = probed.conv
-    pad = _pad_amounts(c.padding, c.kernel, c.dilation)
-    if any(pad):
-        x = F.pad(x, pad, mode="constant" if c.padding_mode == "zeros" else c.padding_mode)
-    cols = F.unfold(x, c.kernel, dilation=c.dilation, padding=0, stride=c.stride)  # (N, C kh kw, L)
-    return cols.transpose(1, 2).reshape(-1, cols.shape[1])
-
-
 def _rows(module: nn.Module, t: Any, side: str, name: str) -> torch.Tensor:
-    """The activation as (rows, features): conv patches for a conv's input, channels for 4-D."""
+    """The activation as (rows, features): by the layer type's declared reader (scaffold.layer_rows:
+    conv patches, one-hot token ids, every token / time position a row); for other modules a 4-D
+    tensor gives channel rows, anything else one row per leading position."""
     if not isinstance(t, torch.Tensor):
         raise TypeError(f"layer {name!r}: the {side} is a {type(t).__name__}, not a tensor; "
                         f"choose layers whose {side} is a single tensor")
-    if side == "input" and t.ndim == 4:
-        patches = _conv_patches(module, t)
-        if patches is not None:
-            return patches
+    try:
+        rows = layer_rows(module, t, side)
+    except ValueError as e:
+        raise ValueError(f"layer {name!r}: {e}") from None
+    if rows is not None:
+        return rows
     if t.ndim == 4:  # (N, C, H, W) -> channel covariance over all N H W positions
         return t.permute(0, 2, 3, 1).reshape(-1, t.shape[1])
     return t.reshape(-1, t.shape[-1])  # (..., features): every leading position is a row
@@ -131,13 +65,20 @@ def _model_float_dtype(model: nn.Module) -> torch.dtype | None:
     return None
 
 
+def _registered(named: list[tuple[str, nn.Module]]) -> list[tuple[str, nn.Module]]:
+    """Modules of a registered layer type, less those inside a container (an nn.MultiheadAttention
+    reads its out_proj's weight without calling it)."""
+    inside = [n for n, m in named if is_container(m)]
+    return [(n, m) for n, m in named if layer_type(m) is not None and not any(n.startswith(c + ".") for c in inside)]
+
+
 def _select_layers(model: nn.Module, layers: Sequence[str] | None) -> list[tuple[str, nn.Module]]:
     named = [(n, m) for n, m in model.named_modules() if n]
     if layers is None:
-        chosen = list(scaffold_layers(model)) or [(n, m) for n, m in named if _probed(m) is not None]
+        chosen = list(scaffold_layers(model)) or _registered(named)
         if not chosen:
-            raise ValueError(f"the model has no ScaffoldLayer, nn.Linear or nn.Conv2d; pass layers=[...] "
-                             f"from its modules: {[n for n, _ in named]}")
+            raise ValueError(f"the model has no ScaffoldLayer and no module of a registered layer type "
+                             f"(scaffold.LAYER_TYPES); pass layers=[...] from its modules: {[n for n, _ in named]}")
         return chosen
     if isinstance(layers, str):
         layers = [layers]
@@ -159,12 +100,16 @@ class ActivationSpectra:
     """Covariance spectrum of what each layer sees (side="input": what its A matrix sees) or emits.
 
     layers: names / regexes (peft rule of ``scaffold.matches``) of modules; default every
-        ScaffoldLayer, or, in a model without any, every nn.Linear and nn.Conv2d.
-    Rows: a 2-D activation (N, d) gives N rows; a conv's 4-D input gives its unfolded
-        patches (N * L rows of dimension fan_in = C kh kw, the conv's own padding, stride and
-        dilation); any other 4-D tensor (N, C, H, W) gives N H W rows of C channels (so a
-        grouped conv's input falls back to its channel covariance). (N, ..., d) tensors give
-        one row per leading position.
+        ScaffoldLayer, or, in a model without any, every module of a registered layer type
+        (scaffold.LAYER_TYPES) not inside an nn.MultiheadAttention.
+    Rows (each layer type's ``rows`` / ``output_rows``): token and time positions are rows, so
+        a (B, T, d) activation gives B T rows of d, and (N, ..., d) one row per leading position;
+        a conv's input gives its unfolded patches (N L rows of fan_in = C prod(kernel), the conv's
+        own padding, stride and dilation; a grouped conv falls back to channel rows) and its
+        output N L rows of channels; an Embedding's input (token ids) gives one-hot rows over
+        the vocabulary V (what its A sees; covariance diag(p) - p p^T of the token frequencies),
+        refused above V = 4096. Other modules: a 4-D tensor (N, C, H, W) gives N H W rows of C
+        channels, anything else one row per leading position.
     device: where batches of X go and covariances accumulate; "auto" = the model's device.
 
     Fitted: ``covariances_`` (name -> StreamingCovariance), ``spectra_`` (name -> Spectrum).
@@ -302,21 +247,14 @@ class TaskSpectrum:
 WEIGHT_KINDS = ("adapter", "delta")
 
 
-def _weights(model: nn.Module) -> Iterator[tuple[str, torch.Tensor]]:
-    """Every layer's effective weight: W of nn.Linear / nn.Conv2d, beta W_seed + s B A of a ScaffoldLayer."""
-    for n, m in model.named_modules():
-        probed = _probed(m)
-        if probed is not None:
-            yield n, probed.weight().detach()
-
-
 class WeightSpectra:
     """Spectra of weight updates, each reshaped to (d_out, -1).
 
     kind="adapter": s B A (``layer.delta()``) of every ScaffoldLayer of ``model``.
-    kind="delta": Delta W = W_trained - W_init for every nn.Linear / nn.Conv2d (or the
-        merged weight of a ScaffoldLayer) present by name in both ``model`` (at init) and
-        ``trained``.
+    kind="delta": Delta W = W_trained - W_init for every layer of a registered type (its
+        effective weight as the (d_out, d_in) map: W of a plain layer, transposed for Conv1D and
+        Embedding, beta W_seed + s B A of a ScaffoldLayer; ``scaffold.effective_weights``)
+        present by name in both ``model`` (at init) and ``trained``.
     Fitted: ``spectra_`` (name -> Spectrum of squared singular values).
     """
 
@@ -331,17 +269,18 @@ class WeightSpectra:
             if trained is not None:
                 raise ValueError("kind='adapter' reads the adapters of one model; trained is only for kind='delta'")
             for n, m in scaffold_layers(model):
-                delta = m.delta().detach()
+                delta = m.to_map(m.delta()).detach()
                 spectra[n] = Spectrum.from_matrix(delta.reshape(delta.shape[0], -1))
             if not spectra:
                 raise ValueError("kind='adapter' needs a scaffolded model; this one has no ScaffoldLayer")
         else:
             if trained is None:
                 raise ValueError("kind='delta' needs fit(model_at_init, trained)")
-            init, after = dict(_weights(model)), dict(_weights(trained))
+            init = {n: w.detach() for n, w in effective_weights(model)}
+            after = {n: w.detach() for n, w in effective_weights(trained)}
             common = [n for n in init if n in after]
             if not common:
-                raise ValueError(f"no nn.Linear / nn.Conv2d layer name is in both models; "
+                raise ValueError(f"no layer of a registered type is in both models by name; "
                                  f"init has {list(init)}, trained has {list(after)}")
             for n in common:
                 if init[n].shape != after[n].shape:
