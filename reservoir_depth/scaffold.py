@@ -8,6 +8,13 @@ W_seed is a non-persistent buffer drawn from (spec, root seed, layer name): it i
 never trained and never stored in a checkpoint. A is drawn kaiming-uniform
 (a = sqrt(5), i.e. U(-1/sqrt(fan_in), 1/sqrt(fan_in))) from the same seed, B = 0
 and beta = 1, so at step 0 the network is exactly the random reservoir.
+
+Layer types: LAYER_TYPES maps a module class (or its dotted path, for transformers' Conv1D, never
+imported here) to a LayerType entry: the Scaffolded class that replaces it (a ScaffoldLayer declares
+the weight layout, fan-in axis, base and adapter ops and how it merges back into the same class; a
+container such as ScaffoldMultiheadAttention holds several), whether "all-linear" takes it, and how
+spectra read its input and output rows. Registered: nn.Linear, transformers' Conv1D, nn.Conv1d,
+nn.Conv2d, nn.Embedding, nn.MultiheadAttention; register_layer_type() adds one.
 """
 
 from __future__ import annotations
@@ -58,7 +65,8 @@ class ScaffoldConfig:
     """Everything that turns a torch model into a LottaLoRA model.
 
     target_modules: the layers to replace: "all-linear" (the default: every linear-like
-        layer except the output layer, as peft) or names / regexes, peft's rule: exact
+        layer except the output layer, as peft: the LayerType entries with linear=True,
+        nn.Linear, transformers' Conv1D and nn.MultiheadAttention) or names / regexes, peft's rule: exact
         name, name suffix after a dot, or regex full match. A str is one pattern. Every
         pattern must match; a matched module of a type no LAYER_TYPES entry handles is an
         error, never a silent skip.
@@ -832,6 +840,17 @@ def _outermost(targets: list[tuple[str, nn.Module]]) -> list[tuple[str, nn.Modul
     return [(n, m) for n, m in targets if not any(n.startswith(c + ".") for c in containers)]
 
 
+def _trainable_owner(name: str, trainable: Sequence[str]) -> tuple[str, str] | None:
+    """(module, pattern): the outermost of ``name`` and its parents that a ``trainable`` pattern matches."""
+    parts = name.split(".")
+    for i in range(1, len(parts) + 1):
+        prefix = ".".join(parts[:i])
+        for p in trainable:
+            if matches(prefix, (p,)):
+                return prefix, p
+    return None
+
+
 def _set_submodule(model: nn.Module, name: str, new: nn.Module) -> None:
     parent, _, child = name.rpartition(".")
     setattr(model.get_submodule(parent) if parent else model, child, new)
@@ -873,7 +892,7 @@ def _select_targets(model: nn.Module, config: ScaffoldConfig) -> list[tuple[str,
     if config.target_modules == (ALL_LINEAR,):
         linear = [(n, m) for n, m in named if (t := layer_type(m)) is not None and t.linear]
         out = _output_layer(model, linear)
-        targets = _outermost([(n, m) for n, m in linear if m is not out and not matches(n, config.trainable)])
+        targets = _outermost([(n, m) for n, m in linear if m is not out and not _trainable_owner(n, config.trainable)])
         if not targets:
             raise ValueError(f"target_modules='all-linear' finds no linear layer besides the output layer; modules: "
                              f"{_describe(named)}")
@@ -897,8 +916,16 @@ def _select_targets(model: nn.Module, config: ScaffoldConfig) -> list[tuple[str,
         if len(aliases[id(m)]) > 1:
             raise ValueError(f"layer {n!r} is reachable under several names {aliases[id(m)]}: a shared module "
                              f"cannot be replaced under one name only")
-        if matches(n, config.trainable):
+        owner = _trainable_owner(n, config.trainable)
+        if owner and owner[0] == n:
             raise ValueError(f"layer {n!r} is both a scaffold target and in trainable={list(config.trainable)}")
+        if owner:
+            raise ValueError(f"layer {n!r} is a scaffold target inside trainable module {owner[0]!r} (pattern "
+                             f"{owner[1]!r}): its parameters would be frozen; narrow target_modules or trainable")
+        inner = [d for d in all_names if d.startswith(n + ".") and matches(d, config.trainable)]
+        if inner:
+            raise ValueError(f"trainable modules {inner} lie inside scaffold target {n!r}, which replaces them; "
+                             f"narrow trainable or target_modules")
         parent = model.get_submodule(n.rpartition(".")[0]) if "." in n else model
         if is_container(parent):
             raise ValueError(f"layer {n!r} belongs to a {type(parent).__name__}, which reads its weight directly; "

@@ -304,3 +304,37 @@ def test_every_scaffolded_name_matches_a_pattern_and_nothing_else_changes(names)
         expected = {n for n in ("layers.0", "layers.1", "head")
                     if n in names or (r"layers\.\d" in names and n.startswith("layers."))}
         assert set(layers) == expected
+
+
+# ----------------------------------------------------------------------------- trainable modules own their layers
+
+
+class WithTrainableBlock(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.body = nn.Linear(4, 4)
+        self.pooler = nn.Sequential(nn.Linear(4, 4), nn.Tanh())
+        self.head = nn.Linear(4, 2)
+
+    def forward(self, x):
+        return self.head(self.pooler(self.body(x)))
+
+
+def test_all_linear_leaves_layers_inside_a_trainable_module_trainable():
+    model = scaffold(WithTrainableBlock(), ScaffoldConfig(r=2, trainable=["pooler", "head"]))
+    assert [n for n, _ in scaffold_layers(model)] == ["body"]
+    assert type(model.pooler[0]) is nn.Linear and model.pooler[0].weight.requires_grad
+
+
+def test_an_explicit_target_inside_a_trainable_module_is_refused():
+    model = WithTrainableBlock()
+    with pytest.raises(ValueError, match=r"layer 'pooler.0' is a scaffold target inside trainable module 'pooler' "
+                                         r"\(pattern 'pooler'\)"):
+        scaffold(model, ScaffoldConfig(target_modules=["body", "0"], r=2, trainable="pooler"))
+    assert type(model.body) is nn.Linear
+
+
+def test_a_trainable_module_inside_a_target_is_refused():
+    model = nn.Sequential(nn.MultiheadAttention(4, 2), nn.Linear(4, 2))
+    with pytest.raises(ValueError, match=r"trainable modules \['0.out_proj'\] lie inside scaffold target '0'"):
+        scaffold(model, ScaffoldConfig(target_modules="0", r=2, trainable="out_proj"))

@@ -328,25 +328,35 @@ CONVS = [
 ]
 
 
-@pytest.mark.parametrize("conv_kw, scaffolded", [(kw, False) for kw in CONVS] +
-                         [(kw, True) for kw in CONVS if "padding_mode" not in kw])  # ScaffoldConv2d: zeros only
-def test_conv_input_patches_have_fan_in_dimension_and_match_the_output(conv_kw, scaffolded):
+CONVS_1D = [
+    dict(kernel_size=3, padding=1),
+    dict(kernel_size=3, stride=2, padding=0),
+    dict(kernel_size=2, padding="same", dilation=2),
+    dict(kernel_size=3, padding=1, padding_mode="reflect"),
+    dict(kernel_size=1),
+]
+CONV_CASES = [(nd, kw, scaffolded) for nd, convs in ((2, CONVS), (1, CONVS_1D)) for kw in convs
+              for scaffolded in (False, True) if not (scaffolded and "padding_mode" in kw)]  # scaffold: zeros only
+
+
+@pytest.mark.parametrize("nd, conv_kw, scaffolded", CONV_CASES)
+def test_conv_input_patches_have_fan_in_dimension_and_match_the_output(nd, conv_kw, scaffolded):
     """Output channels are W_flat @ patch + b, so Cov_out = W Cov_patches W^T checks the patch geometry."""
     torch.manual_seed(0)
-    model = nn.Sequential(nn.Conv2d(3, 5, **conv_kw))
+    model = nn.Sequential((nn.Conv1d if nd == 1 else nn.Conv2d)(3, 5, **conv_kw))
     if scaffolded:
         model = scaffold(model, ScaffoldConfig(target_modules=["0"], r=2))
     conv = model[0]
     W = (conv.merged_weight() if scaffolded else conv.weight).detach().double().reshape(5, -1).numpy()
-    X = torch.randn(6, 3, 7, 8, generator=torch.Generator().manual_seed(4))
+    X = torch.randn(6, 3, *(7, 8)[2 - nd:], generator=torch.Generator().manual_seed(4))
     cin = ActivationSpectra(side="input", batch_size=4).fit(model, X).covariances_["0"]
     cout = ActivationSpectra(side="output", batch_size=4).fit(model, X).covariances_["0"]
-    assert cin.covariance_.shape == (W.shape[1], W.shape[1])  # fan_in = 3 kh kw
+    assert cin.covariance_.shape == (W.shape[1], W.shape[1])  # fan_in = 3 prod(kernel)
     with torch.no_grad():
         y = model(X)
-    assert cout.n_ == y.shape[0] * y.shape[2] * y.shape[3] == cin.n_
+    assert cout.n_ == y.numel() // 5 == cin.n_
     np.testing.assert_allclose(cout.covariance_, W @ cin.covariance_ @ W.T, rtol=1e-4, atol=1e-5)
-    np.testing.assert_allclose(cout.covariance_, cov0(y.permute(0, 2, 3, 1).reshape(-1, 5).double().numpy()),
+    np.testing.assert_allclose(cout.covariance_, cov0(y.movedim(1, -1).reshape(-1, 5).double().numpy()),
                                rtol=1e-5, atol=1e-6)
 
 
