@@ -121,6 +121,12 @@ def test_lorenz_stays_on_the_known_attractor():
     assert 22 < z.mean() < 25  # the attractor's time-averaged z is about 23.5
 
 
+@pytest.mark.parametrize("dt", [0.0, -0.01])
+def test_lorenz_refuses_a_step_that_is_not_positive(dt):
+    with pytest.raises(ValueError, match=f"dt must be > 0, got {dt}"):
+        data.load("lorenz", **SMALL, dt=dt)
+
+
 def test_lorenz_follows_its_equations():
     dt, sigma, rho, beta = 0.005, 10.0, 28.0, 8 / 3
     s = series.lorenz_series(2000, seed=2, dt=dt)

@@ -43,6 +43,8 @@ def _steps(key: str, t: float, h: float) -> int:
 
 def lorenz_series(n: int, seed: int = 0, dt: float = 0.02, transient: float = 50.0) -> np.ndarray:
     """(n, 3) Lorenz states every ``dt`` (RK4), after ``transient`` time units from a start drawn from ``seed``."""
+    if not dt > 0:
+        raise ValueError(f"dt must be > 0, got {dt!r}")
     sigma, rho, beta = LORENZ["sigma"], LORENZ["rho"], LORENZ["beta"]
 
     def f(x, y, z):
