@@ -713,6 +713,11 @@ def conv_rows(module: nn.Module, x: torch.Tensor) -> torch.Tensor:
     return cols.transpose(1, 2).reshape(-1, cols.shape[1])
 
 
+def attention_output_rows(module: nn.Module, out: Any) -> torch.Tensor:
+    """An attention's output (attn_output, attn_weights) as rows of attn_output (every position a row)."""
+    return feature_rows(module, out[0])
+
+
 ONE_HOT_LIMIT = 4096
 
 
@@ -778,7 +783,8 @@ register_layer_type(LayerType("transformers.pytorch_utils.Conv1D", ScaffoldConv1
 register_layer_type(LayerType(nn.Conv1d, ScaffoldConv1d, rows=conv_rows, output_rows=channel_rows))
 register_layer_type(LayerType(nn.Conv2d, ScaffoldConv2d, rows=conv_rows, output_rows=channel_rows))
 register_layer_type(LayerType(nn.Embedding, ScaffoldEmbedding, rows=one_hot_rows))
-register_layer_type(LayerType(nn.MultiheadAttention, ScaffoldMultiheadAttention, linear=True))
+register_layer_type(LayerType(nn.MultiheadAttention, ScaffoldMultiheadAttention, linear=True,
+                              output_rows=attention_output_rows))
 
 
 def layer_type(module: nn.Module) -> LayerType | None:
@@ -821,13 +827,16 @@ def effective_weights(model: nn.Module) -> Iterator[tuple[str, torch.Tensor]]:
                 yield f"{n}.{local}" if n else local, w
 
 
-def layer_rows(module: nn.Module, x: torch.Tensor, side: str = "input") -> torch.Tensor | None:
+def layer_rows(module: nn.Module, x: Any, side: str = "input") -> torch.Tensor | None:
     """``x``, the input (side="input": the rows its adapter's A sees) or output of ``module``, as
-    (rows, features) by its layer type's ``rows`` / ``output_rows``; None for a module no entry reads."""
+    (rows, features) by its layer type's ``rows`` / ``output_rows``; None for a module no entry reads.
+    ``x`` is a tensor, or what a container returns (an attention's (output, weights))."""
     plain = module._template if isinstance(module, Scaffolded) else module
     entry = layer_type(plain)
     read = None if entry is None else entry.rows if side == "input" else entry.output_rows
-    return None if read is None else read(plain, x)
+    if read is None or not (isinstance(x, torch.Tensor) or is_container(plain)):
+        return None
+    return read(plain, x)
 
 
 def _type_names() -> str:

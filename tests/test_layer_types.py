@@ -455,6 +455,19 @@ def test_activation_spectra_rows_are_token_positions_patches_and_one_hot_ids():
     assert (out.covariances_["conv"].n_, out.covariances_["conv"].mean_.size) == (B * T_conv, 6)
 
 
+@pytest.mark.parametrize("scaffolded", [False, True])
+def test_activation_spectra_read_an_attention_whole_on_both_sides(scaffolded):
+    """The attention's input is its query rows, its output the rows of attn_output (not the tuple)."""
+    model = scaffold(Block(), ScaffoldConfig(target_modules="attn", trainable="head", r=2)) if scaffolded else Block()
+    x = torch.randn(4, 5, 8, generator=torch.Generator().manual_seed(0))
+    for side in ("input", "output"):
+        cov = ActivationSpectra(side=side, layers=["attn"]).fit(model, x).covariances_["attn"]
+        assert (cov.n_, cov.mean_.size) == (20, 8)
+    with torch.no_grad():
+        out = model.attn(x, x, x)[0].reshape(-1, 8).double()
+    torch.testing.assert_close(torch.as_tensor(cov.mean_, dtype=torch.float64), out.mean(0))
+
+
 def test_activation_spectra_refuses_one_hot_rows_over_a_large_vocabulary():
     model = nn.Sequential(nn.Embedding(5000, 4), nn.Linear(4, 2))
     with pytest.raises(ValueError, match=r"layer '0': an Embedding's input rows are one-hot over V = 5000"):

@@ -479,6 +479,8 @@ def test_batch_schedule_splits_the_batch(n):
                        spec=DistributionSpec("gaussian_mixture", scaling="spectral_radius", rho=0.9), root_seed=7,
                        bias="trainable", schedule="batch", k=2),
         ScaffoldConfig(r=0, spec="orthogonal", bias="none", schedule="epoch"),
+        ScaffoldConfig(specs={"W": DistributionSpec("normal", scaling="spectral_radius", rho=0.9),
+                              r"layers\.[01]": "laplace"}),
     ],
 )
 def test_config_round_trip(config):

@@ -38,15 +38,15 @@ def _rows(module: nn.Module, t: Any, side: str, name: str) -> torch.Tensor:
     """The activation as (rows, features): by the layer type's declared reader (scaffold.layer_rows:
     conv patches, one-hot token ids, every token / time position a row); for other modules a 4-D
     tensor gives channel rows, anything else one row per leading position."""
-    if not isinstance(t, torch.Tensor):
-        raise TypeError(f"layer {name!r}: the {side} is a {type(t).__name__}, not a tensor; "
-                        f"choose layers whose {side} is a single tensor")
     try:
         rows = layer_rows(module, t, side)
     except ValueError as e:
         raise ValueError(f"layer {name!r}: {e}") from None
     if rows is not None:
         return rows
+    if not isinstance(t, torch.Tensor):
+        raise TypeError(f"layer {name!r}: the {side} is a {type(t).__name__}, not a tensor; "
+                        f"choose layers whose {side} is a single tensor")
     if t.ndim == 4:  # (N, C, H, W) -> channel covariance over all N H W positions
         return t.permute(0, 2, 3, 1).reshape(-1, t.shape[1])
     return t.reshape(-1, t.shape[-1])  # (..., features): every leading position is a row
