@@ -132,6 +132,8 @@ CASES = [
     pytest.param(Case(_bert_cls, _sequences, ("all-linear",), ("classifier",)), id="bert-cls-all-linear"),
     pytest.param(Case(_bert_cls, _sequences, (r"bert\.encoder\.layer\.\d+\.attention\.self\.(query|key|value)",
                                               "attention.output.dense"), ("classifier", "pooler")), id="bert-cls-regex"),
+    pytest.param(Case(_bert_cls, _sequences, ("word_embeddings", "query", "key", "value"), ("classifier",)),
+                 id="bert-cls-padded-embedding"),  # word_embeddings has padding_idx 0
     pytest.param(Case(_vit, _images, ("all-linear",), ("classifier",)), id="vit-all-linear"),
     pytest.param(Case(_vit, _images, ("q_proj", "k_proj", "v_proj", "o_proj", "projection"),
                       ("classifier", "vit.layernorm")), id="vit-attention-and-patches"),
