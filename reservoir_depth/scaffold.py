@@ -176,10 +176,17 @@ def _skeleton(module: nn.Module) -> nn.Module:
 
 
 class Scaffolded(nn.Module):
-    """A module that replaced a registered layer type; ``to_plain()`` rebuilds that class (merge())."""
+    """A module that replaced a registered layer type; ``to_plain()`` rebuilds that class (merge()).
+    ``_template``: a meta skeleton of the replaced module (``_skeleton``), read for its geometry."""
 
     def to_plain(self) -> nn.Module:
         raise NotImplementedError
+
+    @staticmethod
+    def plain_weights(module: nn.Module) -> dict[str, torch.Tensor]:
+        """A container's weights that the plain module holds itself (not in a registered child), keyed by
+        the local name of the scaffold layer that replaces each; {} for a one-weight layer."""
+        return {}
 
 
 class ScaffoldLayer(Scaffolded):
@@ -447,7 +454,9 @@ class ScaffoldConv1D(ScaffoldLinear):
 
     @classmethod
     def from_module(cls, module: nn.Module, name: str, config: ScaffoldConfig) -> "ScaffoldConv1D":
-        return cls(module.nx, module.nf, name, config, template=module)
+        layer = cls(module.nx, module.nf, name, config, template=module)
+        layer.nf, layer.nx = module.nf, module.nx  # Conv1D's own names, read by transformers
+        return layer
 
 
 _CONV_OPS = {1: F.conv1d, 2: F.conv2d}
@@ -469,6 +478,7 @@ class ScaffoldConv(ScaffoldLayer):
             raise ValueError(f"layer {name!r}: padding_mode={conv.padding_mode!r}; only 'zeros' is supported")
         super().__init__(tuple(conv.weight.shape), name, config, conv, has_bias=conv.bias is not None)
         self.stride, self.padding, self.dilation = conv.stride, conv.padding, conv.dilation
+        self.in_channels, self.out_channels, self.kernel_size = conv.in_channels, conv.out_channels, conv.kernel_size
 
     @classmethod
     def from_module(cls, module: nn.Module, name: str, config: ScaffoldConfig) -> "ScaffoldConv":
@@ -524,6 +534,7 @@ class ScaffoldEmbedding(ScaffoldLayer):
                              f"its class cannot hold (use 'keep' or 'none')")
         object.__setattr__(self, "padding_idx", emb.padding_idx)  # _draw needs it during __init__
         super().__init__(tuple(emb.weight.shape), name, config, emb, has_bias=False)
+        self.num_embeddings, self.embedding_dim = emb.num_embeddings, emb.embedding_dim
         if self.padding_idx is not None:
             with torch.no_grad():
                 self.lora_A[:, self.padding_idx] = 0
@@ -831,7 +842,7 @@ def layer_rows(module: nn.Module, x: Any, side: str = "input") -> torch.Tensor |
     """``x``, the input (side="input": the rows its adapter's A sees) or output of ``module``, as
     (rows, features) by its layer type's ``rows`` / ``output_rows``; None for a module no entry reads.
     ``x`` is a tensor, or what a container returns (an attention's (output, weights))."""
-    plain = module._template if isinstance(module, Scaffolded) else module
+    plain = getattr(module, "_template", module) if isinstance(module, Scaffolded) else module
     entry = layer_type(plain)
     read = None if entry is None else entry.rows if side == "input" else entry.output_rows
     if read is None or not (isinstance(x, torch.Tensor) or is_container(plain)):

@@ -237,6 +237,24 @@ def test_rank_above_min_d_in_d_out_is_refused_naming_the_layer(ex):
         scaffolded(ex, r=bound + 1)
 
 
+SIZE_ATTRIBUTES = ("in_features", "out_features", "nf", "nx", "in_channels", "out_channels", "kernel_size", "stride",
+                   "padding", "dilation", "num_embeddings", "embedding_dim", "padding_idx", "embed_dim", "num_heads",
+                   "head_dim", "batch_first")
+
+
+@pytest.mark.parametrize("ex", EXAMPLE_PARAMS)
+def test_the_scaffold_keeps_the_replaced_layers_size_attributes_and_weight_dtype(ex):
+    """Code that reads a layer's geometry (transformers reads .weight.dtype, .nf, .num_embeddings) keeps working."""
+    plain, unit = holder(ex).layer, scaffolded(ex).layer
+    for attr in SIZE_ATTRIBUTES:
+        if hasattr(plain, attr):
+            assert getattr(unit, attr) == getattr(plain, attr), attr
+    for local, w in [(n, w) for n, w in plain.named_parameters() if n.endswith("weight")]:
+        owner = unit.get_submodule(local.rpartition(".")[0]) if "." in local else unit
+        read = getattr(owner, local.rpartition(".")[2])
+        assert read.shape == w.shape and read.dtype == w.dtype and not isinstance(read, nn.Parameter)
+
+
 @pytest.mark.parametrize("ex", EXAMPLE_PARAMS)
 def test_at_init_b_is_zero_and_a_is_uniform_in_its_bound(ex):
     """A ~ U(-a, a): a = 1 / sqrt(d_in) (kaiming-uniform), a = 1 for an Embedding's lookup (one-hot input)."""
