@@ -50,6 +50,7 @@ class Example:
     fan_in: Callable[[nn.Module], list[int]]
     call: Callable[[nn.Module, torch.Tensor], torch.Tensor] = lambda m, x: m(x)
     id: str = ""
+    batch_dim: int = 0
 
 
 def _randn(shape):
@@ -72,7 +73,7 @@ EXAMPLES = [
             _randn(lambda m: (3, 4, m.embed_dim)), lambda m: [m.embed_dim, m.embed_dim], call=_mha_call),
     Example("MultiheadAttention", lambda d: nn.MultiheadAttention(2 * d, 4, bias=False),
             _randn(lambda m: (4, 3, m.embed_dim)), lambda m: [m.embed_dim, m.embed_dim], call=_mha_call,
-            id="MultiheadAttention-seq-first-nobias"),
+            id="MultiheadAttention-seq-first-nobias", batch_dim=1),
 ]
 
 
@@ -214,6 +215,51 @@ def test_save_load_round_trip_restores_outputs_exactly(ex, tmp_path):
     x = x_for(ex, model)
     assert torch.equal(loaded(x), model(x))
     assert [n for n, _ in scaffold_layers(loaded)] == [n for n, _ in scaffold_layers(model)]
+
+
+@pytest.mark.parametrize("ex", EXAMPLE_PARAMS)
+def test_a_destabilised_scaffold_round_trips_at_its_draw(ex, tmp_path):
+    """schedule='step': W_seed cycles over k draws; the file records the draw in use and load regenerates it."""
+    model = scaffolded(ex, schedule="step", k=3)
+    perturb(model)
+    x = x_for(ex, model)
+    at_zero = model(x)
+    for _, layer in scaffold_layers(model):
+        layer.advance(step=4)  # draw 4 % 3 = 1
+    assert not torch.equal(model(x), at_zero)
+    io.save(model, tmp_path)
+    assert torch.equal(io.load(tmp_path, model=holder(ex, seed=9))(x), model(x))
+
+
+@pytest.mark.parametrize("ex", EXAMPLE_PARAMS)
+def test_the_batch_schedule_sends_each_part_of_the_batch_through_its_own_scaffold(ex):
+    model = scaffolded(ex, schedule="batch", k=2)
+    perturb(model)
+    x = x_for(ex, model)
+    y = model.train()(x)
+    model.eval()
+    parts = []
+    for i, part in enumerate(x.tensor_split(2, dim=ex.batch_dim)):
+        for _, layer in scaffold_layers(model):
+            layer.W_seed = layer._stack[i]
+        parts.append(model(part))
+    torch.testing.assert_close(y, torch.cat(parts, dim=ex.batch_dim), rtol=1e-5, atol=1e-5)
+    for _, layer in scaffold_layers(model):
+        layer.W_seed = layer._stack[0]
+    assert not torch.allclose(y, model(x))  # the second part went through another scaffold
+
+
+@pytest.mark.parametrize("ex", EXAMPLE_PARAMS)
+def test_float64_layers_scaffold_compute_and_merge_in_float64(ex):
+    model = scaffold(holder(ex).double(), ScaffoldConfig(target_modules="layer", r=2))
+    perturb(model)
+    x = x_for(ex, model)
+    x = x.double() if x.is_floating_point() else x
+    y = model(x)
+    assert y.dtype == torch.float64 and all(layer.W_seed.dtype == torch.float64 for _, layer in scaffold_layers(model))
+    merged = merge(model)
+    assert all(p.dtype == torch.float64 for p in merged.parameters())
+    torch.testing.assert_close(merged(x), y, rtol=1e-10, atol=1e-10)
 
 
 @pytest.mark.parametrize("ex", EXAMPLE_PARAMS)
