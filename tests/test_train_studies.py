@@ -3,6 +3,7 @@
 import glob
 from pathlib import Path
 
+import numpy as np
 import pytest
 from torch import nn
 
@@ -11,7 +12,7 @@ from reservoir_depth.models import ARCHITECTURES, build, scaffold_defaults
 from reservoir_depth.results import ResultsStore
 from reservoir_depth.scaffold import ScaffoldConfig
 from reservoir_depth.study import Run, Study, declared_scaffold
-from reservoir_depth.sweep import build_model
+from reservoir_depth.sweep import build_model, run_study
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -73,3 +74,63 @@ def test_a_family_whose_declarations_the_study_cannot_read_is_refused_before_tra
     with pytest.raises(ValueError, match=r"architecture .*picky.* declares .*'a', 'b'.* but the run's scaffold "
                                          r"config was resolved as"):
         build_model(Run("s", "digits", {"name": "picky", "second": True}, "lotta", 0, scaffold={"r": 1}), d)
+
+
+# ----------------------------------------------------------------------------- the char-LM rank sweep
+
+CHAR_LM = ROOT / "experiments" / "shakespeare_char_lm.toml"
+
+
+def test_char_lm_study_resolves_its_runs():
+    study = Study.load(CHAR_LM)
+    assert study.study == "shakespeare_char_lm" and study.dataset["name"] == "shakespeare-char"
+    assert study.arch["name"] == "llama" and study.arch["size"] == "3m"
+    runs = study.runs()
+    assert [(r.method, r.scaffold.get("r"), r.seed) for r in runs] == [
+        (m, r, s) for s in (0, 1) for m, r in [("full", None), *[("lotta", r) for r in (0, 1, 2, 4, 8, 16, 32)]]]
+    assert len({r.run_id for r in runs}) == len(runs) == 16
+    attention = r"blocks\.\d+\.attn\.(q|k|v|o)"
+    for r in runs[1:8]:
+        cfg = r.scaffold_config()
+        assert cfg.target_modules == (attention,) and "embed" in cfg.trainable and "head" in cfg.trainable
+    assert study.train["epochs"] >= 2
+
+
+def generated_play(n_chars: int = 12_000, seed: int = 0) -> str:
+    """Text in the shape of a play (speaker names, lines of words from a small lexicon), from a seed."""
+    rng = np.random.default_rng(seed)
+    words = ["thou", "art", "the", "king", "my", "lord", "and", "so", "fair", "love", "what", "is", "death"]
+    lines = []
+    while sum(map(len, lines)) < n_chars:
+        lines.append(rng.choice(["KING.", "QUEEN.", "FOOL."]) + "\n" + " ".join(rng.choice(words, 8)).capitalize()
+                     + rng.choice([".", ",", "!", "?"]) + "\n")
+    return "".join(lines)[:n_chars]
+
+
+@pytest.mark.slow
+def test_char_lm_study_runs_end_to_end_in_miniature(tmp_path, monkeypatch):
+    """The study file, shrunk to 2 runs (full and one rank, one seed, a 1-layer llama, 1 epoch) on a
+    generated play in place of the sdist's text, through run_study into a store."""
+    from reservoir_depth import sweep
+    from reservoir_depth.data import text
+
+    monkeypatch.setattr(text, "shakespeare_text", generated_play)
+    d = Study.load(CHAR_LM).to_dict()
+    d.update(seeds=[0], ranks=[4], dataset={**d["dataset"], "context": 32, "n_train": 8192, "n_test": 2048,
+                                            "stride": 32},
+             arch={**d["arch"], "size": None, "d_model": 32, "layers": 1, "heads": 2, "d_ff": 64, "context": 32},
+             train={**d["train"], "epochs": 1})
+    study = Study.from_dict(d)
+    store = ResultsStore(tmp_path / "runs.sqlite", create=True)
+    try:
+        counts = run_study(study, store, progress=False)
+    finally:
+        sweep._dataset.cache_clear()  # the generated text must not stand in for the sdist's later
+    assert counts.done == 2, [r["error"] for r in store.rows(study.study)]
+    df = study.frame(store).set_index("cfg.method")
+    vocab = len(set(generated_play()[:8192]))
+    for method in ("full", "lotta"):
+        row = df.loc[method]
+        assert row["test_bpc"] == pytest.approx(row["test_loss"] / np.log(2))
+        assert 0 < row["test_bpc"] < np.log2(vocab) and row["tokens_per_s"] > 0  # below a uniform guess
+    assert df.loc["lotta", "trainable"] < df.loc["full", "trainable"]
