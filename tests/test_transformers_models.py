@@ -25,6 +25,7 @@ from safetensors.torch import load_file
 transformers = pytest.importorskip("transformers")
 
 from reservoir_depth import io  # noqa: E402
+from reservoir_depth.spectra.probes import ActivationSpectra  # noqa: E402
 from reservoir_depth.scaffold import (LAYER_TYPES, ScaffoldConfig, matches, merge, scaffold,  # noqa: E402
                                      scaffold_layers)
 
@@ -309,6 +310,19 @@ def test_merge_loads_strictly_into_the_original_class_with_the_same_outputs(case
     for alias, name in case.ties.items():  # merge keeps the ties
         mod, _, attr = alias.rpartition(".")
         assert getattr(merged.get_submodule(mod), attr) is merged.get_parameter(name), f"{alias} is not tied"
+
+
+# -- spectra read token positions as rows ------------------------------------------------------------------------
+
+@pytest.mark.parametrize("case", [p for p in CASES if p.id in ("gpt2-blocks-and-positions", "llama-embedding-too")])
+def test_activation_spectra_of_a_language_model_take_every_token_position_as_a_row(case):
+    model = scaffold(case.model(), case.config())
+    spectra = ActivationSpectra().fit(model, case.inputs()["input_ids"])
+    assert spectra.layer_names_ == [n for n, _ in scaffold_layers(model)]
+    rows = {n: T if n == "transformer.wpe" else N * T for n in spectra.layer_names_}  # GPT-2 feeds wpe (1, T) ids
+    assert {n: c.n_ for n, c in spectra.covariances_.items()} == rows
+    widths = {n: c.mean_.shape[0] for n, c in spectra.covariances_.items()}
+    assert widths == {n: layer.map_shape[1] for n, layer in scaffold_layers(model)}  # what each A sees: d_in
 
 
 # -- the documentation's examples run -----------------------------------------------------------------------------
