@@ -212,6 +212,20 @@ def test_all_linear_leaves_out_the_output_layer_and_trainable_modules(case):
     assert names and all(model.get_submodule(n) is not out for n in names)
 
 
+@pytest.mark.filterwarnings("ignore:fan_in_fan_out is set to False", "ignore:`is_gradient_checkpointing` is deprecated")
+@pytest.mark.parametrize("build, task_type", [(_gpt2, None), (_bert_mlm, None), (_llama, None),
+                                              (_bert_cls, "SEQ_CLS")])
+def test_all_linear_takes_the_layers_peft_takes(build, task_type):
+    """The reference implementation: peft's LoraConfig(target_modules="all-linear") on the same model (its
+    sequence classifiers leave the head out only with task_type="SEQ_CLS"; ours always leave the last one out)."""
+    peft = pytest.importorskip("peft")
+    model = peft.get_peft_model(build(), peft.LoraConfig(target_modules="all-linear", r=2, task_type=task_type))
+    theirs = {n.removeprefix("base_model.model.") for n, m in model.named_modules()
+              if isinstance(m, peft.tuners.lora.LoraLayer)}
+    ours = {n for n, _ in scaffold_layers(scaffold(build(), ScaffoldConfig(r=2)))}
+    assert ours == theirs
+
+
 # -- refusals on real models ----------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("build, target, tied_to, attention", [
