@@ -127,6 +127,11 @@ class Classification(Task):
             raise ValueError(f"task {self.name!r}: {type(model).__name__} returned logits of shape "
                              f"{tuple(out.shape)} for labels of shape {tuple(y.shape)}; logits must be "
                              f"({', '.join(map(str, y.shape))}, n_classes)")
+        top = int(y.max()) if y.numel() else -1
+        if top >= out.shape[-1]:
+            raise ValueError(f"task {self.name!r}: {type(model).__name__} returned {out.shape[-1]} logits per "
+                             f"{'position' if y.dim() > 1 else 'sample'}, but a label is {top}; the model's n_out "
+                             f"must be the data set's n_out (classes, or vocab_size for lm)")
 
     def loss(self, out, y, reduction="mean", washout=0):
         return F.cross_entropy(out.float(), y, reduction=reduction)

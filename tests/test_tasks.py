@@ -183,6 +183,12 @@ def test_lm_output_of_the_wrong_shape_is_refused_naming_the_model():
         train(Pooled(d.vocab_size, d.vocab_size), d, CFG)
 
 
+def test_lm_output_narrower_than_the_vocabulary_is_refused():
+    d = char_data()
+    with pytest.raises(ValueError, match=r"CharLM returned 5 logits per position, but a label is 6"):
+        train(CharLM(d.vocab_size, 5), d, CFG)
+
+
 # ----------------------------------------------------------------------------- sequence classification
 
 def test_token_classification_with_padding_trains():
