@@ -20,6 +20,8 @@ from typing import Callable
 
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from safetensors.torch import load_file
 
 transformers = pytest.importorskip("transformers")
@@ -200,6 +202,40 @@ def test_at_init_the_scaffold_is_the_original_model_holding_w_seed(case):
                 bias.copy_(layer.bias)
     x = case.inputs()
     torch.testing.assert_close(logits(model, x), logits(reference, x), rtol=1e-5, atol=1e-6)
+
+
+PATTERNS = {_gpt2: ["attn.c_attn", "attn.c_proj", "mlp.c_fc", "mlp.c_proj", "wpe",
+                    r"transformer\.h\.0\.(attn|mlp)\..*"],
+            _llama: ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj", "embed_tokens",
+                     r"model\.layers\.1\.(self_attn|mlp)\..*"]}
+
+
+@settings(max_examples=8, deadline=None)
+@given(data=st.data(), build=st.sampled_from(list(PATTERNS)), r=st.integers(0, 4),
+       bias=st.sampled_from(["keep", "none"]))
+def test_any_choice_of_targets_is_the_original_at_init_and_merges_strictly(data, build, r, bias):
+    """Any subset of a model's target patterns, any rank: at init the scaffold is the original model holding
+    W_seed (with the seeded bias, or none); after a step, merge() loads strictly into the original class."""
+    targets = data.draw(st.lists(st.sampled_from(PATTERNS[build]), min_size=1, max_size=4, unique=True))
+    case = Case(build, _tokens, tuple(targets), ("lm_head",))
+    model = scaffold(case.model(), ScaffoldConfig(target_modules=targets, trainable=["lm_head"], r=r, bias=bias))
+    reference = case.model()
+    with torch.no_grad():
+        for name, layer in scaffold_layers(model):
+            weight, b = _replaced(reference, name)
+            weight.copy_(layer.W_seed)
+            if b is not None:  # bias="none" drops it: the reference adds zero
+                b.copy_(layer.bias if layer.bias is not None else torch.zeros_like(b))
+    x = case.inputs()
+    torch.testing.assert_close(logits(model, x), logits(reference, x), rtol=1e-5, atol=1e-6)
+    with torch.no_grad():
+        for _, layer in scaffold_layers(model):
+            layer.beta.fill_(0.7)
+            layer.lora_B.normal_()
+    if bias == "keep":
+        fresh = case.model(seed=1)
+        fresh.load_state_dict(merge(model).state_dict(), strict=True)
+        torch.testing.assert_close(logits(fresh, x), logits(model, x), rtol=1e-4, atol=1e-5)
 
 
 @pytest.mark.parametrize("case", [p for p in CASES if p.values[0].targets == ("all-linear",)])
