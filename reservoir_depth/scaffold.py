@@ -4,6 +4,8 @@ Eq. (1) of the design:
 
     y = beta * W_seed x + s * B (A x) + b,   s = alpha / r  (rsLoRA: alpha / sqrt(r))
 
+with r the layer's own rank (ScaffoldConfig.max_rank caps it per layer; r = 0 leaves beta W_seed x + b).
+
 W_seed is a non-persistent buffer drawn from (spec, root seed, layer name): it is
 never trained and never stored in a checkpoint. A is drawn kaiming-uniform
 (a = sqrt(5), i.e. U(-1/sqrt(fan_in), 1/sqrt(fan_in))) from the same seed, B = 0
@@ -72,7 +74,8 @@ class ScaffoldConfig:
         error, never a silent skip.
     trainable: names or regexes of other modules whose parameters stay trainable
         (heads, embeddings, norms); each must match a module. Everything else is frozen.
-    r, alpha, rslora: LoRA rank and scale s = alpha / r, or alpha / sqrt(r).
+    r, alpha, rslora: LoRA rank and scale s = alpha / r, or alpha / sqrt(r), with r the layer's own
+        rank (see max_rank): a layer capped to a smaller rank gets the larger s of that rank.
     bias: "keep" (default) draws a frozen bias from the seed only where the replaced layer
         had one, so merge() gives a state_dict of the original class; "frozen" and
         "trainable" give every layer a seeded bias (frozen / trained); "none" drops it.
@@ -89,6 +92,12 @@ class ScaffoldConfig:
         (no order-dependent "first wins": the adapter file stores the patterns sorted). Layers
         no pattern matches take ``spec``. Empty by default and then left out of to_dict(),
         so configs without overrides keep their stored form and run ids.
+    max_rank: per-layer rank caps {pattern: r_max} (r_max an int >= 0), matched exactly as ``specs``
+        (same rules, same errors): a matched layer has rank r_layer = min(r, r_max), which sets the
+        shapes of its A (r_layer, d_in) and B (d_out, r_layer), its scale s, what an adapter file
+        stores and the rank check (r_layer > min(d_in, d_out) is refused, naming the layer).
+        r_max = 0 makes a frozen scaffold with a trained beta only: y = beta W_seed x + b. Empty by
+        default and then left out of to_dict().
     """
 
     target_modules: Sequence[str] | str = (ALL_LINEAR,)
@@ -102,18 +111,21 @@ class ScaffoldConfig:
     schedule: str = "static"
     k: int = 1
     specs: Mapping[str, DistributionSpec] = field(default_factory=dict)
+    max_rank: Mapping[str, int] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "spec", as_spec(self.spec))
-        if not isinstance(self.specs, Mapping):
-            raise ValueError(f"specs must be a mapping {{pattern: spec}}, got {self.specs!r}")
-        _patterns(tuple(self.specs), "specs")
-        object.__setattr__(self, "specs", {p: as_spec(v) for p, v in sorted(self.specs.items())})
+        object.__setattr__(self, "specs", {p: as_spec(v) for p, v in _per_layer(self.specs, "specs", "spec")})
+        caps = _per_layer(self.max_rank, "max_rank", "r_max")
+        for p, v in caps:
+            if not _is_size(v):
+                raise ValueError(f"max_rank[{p!r}] must be an int >= 0, got {v!r}")
+        object.__setattr__(self, "max_rank", {p: int(v) for p, v in caps})
         object.__setattr__(self, "target_modules", _patterns(self.target_modules, "target_modules"))
         object.__setattr__(self, "trainable", _patterns(self.trainable, "trainable"))
         if not self.target_modules:
             raise ValueError("target_modules is empty: give 'all-linear' or at least one pattern")
-        if not isinstance(self.r, numbers.Integral) or isinstance(self.r, bool) or self.r < 0:
+        if not _is_size(self.r):
             raise ValueError(f"rank r must be an int >= 0, got {self.r!r}")
         object.__setattr__(self, "r", int(self.r))
         if not (is_number(self.alpha) and math.isfinite(self.alpha) and self.alpha > 0):
@@ -132,33 +144,66 @@ class ScaffoldConfig:
 
     @property
     def s(self) -> float:
-        """LoRA scale s = alpha / r or alpha / sqrt(r) (rsLoRA); 0 at r = 0."""
-        if self.r == 0:
+        """LoRA scale at the config's rank r (a layer uses ``scale`` of its own rank)."""
+        return self.scale(self.r)
+
+    def scale(self, r: int) -> float:
+        """s = alpha / r or alpha / sqrt(r) (rsLoRA) of a layer of rank r; 0 at r = 0."""
+        if r == 0:
             return 0.0
-        return self.alpha / (math.sqrt(self.r) if self.rslora else self.r)
+        return self.alpha / (math.sqrt(r) if self.rslora else r)
 
     def spec_for(self, *names: str) -> tuple[str | None, DistributionSpec]:
         """(pattern, spec) of the layer known by ``names`` (its own name, the target holding it):
         the one ``specs`` pattern matching any of them, else (None, ``spec``); two patterns is an error."""
-        hits = [p for p in self.specs if any(matches(n, (p,)) for n in names)]
-        if len(hits) > 1:
-            raise ValueError(f"layer {names[0]!r} is matched by several specs patterns {hits}: make them disjoint")
-        return (hits[0], self.specs[hits[0]]) if hits else (None, self.spec)
+        p = _layer_pattern(self.specs, "specs", names)
+        return (p, self.spec if p is None else self.specs[p])
+
+    def rank_for(self, *names: str) -> tuple[str | None, int]:
+        """(pattern, r_layer) of the layer known by ``names``, as spec_for: r_layer = min(r, r_max) of
+        the one ``max_rank`` pattern matching, else (None, r)."""
+        p = _layer_pattern(self.max_rank, "max_rank", names)
+        return (p, self.r if p is None else min(self.r, self.max_rank[p]))
 
     def to_dict(self) -> dict[str, Any]:
         d = {f.name: getattr(self, f.name) for f in fields(self)}
         d["spec"] = self.spec.to_dict()
         d["target_modules"], d["trainable"] = list(self.target_modules), list(self.trainable)
-        if self.specs:
-            d["specs"] = {p: v.to_dict() for p, v in self.specs.items()}
-        else:
-            del d["specs"]  # stored configs (and run ids) without overrides keep their form
+        d["specs"] = {p: v.to_dict() for p, v in self.specs.items()}
+        d["max_rank"] = dict(self.max_rank)
+        for key in PER_LAYER:
+            if not d[key]:
+                del d[key]  # stored configs (and run ids) without overrides keep their form
         return d
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> "ScaffoldConfig":
         specs = {p: DistributionSpec.from_dict(v) for p, v in d.get("specs", {}).items()}
         return cls(**{**d, "spec": DistributionSpec.from_dict(d["spec"]), "specs": specs})
+
+
+PER_LAYER = ("specs", "max_rank")  # ScaffoldConfig's {pattern: value} overrides, matched by _layer_pattern
+
+
+def _is_size(v: Any) -> bool:
+    return isinstance(v, numbers.Integral) and not isinstance(v, bool) and v >= 0
+
+
+def _per_layer(value: Any, what: str, item: str) -> list[tuple[str, Any]]:
+    """A per-layer override {pattern: value}, checked (a mapping of valid patterns), sorted by pattern."""
+    if not isinstance(value, Mapping):
+        raise ValueError(f"{what} must be a mapping {{pattern: {item}}}, got {value!r}")
+    _patterns(tuple(value), what)
+    return sorted(value.items())
+
+
+def _layer_pattern(overrides: Mapping[str, Any], what: str, names: Sequence[str]) -> str | None:
+    """The one pattern of ``overrides`` matching any of ``names`` (a layer's name, the target holding it),
+    by the peft rule; None if none does; two patterns is an error (no order-dependent "first wins")."""
+    hits = [p for p in overrides if any(matches(n, (p,)) for n in names)]
+    if len(hits) > 1:
+        raise ValueError(f"layer {names[0]!r} is matched by several {what} patterns {hits}: make them disjoint")
+    return hits[0] if hits else None
 
 
 def matches(name: str, patterns: Sequence[str]) -> bool:
@@ -219,15 +264,19 @@ class ScaffoldLayer(Scaffolded):
         self.name, self.config, self.weight_shape = name, config, tuple(int(n) for n in weight_shape)
         if (self.transposed or self.fan_in_axis != 1) and len(self.weight_shape) != 2:
             raise ValueError(f"layer {name!r}: a transposed layout needs a 2-D weight, got {self.weight_shape}")
-        self.spec_pattern, self.spec = config.spec_for(name, *(() if target is None else (target,)))
+        names = (name, *(() if target is None else (target,)))
+        self.spec_pattern, self.spec = config.spec_for(*names)
+        self.rank_pattern, r = config.rank_for(*names)
         dtype = template.weight.dtype if dtype is None else dtype
         device = template.weight.device if device is None else device
         object.__setattr__(self, "_template", _skeleton(template))  # not a submodule: no state
         d_out, d_in = self.map_shape
-        r = config.r
         if r > min(d_in, d_out):
-            raise ValueError(f"rank r={r} for layer {name!r} must lie in [0, min(d_in, d_out)] = [0, {min(d_in, d_out)}]")
-        self.r, self.s = r, config.s
+            capped = f" (r={config.r} capped by max_rank[{self.rank_pattern!r}])" if self.rank_pattern else ""
+            raise ValueError(f"rank r={r} for layer {name!r} must lie in [0, min(d_in, d_out)] = "
+                             f"[0, {min(d_in, d_out)}]{capped}; cap this layer with max_rank={{{name!r}: "
+                             f"{min(d_in, d_out)}}} or lower r")
+        self.r, self.s = r, config.scale(r)  # eq. (1) with the layer's own rank
         self.register_buffer("W_seed", self._draw(0, dtype, device), persistent=False)
         self.register_buffer("_stack", None, persistent=False)
         self.draw_id: Any = 0  # the W_seed in use: 0 (canonical), ["epoch", e] or ["cycle", i]
@@ -971,11 +1020,11 @@ def scaffold(model: nn.Module, config: ScaffoldConfig) -> nn.Module:
     """
     targets = _select_targets(model, config)
     wrapped = [(n, layer_type(m).layer.from_module(m, n, config)) for n, m in targets]
-    used = {layer.spec_pattern for _, unit in wrapped for layer in unit.modules() if isinstance(layer, ScaffoldLayer)}
-    unused = [p for p in config.specs if p not in used]
-    if unused:
-        raise ValueError(f"specs patterns {unused} match no scaffold layer; layers: "
-                         f"{[l.name for _, u in wrapped for l in u.modules() if isinstance(l, ScaffoldLayer)]}")
+    layers = [layer for _, unit in wrapped for layer in unit.modules() if isinstance(layer, ScaffoldLayer)]
+    for what, attr in (("specs", "spec_pattern"), ("max_rank", "rank_pattern")):
+        unused = [p for p in getattr(config, what) if p not in {getattr(layer, attr) for layer in layers}]
+        if unused:
+            raise ValueError(f"{what} patterns {unused} match no scaffold layer; layers: {[l.name for l in layers]}")
     for p in model.parameters():
         p.requires_grad_(False)
     for n, m in model.named_modules():

@@ -676,3 +676,114 @@ def test_overlapping_specs_patterns_are_an_error_naming_both():
 def test_bad_specs_are_refused(bad):
     with pytest.raises(ValueError):
         ScaffoldConfig(specs=bad)
+
+
+# ----------------------------------------------------------------------------- per-layer rank caps (max_rank)
+
+
+@settings(max_examples=30, deadline=None)
+@given(r=st.integers(0, 6), cap=st.integers(0, 8), rslora=st.booleans())
+def test_max_rank_gives_the_matching_layer_rank_min_r_r_max_and_its_own_scale(r, cap, rslora):
+    """s = alpha / r_layer (rsLoRA: alpha / sqrt(r_layer)) with the layer's own rank; other layers keep r."""
+    config = ScaffoldConfig(target_modules=["0", "2"], r=r, alpha=3.0, rslora=rslora, max_rank={"2": cap})
+    layers = dict(scaffold_layers(scaffold(mlp(), config)))
+    r2 = min(r, cap)
+    assert (layers["2"].r, layers["0"].r) == (r2, r)
+    assert tuple(layers["2"].lora_A.shape) == (r2, 6) and tuple(layers["2"].lora_B.shape) == (6, r2)
+    assert tuple(layers["0"].lora_A.shape) == (r, 6)
+    scale = 0.0 if r2 == 0 else 3.0 / (math.sqrt(r2) if rslora else r2)
+    assert layers["2"].s == scale and layers["0"].s == config.s
+    assert layers["2"].rank_pattern == "2" and layers["0"].rank_pattern is None
+
+
+def _merged_reference(ex: Example, model: Holder) -> nn.Module:
+    """The replaced class holding beta W_seed and the scaffold's bias (an r = 0 layer computes exactly that)."""
+    reference = copy.deepcopy(holder(ex).layer)
+    missing, unexpected = reference.load_state_dict(seed_state(model.layer), strict=False)
+    assert not unexpected
+    for k in missing:
+        setattr(reference.get_submodule(k.rpartition(".")[0]) if "." in k else reference, k.rpartition(".")[2], None)
+    return reference
+
+
+@pytest.mark.parametrize("ex", EXAMPLE_PARAMS)
+def test_a_layer_capped_at_rank_0_is_a_frozen_scaffold_with_a_trained_beta(ex, tmp_path):
+    """max_rank 0: y = beta W_seed x + b; only beta gets a gradient; merge and the adapter file agree."""
+    model = scaffolded(ex, r=2, root_seed=3, max_rank={"layer": 0})
+    assert all(layer.r == 0 and layer.lora_A.numel() == layer.lora_B.numel() == 0
+               for _, layer in scaffold_layers(model))
+    perturb(model)
+    x = x_for(ex, model)
+    torch.testing.assert_close(model(x), ex.call(_merged_reference(ex, model), x), rtol=1e-5, atol=1e-6)
+    model(x).square().sum().backward()
+    assert {n for n, p in model.named_parameters() if p.grad is not None} == \
+        {f"{n}.beta" for n, _ in scaffold_layers(model)}
+    torch.testing.assert_close(merge(model)(x), model(x), rtol=1e-4, atol=1e-4)
+    io.save(model, tmp_path)
+    assert torch.equal(io.load(tmp_path, model=holder(ex, seed=9))(x), model(x))
+
+
+def test_max_rank_matches_a_container_or_its_layers():
+    def ranks(max_rank):
+        model = scaffold(Block(), ScaffoldConfig(target_modules="attn", r=2, max_rank=max_rank))
+        return {n: layer.r for n, layer in scaffold_layers(model)}
+
+    assert ranks({"attn": 1}) == {"attn.in_proj": 1, "attn.out_proj": 1}
+    assert ranks({"attn.in_proj": 0}) == {"attn.in_proj": 0, "attn.out_proj": 2}
+
+
+def test_max_rank_is_left_out_of_to_dict_when_empty_and_round_trips():
+    """Stored configs, run ids and adapter files without caps keep their form."""
+    assert ScaffoldConfig(max_rank={}).to_dict() == ScaffoldConfig().to_dict()
+    assert "max_rank" not in ScaffoldConfig().to_dict()
+    config = ScaffoldConfig(r=4, max_rank={"b": 1, "a": 0})
+    assert list(config.to_dict()["max_rank"].items()) == [("a", 0), ("b", 1)]  # sorted, as the file stores it
+    assert ScaffoldConfig.from_dict(json.loads(json.dumps(config.to_dict()))) == config
+
+
+def test_max_rank_round_trips_through_an_adapter_file_and_load_uses_the_layers_rank(tmp_path):
+    model = scaffold(mlp(), ScaffoldConfig(target_modules=[r"\d"], r=2, max_rank={"0": 0, "2": 1}))
+    perturb(model)
+    report = io.save(model, tmp_path)
+    meta = json.loads((tmp_path / io.CONFIG).read_text())
+    assert meta["scaffold"]["max_rank"] == {"0": 0, "2": 1}
+    assert meta["tensors"]["2.lora_A"]["shape"] == [1, 6] and meta["tensors"]["0.lora_B"]["shape"] == [6, 0]
+    x = torch.randn(3, 6)
+    assert torch.equal(io.load(tmp_path, model=mlp())(x), model(x))
+    assert report.bytes > 0
+    meta["scaffold"]["max_rank"]["2"] = 2  # a file edited to another cap no longer fits its tensors
+    meta["config_sha256"] = io.config_hashes({k: v for k, v in meta.items() if k != "config_sha256"})
+    (tmp_path / io.CONFIG).write_text(json.dumps(meta, sort_keys=True, indent=1))
+    with pytest.raises(ValueError, match=r"2\.lora_A'?: shape mismatch: file \(1, 6\) vs model \(2, 6\)"):
+        io.load(tmp_path, model=mlp())
+
+
+def test_an_adapter_file_without_caps_records_no_max_rank(tmp_path):
+    io.save(scaffold(mlp(), ScaffoldConfig(target_modules=[r"\d"], r=2)), tmp_path)
+    assert "max_rank" not in json.loads((tmp_path / io.CONFIG).read_text())["scaffold"]
+
+
+def test_a_capped_rank_above_min_d_in_d_out_is_still_refused_naming_the_layer():
+    with pytest.raises(ValueError, match=r"rank r=3 for layer '4' must lie in \[0, min\(d_in, d_out\)\] = \[0, 2\]"):
+        scaffold(mlp(), ScaffoldConfig(target_modules=[r"\d"], r=4, max_rank={"4": 3}))
+    layers = dict(scaffold_layers(scaffold(mlp(), ScaffoldConfig(target_modules=[r"\d"], r=4, max_rank={"4": 2}))))
+    assert (layers["0"].r, layers["4"].r) == (4, 2)
+
+
+def test_a_max_rank_pattern_matching_no_layer_is_an_error_and_changes_nothing():
+    model = mlp()
+    with pytest.raises(ValueError, match=r"max_rank patterns \['7'\] match no scaffold layer"):
+        scaffold(model, ScaffoldConfig(target_modules=[r"\d"], r=2, max_rank={"7": 1}))
+    assert type(model[0]) is nn.Linear
+
+
+def test_overlapping_max_rank_patterns_are_an_error_naming_both():
+    with pytest.raises(ValueError, match=r"layer '2' is matched by several max_rank patterns \['2', '\[02\]'\]"):
+        scaffold(mlp(), ScaffoldConfig(target_modules=[r"\d"], r=2, max_rank={"[02]": 1, "2": 0}))
+
+
+@pytest.mark.parametrize("bad", [["0"], "0", {"(": 1}, {ALL_LINEAR: 1}, {"0": -1}, {"0": 1.5}, {"0": True},
+                                 {"0": "1"}, {"0": None}])
+def test_bad_max_rank_is_refused(bad):
+    with pytest.raises(ValueError, match="max_rank"):
+        ScaffoldConfig(max_rank=bad)

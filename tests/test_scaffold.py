@@ -591,3 +591,14 @@ def test_fused_linear_passes_gradcheck_and_runs_under_autocast():
     ref = _reference(lf, xf.detach())
     torch.testing.assert_close(y.float(), ref, rtol=0.05, atol=0.05)
     assert lf.W_seed.grad is None
+
+
+def test_the_package_exports_the_layer_type_surface():
+    """The layer-type registry, its scaffold classes and scaffold_defaults are public (reservoir_depth.*)."""
+    import reservoir_depth
+
+    names = {"LAYER_TYPES", "LayerType", "register_layer_type", "layer_type", "Scaffolded", "ScaffoldLayer",
+             "ScaffoldLinear", "ScaffoldConv1D", "ScaffoldConv1d", "ScaffoldConv2d", "ScaffoldEmbedding",
+             "ScaffoldMultiheadAttention", "scaffold_defaults"}
+    assert names <= set(reservoir_depth.__all__)
+    assert all(hasattr(reservoir_depth, n) for n in reservoir_depth.__all__)

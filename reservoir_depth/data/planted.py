@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from ..distributions import DistributionSpec, layer_seed, rng_for, torch_rng
-from ..models import build
+from ..models import build, scaffold_defaults
 from ..scaffold import ScaffoldConfig, scaffold, scaffold_layers
 from .dataset import Dataset
 
@@ -36,10 +36,9 @@ def teacher(k: int, d: int = 32, n_out: int = 32, hidden: Sequence[int] = (), st
     with torch_rng(seed):
         model = build(name, d_in=d, n_out=n_out, **arch)
     spec = DistributionSpec(spec) if isinstance(spec, str) else DistributionSpec.from_dict(spec)
-    model = scaffold(model, ScaffoldConfig(target_modules=model.scaffold_targets, trainable=model.scaffold_trainable,
-                                           r=k, root_seed=seed, spec=spec))
+    model = scaffold(model, ScaffoldConfig(**scaffold_defaults(model), r=k, root_seed=seed, spec=spec))
     for lname, layer in scaffold_layers(model):
-        d_out, d_in = layer.weight_shape[0], int(np.prod(layer.weight_shape[1:]))  # scaffold() checked k
+        d_out, d_in = layer.map_shape  # scaffold() checked k
         rng = rng_for(layer_seed(seed, lname, "planted"))
         U, V = _orthonormal(rng, d_out, k), _orthonormal(rng, d_in, k)
         with torch.no_grad():
