@@ -10,9 +10,9 @@ from hypothesis import strategies as st
 from torch import nn
 
 from reservoir_depth import io
-from reservoir_depth.distributions import spectral_radius
+from reservoir_depth.distributions import draw, spectral_radius
 from reservoir_depth.models import ARCHITECTURES, LLAMA_SIZES, build, count_llama, scaffold_defaults
-from reservoir_depth.models.llama import resolve_size
+from reservoir_depth.models.llama import FFN, resolve_size
 from reservoir_depth.models.transformer import Rotary
 from reservoir_depth.scaffold import ScaffoldConfig, ScaffoldLinear, merge, scaffold, scaffold_layers
 
@@ -33,7 +33,11 @@ def scaffolded(model, r=2, **kw):
 def test_scaffold_defaults():
     res = build("reservoir", **TINY["reservoir"])
     assert scaffold_defaults(res) == {"target_modules": ("W_in", "W"), "trainable": ("readout",),
-                                      "specs": {"W": res.scaffold_specs["W"]}}
+                                      "specs": {"W": res.scaffold_specs["W"]}, "max_rank": {"W_in": 2}}
+    assert "max_rank" not in scaffold_defaults(build("reservoir", **{**TINY["reservoir"], "adapters": "recurrent"}))
+    llama = build("llama", **TINY_LLAMA)
+    assert scaffold_defaults(llama)["max_rank"] == {FFN: 0}
+    assert "max_rank" not in scaffold_defaults(build("llama", **{**TINY_LLAMA, "adapters": "all"}))
     mlp = build("mlp", d_in=4, n_out=2, hidden=(3,))
     assert scaffold_defaults(mlp) == {"target_modules": mlp.scaffold_targets, "trainable": ("head",)}
     vit = build("vit", **{**TINY["vit"], "fully_random": False})
@@ -239,20 +243,43 @@ def test_encoder_pads_are_not_tokens():
 # ----------------------------------------------------------------------------- scaffold targets
 
 
+BLOCK_LINEAR = ("attn.q", "attn.k", "attn.v", "attn.o", "mlp.gate", "mlp.up", "mlp.down")
+
+
 def test_llama_targets_follow_config():
+    """adapters="attention": every block linear is a scaffold, the SwiGLU ones at rank 0 (beta W_seed x)."""
     att = build("llama", **TINY_LLAMA)
-    names = {n for n, _ in scaffold_layers(scaffolded(att))}
-    assert names == {f"blocks.{i}.attn.{p}" for i in range(2) for p in "qkvo"}
-    trainable = {n for n, p in att.named_parameters() if p.requires_grad}
+    ranks = {n: layer.r for n, layer in scaffold_layers(scaffolded(att))}
+    assert ranks == {f"blocks.{i}.{p}": (0 if p.startswith("mlp") else 2) for i in range(2) for p in BLOCK_LINEAR}
+    trainable = {n for n, p in att.named_parameters() if p.requires_grad and p.numel()}
     assert {"embed.weight", "head.weight", "norm.weight", "blocks.0.attn_norm.weight"} <= trainable
-    assert not any(".mlp." in n for n in trainable)  # the SwiGLU layers are frozen at random init
+    assert {n for n in trainable if ".mlp." in n} == {f"blocks.{i}.mlp.{p}.beta" for i in range(2)
+                                                      for p in ("gate", "up", "down")}
     every = build("llama", **{**TINY_LLAMA, "adapters": "all", "train_head": False, "train_norms": False})
     names = {n for n, _ in scaffold_layers(scaffolded(every))}
-    assert names == {f"blocks.{i}.{p}" for i in range(2) for p in
-                     ("attn.q", "attn.k", "attn.v", "attn.o", "mlp.gate", "mlp.up", "mlp.down")} | {"head"}
+    assert names == {f"blocks.{i}.{p}" for i in range(2) for p in BLOCK_LINEAR} | {"head"}
+    assert all(layer.r == 2 for _, layer in scaffold_layers(every))
     assert {n for n, p in every.named_parameters() if p.requires_grad and "lora" not in n and "beta" not in n} \
         == {"embed.weight"}
     assert type(every).scaffold_targets != every.scaffold_targets  # instance attributes, from the config
+
+
+def test_llama_attention_adapter_file_stores_only_what_trains(tmp_path):
+    """The paper's setting: every backbone weight random and frozen, LoRA on attention only. The SwiGLU
+    weights are drawn from the seed and regenerated on load, so the adapter file holds the trained tensors
+    (A, B, beta, norms, embedding, head) and nothing else."""
+    m = scaffolded(build("llama", **TINY_LLAMA))
+    io.save(m, tmp_path)
+    meta, tensors = io.verify(tmp_path)
+    trained = {n: p for n, p in m.named_parameters() if p.requires_grad}
+    assert set(tensors) == set(trained)
+    assert sum(t.numel() for t in tensors.values()) == sum(p.numel() for p in trained.values())
+    layers = dict(scaffold_layers(m))
+    gate = layers["blocks.1.mlp.gate"]
+    assert "blocks.1.mlp.gate.W_seed" in meta["fingerprints"]
+    assert torch.equal(gate.W_seed, draw(gate.spec, gate.weight_shape, gate.seed("W_seed")))
+    x, _, _ = data("llama", n=2)
+    assert torch.equal(io.load(tmp_path).eval()(x), m.eval()(x))
 
 
 def test_llama_tied_head_trains_with_embedding():
@@ -387,11 +414,20 @@ def test_reservoir_step_matches_forward():
 
 
 def test_reservoir_on_a_scalar_series():
-    """W_in is (units, 1): rank 2 is refused for it, naming the layer; adapters="recurrent" scaffolds W only."""
+    """W_in is (units, 1): the reservoir caps its rank at d_in (max_rank), so r = 4 keeps LoRA on W_in at
+    rank 1 and on W at rank 4; without the cap rank 2 is refused for W_in, naming the layer;
+    adapters="recurrent" scaffolds W only."""
+    m = scaffolded(build("reservoir", d_in=1, n_out=1, units=8), r=4)
+    assert m.scaffold_max_rank == {"W_in": 1}
+    assert {n: layer.r for n, layer in scaffold_layers(m)} == {"W_in": 1, "W": 4}
+    x = torch.randn(2, 6, 1)
+    m(x).square().sum().backward()
+    assert m.W_in.lora_A.grad is not None and m.W_in.lora_A.grad.shape == (1, 1)
+    uncapped = ScaffoldConfig(target_modules=("W_in", "W"), r=2)
     with pytest.raises(ValueError, match=r"rank r=2 for layer 'W_in' must lie in \[0, min\(d_in, d_out\)\] = \[0, 1\]"):
-        scaffolded(build("reservoir", d_in=1, n_out=1, units=8))
-    m = scaffolded(build("reservoir", d_in=1, n_out=1, units=8, adapters="recurrent"))
-    assert [n for n, _ in scaffold_layers(m)] == ["W"]
+        scaffold(build("reservoir", d_in=1, n_out=1, units=8), uncapped)
+    m = scaffolded(build("reservoir", d_in=1, n_out=1, units=8, adapters="recurrent"), r=4)
+    assert [n for n, _ in scaffold_layers(m)] == ["W"] and m.scaffold_max_rank == {}
     assert not m.W_in.weight.requires_grad and m.readout.weight.requires_grad
     with pytest.raises(ValueError, match="adapters must be one of 'both', 'recurrent'"):
         build("reservoir", d_in=1, n_out=1, adapters="input")

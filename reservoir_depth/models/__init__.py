@@ -4,7 +4,9 @@ Each family declares ``scaffold_targets`` (the layers that become frozen scaffol
 and ``scaffold_trainable`` (what else trains: heads, norms, embeddings); where they
 depend on the configuration (llama, vit) the instance's attributes hold the resolved
 ones. The reservoir also declares ``scaffold_specs``, its per-layer distribution
-override (the spectral-radius rule for the recurrent weight W).
+override (the spectral-radius rule for the recurrent weight W); llama and the reservoir
+declare ``scaffold_max_rank``, per-layer rank caps (llama's SwiGLU layers at rank 0 with
+adapters="attention", the reservoir's W_in at d_in).
 ``build(arch, **kwargs)`` rebuilds a model from the architecture config stored in
 an adapter file.
 """
@@ -41,14 +43,18 @@ def build(arch: str, **kwargs: Any) -> nn.Module:
 
 def scaffold_defaults(model: nn.Module) -> dict[str, Any]:
     """The ScaffoldConfig keywords a model declares: target_modules, trainable and, where it declares
-    per-layer distribution overrides (the reservoir's spectral-radius rule), specs. Read from the
-    instance, since llama's and vit's depend on their configuration:
+    them (non-empty), specs (``scaffold_specs``: the reservoir's spectral-radius rule) and max_rank
+    (``scaffold_max_rank``: llama's rank-0 SwiGLU layers, the reservoir's W_in capped at d_in). Read
+    from the instance, since they depend on its configuration:
     ``ScaffoldConfig(**scaffold_defaults(model), r=8)``."""
     out: dict[str, Any] = {"target_modules": tuple(model.scaffold_targets),
                            "trainable": tuple(model.scaffold_trainable)}
     specs = getattr(model, "scaffold_specs", None)
     if specs:
         out["specs"] = {p: dict(s) for p, s in specs.items()}
+    max_rank = getattr(model, "scaffold_max_rank", None)
+    if max_rank:
+        out["max_rank"] = dict(max_rank)
     return out
 
 

@@ -5,12 +5,14 @@ attention through F.scaled_dot_product_attention; no biases; a final RMSNorm and
 output head (untied by default, or tied to the token embedding).
 
 What is scaffolded (y = beta W_seed x + s B A x, eq. (1)) is set by configuration, so
-``scaffold_targets`` and ``scaffold_trainable`` are instance attributes:
+``scaffold_targets``, ``scaffold_trainable`` and ``scaffold_max_rank`` are instance attributes:
 
-- ``adapters="attention"`` (the paper's choice): q, k, v, o of every block are scaffolds;
-  the SwiGLU layers stay frozen at the model's own random init (they carry no adapter,
-  so they are ordinary frozen tensors and an adapter file stores them).
-  ``adapters="all"``: every linear layer of the blocks is a scaffold.
+- every linear layer of the blocks is a scaffold, its W_seed drawn from (spec, seed) and
+  regenerated on load (never stored in an adapter file).
+- ``adapters="attention"`` (the paper's choice: every backbone weight random and frozen, LoRA
+  on attention only): q, k, v, o carry rank-r adapters; the SwiGLU layers are capped at rank 0
+  (``scaffold_max_rank``), frozen scaffolds beta W_seed x with a trained beta only.
+  ``adapters="all"``: every block linear carries a rank-r adapter.
 - ``train_embeddings`` / ``train_head``: True trains the token embedding / output head;
   False makes it a scaffold target too (the embedding needs nn.Embedding in the layer-type
   registry). A tied head shares the embedding's weight: it trains with the embedding.
@@ -39,10 +41,9 @@ SIZES: dict[str, dict[str, int]] = {
     "900m": {"d_model": 1536, "layers": 32, "heads": 24, "d_ff": 4096},
 }
 
-ADAPTERS: dict[str, str] = {
-    "attention": r"blocks\.\d+\.attn\.(q|k|v|o)",
-    "all": r"blocks\.\d+\.(attn\.(q|k|v|o)|mlp\.(gate|up|down))",
-}
+BLOCK_LINEAR = r"blocks\.\d+\.(attn\.(q|k|v|o)|mlp\.(gate|up|down))"  # every scaffold target of the blocks
+FFN = r"blocks\.\d+\.mlp\.(gate|up|down)"
+ADAPTERS: dict[str, dict[str, int]] = {"attention": {FFN: 0}, "all": {}}  # max_rank of each choice
 NORMS = r"blocks\.\d+\.(attn_norm|mlp_norm)|norm"
 
 
@@ -99,8 +100,9 @@ class Llama(nn.Module):
     ValueError for T > ``context`` and for a token id outside [0, d_in).
     """
 
-    scaffold_targets: tuple[str, ...] = (ADAPTERS["attention"],)
+    scaffold_targets: tuple[str, ...] = (BLOCK_LINEAR,)
     scaffold_trainable: tuple[str, ...] = ("embed", "head", NORMS)
+    scaffold_max_rank: dict[str, int] = dict(ADAPTERS["attention"])
 
     def __init__(self, d_in: int, n_out: int, size: str | None = "3m", context: int = 256,
                  adapters: str = "attention", train_embeddings: bool = True, train_head: bool = True,
@@ -127,7 +129,8 @@ class Llama(nn.Module):
         self.head = nn.Linear(d, n_out, bias=False)
         if tie_head:
             self.head.weight = self.embed.weight
-        self.scaffold_targets = (ADAPTERS[adapters], *(() if train_embeddings else ("embed",)),
+        self.scaffold_max_rank = dict(ADAPTERS[adapters])
+        self.scaffold_targets = (BLOCK_LINEAR, *(() if train_embeddings else ("embed",)),
                                  *(() if train_head else ("head",)))
         self.scaffold_trainable = (*(("embed",) if train_embeddings else ()),
                                    *(("head",) if train_head and not tie_head else ()),

@@ -9,10 +9,12 @@ and W = W's W_seed. Unrolled in time it is the depth-unfolded network of Prop. 1
 (theory/01_unfolding.md): step t is a layer with the tied weight W and the bias
 W_in x_t + b, i.e. eq. (1.1) driven by x_t, with a leak.
 
-A LoRA rank r is at most min(d_in, units) for W_in, so on a scalar series (d_in = 1) a
-rank above 1 is refused for it; ``adapters="recurrent"`` then scaffolds W only and
-keeps W_in frozen at its random init (an ESN's fixed input weights, stored in the
-adapter file), while ``adapters="both"`` (default) scaffolds both.
+A LoRA rank is at most min(d_in, units) for W_in, so the reservoir caps W_in's rank at
+d_in (``scaffold_max_rank = {"W_in": d_in}``, for ScaffoldConfig(max_rank=...)): a rank
+sweep with r > d_in (a scalar series has d_in = 1) keeps LoRA on W_in at its largest
+possible rank and on W at rank r. ``adapters="both"`` (default) scaffolds both;
+``adapters="recurrent"`` scaffolds W only and keeps W_in frozen at its random init (an
+ESN's fixed input weights, stored in the adapter file).
 
 The recurrent weight wants the echo-state scaling rule, spectral radius rho, not the
 fan-in rule: ``scaffold_specs`` is the recommended per-layer override, to pass as
@@ -46,6 +48,7 @@ class Reservoir(nn.Module):
     scaffold_targets = ("W_in", "W")
     scaffold_trainable = ("readout",)
     scaffold_specs: dict[str, dict[str, Any]] = {"W": spectral_spec(0.9)}
+    scaffold_max_rank: dict[str, int] = {}  # an instance's caps W_in at its d_in
 
     def __init__(self, d_in: int, n_out: int, units: int = 200, leak: float = 0.3, rho: float = 0.9,
                  adapters: str = "both") -> None:
@@ -64,6 +67,7 @@ class Reservoir(nn.Module):
         self.readout = nn.Linear(units, n_out)
         self.scaffold_specs = {"W": spectral_spec(rho)}
         self.scaffold_targets = ADAPTERS[adapters]
+        self.scaffold_max_rank = {"W_in": d_in} if "W_in" in self.scaffold_targets else {}
 
     def _check(self, x: torch.Tensor, dims: int, what: str) -> None:
         if x.dim() != dims or x.shape[-1] != self.d_in or not x.is_floating_point():
