@@ -440,7 +440,7 @@ def promised_output(code: str) -> list[str]:
 def test_guide_scaffolding_your_own_model_runs_and_prints_what_it_says(tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
     blocks = section_blocks(ROOT / "docs" / "guide.md", "Scaffolding your own model")
-    assert len(blocks) >= 7
+    assert len(blocks) >= 8
     registered = dict(LAYER_TYPES)
     scope: dict = {}
     try:
