@@ -26,13 +26,13 @@ from dataclasses import dataclass, field
 from functools import lru_cache
 from importlib import resources
 from pathlib import Path
-from typing import Any, Iterator, Mapping, Sequence
+from typing import Any, Callable, Iterator, Mapping, Sequence
 
 import numpy as np
 import pandas
 import torch
 
-from .data import DATASETS
+from .data import DATASETS, load
 from .distributions import DistributionSpec, is_number
 from .io import library_versions
 from .models import ARCHITECTURES, scaffold_defaults
@@ -45,32 +45,52 @@ METHODS = ("full", "twin", "lotta")
 TRAIN_ADDED = ("free_run",)
 
 
-def declared_scaffold(arch: Mapping[str, Any]) -> dict[str, Any]:
-    """The ScaffoldConfig keywords (target_modules, trainable, specs) that the architecture ``arch``
-    ({"name": ..., **kwargs}) declares: read from an instance (models.scaffold_defaults), since
-    llama's and vit's depend on their arguments and the reservoir's spectral-radius spec on rho.
-    The instance is built on the meta device (no memory, no draw) with d_in = n_out = 8 (the
-    declarations do not depend on them), or d_in = channels x image_size^2 for a family taking
-    both (vit). A family that refuses those dimensions (plain: its d_in is an image) gives its class
+def declared_scaffold(arch: Mapping[str, Any], dims: Callable[[], tuple[int, int]] | None = None) -> dict[str, Any]:
+    """The ScaffoldConfig keywords (target_modules, trainable, specs, max_rank) that the architecture
+    ``arch`` ({"name": ..., **kwargs}) declares: read from an instance (models.scaffold_defaults), since
+    llama's and vit's depend on their arguments, the reservoir's spectral-radius spec on rho and its
+    W_in rank cap on d_in. Instances are built on the meta device (no memory, no draw). When two probe
+    sizes (d_in = n_out = 8 and 9; vit: d_in = channels x image_size^2) declare the same, that is the
+    answer; when they differ the declarations depend on the data and ``dims()`` gives the data set's
+    (d_in, n_out). A family that refuses the probe sizes (plain: its d_in is an image) gives its class
     attributes; sweep.build_model checks them against the real instance before training."""
-    return dict(_declared(json.dumps(dict(arch), sort_keys=True)))
+    key = json.dumps(dict(arch), sort_keys=True)
+    probes = [_declared(key, d_in, n_out) for d_in, n_out in _probe_dims(arch)]
+    if probes[0] == probes[1]:
+        return dict(probes[0])
+    if dims is None:
+        raise ValueError(f"architecture {dict(arch)!r} declares a scaffold that depends on the data's dimensions "
+                         f"(d_in, n_out): pass them")
+    return dict(_declared(key, *dims()))
+
+
+def _probe_dims(arch: Mapping[str, Any]) -> list[tuple[int, int]]:
+    params = inspect.signature(ARCHITECTURES[arch["name"]]).parameters
+    if "channels" in params and "image_size" in params:
+        side = lambda k: arch.get(k, params[k].default)
+        return [(side("channels") * side("image_size") ** 2, n) for n in (8, 9)]
+    return [(8, 8), (9, 9)]
 
 
 @lru_cache(maxsize=256)
-def _declared(arch_json: str) -> tuple:
+def _declared(arch_json: str, d_in: int, n_out: int) -> tuple:
     kwargs = json.loads(arch_json)
     family = ARCHITECTURES[kwargs.pop("name")]
-    params = inspect.signature(family).parameters
-    d_in = 8
-    if "channels" in params and "image_size" in params:
-        d_in = kwargs.get("channels", params["channels"].default) * kwargs.get("image_size",
-                                                                              params["image_size"].default) ** 2
     try:
         with torch.device("meta"):
-            model = family(d_in=d_in, n_out=d_in, **kwargs)
+            model = family(d_in=d_in, n_out=n_out, **kwargs)
     except (ValueError, TypeError):
         model = family  # the class's own declarations
     return tuple(scaffold_defaults(model).items())
+
+
+@lru_cache(maxsize=4)
+def _dataset(spec: str, seed: int):
+    kwargs = json.loads(spec)
+    name = kwargs.pop("name")
+    if getattr(DATASETS.get(name), "seeded_by_run", False):
+        kwargs.setdefault("seed", seed)  # e.g. a planted teacher shares the student's root seed
+    return load(name, **kwargs)
 
 
 @dataclass(frozen=True)
@@ -108,8 +128,16 @@ class Run:
 
     def scaffold_config(self) -> ScaffoldConfig:
         """The study's scaffold settings over what the architecture declares for this config
-        (targets, trainable extras and per-layer specs: see declared_scaffold)."""
-        return ScaffoldConfig(**{**declared_scaffold(self.arch), **self.scaffold, "root_seed": self.seed})
+        (targets, trainable extras, per-layer specs and rank caps: see declared_scaffold; the data
+        set is loaded only for a family whose declarations depend on its dimensions)."""
+        dims = lambda: (self.data().d_in, self.data().n_out)
+        return ScaffoldConfig(**{**declared_scaffold(self.arch, dims), **self.scaffold, "root_seed": self.seed})
+
+    def data(self):
+        """The run's data set (a data.Dataset, cached per name, arguments and, for data sets seeded
+        by the run such as a planted teacher, seed)."""
+        ds = {"name": self.dataset} if isinstance(self.dataset, str) else dict(self.dataset)
+        return _dataset(json.dumps(ds, sort_keys=True), self.seed)
 
 
     @property

@@ -21,7 +21,6 @@ import threading
 import traceback
 import uuid
 from concurrent.futures import ProcessPoolExecutor
-from functools import lru_cache
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 
@@ -39,19 +38,9 @@ from .study import Columns, Run, Study
 from .train import TrainConfig, train
 
 
-@lru_cache(maxsize=4)
-def _dataset(spec: str, seed: int) -> data.Dataset:
-    kwargs = json.loads(spec)
-    name = kwargs.pop("name")
-    if getattr(data.DATASETS.get(name), "seeded_by_run", False):
-        kwargs.setdefault("seed", seed)  # e.g. a planted teacher shares the student's root seed
-    return data.load(name, **kwargs)
-
-
 def dataset_of(run: Run) -> data.Dataset:
-    """The run's dataset (cached per name, arguments and, for planted tasks, seed)."""
-    ds = {"name": run.dataset} if isinstance(run.dataset, str) else dict(run.dataset)
-    return _dataset(json.dumps(ds, sort_keys=True), run.seed)
+    """The run's dataset (Run.data: cached per name, arguments and, for planted tasks, seed)."""
+    return run.data()
 
 
 def build_model(run: Run, d: data.Dataset):
@@ -67,7 +56,7 @@ def build_model(run: Run, d: data.Dataset):
             raise ValueError(f"architecture {run.arch!r} declares {scaffold_defaults(model)} when built for "
                              f"{d.name!r} (d_in={d.d_in}, n_out={d.n_out}), but the run's scaffold config was "
                              f"resolved as {cfg.to_dict()}; study.declared_scaffold cannot read this family's "
-                             f"declarations without the data set")
+                             f"declarations from instances of other sizes")
         model = scaffold(model, cfg)
     if run.method == "twin":
         model = merge(model)  # W = beta W_seed + s B A = W_seed at init, every weight trainable

