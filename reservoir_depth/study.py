@@ -32,7 +32,7 @@ import numpy as np
 import pandas
 import torch
 
-from .data import DATASETS, load
+from .data import DATASETS, Dataset, load
 from .distributions import DistributionSpec, is_number
 from .io import library_versions
 from .models import ARCHITECTURES, scaffold_defaults
@@ -54,14 +54,14 @@ def declared_scaffold(arch: Mapping[str, Any], dims: Callable[[], tuple[int, int
     answer; when they differ the declarations depend on the data and ``dims()`` gives the data set's
     (d_in, n_out). A family that refuses the probe sizes (plain: its d_in is an image) gives its class
     attributes; sweep.build_model checks them against the real instance before training."""
-    key = json.dumps(dict(arch), sort_keys=True)
-    probes = [_declared(key, d_in, n_out) for d_in, n_out in _probe_dims(arch)]
+    family, key = ARCHITECTURES[arch["name"]], json.dumps(dict(arch), sort_keys=True)
+    probes = [_declared(family, key, d_in, n_out) for d_in, n_out in _probe_dims(arch)]
     if probes[0] == probes[1]:
         return dict(probes[0])
     if dims is None:
         raise ValueError(f"architecture {dict(arch)!r} declares a scaffold that depends on the data's dimensions "
                          f"(d_in, n_out): pass them")
-    return dict(_declared(key, *dims()))
+    return dict(_declared(family, key, *dims()))
 
 
 def _probe_dims(arch: Mapping[str, Any]) -> list[tuple[int, int]]:
@@ -73,9 +73,9 @@ def _probe_dims(arch: Mapping[str, Any]) -> list[tuple[int, int]]:
 
 
 @lru_cache(maxsize=256)
-def _declared(arch_json: str, d_in: int, n_out: int) -> tuple:
+def _declared(family: Callable[..., Any], arch_json: str, d_in: int, n_out: int) -> tuple:
     kwargs = json.loads(arch_json)
-    family = ARCHITECTURES[kwargs.pop("name")]
+    kwargs.pop("name")
     try:
         with torch.device("meta"):
             model = family(d_in=d_in, n_out=n_out, **kwargs)
@@ -85,7 +85,7 @@ def _declared(arch_json: str, d_in: int, n_out: int) -> tuple:
 
 
 @lru_cache(maxsize=4)
-def _dataset(spec: str, seed: int):
+def _dataset(spec: str, seed: int) -> Dataset:
     kwargs = json.loads(spec)
     name = kwargs.pop("name")
     if getattr(DATASETS.get(name), "seeded_by_run", False):
@@ -133,12 +133,11 @@ class Run:
         dims = lambda: (self.data().d_in, self.data().n_out)
         return ScaffoldConfig(**{**declared_scaffold(self.arch, dims), **self.scaffold, "root_seed": self.seed})
 
-    def data(self):
+    def data(self) -> Dataset:
         """The run's data set (a data.Dataset, cached per name, arguments and, for data sets seeded
         by the run such as a planted teacher, seed)."""
         ds = {"name": self.dataset} if isinstance(self.dataset, str) else dict(self.dataset)
         return _dataset(json.dumps(ds, sort_keys=True), self.seed)
-
 
     @property
     def run_id(self) -> str:
