@@ -34,8 +34,12 @@ from .models import build, scaffold_defaults
 from .results import ResultsStore, SweepCounts
 from .scaffold import ScaffoldConfig, merge, scaffold
 from .spectra import ActivationSpectra, IntrinsicDimension, TaskSpectrum, WeightSpectra
+from . import study as study_module
 from .study import Columns, Run, Study
 from .train import TrainConfig, train
+
+
+_dataset = study_module._dataset  # the cache behind Run.data (tests clear it)
 
 
 def dataset_of(run: Run) -> data.Dataset:
