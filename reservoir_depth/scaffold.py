@@ -281,8 +281,9 @@ class ScaffoldLayer(Scaffolded):
         self.register_buffer("_stack", None, persistent=False)
         self.draw_id: Any = 0  # the W_seed in use: 0 (canonical), ["epoch", e] or ["cycle", i]
         self.beta = nn.Parameter(torch.ones((), dtype=dtype, device=device))
-        self.lora_A = nn.Parameter(self._uniform("lora_A", (r, d_in), self.a_bound(), dtype).to(device))
-        self.lora_B = nn.Parameter(torch.zeros(d_out, r, dtype=dtype, device=device))
+        # at r = 0, A and B are empty: they ask for no gradient (none ever reaches them)
+        self.lora_A = nn.Parameter(self._uniform("lora_A", (r, d_in), self.a_bound(), dtype).to(device), r > 0)
+        self.lora_B = nn.Parameter(torch.zeros(d_out, r, dtype=dtype, device=device), r > 0)
         if config.bias == "none" or (config.bias == "keep" and not has_bias):
             self.bias = None
         else:
