@@ -211,6 +211,18 @@ def task_of(name: str) -> Task:
     return TASKS[name]
 
 
+def output_of(out: Any, model: nn.Module) -> torch.Tensor:
+    """The tensor a task reads from a model's output: the output itself, or its ``.logits`` (a
+    transformers ModelOutput); anything else is refused, naming the model and the type."""
+    if isinstance(out, torch.Tensor):
+        return out
+    logits = getattr(out, "logits", None)
+    if isinstance(logits, torch.Tensor):
+        return logits
+    raise ValueError(f"{type(model).__name__} returned a {type(out).__name__}; the trainer needs a tensor, or an "
+                     f"object with a .logits tensor (a transformers ModelOutput)")
+
+
 def loss_fn(task: str, out: torch.Tensor, y: torch.Tensor, reduction: str = "mean", washout: int = 0) -> torch.Tensor:
     """The training loss of ``task`` (see TASKS): cross-entropy for classification (and per token for
     lm); for regression the squared error summed over outputs and averaged over samples; for
@@ -277,7 +289,7 @@ def evaluate(model: nn.Module, X: torch.Tensor, y: torch.Tensor, batch_size: int
     for i in range(0, len(X), batch_size):
         xb, yb = X[i:i + batch_size].to(dev), y[i:i + batch_size].to(dev)
         with torch.autocast("cuda", torch.bfloat16, enabled=amp and dev.type == "cuda"):
-            out = model(xb)
+            out = output_of(model(xb), model)
             pred_free = free_run(model, xb, washout) if free else None
         t.check(out, yb, model)
         for k, v in t.sums(out, yb, washout).items():
@@ -350,7 +362,7 @@ def train(model: nn.Module, data, config: TrainConfig = TrainConfig()) -> Histor
                 xb, yb = X[idx].to(dev, non_blocking=True), y[idx].to(dev, non_blocking=True)
                 advance(model, step=step)
                 with torch.autocast("cuda", torch.bfloat16, enabled=use_amp):
-                    loss = t.loss(model(xb), yb, washout=washout)
+                    loss = t.loss(output_of(model(xb), model), yb, washout=washout)
                 if not torch.isfinite(loss):
                     raise FloatingPointError(f"loss is {loss.item()} at epoch {epoch}, step {step}; "
                                              f"try a lower lr (now {config.lr:g})")

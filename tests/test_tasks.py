@@ -3,8 +3,10 @@ padding, and forecasting (teacher-forced and free-running NRMSE after a washout)
 hand-written models against metrics computed by hand."""
 
 import math
+from types import SimpleNamespace
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 from hypothesis import given, settings
@@ -187,6 +189,34 @@ def test_lm_output_narrower_than_the_vocabulary_is_refused():
     d = char_data()
     with pytest.raises(ValueError, match=r"CharLM returned 5 logits per position, but a label is 6"):
         train(CharLM(d.vocab_size, 5), d, CFG)
+
+
+class WithLogits(CharLM):
+    """Returns its logits the way a transformers model does: an object with a .logits attribute."""
+
+    def forward(self, x):
+        return SimpleNamespace(logits=super().forward(x), past_key_values=None)
+
+
+def test_a_model_returning_an_object_with_logits_trains_like_one_returning_them():
+    d = char_data()
+    torch.manual_seed(0)
+    plain = train(CharLM(d.vocab_size, d.vocab_size), d, CFG).to_frame().drop(columns=["seconds", "tokens_per_s"])
+    torch.manual_seed(0)
+    wrapped = train(WithLogits(d.vocab_size, d.vocab_size), d, CFG).to_frame().drop(columns=["seconds",
+                                                                                           "tokens_per_s"])
+    pd.testing.assert_frame_equal(plain, wrapped)
+
+
+def test_an_output_without_a_tensor_is_refused_naming_its_type():
+    class Pair(CharLM):
+        def forward(self, x):
+            return super().forward(x), None
+
+    d = char_data()
+    with pytest.raises(ValueError, match=r"Pair returned a tuple; the trainer needs a tensor, or an object with a "
+                                         r"\.logits tensor"):
+        train(Pair(d.vocab_size, d.vocab_size), d, CFG)
 
 
 # ----------------------------------------------------------------------------- sequence classification
