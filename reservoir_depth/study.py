@@ -129,7 +129,9 @@ class Run:
     def scaffold_config(self) -> ScaffoldConfig:
         """The study's scaffold settings over what the architecture declares for this config
         (targets, trainable extras, per-layer specs and rank caps: see declared_scaffold; the data
-        set is loaded only for a family whose declarations depend on its dimensions)."""
+        set is loaded only for a family whose declarations depend on its dimensions). A key of the
+        study's [scaffold] replaces the declared one whole: a study's max_rank or specs table is not
+        merged into the family's."""
         dims = lambda: (self.data().d_in, self.data().n_out)
         return ScaffoldConfig(**{**declared_scaffold(self.arch, dims), **self.scaffold, "root_seed": self.seed})
 
