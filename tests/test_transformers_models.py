@@ -365,8 +365,6 @@ def test_merge_loads_strictly_into_the_original_class_with_the_same_outputs(case
 
 # -- the training loop takes a transformers model ------------------------------------------------------------------
 
-@pytest.mark.xfail(strict=True, reason="train() reads the model's output as a tensor; a transformers model returns a "
-                                       "ModelOutput with .logits (request: /tmp/plan/requests/hf.md #3)")
 def test_train_takes_a_transformers_language_model_and_its_loss_falls():
     g = torch.Generator().manual_seed(0)
     X = torch.randint(0, V, (24, T), generator=g)
