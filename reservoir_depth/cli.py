@@ -146,7 +146,9 @@ def _user_model(text: str):
 
 
 def cmd_train(args: argparse.Namespace) -> None:
-    from . import data, io
+    """One LottaLoRA run; under ``torchrun --nproc-per-node N -m reservoir_depth train ...`` every
+    process regenerates the scaffold and trains on its share of each batch (distributed.py)."""
+    from . import data, distributed, io
     from .distributions import DistributionSpec, torch_rng
     from .models import build, scaffold_defaults
     from .scaffold import ScaffoldConfig, count_parameters, scaffold
@@ -169,11 +171,14 @@ def cmd_train(args: argparse.Namespace) -> None:
             raise ValueError(f"--arch {args.arch}: {e}") from None
     model = scaffold(model, ScaffoldConfig(**scaffold_defaults(model), r=args.rank, alpha=args.alpha,
                                            rslora=args.rslora, root_seed=args.seed, spec=DistributionSpec(args.dist)))
-    print(f"{d}\n{count_parameters(model)}")
+    main = distributed.is_main()  # under torchrun, rank 0 alone prints and writes
+    if main:
+        print(f"{d}\n{count_parameters(model)}")
     hist = train(model, d, tc)
-    print(hist.to_frame().to_string(index=False, float_format=lambda v: f"{v:.4f}"))
-    if args.save:
-        print(io.save(model, args.save))
+    if main:
+        print(hist.to_frame().to_string(index=False, float_format=lambda v: f"{v:.4f}"))
+        if args.save:
+            print(io.save(model, args.save))
 
 
 def cmd_spectra(args: argparse.Namespace) -> None:

@@ -26,6 +26,7 @@ from tqdm.auto import tqdm
 
 from .data.dataset import check_dataset
 from .distributions import torch_rng
+from . import distributed
 from .scaffold import advance, betas, count_parameters
 
 
@@ -323,11 +324,16 @@ def train(model: nn.Module, data, config: TrainConfig = TrainConfig()) -> Histor
                                         else autonomous(data.X_test, data.y_test))
     if free:
         check_free_run(model, data.X_test, data.y_test, getattr(data, "name", "the data"))
-    dev = resolve_device(config.device)
+    dev = distributed.local_device(resolve_device(config.device))
+    distributed.init_from_env(dev)  # under torchrun: join the process group (gloo / NCCL)
+    rank, world = distributed.world()
+    if config.batch_size < world:
+        raise ValueError(f"batch_size {config.batch_size} is smaller than the {world} processes sharing each batch")
     model.to(dev)
     params = [p for p in model.parameters() if p.requires_grad]
     if not params:
         raise ValueError("the model has no trainable parameter")
+    net = distributed.wrap(model, dev)  # DDP over the trainable tensors, or the model itself
     counts = count_parameters(model)
     hist = History(trainable=counts.trainable, total=counts.total, device=str(dev))
     opt = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
@@ -350,7 +356,7 @@ def train(model: nn.Module, data, config: TrainConfig = TrainConfig()) -> Histor
     step = 0
     with torch_rng(config.seed):
         record(0, float("nan"), 0.0)
-        bar = tqdm(total=config.epochs * math.ceil(n / config.batch_size), disable=not config.progress,
+        bar = tqdm(total=config.epochs * math.ceil(n / config.batch_size), disable=not config.progress or rank > 0,
                    desc="train", leave=False, dynamic_ncols=True)
         for epoch in range(1, config.epochs + 1):
             advance(model, epoch=epoch - 1)
@@ -359,21 +365,25 @@ def train(model: nn.Module, data, config: TrainConfig = TrainConfig()) -> Histor
             perm = torch.randperm(n, generator=gen)
             for i in range(0, n, config.batch_size):
                 idx = perm[i:i + config.batch_size]
-                xb, yb = X[idx].to(dev, non_blocking=True), y[idx].to(dev, non_blocking=True)
+                if len(idx) < world:  # a last batch with fewer rows than processes is skipped by all
+                    continue
+                mine, weight = distributed.shard(idx)  # this process's rows of the global batch
+                xb, yb = X[mine].to(dev, non_blocking=True), y[mine].to(dev, non_blocking=True)
                 advance(model, step=step)
                 with torch.autocast("cuda", torch.bfloat16, enabled=use_amp):
-                    loss = t.loss(output_of(model(xb), model), yb, washout=washout)
+                    loss = t.loss(output_of(net(xb), model), yb, washout=washout)
                 if not torch.isfinite(loss):
                     raise FloatingPointError(f"loss is {loss.item()} at epoch {epoch}, step {step}; "
                                              f"try a lower lr (now {config.lr:g})")
                 opt.zero_grad(set_to_none=True)
-                loss.backward()
+                (loss * weight if world > 1 else loss).backward()
                 opt.step()
-                loss_sum += loss.item() * len(idx)
+                loss_sum += loss.item() * len(mine)
                 step += 1
                 if config.beta_every and step % config.beta_every == 0:
                     hist.beta_steps.append({"step": step, **betas(model)})
                 bar.update()
+            loss_sum = distributed.total(loss_sum, dev)  # over the processes (itself with one)
             bar.set_postfix(epoch=epoch, loss=f"{loss_sum / n:.4f}")
             record(epoch, loss_sum / n, time.perf_counter() - t0)
         bar.close()
