@@ -41,7 +41,8 @@ def _out(study: Study, out: str | None) -> Path:
 
 
 def cmd_sweep(study: Study, out: Path, progress: bool = True, workers: int = 1, retry_failed: bool = False,
-              backend: str = "local", address: str | None = None, cpus: float = 1, gpus: float = 0):
+              backend: str = "local", address: str | None = None, cpus: float | None = None,
+              gpus: float | None = None):
     """Run what is not done yet, record what old runs lack (sweep.backfill); RunsFailed if any run failed.
     ``backend="ray"`` sends each run to a Ray cluster (ray_sweep.run_study_ray)."""
     from .results import ResultsStore
@@ -248,8 +249,10 @@ def parser() -> argparse.ArgumentParser:
                                 "written here by this process (pip install -e '.[ray]')")
             s.add_argument("--address", help="Ray cluster address (`ray start --head` prints it; 'auto' finds a "
                                              "local one); default: start a local Ray instance for this sweep")
-            s.add_argument("--cpus-per-run", type=float, default=1.0, help="CPUs Ray reserves for each run")
-            s.add_argument("--gpus-per-run", type=float, default=0.0, help="GPUs Ray reserves for each run")
+            s.add_argument("--cpus-per-run", type=float, default=None,
+                           help="CPUs Ray reserves for each run (default: the study's [resources] cpus, else 1)")
+            s.add_argument("--gpus-per-run", type=float, default=None,
+                           help="GPUs Ray reserves for each run (default: the study's [resources] gpus, else 0)")
     t = sub.add_parser("train", help="train one LottaLoRA model and optionally save its adapter file",
                        description="Train one LottaLoRA model (frozen scaffold + A, B, beta, trainable head).",
                        formatter_class=D)

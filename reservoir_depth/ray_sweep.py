@@ -80,12 +80,19 @@ def _leases(store: ResultsStore, held: set[str]) -> Iterator[None]:
 
 
 def run_study_ray(study: Mapping[str, Any], store: ResultsStore, address: str | None = None,
-                  cpus: float = 1, gpus: float = 0, retry_failed: bool = False, progress: bool = True) -> SweepCounts:
-    """Sweep a study with one Ray task per pending run (``cpus`` / ``gpus`` each); see the module doc.
+                  cpus: float | None = None, gpus: float | None = None, retry_failed: bool = False,
+                  progress: bool = True) -> SweepCounts:
+    """Sweep a study with one Ray task per pending run, each reserving ``cpus`` / ``gpus`` (default:
+    the study's [resources], else 1 CPU and no GPU); see the module doc.
 
     ``address``: a running cluster (``ray start --head`` prints it; "auto" finds the local one);
     None starts a local Ray instance for this sweep and shuts it down after. Counts as ``sweep``."""
+    from .study import Study
     from .sweep import runs_of
+
+    study = Study.of(study)
+    cpus = study.resources["cpus"] if cpus is None else cpus
+    gpus = study.resources["gpus"] if gpus is None else gpus
 
     for name, value in (("cpus", cpus), ("gpus", gpus)):
         if isinstance(value, bool) or not isinstance(value, (int, float)) or not value >= 0:

@@ -24,7 +24,7 @@ import tomllib
 from collections.abc import Mapping as MappingABC
 from dataclasses import dataclass, field
 from functools import lru_cache
-from importlib import resources
+from importlib import resources as package_files
 from pathlib import Path
 from typing import Any, Callable, Iterator, Mapping, Sequence
 
@@ -162,6 +162,7 @@ def _fields(cls, skip: Sequence[str] = ()) -> dict[str, Any]:
 TRAIN_KEYS = _fields(TrainConfig, skip=("seed", "progress"))  # the seed comes from `seeds`
 SCAFFOLD_KEYS = _fields(ScaffoldConfig, skip=("r", "root_seed"))  # r from `ranks`, root_seed from `seeds`
 SPEC_KEYS = _fields(DistributionSpec)
+RESOURCE_KEYS = {"cpus": 1.0, "gpus": 0.0}  # what a Ray task reserves per run (ray_sweep)
 
 
 def _arch_keys(name: str) -> dict[str, Any]:
@@ -208,7 +209,9 @@ class Study(MappingABC):
     false), spectra (true, false, or a list of "twin" / "lotta"), eps (the absolute
     tolerances of r*(eps), in metric units: accuracy as a fraction, or loss units),
     eps_relative (also report r* with eps as a fraction of the full-training metric),
-    and the tables [arch], [train], [scaffold] (with scaffold.spec).
+    and the tables [arch], [train], [scaffold] (with scaffold.spec) and [resources] (what a
+    Ray backend reserves for each run: cpus, default 1, and gpus, default 0; not part of a run's
+    config, so it never changes a run id).
 
     Read-only mapping access (``study["seeds"]``) gives the resolved keys.
     """
@@ -225,6 +228,7 @@ class Study(MappingABC):
     scaffold: Mapping[str, Any] = field(default_factory=dict)
     eps: tuple[float, ...] = EPS_DEFAULT
     eps_relative: bool = False
+    resources: Mapping[str, Any] = field(default_factory=dict)
     source: str = field(default="<dict>", compare=False)
 
     # -------------------------------------------------------------- construction
@@ -263,13 +267,19 @@ class Study(MappingABC):
         arch = cls._arch(d["arch"], source)
         train = cls._table(d.get("train", {}), TRAIN_KEYS, "train", source)
         scaffold = cls._table(d.get("scaffold", {}), SCAFFOLD_KEYS, "scaffold", source)
+        resources = cls._table(d.get("resources", {}), RESOURCE_KEYS, "resources", source)
+        bad = {k: v for k, v in resources.items() if not (math.isfinite(v) and v >= 0)}
+        if bad or resources and not any(resources.values()):
+            raise StudyError(f"{source}: [resources] cpus and gpus per run must be finite numbers >= 0, not both "
+                             f"0, got {resources!r}")
         if "spec" in scaffold and not isinstance(scaffold["spec"], str):
             _check_keys(scaffold["spec"], list(SPEC_KEYS), "[scaffold.spec]", source, "scaffold.spec.")
             for k, v in scaffold["spec"].items():
                 _check_type(v, SPEC_KEYS[k], f"scaffold.spec.{k}", source)
         study = cls(study=d["study"], dataset=ds, seeds=seeds, arch=arch, ranks=ranks, full=d.get("full", True),
                     twin=d.get("twin", False), spectra=spectra, train=train, scaffold=scaffold,
-                    eps=tuple(float(e) for e in eps), eps_relative=d.get("eps_relative", False), source=source)
+                    eps=tuple(float(e) for e in eps), eps_relative=d.get("eps_relative", False),
+                    resources={**RESOURCE_KEYS, **resources}, source=source)
         try:  # the settings' own checks (values in range, known families, ...), with the source named
             TrainConfig(**train)
             Run(study.study, ds, arch, "lotta", seeds[0], train, {**scaffold, "r": 0}).scaffold_config()
@@ -332,7 +342,7 @@ class Study(MappingABC):
     def default(cls) -> "Study":
         """The default study (digits, small MLP), shipped with the package: reservoir_depth/studies/digits_mlp.toml
         (experiments/digits_mlp.toml points to it)."""
-        ref = resources.files("reservoir_depth") / "studies" / DEFAULT_STUDY_FILE
+        ref = package_files.files("reservoir_depth") / "studies" / DEFAULT_STUDY_FILE
         return cls.from_dict(tomllib.loads(ref.read_text()), source=f"reservoir_depth/studies/{DEFAULT_STUDY_FILE}")
 
     @classmethod
@@ -345,7 +355,7 @@ class Study(MappingABC):
         """The resolved study as plain JSON / TOML values (every default filled in)."""
         d = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "source"}
         d.update(seeds=list(self.seeds), ranks=list(self.ranks), eps=list(self.eps), arch=dict(self.arch),
-                 train=dict(self.train), scaffold=dict(self.scaffold),
+                 train=dict(self.train), scaffold=dict(self.scaffold), resources=dict(self.resources),
                  spectra=list(self.spectra) if isinstance(self.spectra, tuple) else self.spectra)
         return d
 

@@ -70,6 +70,36 @@ def test_resources_per_run_are_checked():
             run_study_ray(STUDY, None, **kwargs)
 
 
+def test_a_study_file_sets_the_resources_of_each_run(tmp_path, monkeypatch):
+    """[resources] cpus / gpus reach ray.remote (not the run configs: run ids do not change)."""
+    from reservoir_depth.study import Study, StudyError
+
+    seen = {}
+
+    class FakeRay:
+        def is_initialized(self):
+            return True
+
+        def remote(self, **kw):
+            seen.update(kw)
+            raise RuntimeError("stop")
+
+    from reservoir_depth import ray_sweep
+
+    monkeypatch.setattr(ray_sweep, "_ray", lambda: FakeRay())
+    with pytest.raises(RuntimeError, match="stop"):
+        run_study_ray({**STUDY, "resources": {"cpus": 2, "gpus": 0.5}}, None)
+    assert (seen["num_cpus"], seen["num_gpus"]) == (2, 0.5)
+    with pytest.raises(RuntimeError, match="stop"):
+        run_study_ray(STUDY, None)
+    assert (seen["num_cpus"], seen["num_gpus"]) == (1, 0)
+    assert [r.run_id for r in Study.of({**STUDY, "resources": {"cpus": 4}}).runs()] == \
+        [r.run_id for r in Study.of(STUDY).runs()]
+    for bad in ({"cpus": -1}, {"cpus": 0, "gpus": 0}, {"tpus": 1}):
+        with pytest.raises(StudyError, match="resources"):
+            Study.of({**STUDY, "resources": bad})
+
+
 def test_missing_ray_names_the_install_command(monkeypatch):
     from reservoir_depth import ray_sweep
 
