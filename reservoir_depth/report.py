@@ -34,9 +34,26 @@ def natural(name: str) -> list:
     return [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", name)]
 
 
+# The metric a report ranks by, in order of preference, with whether higher is better and its unit.
+METRICS: dict[str, tuple[bool, str]] = {
+    "test_acc": (True, "accuracy as a fraction: 0.01 = 1 accuracy point (pp)"),
+    "test_bpc": (False, "bits per character"),
+    "test_nrmse": (False, "NRMSE, teacher-forced (RMSE / std of the target)"),
+    "test_loss": (False, "loss units"),
+}
+
+
 def metric_of_frame(df) -> str:
-    """The study's metric, from what its runs recorded: test accuracy (classification) or test loss."""
-    return "test_acc" if "test_acc" in df.columns and df["test_acc"].notna().any() else "test_loss"
+    """The study's metric, from what its runs recorded: test accuracy (classification), bits per
+    character (language models), teacher-forced NRMSE (forecasting), else the test loss."""
+    return next((m for m in METRICS if m in df.columns and df[m].notna().any()), "test_loss")
+
+
+def higher_is_better(metric: str) -> bool:
+    """Whether a larger value of ``metric`` is better (only accuracies; losses, bpc and NRMSE are not)."""
+    if metric in METRICS:
+        return METRICS[metric][0]
+    return not metric.endswith(("loss", "bpc", "nrmse", "nrmse_free"))
 
 
 def _label(method: str, rank: Any) -> Any:
@@ -241,7 +258,7 @@ def saturation(df, study: Study, metric: str, eps: float, relative: bool = False
         return None
     paired = bool(np.isfinite(F).all())
     full = F if paired else full_all[np.isfinite(full_all)]
-    return SaturationRank(eps=eps, relative=relative, higher_is_better=not metric.endswith("loss"),
+    return SaturationRank(eps=eps, relative=relative, higher_is_better=higher_is_better(metric),
                           **kwargs).fit(ranks, V, full, paired=paired)
 
 
@@ -253,7 +270,9 @@ def _fmt_r(r: float, max_rank: int | None = None) -> str:
 
 def _points(v: float, metric: str) -> str:
     """A difference in metric units, as accuracy points (pp) or loss units."""
-    return f"{100 * v:.2f} pp" if metric == "test_acc" else f"{v:.4g} (loss units)"
+    if metric == "test_acc":
+        return f"{100 * v:.2f} pp"
+    return f"{v:.4g} ({'bits per character' if metric == 'test_bpc' else 'NRMSE' if 'nrmse' in metric else 'loss units'})"
 
 
 def rank_section(df, study: Study, metric: str) -> tuple[list[str], dict[float, float], dict[str, Any]]:
@@ -285,13 +304,14 @@ def rank_section(df, study: Study, metric: str) -> tuple[list[str], dict[float, 
     if not rows:
         return (["r*(eps) needs full training and at least one rank that ran for every seed: "
                  "not stated.", ""], {}, {"r_star": []})
-    unit = "accuracy as a fraction: 0.01 = 1 accuracy point (pp)" if metric == "test_acc" else "loss units"
+    unit = METRICS.get(metric, (None, "the metric's units"))[1]
     lines = [f"Saturation rank r*(eps) = min{{r : mean {metric} at r within eps of full training}}, on the "
              f"mean over seeds. eps is **absolute**, in the metric's units ({unit}); a relative eps is a "
              "fraction of the full-training mean (study key `eps_relative = true`). The recovery column above "
-             "is relative. The margin is how far the mean at r* clears its threshold (in test images: how many more "
-             "test images, summed over the seeds, r* could lose and still count as saturated); r* is never stated "
-             "beyond the largest rank that ran for every seed.", "",
+             "is relative (for a loss-like metric, recovery = metric at r / full, so above 1 is worse). The margin "
+             "is how far the mean at r* clears its threshold" + (" (in test images: how many more test images, "
+             "summed over the seeds, r* could lose and still count as saturated)" if metric == "test_acc" else "") +
+             "; r* is never stated beyond the largest rank that ran for every seed.", "",
              "| eps | r* | interval | interval kind | margin | largest complete rank |", "|---|---|---|---|---|---|",
              *rows, ""]
     if metric == "test_acc":

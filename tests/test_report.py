@@ -2,6 +2,7 @@
 r* never stated beyond the ranks that ran for every seed, old stores without records."""
 
 import json
+import math
 import shutil
 import sqlite3
 from pathlib import Path
@@ -180,3 +181,24 @@ def test_running_and_stale_runs_are_told_apart(swept, tmp_path):
     st = study_status(s, store)
     assert st.running == [held] and st.stale == [left]
     assert "stale (no heartbeat within the lease; the next sweep reruns them): lotta r=4 seed=1" in "\n".join(st.lines())
+
+
+def test_a_language_model_study_is_ranked_by_bits_per_character_lower_is_better():
+    """An lm store has test_bpc (and test_loss, no test_acc): the report ranks by bpc, and r*(eps)
+    counts a rank saturated when its bpc is at most full + eps (lower is better)."""
+    from reservoir_depth.report import higher_is_better, metric_of_frame, saturation
+
+    study = Study.from_dict({"study": "lm", "dataset": "digits", "seeds": [0, 1, 2], "ranks": [1, 4],
+                             "arch": {"name": "mlp", "hidden": [8]}})
+    rows = []
+    for seed in (0, 1, 2):
+        for method, r, bpc in (("full", None, 2.00), ("lotta", 1, 2.50), ("lotta", 4, 2.004)):
+            rows.append({Columns.METHOD: method, Columns.RANK: r, Columns.SEED: seed, "test_bpc": bpc + 0.001 * seed,
+                         "test_loss": (bpc + 0.001 * seed) * 0.693})
+    df = pd.DataFrame(rows)
+    assert metric_of_frame(df) == "test_bpc" and not higher_is_better("test_bpc")
+    assert metric_of_frame(df.drop(columns="test_bpc")) == "test_loss"
+    assert metric_of_frame(df.assign(test_nrmse=1.0).drop(columns="test_bpc")) == "test_nrmse"
+    sr = saturation(df, study, "test_bpc", eps=0.01)
+    assert sr.r_star_ == 4
+    assert saturation(df, study, "test_bpc", eps=0.001).r_star_ == math.inf
