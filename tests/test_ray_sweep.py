@@ -117,10 +117,9 @@ DRIVER = textwrap.dedent("""
 """)
 
 
-@pytest.mark.slow
 def test_killed_driver_resumes_without_redoing_finished_runs(tmp_path):
     """The driver holds each run's lease; killed, its finished runs stay done and the others are retaken."""
-    study = {**STUDY, "train": {"epochs": 20, "batch_size": 16}}
+    study = {**STUDY, "train": {"epochs": 10, "batch_size": 16}}
     script = tmp_path / "driver.py"
     script.write_text(DRIVER.format(study=json.dumps(study)))
     db = tmp_path / "r.sqlite"
