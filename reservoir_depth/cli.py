@@ -5,6 +5,7 @@
     reservoir-depth run STUDY.toml --backend ray [--address HOST:PORT]   one Ray task per run (pip install -e '.[ray]')
     reservoir-depth report [STUDY.toml] [--out DIR]    report.md, table.csv, runs.csv, rank.png, spectra.*, study.json
     reservoir-depth train --data digits --arch mlp --rank 4 --save DIR   one LottaLoRA run, saved as an adapter file
+    ... train / run / sweep --log-dir DIR   TensorBoard events (pip install tensorboard): tensorboard --logdir DIR
     reservoir-depth spectra --data digits [--adapter DIR] [--model FILE.py:FACTORY]   PCA / task / layer / adapter spectra
     reservoir-depth distributions                   the registered random-matrix families
 
@@ -42,12 +43,19 @@ def _out(study: Study, out: str | None) -> Path:
 
 def cmd_sweep(study: Study, out: Path, progress: bool = True, workers: int = 1, retry_failed: bool = False,
               backend: str = "local", address: str | None = None, cpus: float | None = None,
-              gpus: float | None = None):
+              gpus: float | None = None, log_dir: str | None = None):
     """Run what is not done yet, record what old runs lack (sweep.backfill); RunsFailed if any run failed.
-    ``backend="ray"`` sends each run to a Ray cluster (ray_sweep.run_study_ray)."""
+    ``backend="ray"`` sends each run to a Ray cluster (ray_sweep.run_study_ray). ``log_dir``: each run's
+    TensorBoard events under log_dir/<study>/<run_id> (local backend)."""
     from .results import ResultsStore
     from .sweep import backfill, run_study
 
+    if log_dir is not None:
+        if backend == "ray":
+            raise ValueError("--log-dir is for the local backend; Ray runs its tasks on other machines")
+        from .train import TensorBoardLog
+
+        TensorBoardLog.check()  # a missing tensorboard is reported before any run starts
     if backend == "ray":
         from .ray_sweep import _ray, run_study_ray
 
@@ -62,7 +70,8 @@ def cmd_sweep(study: Study, out: Path, progress: bool = True, workers: int = 1, 
         if address is not None:
             raise ValueError("--address needs --backend ray")
         store = ResultsStore(out / "runs.sqlite", create=True)
-        counts = run_study(study, store, workers=workers, progress=progress, retry_failed=retry_failed)
+        counts = run_study(study, store, workers=workers, progress=progress, retry_failed=retry_failed,
+                           log_dir=log_dir)
     print(f"{study.study}: {counts.summary()}")
     added, problems = backfill(study, store)
     if added:
@@ -163,7 +172,7 @@ def cmd_train(args: argparse.Namespace) -> None:
     elif args.arch == "mlp":
         arch.setdefault("hidden", "small")
     tc = TrainConfig(epochs=args.epochs, lr=args.lr, batch_size=args.batch_size, seed=args.seed,
-                     progress=not args.no_progress)
+                     progress=not args.no_progress, log_dir=args.log_dir)
     d = data.load(args.data, **dict(args.data_kw))
     with torch_rng(args.seed):
         try:
@@ -253,6 +262,10 @@ def parser() -> argparse.ArgumentParser:
                            help="CPUs Ray reserves for each run (default: the study's [resources] cpus, else 1)")
             s.add_argument("--gpus-per-run", type=float, default=None,
                            help="GPUs Ray reserves for each run (default: the study's [resources] gpus, else 0)")
+            s.add_argument("--log-dir", metavar="DIR", default=None,
+                           help="write each run's TensorBoard events (per-step loss, epoch metrics, beta, spectra) "
+                                "under DIR/<study>/<run_id>; needs `pip install tensorboard` "
+                                "(default: no logging)%(default).0s")
     t = sub.add_parser("train", help="train one LottaLoRA model and optionally save its adapter file",
                        description="Train one LottaLoRA model (frozen scaffold + A, B, beta, trainable head).",
                        formatter_class=D)
@@ -278,6 +291,9 @@ def parser() -> argparse.ArgumentParser:
     t.add_argument("--no-progress", action="store_true", help="no progress bar")
     t.add_argument("--save", metavar="DIR",
                    help="save the adapter file to DIR (adapter.safetensors + adapter.json)%(default).0s")
+    t.add_argument("--log-dir", metavar="DIR", default=None,
+                   help="write TensorBoard events (per-step loss, epoch metrics, beta per layer) to DIR; needs "
+                        "`pip install tensorboard`; view with `tensorboard --logdir DIR` (default: no logging)%(default).0s")
     sp = sub.add_parser("spectra", help="PCA / task / adapter spectra of a dataset and a saved model",
                         formatter_class=D)
     sp.add_argument("--data", default="digits", choices=sorted(DATASETS), help="dataset")
@@ -308,7 +324,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 try:
                     cmd_sweep(study, out, progress=not args.no_progress, workers=args.workers,
                               retry_failed=args.retry_failed, backend=args.backend, address=args.address,
-                              cpus=args.cpus_per_run, gpus=args.gpus_per_run)
+                              cpus=args.cpus_per_run, gpus=args.gpus_per_run, log_dir=args.log_dir)
                 except RunsFailed as e:
                     failed = e
                     print(f"reservoir-depth: {e}", file=sys.stderr)

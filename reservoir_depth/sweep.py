@@ -36,7 +36,7 @@ from .scaffold import ScaffoldConfig, merge, scaffold
 from .spectra import ActivationSpectra, IntrinsicDimension, TaskSpectrum, WeightSpectra
 from . import study as study_module
 from .study import Columns, Run, Study
-from .train import TrainConfig, train
+from .train import TensorBoardLog, TrainConfig, train
 
 
 _dataset = study_module._dataset  # the cache behind Run.data (tests clear it)
@@ -67,14 +67,24 @@ def build_model(run: Run, d: data.Dataset):
     return model
 
 
-def execute(run: Run, progress: bool = False) -> tuple[dict[str, Any], dict[str, Any]]:
+def log_dir_of(run: Run, log_dir: str | os.PathLike) -> Path:
+    """Where a run's TensorBoard events go: ``log_dir/<study>/<run_id>``."""
+    return Path(log_dir) / run.study / run.run_id
+
+
+def execute(run: Run, progress: bool = False,
+            log_dir: str | os.PathLike | None = None) -> tuple[dict[str, Any], dict[str, Any]]:
     """Train one run; returns (metrics, history), including everything its report needs
-    that training does not measure (``records``: file sizes, spectra at init, the data set's spectra)."""
+    that training does not measure (``records``: file sizes, spectra at init, the data set's spectra).
+    With ``log_dir``, the run is written as TensorBoard events under ``log_dir/<study>/<run_id>``
+    (train.TensorBoardLog), with its spectra measures (``spectra/<measure>``) when it measures them;
+    the run's config and id do not change."""
     d = dataset_of(run)
     model = build_model(run, d)
     init = copy.deepcopy(model) if run.spectra and run.method == "twin" else None
     rec_metrics, rec_history = records(run, model, d)
-    hist = train(model, d, TrainConfig(**{**run.train, "seed": run.seed, "progress": progress}))
+    logs = {} if log_dir is None else {"log_dir": str(log_dir_of(run, log_dir))}
+    hist = train(model, d, TrainConfig(**{**run.train, "seed": run.seed, "progress": progress, **logs}))
     final = hist.final
     metrics = {k: final[k] for k in FINAL_METRICS if k in final}
     if "test_acc" in final:
@@ -87,6 +97,10 @@ def execute(run: Run, progress: bool = False) -> tuple[dict[str, Any], dict[str,
         measures, eigenvalues = measure_spectra(run, model, d, init)
         metrics.update(measures)
         history["spectra"] = eigenvalues
+        if logs:
+            with TensorBoardLog(logs["log_dir"]) as log:  # at init: step 0; trained: the last epoch
+                log.scalars("spectra", {k: v for k, v in rec_metrics.items() if k.startswith("init/")}, 0)
+                log.scalars("spectra", measures, final["epoch"])
     return metrics, history
 
 
@@ -186,17 +200,20 @@ def runs_of(study: Study | Mapping[str, Any], ranks: Sequence[int] | None = None
     return Study.of(study).runs(ranks=ranks, baselines=baselines)
 
 
-def sweep(runs: Iterable[Run], store: ResultsStore, progress: bool = True, retry_failed: bool = False) -> SweepCounts:
+def sweep(runs: Iterable[Run], store: ResultsStore, progress: bool = True, retry_failed: bool = False,
+          log_dir: str | os.PathLike | None = None) -> SweepCounts:
     """Run every run not already done in ``store``, each at most once; returns what happened to each.
 
     A run that raises is recorded as failed with its error, and the sweep goes on. Runs that failed
-    in an earlier sweep are retried only with ``retry_failed``."""
+    in an earlier sweep are retried only with ``retry_failed``. With ``log_dir``, each run trained
+    is logged as TensorBoard events under ``log_dir/<study>/<run_id>`` (see execute)."""
     runs = list(runs)
-    return SweepCounts.of([r.run_id for r in runs], [_sweep(runs, store, progress, retry_failed, uuid.uuid4().hex)])
+    return SweepCounts.of([r.run_id for r in runs],
+                          [_sweep(runs, store, progress, retry_failed, uuid.uuid4().hex, log_dir)])
 
 
 def _sweep(runs: Sequence[Run], store: ResultsStore, progress: bool, retry_failed: bool,
-           invocation: str) -> dict[str, tuple[str, str | None]]:
+           invocation: str, log_dir: str | os.PathLike | None = None) -> dict[str, tuple[str, str | None]]:
     """One worker's pass: run_id -> (outcome, error), see SweepCounts. ``invocation`` is the id every
     worker of one sweep shares, so a run one worker failed is not retried by another."""
     outcomes: dict[str, tuple[str, str | None]] = {}
@@ -212,7 +229,7 @@ def _sweep(runs: Sequence[Run], store: ResultsStore, progress: bool, retry_faile
         t0 = time.perf_counter()
         with store.hold(run.run_id):
             try:
-                metrics, history = execute(run, progress=progress)
+                metrics, history = execute(run, progress=progress, log_dir=log_dir)
             except Exception as e:  # recorded, and the sweep goes on
                 error = f"{type(e).__name__}: {e}\n{traceback.format_exc()}"
                 kept = store.fail(run.run_id, error)
@@ -268,10 +285,10 @@ def _exit_with_parent() -> None:
 
 
 def _worker(study: Mapping[str, Any], store: ResultsStore, threads: int, offset: int, retry_failed: bool,
-            invocation: str) -> dict[str, tuple[str, str | None]]:
+            invocation: str, log_dir: str | None = None) -> dict[str, tuple[str, str | None]]:
     torch.set_num_threads(threads)
     runs = runs_of(study)
-    return _sweep(runs[offset:] + runs[:offset], store, False, retry_failed, invocation)
+    return _sweep(runs[offset:] + runs[:offset], store, False, retry_failed, invocation, log_dir)
 
 
 def _pool_context() -> multiprocessing.context.BaseContext:
@@ -282,20 +299,22 @@ def _pool_context() -> multiprocessing.context.BaseContext:
 
 
 def run_study(study: Mapping[str, Any], store: ResultsStore, workers: int = 1, progress: bool = True,
-              retry_failed: bool = False) -> SweepCounts:
+              retry_failed: bool = False, log_dir: str | os.PathLike | None = None) -> SweepCounts:
     """Sweep a whole study (see sweep); ``workers`` > 1 runs that many processes sharing ``store``
-    (each claims a run before running it, so none is run twice; each exits if this process dies)."""
+    (each claims a run before running it, so none is run twice; each exits if this process dies).
+    ``log_dir``: TensorBoard events of each run under ``log_dir/<study>/<run_id>`` (see execute)."""
     if not isinstance(workers, int) or isinstance(workers, bool) or workers < 1:
         raise ValueError(f"workers must be a positive integer, got {workers!r}")
     runs = runs_of(study)
     if workers == 1:
-        return sweep(runs, store, progress=progress, retry_failed=retry_failed)
+        return sweep(runs, store, progress=progress, retry_failed=retry_failed, log_dir=log_dir)
     threads = max(1, (os.cpu_count() or 1) // workers)
     offsets = [i * len(runs) // workers for i in range(workers)]
     invocation = uuid.uuid4().hex
     with ProcessPoolExecutor(workers, mp_context=_pool_context(), initializer=_exit_with_parent) as pool:
         parts = list(pool.map(_worker, [study] * workers, [store] * workers, [threads] * workers, offsets,
-                              [retry_failed] * workers, [invocation] * workers))
+                              [retry_failed] * workers, [invocation] * workers,
+                              [None if log_dir is None else str(log_dir)] * workers))
     return SweepCounts.of([r.run_id for r in runs], parts)
 
 

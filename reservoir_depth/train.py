@@ -15,9 +15,10 @@ washout, teacher-forced and free-running NRMSE).
 from __future__ import annotations
 
 import math
+import os
 import time
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import Any, Mapping
 
 import torch
 import torch.nn.functional as F
@@ -44,6 +45,9 @@ class TrainConfig:
     # forecasting: also measure the free-running NRMSE (test_nrmse_free) through model.step; None: when the
     # series is autonomous (its inputs are its own past, X[:, t + 1] = y[:, t]), not for a driven one (NARMA)
     free_run: bool | None = None
+    # TensorBoard event files (per-step loss, every key of the epoch rows, beta per layer) under this folder;
+    # None: no logging and no tensorboard import. Needs `pip install tensorboard`; see TensorBoardLog
+    log_dir: str | None = None
 
     def __post_init__(self) -> None:
         for k in ("epochs", "batch_size"):
@@ -54,6 +58,13 @@ class TrainConfig:
         if self.free_run is not None and not isinstance(self.free_run, bool):
             raise ValueError(f"free_run must be True, False or None (when the series is autonomous), "
                              f"got {self.free_run!r}")
+        if self.log_dir is None:
+            # unset, it stays out of the instance's __dict__ (the class default None reads through), so a
+            # stored run's config (study.Run.config reads __dict__) and its run id are those from before log_dir
+            object.__delattr__(self, "log_dir")
+        elif not isinstance(self.log_dir, (str, os.PathLike)) or not str(self.log_dir):
+            raise ValueError(f"log_dir must be a folder path (str or os.PathLike) or None (no logging), "
+                             f"got {self.log_dir!r}")
 
 
 @dataclass
@@ -77,6 +88,63 @@ class History:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+
+class TensorBoardLog:
+    """A run's scalars as TensorBoard event files under ``log_dir`` (torch.utils.tensorboard.SummaryWriter).
+
+    Tags: ``step/train_loss`` (each optimiser step's batch loss; under torchrun rank 0's share of
+    the batch), ``step/beta/<layer>`` (with TrainConfig.beta_every), ``epoch/<key>`` for every
+    key of an epoch row (train_loss, test_*, seconds, beta/<layer>, ...; step = the epoch) and
+    whatever a caller adds with ``scalars`` (a sweep's ``spectra/...`` measures). Non-finite values
+    (epoch 0 has no train_loss: NaN) are not written. Read them with ``tensorboard --logdir DIR``.
+    Needs the tensorboard package (``pip install tensorboard``); an ImportError says so.
+    """
+
+    def __init__(self, log_dir: str | os.PathLike) -> None:
+        self.writer = self.check()(log_dir=str(log_dir))
+
+    @staticmethod
+    def check():
+        """torch's SummaryWriter; an ImportError naming ``pip install tensorboard`` when it is missing."""
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+        except ImportError as e:
+            raise ImportError("logging (TrainConfig.log_dir, --log-dir) writes TensorBoard event files and needs "
+                              "the tensorboard package: pip install tensorboard (or pip install "
+                              "'reservoir-depth[log]')") from e
+        return SummaryWriter
+
+    def scalars(self, prefix: str, values: Mapping[str, Any], step: int) -> None:
+        """``prefix/<key>`` = value at ``step``, for every finite number among ``values``."""
+        for k, v in values.items():
+            if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v):
+                self.writer.add_scalar(f"{prefix}/{k}", v, step)
+
+    def epoch(self, row: Mapping[str, Any]) -> None:
+        self.scalars("epoch", {k: v for k, v in row.items() if k != "epoch"}, row["epoch"])
+
+    def close(self) -> None:
+        self.writer.close()
+
+    def __enter__(self) -> "TensorBoardLog":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+class NoLog(TensorBoardLog):
+    """No logging (TrainConfig.log_dir None, or a process other than rank 0): nothing imported or written."""
+
+    def __init__(self) -> None:
+        pass
+
+    def scalars(self, prefix: str, values: Mapping[str, Any], step: int) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
 
 
 def resolve_device(device: str = "auto") -> torch.device:
@@ -316,6 +384,8 @@ def train(model: nn.Module, data, config: TrainConfig = TrainConfig()) -> Histor
     data.dataset.check_dataset); free-running forecasting needs ``model.step`` (check_free_run).
     Raises FloatingPointError on a NaN or inf training loss, naming the epoch and step, and on a
     NaN or inf test loss (a non-finite test loss is never recorded as a number).
+    With ``config.log_dir``, the run is also written as TensorBoard events (TensorBoardLog; under
+    torchrun by rank 0 alone).
     """
     check_dataset(data)
     t = task_of(getattr(data, "task", "classification"))
@@ -352,9 +422,11 @@ def train(model: nn.Module, data, config: TrainConfig = TrainConfig()) -> Histor
         hist.epochs.append({"epoch": epoch, "train_loss": train_loss, **{f"test_{k}": v for k, v in ev.items()},
                             "seconds": seconds, **t.throughput(X, seconds),
                             **{f"beta/{k}": v for k, v in betas(model).items()}})
+        log.epoch(hist.epochs[-1])
 
     step = 0
-    with torch_rng(config.seed):
+    log = TensorBoardLog(config.log_dir) if config.log_dir is not None and distributed.is_main() else NoLog()
+    with torch_rng(config.seed), log:
         record(0, float("nan"), 0.0)
         bar = tqdm(total=config.epochs * math.ceil(n / config.batch_size), disable=not config.progress or rank > 0,
                    desc="train", leave=False, dynamic_ncols=True)
@@ -378,10 +450,14 @@ def train(model: nn.Module, data, config: TrainConfig = TrainConfig()) -> Histor
                 opt.zero_grad(set_to_none=True)
                 (loss * weight if world > 1 else loss).backward()
                 opt.step()
-                loss_sum += loss.item() * len(mine)
+                batch_loss = loss.item()
+                loss_sum += batch_loss * len(mine)
                 step += 1
+                log.scalars("step", {"train_loss": batch_loss}, step)
                 if config.beta_every and step % config.beta_every == 0:
-                    hist.beta_steps.append({"step": step, **betas(model)})
+                    beta = betas(model)
+                    hist.beta_steps.append({"step": step, **beta})
+                    log.scalars("step/beta", beta, step)
                 bar.update()
             loss_sum = distributed.total(loss_sum, dev)  # over the processes (itself with one)
             bar.set_postfix(epoch=epoch, loss=f"{loss_sum / n:.4f}")
