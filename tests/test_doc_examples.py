@@ -11,8 +11,9 @@ The rules a block follows, checked here:
   through ``cli.main`` (in process: no interpreter start per line), any other line in bash;
 - a block whose first line is ``# continues the block above`` runs in the directory (and, for
   python, the scope) of the block before it;
-- a ``toml`` block right after ``<!-- file: NAME -->`` is written to NAME and read by
-  ``Study.load`` (a study file); ``text`` blocks are not run;
+- a block right after ``<!-- file: NAME -->`` is written to NAME: a python module is imported (a
+  later block runs it), a ``toml`` block (which must be a file) is read by ``Study.load``;
+  ``text`` blocks are not run;
 - a block that cannot run here (a GPU, a long study, a cluster) is marked
   ``<!-- not run: REASON -->`` on the line before it, and the reason must be given;
 - ``print(...)  # TEXT`` promises that TEXT (each ``...`` in it eliding part of a line) is in what
@@ -22,6 +23,7 @@ The rules a block follows, checked here:
 from __future__ import annotations
 
 import contextlib
+import importlib
 import io
 import os
 import re
@@ -40,6 +42,7 @@ RUN = ("python", "bash", "sh")
 LANGS = (*RUN, "toml", "text")
 CONTINUES = "# continues the block above"
 LINKED = ("docs", "experiments", "benchmarks")
+IMPORTED: list[str] = []  # modules written and imported by file blocks, dropped after each document
 
 
 @dataclass
@@ -58,6 +61,11 @@ class Block:
     def not_run(self) -> str | None:
         m = re.fullmatch(r"<!--\s*not run:(.*?)-->", self.marker)
         return None if m is None else m.group(1).strip()
+
+    @property
+    def file(self) -> str | None:
+        m = re.fullmatch(r"<!--\s*file:\s*(\S+)\s*-->", self.marker)
+        return None if m is None else m.group(1)
 
     @property
     def continues(self) -> bool:
@@ -122,6 +130,8 @@ def test_the_docs_have_blocks_and_every_block_says_what_it_is():
 def test_a_block_that_is_not_run_gives_its_reason():
     empty = [b.where for b in ALL if b.marker.startswith("<!-- not run") and not b.not_run]
     assert not empty, f"'<!-- not run: REASON -->' needs a reason: {empty}"
+    toml = [b.where for b in ALL if b.lang == "toml" and b.not_run is None and not b.file]
+    assert not toml, f"a toml block is a file: mark it '<!-- file: NAME -->' (or not run, with a reason): {toml}"
 
 
 def test_promised_output_reads_print_comments_and_arrows():
@@ -167,13 +177,22 @@ def _run_shell(block: Block) -> str:
     return "".join(printed)
 
 
-def _run_toml(block: Block) -> str:
+def _write_file(block: Block) -> str:
+    """A ``<!-- file: NAME -->`` block is written to NAME: a study file (toml) is read by Study.load, a
+    python module imported (so the blocks after it see what it registers)."""
     from reservoir_depth.study import Study
 
-    m = re.fullmatch(r"<!--\s*file:\s*(\S+)\s*-->", block.marker)
-    assert m, f"{block.where}: a toml block needs '<!-- file: NAME -->' (or '<!-- not run: REASON -->')"
-    Path(m.group(1)).write_text(block.code + "\n")
-    Study.load(m.group(1))
+    path = Path(block.file)
+    path.write_text(block.code + "\n")
+    if block.lang == "toml":
+        Study.load(path)
+    elif block.lang == "python":  # imported as a reader's later command would (it registers what it defines)
+        sys.path.insert(0, str(path.parent.resolve()))
+        try:
+            importlib.import_module(path.stem)
+        finally:
+            sys.path.pop(0)
+            IMPORTED.append(path.stem)
     return ""
 
 
@@ -201,10 +220,10 @@ def test_every_block_runs_as_written_and_prints_what_it_says(doc, tmp_path, monk
             if not block.continues:  # a fresh directory and scope
                 where, scope = _linked_dir(tmp_path / f"block{i}"), {}
             monkeypatch.chdir(where)
-            if block.lang == "python":
+            if block.file:
+                printed = _write_file(block)
+            elif block.lang == "python":
                 printed = _run_python(block, scope)
-            elif block.lang == "toml":
-                printed = _run_toml(block)
             else:
                 printed = _run_shell(block)
             for text in promised_output(block.code):
@@ -214,5 +233,7 @@ def test_every_block_runs_as_written_and_prints_what_it_says(doc, tmp_path, monk
         for registry, before in registries:
             registry.clear()
             registry.update(before)
+        while IMPORTED:
+            sys.modules.pop(IMPORTED.pop(), None)
     assert _untracked() <= untracked, f"a block of {doc.name} wrote into the repository: {_untracked() - untracked}"
     print(f"{doc.name}: {ran} blocks run")
