@@ -107,3 +107,72 @@ def test_destabilised_schedules_train(blobs, schedule, k):
     h = train(lotta_mlp(blobs, schedule=schedule, k=k), blobs, CFG)
     assert all(math.isfinite(e["train_loss"]) for e in h.epochs[1:])
     assert h.final["beta/layers.0"] != 1.0 and h.final["train_loss"] < h.epochs[1]["train_loss"]
+
+
+# ----------------------------------------------------------------------------- data from a DataLoader (issue 13.5)
+
+from hypothesis import given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+from torch.utils.data import DataLoader, TensorDataset  # noqa: E402
+
+from reservoir_depth.data.dataset import Dataset  # noqa: E402
+
+
+def loader(X, y, batch_size=50, **kw):
+    return DataLoader(TensorDataset(X, y), batch_size=batch_size, **kw)
+
+
+def test_training_from_a_dataloader_equals_training_from_its_tensors(blobs):
+    d = Dataset.from_loader("blobs", loader(blobs.X_train, blobs.y_train), loader(blobs.X_test, blobs.y_test),
+                            n_classes=blobs.n_classes)
+    assert torch.equal(d.X_train, blobs.X_train) and torch.equal(d.y_test, blobs.y_test)
+    assert (d.d_in, d.n_out, d.task) == (blobs.d_in, blobs.n_out, "classification")
+    h1, h2 = train(lotta_mlp(blobs), blobs, CFG), train(lotta_mlp(d), d, CFG)
+    pd.testing.assert_frame_equal(h1.to_frame().drop(columns="seconds"), h2.to_frame().drop(columns="seconds"))
+
+
+def test_a_dataset_from_plain_generators_of_batches_any_task():
+    g = torch.Generator().manual_seed(0)
+    X, y = torch.randn(40, 5, 2, generator=g), torch.randn(40, 5, 1, generator=g)
+
+    def batches(lo, hi):  # a plain generator of (X, y) tuples, e.g. numpy arrays
+        for i in range(lo, hi, 7):
+            yield X[i:min(i + 7, hi)].numpy(), y[i:min(i + 7, hi)].numpy()
+
+    d = Dataset.from_loader("series", batches(0, 30), batches(30, 40), n_classes=0, task="forecasting", washout=2)
+    assert torch.equal(d.X_train, X[:30]) and torch.equal(d.y_test, y[30:]) and d.washout == 2
+    assert (d.d_in, d.n_out) == (2, 1)
+
+
+@settings(max_examples=15, deadline=None)
+@given(n=st.integers(1, 40), batch_size=st.integers(1, 45))
+def test_any_batching_gives_back_the_same_tensors(n, batch_size):
+    X, y = torch.arange(3 * n, dtype=torch.float32).reshape(n, 3), torch.arange(n) % 2
+    d = Dataset.from_loader("t", loader(X, y, batch_size), [(X, y)], n_classes=2)
+    assert torch.equal(d.X_train, X) and torch.equal(d.y_train, y)
+
+
+def test_loader_problems_are_clear_errors_naming_split_and_batch():
+    X, y = torch.randn(10, 3), torch.randint(0, 2, (10,))
+    ok = [(X, y)]
+    with pytest.raises(ValueError, match=r"dataset 'd', test split: the loader yielded no batch"):
+        Dataset.from_loader("d", ok, loader(X[:0], y[:0]), n_classes=2)
+    used = iter(ok)
+    list(used)
+    with pytest.raises(ValueError, match="train split: the loader yielded no batch .*used up"):
+        Dataset.from_loader("d", used, ok, n_classes=2)
+    with pytest.raises(ValueError, match=r"train split: batch 1 has X float32 of shape \(5, 4\), but batch 0 "
+                                         r"float32 of shape \(5, 3\)"):
+        Dataset.from_loader("d", [(X[:5], y[:5]), (torch.randn(5, 4), y[5:])], ok, n_classes=2)
+    with pytest.raises(ValueError, match=r"batch 1 has y int32 .* but batch 0 int64"):
+        Dataset.from_loader("d", [(X[:5], y[:5]), (X[5:], y[5:].int())], ok, n_classes=2)
+    with pytest.raises(ValueError, match=r"test split: batch 0 has X of shape \(10, 3\) and y of shape \(9,\)"):
+        Dataset.from_loader("d", ok, [(X, y[:9])], n_classes=2)
+    with pytest.raises(ValueError, match=r"train split: batch 0 is a 3-item tuple; each batch must be an \(X, y\)"):
+        Dataset.from_loader("d", [(X, y, y)], ok, n_classes=2)
+    with pytest.raises(ValueError, match=r"batch 0 is a dict"):
+        Dataset.from_loader("d", [{"x": X, "y": y}], ok, n_classes=2)
+    with pytest.raises(TypeError, match="got a single Tensor"):
+        Dataset.from_loader("d", X, ok, n_classes=2)
+    with pytest.raises(ValueError, match=r"dataset 'd', train split: y_train holds label 1 .* n_classes = 1"):
+        Dataset.from_loader("d", ok, ok, n_classes=1)  # the Dataset's own checks apply

@@ -6,6 +6,9 @@ split, so that a NaN in the data is reported as such and never as a training
 instability (issue: a NaN test loss passing as a number), and a token id out of
 the vocabulary never reaches an embedding lookup.
 
+Build one from tensors, or with :meth:`Dataset.from_loader` from a torch DataLoader or any
+iterable of (X, y) batches per split (read into memory once).
+
 Tasks (``TASKS``), with n rows per split:
 
 - ``classification``: y (n,) int64 labels in [0, n_classes); X float (n, ...), or int64
@@ -23,7 +26,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from types import SimpleNamespace
-from typing import Any, Callable
+from typing import Any, Callable, Iterable
 
 import numpy as np
 import torch
@@ -52,6 +55,21 @@ class Dataset:
     def __post_init__(self) -> None:
         check_dataset(self)
 
+    @classmethod
+    def from_loader(cls, name: str, train_batches: Iterable[Any], test_batches: Iterable[Any], n_classes: int,
+                    task: str = "classification", **fields: Any) -> "Dataset":
+        """A Dataset from a torch DataLoader, or any iterable, of (X, y) batches per split.
+
+        The batches are read once and concatenated into tensors, so this is for data that fits in
+        memory (the trainer shuffles and batches the rows itself, with its own seeded generator).
+        Every batch of a split must have the same dtypes and the same shape past the batch
+        dimension; a split with no batch, an item that is not an (X, y) pair, or X and y of
+        different lengths are refused, naming the split and the batch. ``fields`` are the other
+        Dataset fields (vocab_size, pad_id, washout); the Dataset's checks then apply as usual.
+        """
+        return cls(name, *_materialise(name, "train", train_batches), *_materialise(name, "test", test_batches),
+                   n_classes, task, **fields)
+
     @property
     def d_in(self) -> int:
         """vocab_size for token inputs; d for forecasting (X (n, T, d)); else prod(X.shape[1:])."""
@@ -69,6 +87,37 @@ class Dataset:
     def __repr__(self) -> str:
         return (f"Dataset({self.name!r}, train={tuple(self.X_train.shape)}, test={tuple(self.X_test.shape)}, "
                 f"{self.task}, n_out={self.n_out})")
+
+
+def _materialise(name: str, split: str, batches: Iterable[Any]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Concatenate a split's (X, y) batches into (X, y) tensors on the CPU (see Dataset.from_loader)."""
+    where = f"dataset {name!r}, {split} split"
+    if isinstance(batches, (torch.Tensor, np.ndarray)):
+        raise TypeError(f"{where}: expected an iterable of (X, y) batches (a DataLoader, a list, a generator), "
+                        f"got a single {type(batches).__name__}; build the Dataset from tensors directly")
+    Xs: list[torch.Tensor] = []
+    ys: list[torch.Tensor] = []
+    for i, batch in enumerate(batches):
+        if not isinstance(batch, (tuple, list)) or len(batch) != 2:
+            got = f"a {len(batch)}-item {type(batch).__name__}" if isinstance(batch, (tuple, list)) else \
+                f"a {type(batch).__name__}"
+            raise ValueError(f"{where}: batch {i} is {got}; each batch must be an (X, y) pair")
+        X, y = (torch.as_tensor(t).detach().cpu() for t in batch)
+        if X.dim() == 0 or y.dim() == 0 or len(X) != len(y):
+            raise ValueError(f"{where}: batch {i} has X of shape {_shape(X)} and y of shape {_shape(y)}; "
+                             f"both need the same number of rows (the first dimension)")
+        if Xs:
+            for key, t, first in (("X", X, Xs[0]), ("y", y, ys[0])):
+                if t.shape[1:] != first.shape[1:] or t.dtype != first.dtype:
+                    raise ValueError(f"{where}: batch {i} has {key} {_dtype(t)} of shape {_shape(t)}, but batch 0 "
+                                     f"{_dtype(first)} of shape {_shape(first)}; every batch must match past the "
+                                     f"batch dimension (pad sequences to one length)")
+        Xs.append(X)
+        ys.append(y)
+    if not Xs:
+        raise ValueError(f"{where}: the loader yielded no batch (an empty data set, or a generator already "
+                         f"used up: pass a fresh one per split)")
+    return torch.cat(Xs), torch.cat(ys)
 
 
 def positive_int(key: str, v: Any) -> int:
