@@ -159,7 +159,7 @@ def _fields(cls, skip: Sequence[str] = ()) -> dict[str, Any]:
             for f in dataclasses.fields(cls) if f.name not in skip}
 
 
-TRAIN_KEYS = _fields(TrainConfig, skip=("seed", "progress"))  # the seed comes from `seeds`
+TRAIN_KEYS = _fields(TrainConfig, skip=("seed", "progress", "log_dir"))  # seed from `seeds`; log_dir from --log-dir
 SCAFFOLD_KEYS = _fields(ScaffoldConfig, skip=("r", "root_seed"))  # r from `ranks`, root_seed from `seeds`
 SPEC_KEYS = _fields(DistributionSpec)
 RESOURCE_KEYS = {"cpus": 1.0, "gpus": 0.0}  # what a Ray task reserves per run (ray_sweep)

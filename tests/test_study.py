@@ -142,3 +142,13 @@ def test_the_default_study_is_declared_package_data():
     patterns = declared["reservoir_depth"]
     shipped = [p.relative_to(ROOT / "reservoir_depth").as_posix() for p in (ROOT / "reservoir_depth/studies").glob("*")]
     assert shipped and all(any(fnmatch.fnmatch(f, pat) for pat in patterns) for f in shipped)
+
+
+def test_a_study_file_cannot_set_the_log_dir():
+    """Each run logs under --log-dir/<study>/<run_id> (the runner's); [train] log_dir is not a study key."""
+    from reservoir_depth.study import StudyError
+
+    d = {"study": "t", "dataset": "digits", "seeds": [0], "arch": {"name": "mlp", "hidden": [8]},
+         "train": {"log_dir": "runs"}}
+    with pytest.raises(StudyError, match="unknown key.*train.log_dir"):
+        Study.from_dict(d)
