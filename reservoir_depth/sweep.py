@@ -79,6 +79,9 @@ def execute(run: Run, progress: bool = False,
     With ``log_dir``, the run is written as TensorBoard events under ``log_dir/<study>/<run_id>``
     (train.TensorBoardLog), with its spectra measures (``spectra/<measure>``) when it measures them;
     the run's config and id do not change."""
+    if "log_dir" in run.train:  # one folder for every run of a study would mix their events
+        raise ValueError(f"study {run.study!r}: log_dir is not a [train] setting of a study; pass --log-dir DIR "
+                         f"(or run_study(..., log_dir=DIR)), which logs each run under DIR/<study>/<run_id>")
     d = dataset_of(run)
     model = build_model(run, d)
     init = copy.deepcopy(model) if run.spectra and run.method == "twin" else None

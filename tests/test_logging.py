@@ -142,6 +142,13 @@ def test_a_study_run_is_logged_under_its_run_id_with_its_spectra(tmp_path):
     assert run.run_id == Run(**{**run.__dict__}).run_id  # logging left the run's config alone
 
 
+def test_a_studys_train_table_cannot_set_log_dir(tmp_path):
+    run = Run("s", "digits", {"name": "mlp", "hidden": [8]}, "full", 0, train={"epochs": 1, "log_dir": str(tmp_path)})
+    with pytest.raises(ValueError, match=r"log_dir is not a \[train\] setting of a study; pass --log-dir DIR"):
+        execute(run)
+    assert files(tmp_path) == []
+
+
 def test_cli_log_dir_for_train_and_sweep(tmp_path, capsys):
     assert cli.main(["train", "--epochs", "1", "--hidden", "16", "--no-progress", "--log-dir",
                      str(tmp_path / "one")]) == 0
