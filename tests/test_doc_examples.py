@@ -78,7 +78,8 @@ def blocks(path: Path) -> list[Block]:
     while i < len(lines):
         m = re.fullmatch(r"```(\S*)\s*", lines[i])
         if m:
-            j = next(k for k in range(i + 1, len(lines)) if lines[k].startswith("```"))
+            j = next((k for k in range(i + 1, len(lines)) if lines[k].startswith("```")), None)
+            assert j is not None, f"{path.name}:{i + 1}: a fence that is never closed"
             before = lines[i - 1].strip() if i else ""
             out.append(Block(path, i + 1, m.group(1), "\n".join(lines[i + 1:j]),
                              before if before.startswith("<!--") else ""))
