@@ -217,9 +217,22 @@ def test_nrmse_is_the_trainers(compare):
 
 def test_esn_nrmse_on_the_tiny_split(compare):
     """A real reservoirpy ESN on the tiny Mackey-Glass split: one-step NRMSE well below 1 (it
-    forecasts), free-running finite; skipped without reservoirpy."""
+    forecasts); free-running, fed its own predictions after the washout, is worse than one-step
+    (equal would mean it read the true inputs); skipped without reservoirpy."""
     pytest.importorskip("reservoirpy", reason="the comparison needs `pip install reservoirpy`")
     study = Study.from_dict(tiny_study("reservoir_mackey_glass"))
     s = compare.split(study)
     out = compare.esn_run(s["X_train"], s["y_train"], s["X_test"], s["y_test"], s["washout"], dict(study.arch), 0)
     assert 0 < out["esn_nrmse"] < 0.2 and math.isfinite(out["esn_nrmse_free"])
+    assert out["esn_nrmse_free"] > 1.5 * out["esn_nrmse"]
+
+
+def test_ours_reads_the_studys_runs_from_its_store(compare, tmp_path):
+    """Our side of the comparison: the study's finished runs, by method and rank, from its results store."""
+    study = Study.from_dict(tiny_study("reservoir_lorenz"))
+    assert run_study(study, ResultsStore(tmp_path / "runs.sqlite", create=True), progress=False).done == 2
+    table = compare.ours(study, tmp_path)
+    assert sorted(table["method"]) == ["full", "lotta"]
+    lotta = table[table["method"] == "lotta"].iloc[0]
+    assert lotta["rank"] == TINY["reservoir_lorenz"][1] and lotta["test_nrmse_count"] == 1
+    assert np.isfinite(table[["test_nrmse_mean", "test_nrmse_free_mean"]].to_numpy(float)).all()
