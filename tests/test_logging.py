@@ -5,6 +5,7 @@ numbers; without log_dir nothing is written, tensorboard is not imported and run
 """
 
 import math
+import os
 import subprocess
 import sys
 import textwrap
@@ -177,3 +178,14 @@ def test_tensorboard_log_writes_finite_numbers_only(tmp_path):
     with TensorBoardLog(tmp_path) as log:
         log.scalars("x", {"a": 1.5, "b": float("nan"), "c": "text", "d": True, "e": 2}, 3)
     assert scalars(tmp_path) == {"x/a": [(3, 1.5)], "x/e": [(3, 2.0)]}
+
+
+def test_under_torchrun_rank_0_alone_writes_events(tmp_path):
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", "-m",
+           "reservoir_depth", "train", "--data", "digits", "--hidden", "tiny", "--rank", "2", "--epochs", "1",
+           "--no-progress", "--log-dir", str(tmp_path / "tb")]
+    res = subprocess.run(cmd, capture_output=True, text=True, timeout=300,
+                         env={**os.environ, "OMP_NUM_THREADS": "1"}, cwd=tmp_path)
+    assert res.returncode == 0, res.stderr[-3000:]
+    (events,) = files(tmp_path / "tb")  # one event file: two writers would leave two
+    assert "epoch/test_acc" in scalars(tmp_path / "tb")
