@@ -135,6 +135,21 @@ def test_a_block_that_is_not_run_gives_its_reason():
     assert not toml, f"a toml block is a file: mark it '<!-- file: NAME -->' (or not run, with a reason): {toml}"
 
 
+def test_blocks_read_languages_markers_and_continuation(tmp_path):
+    md = tmp_path / "x.md"
+    md.write_text("text\n\n<!-- not run: needs a GPU -->\n```bash\ntrain\n```\n<!-- not run: -->\n```python\n"
+                  "x = 1\n```\n<!-- file: s.toml -->\n```toml\n# continues the block above\na = 1\n```\n"
+                  "    indented\n\n    code\n")
+    (gpu, empty, toml), = [blocks(md)]
+    assert (gpu.lang, gpu.line, gpu.not_run, gpu.file, gpu.continues) == ("bash", 4, "needs a GPU", None, False)
+    assert empty.not_run == "" and empty.code == "x = 1"
+    assert (toml.file, toml.continues, toml.not_run) == ("s.toml", True, None)
+    assert indented_blocks(md) == [18]  # not line 16: it continues no paragraph but follows a fence line
+    md.write_text("```python\nx = 1\n")
+    with pytest.raises(AssertionError, match="never closed"):
+        blocks(md)
+
+
 def test_promised_output_reads_print_comments_and_arrows():
     code = 'print(x)  # 1, 2 ...\n# a -> b   a note\nx = 1  # not output'
     assert promised_output(code) == ["1, 2", "a -> b"]
