@@ -37,7 +37,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 DOCS = [ROOT / "README.md", *sorted(p for p in (ROOT / "docs").glob("*.md") if p.name != "api.md")]
-STRICT = [ROOT / "README.md", ROOT / "docs" / "guide.md"]  # no indented code blocks (theory.md's are equations)
+STRICT = [ROOT / "README.md", ROOT / "docs" / "guide.md", ROOT / "docs" / "results.md"]  # no indented code blocks (theory.md's are equations)
 RUN = ("python", "bash", "sh")
 LANGS = (*RUN, "toml", "text")
 CONTINUES = "# continues the block above"
