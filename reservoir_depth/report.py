@@ -272,7 +272,7 @@ def _points(v: float, metric: str) -> str:
     """A difference in metric units, as accuracy points (pp) or loss units."""
     if metric == "test_acc":
         return f"{100 * v:.2f} pp"
-    return f"{v:.4g} ({'bits per character' if metric == 'test_bpc' else 'NRMSE' if 'nrmse' in metric else 'loss units'})"
+    return f"{v:.4g} {'bits per character' if metric == 'test_bpc' else 'NRMSE' if 'nrmse' in metric else 'loss units'}"
 
 
 def rank_section(df, study: Study, metric: str) -> tuple[list[str], dict[float, float], dict[str, Any]]:
