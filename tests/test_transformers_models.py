@@ -31,6 +31,7 @@ from reservoir_depth.data import Dataset  # noqa: E402
 from reservoir_depth.spectra.probes import ActivationSpectra  # noqa: E402
 from reservoir_depth.scaffold import (LAYER_TYPES, ScaffoldConfig, matches, merge, scaffold,  # noqa: E402
                                      scaffold_layers)
+from test_doc_examples import promised_output  # noqa: E402  (one reading of a block's print comments)
 
 V, T, N = 50, 12, 4  # vocabulary, sequence length, batch
 
@@ -210,7 +211,7 @@ PATTERNS = {_gpt2: ["attn.c_attn", "attn.c_proj", "mlp.c_fc", "mlp.c_proj", "wpe
                      r"model\.layers\.1\.(self_attn|mlp)\..*"]}
 
 
-@settings(max_examples=8, deadline=None)
+@settings(max_examples=30, deadline=None)
 @given(data=st.data(), build=st.sampled_from(list(PATTERNS)), r=st.integers(0, 4),
        bias=st.sampled_from(["keep", "none"]))
 def test_any_choice_of_targets_is_the_original_at_init_and_merges_strictly(data, build, r, bias):
@@ -235,7 +236,8 @@ def test_any_choice_of_targets_is_the_original_at_init_and_merges_strictly(data,
     if bias == "keep":
         fresh = case.model(seed=1)
         fresh.load_state_dict(merge(model).state_dict(), strict=True)
-        torch.testing.assert_close(logits(fresh, x), logits(model, x), rtol=1e-4, atol=1e-5)
+        # float32: W = beta W_seed + s B A summed first vs. term by term, with B ~ N(0, 1): ~1e-5 apart
+        torch.testing.assert_close(logits(fresh, x), logits(model, x), rtol=1e-4, atol=1e-4)
 
 
 @pytest.mark.parametrize("case", [p for p in CASES if p.values[0].targets == ("all-linear",)])
@@ -421,18 +423,6 @@ def section_blocks(path: Path, heading: str) -> list[str]:
     start = text.index(f"\n## {heading}\n")
     end = text.find("\n## ", start + 1)
     return re.findall(r"```python\n(.*?)\n```", text[start:end if end > 0 else None], re.S)
-
-
-def promised_output(code: str) -> list[str]:
-    """What a block's comments say it prints: ``print(...)  # text`` and ``# a -> b   note`` lines
-    (a trailing '...' elides the rest)."""
-    out = []
-    for line in code.splitlines():
-        if line.lstrip().startswith("print(") and "  # " in line:
-            out.append(line.split("  # ", 1)[1].strip().removesuffix("...").strip())
-        elif line.startswith("# ") and " -> " in line:
-            out.append(re.split(r"\s{2,}", line[2:])[0])
-    return out
 
 
 def test_guide_scaffolding_your_own_model_runs_and_prints_what_it_says(tmp_path, monkeypatch, capsys):
