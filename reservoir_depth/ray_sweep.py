@@ -13,12 +13,10 @@ Ray is an optional extra (``pip install -e '.[ray]'``), imported only here.
 
 from __future__ import annotations
 
-import threading
 import time
 import traceback
 import uuid
-from contextlib import contextmanager
-from typing import Any, Iterator, Mapping
+from typing import Any, Mapping
 
 from tqdm.auto import tqdm
 
@@ -57,28 +55,6 @@ def _error(e: BaseException) -> str:
     return f"{type(e).__name__}: {e}\n{traceback.format_exc()}"
 
 
-@contextmanager
-def _leases(store: ResultsStore, held: set[str]) -> Iterator[None]:
-    """Beat every run in ``held`` (which the caller grows and shrinks) every lease / 4 seconds."""
-    stop = threading.Event()
-
-    def beats() -> None:
-        while not stop.wait(store.lease / 4):
-            for run_id in list(held):
-                try:
-                    store.beat(run_id)
-                except Exception:  # a busy store: the next beat tries again
-                    pass
-
-    thread = threading.Thread(target=beats, name="ray sweep leases", daemon=True)
-    thread.start()
-    try:
-        yield
-    finally:
-        stop.set()
-        thread.join()
-
-
 def run_study_ray(study: Mapping[str, Any], store: ResultsStore, address: str | None = None,
                   cpus: float | None = None, gpus: float | None = None, retry_failed: bool = False,
                   progress: bool = True) -> SweepCounts:
@@ -111,7 +87,7 @@ def run_study_ray(study: Mapping[str, Any], store: ResultsStore, address: str | 
     held: set[str] = set()
     bar = tqdm(total=len(runs), desc="sweep (ray)", disable=not progress, dynamic_ncols=True)
     try:
-        with _leases(store, held):
+        with store.hold_all(held):
             for run in runs:
                 cfg = {**run.config(), "version": __version__}
                 if not store.claim(run.run_id, run.study, cfg, run.seed, invocation=invocation,

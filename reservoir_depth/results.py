@@ -202,19 +202,27 @@ class ResultsStore:
 
     @contextmanager
     def hold(self, run_id: str) -> Iterator[None]:
-        """Keep this process's lease on ``run_id`` fresh while the block runs (a beat every
-        ``lease / 4`` seconds from a background thread)."""
+        """Keep this process's lease on ``run_id`` fresh while the block runs (hold_all of one run)."""
+        with self.hold_all({run_id}):
+            yield
+
+    @contextmanager
+    def hold_all(self, held: set[str]) -> Iterator[None]:
+        """Keep this process's leases on every run in ``held`` fresh while the block runs (a beat every
+        ``lease / 4`` seconds from one background thread); the caller may add and remove ids meanwhile.
+        A run taken over by another process is dropped from ``held``."""
         stop = threading.Event()
 
         def beats() -> None:
             while not stop.wait(self.lease / 4):
-                try:
-                    if not self.beat(run_id):
-                        return  # taken over: nothing left to hold
-                except sqlite3.OperationalError:
-                    pass  # the store is busy: try again at the next beat
+                for run_id in list(held):
+                    try:
+                        if not self.beat(run_id):
+                            held.discard(run_id)  # taken over: nothing left to hold
+                    except sqlite3.OperationalError:
+                        pass  # the store is busy: try again at the next beat
 
-        thread = threading.Thread(target=beats, name=f"lease {run_id}", daemon=True)
+        thread = threading.Thread(target=beats, name="leases", daemon=True)
         thread.start()
         try:
             yield
