@@ -43,6 +43,7 @@ import torch._dynamo
 import torch.nn.functional as F
 from torch import nn
 
+import _measure  # benchmarks/_measure.py
 from reservoir_depth.distributions import torch_rng
 from reservoir_depth.scaffold import ScaffoldConfig, ScaffoldLayer, ScaffoldLinear, matches, scaffold
 
@@ -234,20 +235,8 @@ def _loss(model, x, y, amp: bool, dev):
 
 
 def saved_bytes(model, x, y, amp: bool, dev) -> int:
-    """Bytes autograd keeps for backward (activations; parameters and buffers not counted),
-    measured with saved-tensor hooks (as benchmarks/bench_step.py)."""
-    own = {t.untyped_storage().data_ptr() for t in [*model.parameters(), *model.buffers()]}
-    seen: dict[int, int] = {}
-
-    def pack(t):
-        ptr = t.untyped_storage().data_ptr()
-        if ptr not in own:
-            seen[ptr] = t.untyped_storage().nbytes()
-        return t
-
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-        _loss(model, x, y, amp, dev)
-    return sum(seen.values())
+    """Bytes autograd keeps for backward in one loss computation (_measure.saved_bytes)."""
+    return _measure.saved_bytes(model, lambda: _loss(model, x, y, amp, dev))
 
 
 def run_variant(model, x, y, dev, warmup: int, steps: int, amp: bool) -> tuple[list[float], float]:

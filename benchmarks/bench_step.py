@@ -21,6 +21,7 @@ import time
 import torch
 import torch.nn.functional as F
 
+import _measure  # benchmarks/_measure.py
 from reservoir_depth.distributions import torch_rng
 from reservoir_depth.models import build
 from reservoir_depth.scaffold import ScaffoldConfig, ScaffoldLayer, ScaffoldLinear, scaffold
@@ -46,21 +47,12 @@ class plain_autograd:
 
 
 def saved_bytes(model, x, y, amp: bool, dev) -> int:
-    """Bytes autograd keeps for backward (activations; parameters and buffers not counted),
-    measured with saved-tensor hooks: a device-independent view of activation memory."""
-    own = {t.untyped_storage().data_ptr() for t in [*model.parameters(), *model.buffers()]}
-    seen: dict[int, int] = {}
+    """Bytes autograd keeps for backward in one forward and loss (_measure.saved_bytes)."""
 
-    def pack(t):
-        ptr = t.untyped_storage().data_ptr()
-        if ptr not in own:
-            seen[ptr] = t.untyped_storage().nbytes()
-        return t
-
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+    def forward():
         with torch.autocast("cuda", torch.bfloat16, enabled=amp and dev.type == "cuda"):
             F.cross_entropy(model(x).float(), y)
-    return sum(seen.values())
+    return _measure.saved_bytes(model, forward)
 
 
 def step_time(model, x, y, dev, steps: int, amp: bool) -> tuple[float, int]:

@@ -10,6 +10,7 @@ import pytest
 import torch
 
 _path = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_lm.py"
+sys.path.insert(0, str(_path.parent))  # as `python benchmarks/bench_lm.py` has it: the shared benchmarks/_measure.py
 _spec = importlib.util.spec_from_file_location("bench_lm", _path)
 bench_lm = sys.modules["bench_lm"] = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(bench_lm)
