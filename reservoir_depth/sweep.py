@@ -333,10 +333,11 @@ def adaptive_sweep(study: Mapping[str, Any], store: ResultsStore, eps: float, r_
 
     Returns (SearchResult, number of LottaLoRA runs it needed)."""
     from .rank import adaptive_search
+    from .report import higher_is_better
 
     task = dataset_of(runs_of(study)[0]).task
     metric = metric or ("test_acc" if task == "classification" else "test_loss")
-    higher = not metric.endswith("loss")
+    higher = higher_is_better(metric)
     base = runs_of(study, ranks=[])
     sweep(base, store, progress=progress)
     full_ids = {r.run_id for r in base if r.method == "full"}
