@@ -236,3 +236,70 @@ def test_ours_reads_the_studys_runs_from_its_store(compare, tmp_path):
     lotta = table[table["method"] == "lotta"].iloc[0]
     assert lotta["rank"] == TINY["reservoir_lorenz"][1] and lotta["test_nrmse_count"] == 1
     assert np.isfinite(table[["test_nrmse_mean", "test_nrmse_free_mean"]].to_numpy(float)).all()
+
+
+# ----------------------------------------------------------------------------- studies 7-10 (Fashion-MNIST medium)
+
+@pytest.fixture(scope="module")
+def fm_studies():
+    sys.path.insert(0, str(EXPERIMENTS))
+    try:
+        spec = importlib.util.spec_from_file_location("fashion_mnist_mlp_studies",
+                                                      EXPERIMENTS / "fashion_mnist_mlp_studies.py")
+        mod = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(mod)
+    finally:
+        sys.path.remove(str(EXPERIMENTS))
+    return mod
+
+
+def test_studies_vary_one_setting_each_over_the_width_medium_profile(fm_studies):
+    base = Study.load(EXPERIMENTS / "fashion_mnist_mlp_width_medium.toml")
+    studies = fm_studies.studies()
+    for name, d in studies.items():
+        s = Study.from_dict(d)
+        assert s.dataset == base.dataset and s.arch == base.arch and s.train == base.train, name
+        default = {"schedule": "static", "k": 1}
+        extra = {k: v for k, v in s.scaffold.items() if base.scaffold.get(k, default.get(k)) != v}
+        if name.startswith("schedule"):
+            sched = name.split()[1]
+            k = dict(fm_studies.SCHEDULES)[sched]
+            assert extra == ({} if sched == "static" else {"schedule": sched, **({"k": k} if k > 1 else {})})
+            assert s.full == (sched == "static") and list(s.ranks) == [2, 4, 8] and list(s.seeds) == [0, 1, 2]
+        elif name == "no scaffold":
+            assert extra == {"spec": {"name": "zeros"}}
+        elif name.startswith("family"):
+            assert extra == {"spec": {"name": name.split()[1], "version": 2}} and list(s.ranks) == [8]
+    assert {n.split()[1] for n in studies if n.startswith("schedule")} == {"static", "epoch", "step", "batch"}
+    assert dict(fm_studies.SCHEDULES) == {"static": 1, "epoch": 1, "step": 2, "batch": 4}  # the paper's k
+
+
+def test_families_are_the_zero_mean_fan_in_ones(fm_studies):
+    from reservoir_depth.distributions import DISTRIBUTIONS, DistributionSpec
+    fams = fm_studies.fan_in_families()
+    assert "normal" in fams and "uniform" in fams
+    for f in ("zeros", "cauchy", "lognormal", "exponential", "orthogonal", "kaiming_normal"):
+        assert f not in fams
+    for f in fams:
+        assert DISTRIBUTIONS[f].default_scaling == "fan_in" and DistributionSpec(f).mean == 0
+
+
+def test_swapped_model_has_the_other_scaffold_and_the_trained_rest(fm_studies, tiny_fashion):
+    _installed("fashion-mnist")
+    d = fm_studies.variant("static", ranks=[8])
+    d["dataset"] = {"name": "fashion-mnist", "n_train": 64}
+    runs = {r.seed: r for r in Study.from_dict(d).runs(ranks=[8], baselines=False)}
+    data_ = runs[0].data()
+    from reservoir_depth.sweep import build_model
+    own = build_model(runs[0], data_)
+    with torch.no_grad():
+        for p in own.parameters():
+            if p.requires_grad:
+                p.add_(0.1)  # "trained": differs from any fresh init
+    m = fm_studies.swapped(own.state_dict(), runs[1], data_)
+    other = build_model(runs[1], data_)
+    for (name, a), b, c in zip(m.named_buffers(), own.buffers(), other.buffers()):
+        if name.endswith("W_seed"):
+            assert torch.equal(a, c) and not torch.equal(a, b), name
+    for (name, a), b in zip(m.state_dict().items(), own.state_dict().values()):
+        assert torch.equal(a, b), name
