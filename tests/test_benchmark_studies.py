@@ -303,3 +303,28 @@ def test_swapped_model_has_the_other_scaffold_and_the_trained_rest(fm_studies, t
             assert torch.equal(a, c) and not torch.equal(a, b), name
     for (name, a), b in zip(m.state_dict().items(), own.state_dict().values()):
         assert torch.equal(a, b), name
+
+
+# ----------------------------------------------------------------------------- study 11: beta everywhere
+
+def test_beta_summary_reads_static_lotta_runs_only(tmp_path):
+    sys.path.insert(0, str(EXPERIMENTS))
+    try:
+        spec = importlib.util.spec_from_file_location("beta_summary", EXPERIMENTS / "beta_summary.py")
+        mod = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(mod)
+    finally:
+        sys.path.remove(str(EXPERIMENTS))
+    store = ResultsStore(tmp_path / "bench" / "runs.sqlite", create=True)
+    runs = [("a", {"method": "lotta", "scaffold": {"r": 2, "schedule": "static"}}, {"beta/fc1": 0.9, "beta/fc2": -0.1}),
+            ("b", {"method": "lotta", "scaffold": {"r": 2, "schedule": "epoch"}}, {"beta/fc1": 5.0, "beta/fc2": 5.0}),
+            ("c", {"method": "full"}, {"test_acc": 0.5}),
+            ("d", {"method": "lotta", "scaffold": {"r": 8}}, {"beta/fc1": 1.1})]  # no schedule key: static
+    for i, (run_id, cfg, metrics) in enumerate(runs):
+        store.claim(run_id, "s", {**cfg, "seed": i}, seed=i)
+        store.finish(run_id, metrics)
+    b = mod.betas(tmp_path)
+    assert sorted(zip(b["run_id"], b["layer"], b["beta"])) == [("a", "fc1", 0.9), ("a", "fc2", -0.1),
+                                                               ("d", "fc1", 1.1)]
+    s = mod.summary(b).iloc[0]
+    assert (s["runs"], s["<= 0"], s["min"], s["max"]) == (2, 1, -0.1, 1.1)
