@@ -45,6 +45,7 @@ TINY = {
     "reservoir_mackey_glass": ({"n_train": 800, "n_test": 400}, 2),
     "reservoir_lorenz": ({"n_train": 800, "n_test": 400}, 4),  # r = 4 > d_in = 3: W_in is capped
     "mnist1d_mlp": ({"num_samples": 300}, 2),
+    "mnist1d_one_hidden": ({"num_samples": 300}, 2),
     "fashion_mnist_mlp_width_tiny": ({"n_train": 64}, 2),
     "fashion_mnist_mlp_width_small": ({"n_train": 64}, 2),
     "fashion_mnist_mlp_width_medium": ({"n_train": 64}, 2),
