@@ -279,6 +279,7 @@ class ScaffoldLayer(Scaffolded):
         self.r, self.s = r, config.scale(r)  # eq. (1) with the layer's own rank
         self.register_buffer("W_seed", self._draw(0, dtype, device), persistent=False)
         self.register_buffer("_stack", None, persistent=False)
+        self.seed_dtype: torch.dtype | None = None  # W_seed held in the parameter dtype (set_seed_dtype)
         self.draw_id: Any = 0  # the W_seed in use: 0 (canonical), ["epoch", e] or ["cycle", i]
         self.beta = nn.Parameter(torch.ones((), dtype=dtype, device=device))
         # at r = 0, A and B are empty: they ask for no gradient (none ever reaches them)
@@ -328,6 +329,53 @@ class ScaffoldLayer(Scaffolded):
         w = draw(self.spec, shape, self.seed("W_seed", *salt), dtype=dtype, device=device)
         return w if self.fan_in_axis == 1 else w.T.contiguous()
 
+    @property
+    def param_dtype(self) -> torch.dtype:
+        """The dtype of the layer's parameters (beta, A, B), the dtype every draw is made in."""
+        return self.beta.dtype
+
+    def _held(self, which: Any, device: torch.device | str) -> torch.Tensor:
+        """Draw ``which`` as the layer holds it: drawn in the parameter dtype, then rounded to ``seed_dtype``
+        (the same bits autocast's cast of the parameter-dtype W_seed gives)."""
+        w = self._draw(which, self.param_dtype, device)
+        return w if self.seed_dtype is None else w.to(self.seed_dtype)
+
+    def canonical_seed(self) -> torch.Tensor:
+        """The W_seed in use (its draw_id) in the parameter dtype: W_seed itself, or regenerated when it is held
+        in a lower dtype. What an adapter file's fingerprint must be computed from."""
+        if self.seed_dtype is None:
+            return self.W_seed
+        return self._draw(0 if self.draw_id == 0 else tuple(self.draw_id), self.param_dtype, self.W_seed.device)
+
+    def set_seed_dtype(self, dtype: torch.dtype | None) -> None:
+        """Hold W_seed (and the k stacked scaffolds of a 'step' / 'batch' schedule) in ``dtype``, a floating
+        dtype no wider than the parameter dtype, e.g. the bf16 of autocast, so that no cast of W_seed runs
+        per step; None (or the parameter dtype) holds the draw itself again. beta, A, B and the bias keep the
+        parameter dtype, and every draw is still made in it and then rounded, so the draw, the config and
+        the run id do not change. Without autocast the product runs in the input's dtype (W_seed cast to it)."""
+        param = self.param_dtype
+        if dtype is not None and not (isinstance(dtype, torch.dtype) and dtype.is_floating_point
+                                      and torch.finfo(dtype).bits <= torch.finfo(param).bits):
+            raise ValueError(f"layer {self.name!r}: seed dtype must be a floating torch.dtype no wider than the "
+                             f"parameter dtype {param} (or None), got {dtype!r}")
+        dtype = None if dtype == param else dtype
+        canonical = self.seed_dtype is None and self.W_seed.dtype == param
+        self.seed_dtype = dtype
+        device = self.W_seed.device
+        if canonical:  # rounding the draw in place gives the same bits as drawing again
+            if self._stack is not None:
+                self._stack = self._stack.to(param if dtype is None else dtype)
+            else:
+                self.W_seed = self.W_seed.to(param if dtype is None else dtype)
+        else:  # widen by drawing again, never from the rounded values
+            if self._stack is not None:
+                self._stack = torch.stack([self._held(0, device)] + [self._held(("cycle", i), device)
+                                                                     for i in range(1, self.config.k)])
+            else:
+                self.W_seed = self._held(0 if self.draw_id == 0 else tuple(self.draw_id), device)
+        if self._stack is not None:
+            self.set_draw(self.draw_id)
+
     def _uniform(self, what: str, shape: tuple[int, ...], bound: float, dtype: torch.dtype) -> torch.Tensor:
         u = rng_for(self.seed(what)).uniform(-bound, bound, shape)
         return torch.from_numpy(u).to(dtype)
@@ -353,11 +401,11 @@ class ScaffoldLayer(Scaffolded):
         """Point W_seed at the draw ``draw_id`` (0, ["epoch", e] or ["cycle", i]), regenerated from the seed."""
         draw_id = self._check_draw_id(draw_id)
         if draw_id == 0:
-            w = self._stack[0] if self._stack is not None else self._draw(0, self.W_seed.dtype, self.W_seed.device)
+            w = self._stack[0] if self._stack is not None else self._held(0, self.W_seed.device)
         elif draw_id[0] == "cycle":
             w = self._stack[draw_id[1]]
         else:
-            w = self._draw(tuple(draw_id), self.W_seed.dtype, self.W_seed.device)
+            w = self._held(tuple(draw_id), self.W_seed.device)
         self.W_seed = w.to(self.W_seed.device)
         self.draw_id = draw_id
 
@@ -383,9 +431,9 @@ class ScaffoldLayer(Scaffolded):
         """Eq. (1), computed in the dtype of beta W_seed x (autocast's choice), as the fused path."""
         if self.config.schedule == "batch" and self.training and self._stack is not None:
             parts = x.tensor_split(self.config.k, dim=0)  # always k parts (some empty if batch < k)
-            h = torch.cat([self.base(p, self._stack[i]) for i, p in enumerate(parts)])
+            h = torch.cat([self.base(p, _frozen_for(self._stack[i], p)) for i, p in enumerate(parts)])
         else:
-            h = self.base(x, self.W_seed)
+            h = self.base(x, _frozen_for(self.W_seed, x))
         y = h * self.beta.to(h.dtype)
         if self.r:
             y = y + self.s * self.adapter(x).to(h.dtype)
@@ -401,7 +449,7 @@ class ScaffoldLayer(Scaffolded):
 
     def merged_weight(self) -> torch.Tensor:
         """W = beta * W_seed + s * B A (stored layout)."""
-        return self.beta * self.W_seed + self.delta()
+        return self.beta * self.W_seed.to(self.param_dtype) + self.delta()
 
     @property
     def weight(self) -> torch.Tensor:
@@ -411,14 +459,15 @@ class ScaffoldLayer(Scaffolded):
 
     def to_plain(self) -> nn.Module:
         """The replaced layer's own class holding W = beta W_seed + s B A and this layer's bias."""
-        w = self.W_seed  # the layer's current dtype and device (it may have moved since scaffold())
-        m = copy.deepcopy(self._template).to_empty(device=w.device).to(w.dtype)
+        # the layer's current parameter dtype and device (it may have moved since scaffold())
+        w = self.W_seed
+        m = copy.deepcopy(self._template).to_empty(device=w.device).to(self.param_dtype)
         with torch.no_grad():
             m.weight = nn.Parameter(self.merged_weight().detach().view(m.weight.shape).clone())
             if self.bias is None:
                 m.register_parameter("bias", None)
             else:
-                m.bias = nn.Parameter(self.bias.detach().to(w.dtype).clone())
+                m.bias = nn.Parameter(self.bias.detach().to(self.param_dtype).clone())
         return m
 
     def extra_repr(self) -> str:
@@ -426,20 +475,40 @@ class ScaffoldLayer(Scaffolded):
                 f"schedule={self.config.schedule}")
 
 
+def _compute_dtype(x: torch.Tensor) -> torch.dtype:
+    """The dtype autocast runs a matmul / conv of ``x`` in (float64 is never cast), else x's own."""
+    dev = x.device.type
+    if x.dtype != torch.float64 and torch.is_autocast_enabled(dev):
+        return torch.get_autocast_dtype(dev)
+    return x.dtype
+
+
+def _frozen_for(w: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """A frozen weight as an op on ``x`` takes it: as held under autocast (which casts what it must, and
+    nothing when W_seed is held in its dtype), else in x's dtype (a W_seed held in bf16 meets a float32
+    input without autocast); as held for integer x (an embedding's ids)."""
+    if w.dtype == x.dtype or not x.is_floating_point() or torch.is_autocast_enabled(x.device.type):
+        return w
+    return w.to(x.dtype)
+
+
 class _LottaLinear(torch.autograd.Function):
     """Eq. (1) for a Linear layer with a hand-written backward.
 
     No weight gradient for W_seed, and nothing saved but x and u = A x: the gradient
     of beta, <g, W x>, is computed as <g W, x>, where g W is needed for dL/dx anyway.
-    Every product runs in the dtype autocast chose for x W^T (bf16 on CUDA).
+    Every product runs in the dtype autocast chooses (bf16 on CUDA), else in x's dtype; x is
+    cast once for both products, and a W_seed held in that dtype (set_seed_dtype) is not cast at all.
     """
 
     @staticmethod
-    def forward(ctx, x, W, beta, A, B, s: float):
-        y = x @ W.T  # autocast decides the compute dtype here
-        dt = y.dtype
-        u = x.to(dt) @ A.to(dt).T
+    def forward(ctx, x0, W, beta, A, B, s: float):
+        dt = _compute_dtype(x0)
+        x = x0.to(dt)
+        y = x @ W.to(dt).T
+        u = x @ A.to(dt).T
         y.mul_(beta.to(dt)).addmm_(u, B.to(dt).T, alpha=s)  # in place: one output buffer
+        x = x0  # saved as given (a float32 input may be shared by several layers)
         ctx.save_for_backward(x, W, beta, A, B, u)
         ctx.s = s
         return y
@@ -512,6 +581,52 @@ class ScaffoldConv1D(ScaffoldLinear):
 _CONV_OPS = {1: F.conv1d, 2: F.conv2d}
 
 
+class _LottaConv(torch.autograd.Function):
+    """Eq. (1) for a Conv1d / Conv2d layer (groups = 1, integer padding) with a hand-written backward.
+
+    Forward: conv(x, beta W_seed) + b (W_seed scaled, not the larger output), then s B u added in place
+    by one batched matmul over positions, u = conv(x, A). Saved: x and u only (and the weights). Backward:
+    the conv's input gradient g -> W^T g serves dL/dx and the gradient of beta, <g, conv(x, W)> =
+    <W^T g, x>, as in _LottaLinear; dL/dA and A's part of dL/dx come from one convolution_backward;
+    no weight gradient for W_seed. Compute dtype as _LottaLinear.
+    """
+
+    @staticmethod
+    def forward(ctx, x0, W, beta, A, B, bias, s: float, stride, padding, dilation):
+        dt, conv = _compute_dtype(x0), _CONV_OPS[x0.dim() - 2]
+        x = x0.to(dt)
+        Wb = W.to(dt) * beta.to(dt)
+        y = conv(x, Wb, None if bias is None else bias.to(dt), stride, padding, dilation).contiguous()
+        u = conv(x, A.to(dt).view(A.shape[0], *W.shape[1:]), None, stride, padding, dilation).contiguous()
+        N, O, r = y.shape[0], y.shape[1], u.shape[1]
+        y.view(N, O, -1).baddbmm_(B.to(dt).expand(N, O, r), u.view(N, r, -1), alpha=s)
+        ctx.save_for_backward(x0, W, beta, A, B, u)
+        ctx.conf = (s, list(stride), list(padding), list(dilation), None if bias is None else bias.dtype)
+        return y
+
+    @staticmethod
+    def backward(ctx, g):
+        x0, W0, beta, A0, B0, u = ctx.saved_tensors
+        s, stride, padding, dilation, bias_dtype = ctx.conf
+        dt, g = g.dtype, g.contiguous()
+        x, W = x0.to(dt), W0.to(dt)
+        A = A0.to(dt).view(A0.shape[0], *W.shape[1:])
+        N, O, r = g.shape[0], g.shape[1], A.shape[0]
+        args = (None, stride, padding, dilation, False, [0] * (x.dim() - 2), 1)
+        gx = torch.ops.aten.convolution_backward(g, x, W, *args, [True, False, False])[0]  # W^T g
+        acc = torch.promote_types(dt, torch.float32)
+        grad_beta = torch.dot(gx.reshape(-1).to(acc), x.reshape(-1).to(acc)).to(beta.dtype)
+        g3 = g.view(N, O, -1)
+        gu = torch.matmul(B0.to(dt).T, g3).mul_(s).view(u.shape)  # s B^T g: (N, r, *spatial)
+        grad_B = torch.einsum("nol,nrl->or", g3, u.view(N, r, -1).to(dt)).mul_(s)
+        gxA, grad_A, _ = torch.ops.aten.convolution_backward(gu, x, A, *args, [True, ctx.needs_input_grad[3], False])
+        grad_x = gx.mul_(beta.to(dt)).add_(gxA)
+        grad_bias = g.sum(dim=(0, *range(2, g.dim()))).to(bias_dtype) if ctx.needs_input_grad[5] else None
+        grad_A = None if grad_A is None else grad_A.reshape(A0.shape).to(A0.dtype)
+        return (grad_x.to(x0.dtype), None, grad_beta, grad_A, grad_B.to(B0.dtype), grad_bias,
+                None, None, None, None)
+
+
 class ScaffoldConv(ScaffoldLayer):
     """nn.Conv1d / nn.Conv2d geometry (groups = 1, zero padding): W_seed (d_out, c_in, *kernel),
     A a conv with the kernel (r, c_in, *kernel), B a 1x1 conv (as peft)."""
@@ -546,6 +661,27 @@ class ScaffoldConv(ScaffoldLayer):
 
     def _bias_shape(self):
         return (1, -1) + (1,) * self.nd
+
+    def _fused_padding(self) -> tuple[int, ...] | None:
+        """The padding as ints per side for the fused path; None for an asymmetric 'same' (even kernel)."""
+        if self.padding == "valid":
+            return (0,) * self.nd
+        if self.padding == "same":
+            totals = [d * (k - 1) for k, d in zip(self.kernel_size, self.dilation)]
+            return None if any(t % 2 for t in totals) else tuple(t // 2 for t in totals)
+        return tuple(self.padding)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """The fused path (_LottaConv), but the generic one at r = 0, for the 'batch' schedule's k
+        scaffolds in training, and for an asymmetric 'same' padding."""
+        padding = self._fused_padding()
+        if (self.r == 0 or padding is None
+                or (self.config.schedule == "batch" and self.training and self._stack is not None)):
+            return super().forward(x)
+        unbatched = x.dim() == self.nd + 1
+        y = _LottaConv.apply(x.unsqueeze(0) if unbatched else x, self.W_seed, self.beta, self.lora_A, self.lora_B,
+                             self.bias, self.s, self.stride, padding, self.dilation)
+        return y.squeeze(0) if unbatched else y
 
 
 class ScaffoldConv1d(ScaffoldConv):
@@ -603,7 +739,7 @@ class ScaffoldEmbedding(ScaffoldLayer):
         return w
 
     def base(self, x, w):
-        return F.embedding(x, w)
+        return F.embedding(x, w).to(self.param_dtype)  # only the rows read, when W_seed is held lower
 
     def adapter(self, x):
         return F.embedding(x, self.lora_A.T, self.padding_idx) @ self.lora_B.T
@@ -718,7 +854,7 @@ class ScaffoldMultiheadAttention(Scaffolded):
     def to_plain(self) -> nn.MultiheadAttention:
         """nn.MultiheadAttention with in_proj_weight, in_proj_bias and out_proj of the merged layers."""
         w = self.in_proj.W_seed
-        m = copy.deepcopy(self._template).to_empty(device=w.device).to(w.dtype)
+        m = copy.deepcopy(self._template).to_empty(device=w.device).to(self.in_proj.param_dtype)
         packed = self.in_proj.to_plain()
         m.in_proj_weight = packed.weight
         if packed.bias is None:
@@ -1057,6 +1193,15 @@ def _units(model: nn.Module) -> list[tuple[str, Scaffolded]]:
 def betas(model: nn.Module) -> dict[str, float]:
     """beta of every scaffold layer, by layer name."""
     return {n: float(m.beta.detach()) for n, m in scaffold_layers(model)}
+
+
+def set_seed_dtype(model: nn.Module, dtype: torch.dtype | None) -> nn.Module:
+    """Hold every scaffold layer's W_seed in ``dtype`` (ScaffoldLayer.set_seed_dtype), e.g. torch.bfloat16
+    for bf16 autocast: half the memory and no cast of W_seed per step; None holds the draws in the parameter
+    dtype again. Call it after moving or converting the model. Returns the model."""
+    for _, m in scaffold_layers(model):
+        m.set_seed_dtype(dtype)
+    return model
 
 
 def advance(model: nn.Module, epoch: int | None = None, step: int | None = None) -> None:

@@ -1,0 +1,308 @@
+"""The fused scaffold paths (issue 11): W_seed held in a lower dtype, the fused conv function."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+import torch.nn.functional as F
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from torch import nn
+
+from reservoir_depth import io
+from reservoir_depth.distributions import draw, layer_seed
+from reservoir_depth.scaffold import (
+    ScaffoldConfig,
+    ScaffoldConv,
+    ScaffoldLayer,
+    ScaffoldLinear,
+    _LottaConv,
+    advance,
+    merge,
+    scaffold,
+    scaffold_layers,
+    set_seed_dtype,
+)
+
+BF16 = torch.bfloat16
+
+
+def gen(seed: int) -> torch.Generator:
+    return torch.Generator().manual_seed(seed)
+
+
+def canonical(config: ScaffoldConfig, shape, name: str, *salt) -> torch.Tensor:
+    """The float32 draw of layer ``name`` (scaffold 0, or the one of ``salt``), as documented."""
+    return draw(config.spec, tuple(shape), layer_seed(config.root_seed, name, "W_seed", *salt))
+
+
+def net() -> nn.Module:
+    return nn.Sequential(nn.Conv2d(3, 6, 3, padding=1), nn.ReLU(), nn.Flatten(), nn.Linear(6 * 5 * 5, 16),
+                         nn.ReLU(), nn.Linear(16, 4))
+
+
+def scaffolded(**kw) -> nn.Module:
+    torch.manual_seed(0)
+    return scaffold(net(), ScaffoldConfig(target_modules=["0", "3"], trainable=["5"], r=2, **kw))
+
+
+def perturb(model: nn.Module, seed: int = 0) -> None:
+    g = gen(seed)
+    with torch.no_grad():
+        for _, layer in scaffold_layers(model):
+            layer.lora_B.copy_(0.3 * torch.randn(layer.lora_B.shape, generator=g))
+            layer.beta.fill_(0.7)
+
+
+def reference64(layer: ScaffoldLayer, x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+    """Eq. (1) in float64 through plain autograd with W_seed = w."""
+    ref = copy.deepcopy(layer).double()
+    ref.W_seed = w.double()
+    return ScaffoldLayer.forward(ref, x.double())
+
+
+X = torch.randn(5, 3, 5, 5, generator=gen(1))
+
+
+# ----------------------------------------------------------------------------- W_seed held in a lower dtype
+
+def test_seed_dtype_holds_the_canonical_draw_rounded_and_leaves_what_trains_float32():
+    model = scaffolded(bias="frozen")
+    before = model.scaffold_config.to_dict()
+    assert set_seed_dtype(model, BF16) is model
+    for name, layer in scaffold_layers(model):
+        assert layer.seed_dtype == BF16 and layer.W_seed.dtype == BF16
+        assert torch.equal(layer.W_seed, canonical(model.scaffold_config, layer.weight_shape, name).to(BF16))
+        assert torch.equal(layer.canonical_seed(), canonical(model.scaffold_config, layer.weight_shape, name))
+        for p in (layer.beta, layer.lora_A, layer.lora_B, layer.bias):
+            assert p.dtype == torch.float32
+    assert model.scaffold_config.to_dict() == before  # the config (and so the run id) does not see it
+    set_seed_dtype(model, None)  # back: regenerated, not widened from the rounded values
+    for name, layer in scaffold_layers(model):
+        assert layer.seed_dtype is None
+        assert torch.equal(layer.W_seed, canonical(model.scaffold_config, layer.weight_shape, name))
+
+
+@pytest.mark.parametrize("dtype", [torch.int8, torch.float64, "bfloat16"])
+def test_seed_dtype_refuses_what_it_cannot_hold(dtype):
+    with pytest.raises(ValueError, match="seed dtype"):
+        set_seed_dtype(scaffolded(), dtype)
+
+
+@pytest.mark.parametrize("path", ["fused", "plain"])
+def test_cpu_forward_with_a_bf16_seed_computes_in_the_input_dtype(path):
+    """No autocast, x float32: W_seed is cast to x's dtype, so the output is eq. (1) with the bf16-rounded
+    W_seed to float32 rounding, and within bf16 rounding of the float64 reference with the canonical draw."""
+    model = scaffolded(bias="trainable")
+    perturb(model)
+    set_seed_dtype(model, BF16)
+    conv, fc = model[0], model[3]
+    xf = torch.randn(4, 150, generator=gen(2))
+    for layer, x in ((conv, X), (fc, xf)):
+        x = x.clone().requires_grad_()
+        y = layer(x) if path == "fused" else ScaffoldLayer.forward(layer, x)  # the generic autograd path
+        assert y.dtype == torch.float32
+        torch.testing.assert_close(y.double(), reference64(layer, x, layer.W_seed), rtol=1e-5, atol=1e-5)
+        exact = reference64(layer, x, layer.canonical_seed())
+        torch.testing.assert_close(y.double(), exact, rtol=2e-2, atol=2e-2 * float(exact.abs().max()))
+        y.square().sum().backward()
+        for p in (x, layer.beta, layer.lora_A, layer.lora_B, layer.bias):
+            assert p.grad is not None and p.grad.dtype == torch.float32
+        assert layer.W_seed.grad is None
+
+
+def test_cpu_autocast_with_a_bf16_seed():
+    model = scaffolded()
+    perturb(model)
+    set_seed_dtype(model, BF16)
+    x = X.clone().requires_grad_()
+    with torch.autocast("cpu", BF16):
+        y = model(x)
+    y.float().sum().backward()
+    ref = copy.deepcopy(model)
+    set_seed_dtype(ref, None)
+    torch.testing.assert_close(y.float(), ref(X), rtol=0.05, atol=0.05)
+    for _, layer in scaffold_layers(model):
+        assert layer.beta.grad.dtype == layer.lora_A.grad.dtype == layer.lora_B.grad.dtype == torch.float32
+    assert x.grad.dtype == torch.float32
+
+
+def test_embedding_with_a_bf16_seed_returns_the_parameter_dtype():
+    torch.manual_seed(0)
+    model = scaffold(nn.Sequential(nn.Embedding(11, 6)), ScaffoldConfig(target_modules=["0"], r=2))
+    perturb(model)
+    ids = torch.randint(0, 11, (3, 4), generator=gen(6))
+    ref = model[0](ids)
+    set_seed_dtype(model, BF16)
+    y = model[0](ids)
+    assert y.dtype == torch.float32
+    torch.testing.assert_close(y, ref, rtol=1e-2, atol=1e-2)
+    y.sum().backward()
+    assert model[0].lora_A.grad.dtype == model[0].beta.grad.dtype == torch.float32
+
+
+@pytest.mark.parametrize("schedule, k", [("epoch", 1), ("step", 3), ("batch", 2)])
+def test_destabilised_scaffolds_keep_the_held_dtype(schedule, k):
+    model = scaffolded(schedule=schedule, k=k)
+    set_seed_dtype(model, BF16)
+    config = model.scaffold_config
+    for name, layer in scaffold_layers(model):
+        if layer._stack is not None:
+            assert layer._stack.dtype == BF16
+            for i in range(1, k):
+                assert torch.equal(layer._stack[i], canonical(config, layer.weight_shape, name, "cycle", i).to(BF16))
+    advance(model, epoch=2, step=1)
+    for name, layer in scaffold_layers(model):
+        assert layer.W_seed.dtype == BF16
+        salt = {"epoch": ("epoch", 2), "step": ("cycle", 1), "batch": ()}[schedule]
+        assert torch.equal(layer.W_seed, canonical(config, layer.weight_shape, name, *salt).to(BF16))
+        assert torch.equal(layer.canonical_seed(), canonical(config, layer.weight_shape, name, *salt))
+    model.train()(X).sum().backward()  # the batch schedule's plain path runs with the held seeds
+
+
+def test_merge_gives_the_parameter_dtype():
+    model = scaffolded(bias="frozen")
+    perturb(model)
+    set_seed_dtype(model, BF16)
+    plain = merge(model)
+    assert {p.dtype for p in plain.parameters()} == {torch.float32}
+    assert type(plain[0]) is nn.Conv2d and type(plain[3]) is nn.Linear
+    torch.testing.assert_close(plain(X), model(X), rtol=1e-5, atol=1e-5)
+
+
+def _round_trip(model: nn.Module, path) -> nn.Module:
+    io.save(model, path)
+    torch.manual_seed(1)
+    return io.load(path, model=net())
+
+
+@pytest.mark.xfail(strict=True, reason="io fingerprints the W_seed a layer holds, not canonical_seed(): a bf16-held "
+                                       "seed fails the float32 check (change requested for reservoir_depth/io.py)")
+def test_bf16_held_seed_saves_and_loads(tmp_path):
+    model = scaffolded(schedule="epoch")
+    perturb(model)
+    set_seed_dtype(model, BF16)
+    advance(model, epoch=3)
+    loaded = _round_trip(model, tmp_path)
+    assert [layer.draw_id for _, layer in scaffold_layers(loaded)] == [["epoch", 3]] * 2
+    set_seed_dtype(loaded, BF16)
+    torch.testing.assert_close(loaded(X), model(X), rtol=0, atol=0)
+
+
+# ----------------------------------------------------------------------------- the fused conv path
+
+CONV_CASES = [  # (nd, c_in, c_out, kernel, stride, padding, dilation, r, bias)
+    (2, 3, 4, 3, 1, 1, 1, 2, True),
+    (2, 3, 5, 3, 2, 0, 1, 1, False),
+    (2, 2, 3, (3, 2), (2, 1), (1, 0), (1, 2), 2, True),
+    (2, 4, 4, 1, 1, 0, 1, 3, True),
+    (2, 3, 4, 3, 1, "same", 2, 2, False),
+    (2, 3, 4, 2, 1, "valid", 1, 2, True),
+    (1, 3, 4, 3, 1, 1, 1, 2, True),
+    (1, 2, 6, 5, 3, 2, 2, 1, False),
+    (1, 3, 4, 4, 1, "same", 1, 2, True),  # even kernel: asymmetric 'same' padding, the plain path
+]
+
+
+def conv_layer(nd, c_in, c_out, kernel, stride, padding, dilation, r, bias, seed=0, dtype=torch.float64):
+    cls = nn.Conv1d if nd == 1 else nn.Conv2d
+    conv = cls(c_in, c_out, kernel, stride=stride, padding=padding, dilation=dilation, bias=bias)
+    layer = scaffold(nn.Sequential(conv), ScaffoldConfig(target_modules=["0"], r=r, root_seed=seed,
+                                                         bias="trainable" if bias else "none"))[0].to(dtype)
+    g = gen(seed + 1)
+    with torch.no_grad():
+        layer.lora_B.copy_(torch.randn(layer.lora_B.shape, generator=g, dtype=dtype))
+        layer.beta.fill_(0.6 + seed % 5 / 4)
+    return layer
+
+
+def conv_input(layer, n=2, size=9, seed=3, dtype=torch.float64):
+    spatial = (size,) * layer.nd
+    return torch.randn(n, layer.in_channels, *spatial, generator=gen(seed), dtype=dtype, requires_grad=True)
+
+
+def _params(layer, x):
+    return [x, layer.beta, layer.lora_A, layer.lora_B] + ([layer.bias] if layer.bias is not None else [])
+
+
+def _agree(layer, x, rtol, atol, seed=0):
+    y, ref = layer(x), ScaffoldLayer.forward(layer, x)
+    torch.testing.assert_close(y, ref, rtol=rtol, atol=atol)
+    up = torch.randn(y.shape, generator=gen(seed), dtype=y.dtype)
+    params = _params(layer, x)
+    for a, b in zip(torch.autograd.grad(y, params, up), torch.autograd.grad(ref, params, up)):
+        torch.testing.assert_close(a, b, rtol=rtol, atol=atol)
+
+
+@pytest.mark.parametrize("case", CONV_CASES)
+def test_fused_conv_matches_plain_autograd_in_float64_and_passes_gradcheck(case):
+    layer = conv_layer(*case)
+    x = conv_input(layer)
+    _agree(layer, x, 1e-10, 1e-10)
+    padding = layer._fused_padding()
+    if padding is None:
+        return
+    W = layer.W_seed
+    fn = lambda x, beta, A, B, *bias: _LottaConv.apply(x, W, beta, A, B, *(bias or (None,)), layer.s,
+                                                       layer.stride, padding, layer.dilation)
+    small = conv_input(layer, n=1, size=6)
+    assert torch.autograd.gradcheck(fn, tuple(_params(layer, small)))
+
+
+@settings(max_examples=20, deadline=None)
+@given(st.sampled_from([1, 2]), st.integers(1, 4), st.integers(1, 6), st.integers(1, 3), st.integers(1, 2),
+       st.integers(0, 2), st.integers(1, 2), st.booleans(), st.integers(0, 2**16))
+def test_fused_conv_agrees_with_plain_autograd_in_float32(nd, c_in, c_out, kernel, stride, padding, dilation,
+                                                         bias, seed):
+    r = 1 + seed % min(c_out, c_in * kernel ** nd)
+    layer = conv_layer(nd, c_in, c_out, kernel, stride, padding, dilation, r, bias, seed, torch.float32)
+    size = max(dilation * (kernel - 1) + 1 - 2 * padding, 1) + seed % 5
+    x = conv_input(layer, n=1 + seed % 3, size=size, seed=seed, dtype=torch.float32)
+    _agree(layer, x, 1e-4, 1e-4, seed)
+
+
+def _saved_numel(layer, x) -> int:
+    """Elements of activation tensors autograd keeps for backward (not the layer's own tensors)."""
+    own = {t.untyped_storage().data_ptr() for t in [*layer.parameters(), *layer.buffers()]}
+    seen = {}
+
+    def pack(t):
+        if t.untyped_storage().data_ptr() not in own:
+            seen[t.untyped_storage().data_ptr()] = t.numel()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        layer(x)
+    return sum(seen.values())
+
+
+def test_fused_conv_keeps_only_x_and_a_x_for_backward():
+    layer = conv_layer(2, 4, 8, 3, 1, 1, 1, 2, True, dtype=torch.float32)
+    x = conv_input(layer, n=2, size=10, dtype=torch.float32)
+    u_numel = 2 * layer.r * 10 * 10
+    assert _saved_numel(layer, x) == x.numel() + u_numel
+
+
+def test_unbatched_conv_input_and_the_batch_schedule_take_the_plain_semantics():
+    layer = conv_layer(2, 3, 4, 3, 1, 1, 1, 2, True, dtype=torch.float32)
+    x = torch.randn(3, 7, 7, generator=gen(4))
+    torch.testing.assert_close(layer(x), ScaffoldLayer.forward(layer, x.unsqueeze(0)).squeeze(0))
+    torch.manual_seed(0)
+    model = scaffold(nn.Sequential(nn.Conv2d(3, 4, 3)), ScaffoldConfig(target_modules=["0"], r=2,
+                                                                        schedule="batch", k=2)).train()
+    layer, x = model[0], torch.randn(4, 3, 6, 6, generator=gen(5))
+    halves = [F.conv2d(p, w) for p, w in zip(x.tensor_split(2), layer._stack)]
+    torch.testing.assert_close(layer(x), torch.cat(halves) + layer.bias.view(1, -1, 1, 1))
+
+
+def test_fused_conv_under_cpu_autocast_returns_float32_gradients():
+    layer = conv_layer(2, 3, 4, 3, 1, 1, 1, 2, True, dtype=torch.float32)
+    x = conv_input(layer, dtype=torch.float32)
+    with torch.autocast("cpu", BF16):
+        y = layer(x)
+    assert y.dtype == BF16
+    y.float().sum().backward()
+    assert x.grad.dtype == layer.beta.grad.dtype == layer.lora_A.grad.dtype == layer.bias.grad.dtype == torch.float32
+    torch.testing.assert_close(y.float(), ScaffoldLayer.forward(layer, x.detach()), rtol=0.05, atol=0.05)
