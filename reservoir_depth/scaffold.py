@@ -616,14 +616,16 @@ class _LottaConv(torch.autograd.Function):
         gx = torch.ops.aten.convolution_backward(g, x, W, *args, [True, False, False])[0]  # W^T g
         acc = torch.promote_types(dt, torch.float32)
         grad_beta = torch.dot(gx.reshape(-1).to(acc), x.reshape(-1).to(acc)).to(beta.dtype)
-        g3 = g.view(N, O, -1)
-        gu = torch.matmul(B0.to(dt).T, g3).mul_(s).view(u.shape)  # s B^T g: (N, r, *spatial)
-        grad_B = torch.einsum("nol,nrl->or", g3, u.view(N, r, -1).to(dt)).mul_(s)
-        gxA, grad_A, _ = torch.ops.aten.convolution_backward(gu, x, A, *args, [True, ctx.needs_input_grad[3], False])
-        grad_x = gx.mul_(beta.to(dt)).add_(gxA)
+        g3, Bt = g.view(N, O, -1), B0.to(dt).T
+        # batched matmuls over the N images (a broadcast matmul or einsum would copy g transposed)
+        gu = torch.bmm(Bt.expand(N, r, O), g3).mul_(s).view(u.shape)  # s B^T g: (N, r, *spatial)
+        grad_B = torch.bmm(g3, u.view(N, r, -1).to(dt).transpose(1, 2)).sum(0).mul_(s)
+        need_x = ctx.needs_input_grad[0]
+        gxA, grad_A, _ = torch.ops.aten.convolution_backward(gu, x, A, *args, [need_x, ctx.needs_input_grad[3], False])
+        grad_x = gx.mul_(beta.to(dt)).add_(gxA).to(x0.dtype) if need_x else None
         grad_bias = g.sum(dim=(0, *range(2, g.dim()))).to(bias_dtype) if ctx.needs_input_grad[5] else None
         grad_A = None if grad_A is None else grad_A.reshape(A0.shape).to(A0.dtype)
-        return (grad_x.to(x0.dtype), None, grad_beta, grad_A, grad_B.to(B0.dtype), grad_bias,
+        return (grad_x, None, grad_beta, grad_A, grad_B.to(B0.dtype), grad_bias,
                 None, None, None, None)
 
 

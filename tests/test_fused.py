@@ -306,3 +306,15 @@ def test_fused_conv_under_cpu_autocast_returns_float32_gradients():
     y.float().sum().backward()
     assert x.grad.dtype == layer.beta.grad.dtype == layer.lora_A.grad.dtype == layer.bias.grad.dtype == torch.float32
     torch.testing.assert_close(y.float(), ScaffoldLayer.forward(layer, x.detach()), rtol=0.05, atol=0.05)
+
+
+def test_fused_conv_without_an_input_gradient_still_trains_beta_a_b():
+    """The first layer's input needs no gradient: the fused backward skips dL/dx and keeps the rest."""
+    layer = conv_layer(2, 1, 6, 3, 1, 1, 1, 2, True)
+    x = conv_input(layer).detach()
+    params = _params(layer, x)[1:]
+    up = torch.randn(layer(x).shape, generator=gen(7), dtype=torch.float64)
+    fused = torch.autograd.grad(layer(x), params, up)
+    plain = torch.autograd.grad(ScaffoldLayer.forward(layer, x), params, up)
+    for a, b in zip(fused, plain):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-10)
