@@ -740,6 +740,8 @@ class ScaffoldEmbedding(ScaffoldLayer):
             w[self.padding_idx] = 0
         return w
 
+    # No fused path: on the CPU (V = D = 256, 2048 tokens) eq. (1) through plain autograd costs ~5 ms and
+    # 2 MiB saved per step, well under 1% of an LM step with it; a fused one would save D floats per token.
     def base(self, x, w):
         return F.embedding(x, w).to(self.param_dtype)  # only the rows read, when W_seed is held lower
 
