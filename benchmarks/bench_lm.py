@@ -1,25 +1,30 @@
-"""Training step of a Llama-style LM built several ways, side by side in one run.
+"""Training step of a model built several ways, side by side in one run.
 
-The same decoder LM (token embedding, pre-norm blocks: RMSNorm, causal attention
-with rotary positions through F.scaled_dot_product_attention, SwiGLU MLP; final
-RMSNorm, lm_head) built from one seed, trained one AdamW step at a time:
+--model llama (the default): the same decoder LM (token embedding, pre-norm blocks:
+RMSNorm, causal attention with rotary positions through F.scaled_dot_product_attention,
+SwiGLU MLP; final RMSNorm, lm_head) built from one seed; --model mlp: the toolkit's
+medium MLP (784 -> 512 -> 256 -> 128 -> 64 -> 10, ReLU, no dropout; batch 128, the
+Fashion-MNIST studies' shape). Each trained one AdamW step at a time:
 
     full   every weight trains
     ours   reservoir_depth.scaffold: y = beta W_seed x + s B A x on the q, k, v, o
-           and MLP projections (r = 8, alpha = 16), the fused Linear path
+           and MLP projections (the MLP: its hidden layers) (r = 8, alpha = 16), the
+           fused Linear path
     plain  the same scaffolded model through generic autograd (ScaffoldLayer.forward,
            eq. 1 as a straightforward PyTorch implementation writes it)
-    peft   peft's LoRA on the same projections (r = 8, lora_alpha = 16), base frozen
+    peft   peft's LoRA on the same layers (r = 8, lora_alpha = 16), base frozen
 
-Embedding, norms and lm_head train in every variant. With --compile each variant is
-also run under torch.compile ("+compile", each block compiled: PyTorch's regional
-compilation; a failure is reported as a row). Variants
+Embedding, norms and lm_head (the MLP: its head) train in every variant. With --compile
+each variant is also run under torch.compile ("+compile", each block compiled: PyTorch's
+regional compilation; the MLP whole; a failure is reported as a row). --seed-dtype
+bfloat16 holds W_seed of ours and plain in bf16 (scaffold.set_seed_dtype). Variants
 run interleaved over rounds; the step time is the median of the per-step times after
 warm-up. Ratios are to full training in the same run: step time, and memory: peak
 allocated memory on CUDA, activation bytes saved for backward on CPU.
 
     python benchmarks/bench_lm.py --preset cpu --device cpu --threads 1
     python benchmarks/bench_lm.py --preset 150m --compile --json lm_150m.json
+    python benchmarks/bench_lm.py --model mlp --device cpu --threads 1 --compile
 """
 
 from __future__ import annotations
@@ -45,7 +50,8 @@ from torch import nn
 
 import _measure  # benchmarks/_measure.py
 from reservoir_depth.distributions import torch_rng
-from reservoir_depth.scaffold import ScaffoldConfig, ScaffoldLayer, ScaffoldLinear, matches, scaffold
+from reservoir_depth.models import build as build_arch
+from reservoir_depth.scaffold import ScaffoldConfig, ScaffoldLayer, ScaffoldLinear, matches, scaffold, set_seed_dtype
 
 
 # -- the model -----------------------------------------------------------------------------
@@ -65,6 +71,20 @@ PRESETS = {
     "cpu": LMConfig(vocab=256, d=256, n_layers=4, n_heads=4, hidden=704, context=128, batch=16),
     "150m": LMConfig(vocab=32000, d=1024, n_layers=12, n_heads=16, hidden=2816, context=512, batch=32),
 }
+
+
+@dataclass(frozen=True)
+class MLPConfig:
+    """The toolkit's MLP family (reservoir_depth.models.MLP) at one size; dropout off."""
+
+    d_in: int
+    hidden: str
+    n_out: int
+    batch: int
+
+
+MLP_PRESETS = {"medium": MLPConfig(d_in=784, hidden="medium", n_out=10, batch=128)}
+MLP_TARGETS, MLP_TRAINABLE = (r"layers\.\d+",), ("head",)  # the family's scaffold_targets / _trainable
 PROJECTIONS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 TRAINABLE = ("embed", r".*norm", "lm_head")  # trained in every variant besides the adapters
 RANK, ALPHA = 8, 16.0
@@ -156,8 +176,14 @@ class PlainScaffoldLinear(ScaffoldLinear):
     forward = ScaffoldLayer.forward
 
 
+def _targets(model: nn.Module) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """(adapted layers, other trained modules) of the LM or the MLP."""
+    return (PROJECTIONS, TRAINABLE) if isinstance(model, LM) else (MLP_TARGETS, MLP_TRAINABLE)
+
+
 def _ours(model: nn.Module) -> nn.Module:
-    return scaffold(model, ScaffoldConfig(target_modules=PROJECTIONS, trainable=TRAINABLE, r=RANK, alpha=ALPHA))
+    targets, trainable = _targets(model)
+    return scaffold(model, ScaffoldConfig(target_modules=targets, trainable=trainable, r=RANK, alpha=ALPHA))
 
 
 def _plain(model: nn.Module) -> nn.Module:
@@ -176,12 +202,17 @@ def _plain_of(model: nn.Module) -> nn.Module:
 def _peft(model: nn.Module) -> nn.Module:
     from peft import LoraConfig, inject_adapter_in_model  # a benchmark-only dependency
 
-    model = inject_adapter_in_model(LoraConfig(target_modules=list(PROJECTIONS), r=RANK, lora_alpha=ALPHA,
+    targets, trainable = _targets(model)
+    if isinstance(model, LM):
+        targets = list(targets)
+    else:  # peft takes one str as a regex (full match): the same layers as ours
+        targets = "|".join(f"(?:{p})" for p in targets)
+    model = inject_adapter_in_model(LoraConfig(target_modules=targets, r=RANK, lora_alpha=ALPHA,
                                                lora_dropout=0.0, bias="none"), model)
-    for n, p in model.named_parameters():  # the same trainable set as ours: adapters + TRAINABLE modules
+    for n, p in model.named_parameters():  # the same trainable set as ours: adapters + trainable modules
         p.requires_grad_("lora_" in n)
     for n, m in model.named_modules():
-        if n and matches(n, TRAINABLE):
+        if n and matches(n, trainable):
             for p in m.parameters():
                 p.requires_grad_(True)
     return model
@@ -190,17 +221,24 @@ def _peft(model: nn.Module) -> nn.Module:
 BUILDERS = {"full": lambda m: m, "ours": _ours, "plain": _plain, "peft": _peft}
 
 
-def build(variant: str, c: LMConfig, dev: torch.device | str = "cpu") -> nn.Module:
-    """The LM of ``variant`` ("full", "ours", "plain", "peft"), every one from seed 0."""
+def base_model(c: LMConfig | MLPConfig) -> nn.Module:
+    """The model every variant starts from (draws from torch's global RNG: call under torch_rng)."""
+    if isinstance(c, MLPConfig):
+        return build_arch("mlp", d_in=c.d_in, n_out=c.n_out, hidden=c.hidden, dropout=0.0)
+    return LM(c)
+
+
+def build(variant: str, c: LMConfig | MLPConfig, dev: torch.device | str = "cpu") -> nn.Module:
+    """The model of ``variant`` ("full", "ours", "plain", "peft"), every one from seed 0."""
     with torch_rng(0):
-        model = LM(c)
+        model = base_model(c)
     return BUILDERS[variant](model).to(dev)
 
 
 def compile_blocks(model: nn.Module) -> nn.Module:
-    """torch.compile each block (regional compilation: one graph serves every block, so
-    compiling a 12-layer model costs about one block's compile time)."""
-    for block in model.layers:
+    """torch.compile each block of the LM (regional compilation: one graph serves every block, so
+    compiling a 12-layer model costs about one block's compile time); the MLP as a whole."""
+    for block in model.layers if isinstance(model, LM) else [model]:
         block.compile()
     return model
 
@@ -305,19 +343,30 @@ def _rounds(names, proto, times, info, x, y, dev, warmup, steps, rounds, amp) ->
             _free(dev)
 
 
-def benchmark(c: LMConfig, dev: torch.device, variants: list[str], compile_: bool, warmup: int, steps: int,
-              rounds: int, amp: bool) -> list[dict[str, Any]]:
-    """One row per variant (and per "+compile" variant): median step time, tokens/s, memory and
-    their ratios to full training measured in the same run."""
+def inputs(c: LMConfig | MLPConfig, dev: torch.device) -> tuple[torch.Tensor, torch.Tensor, int, str]:
+    """(x, y, items per step, their unit): a batch of tokens, or of 784-pixel images and labels."""
     g = torch.Generator().manual_seed(0)
+    if isinstance(c, MLPConfig):
+        x = torch.randn(c.batch, c.d_in, generator=g).to(dev)
+        return x, torch.randint(0, c.n_out, (c.batch,), generator=g).to(dev), c.batch, "samples"
     tokens = torch.randint(0, c.vocab, (c.batch, c.context + 1), generator=g).to(dev)
-    x, y = tokens[:, :-1].contiguous(), tokens[:, 1:].contiguous()
+    return tokens[:, :-1].contiguous(), tokens[:, 1:].contiguous(), c.batch * c.context, "tokens"
+
+
+def benchmark(c: LMConfig | MLPConfig, dev: torch.device, variants: list[str], compile_: bool, warmup: int,
+              steps: int, rounds: int, amp: bool, seed_dtype: torch.dtype | None = None) -> list[dict[str, Any]]:
+    """One row per variant (and per "+compile" variant): median step time, tokens (samples) per s, memory
+    and their ratios to full training measured in the same run. ``seed_dtype``: W_seed of ours and plain
+    held in it (set_seed_dtype)."""
+    x, y, items, unit = inputs(c, dev)
     names = [v + s for s in ("", "+compile") if s == "" or compile_ for v in variants]
     times: dict[str, list[float]] = {n: [] for n in names}
     info: dict[str, dict[str, Any]] = {n: {} for n in names}
     proto: dict[str, nn.Module] = {}  # built once on the CPU (drawing W_seed is the slow part), copied per run
     for v in variants:
         proto[v] = _plain_of(proto["ours"]) if v == "plain" and "ours" in proto else build(v, c)
+        if v in ("ours", "plain") and seed_dtype is not None:
+            set_seed_dtype(proto[v], seed_dtype)
     with _strict_compile():
         _rounds(names, proto, times, info, x, y, dev, warmup, steps, rounds, amp)
     full = statistics.median(times["full"])
@@ -330,7 +379,7 @@ def benchmark(c: LMConfig, dev: torch.device, variants: list[str], compile_: boo
         t = statistics.median(times[name])
         mem = info[name]["peak"] if dev.type == "cuda" else info[name].get("saved")
         mem_full = ref["peak"] if dev.type == "cuda" else ref.get("saved")
-        rows.append({"variant": name, "ms_per_step": 1e3 * t, "tokens_per_s": c.batch * c.context / t,
+        rows.append({"variant": name, "ms_per_step": 1e3 * t, f"{unit}_per_s": items / t,
                      "time_vs_full": t / full, "memory_mib": None if mem is None else mem / 2**20,
                      "memory_vs_full": None if mem is None else mem / mem_full,
                      "trainable": info[name]["trainable"], "adapter": info[name]["adapter"],
@@ -343,13 +392,15 @@ def _num(v: float | None, fmt: str, unit: str = "") -> str:
 
 
 def markdown(rows: list[dict[str, Any]], memory: str) -> str:
-    head = f"| variant | ms/step | tokens/s | time vs full | {memory} MiB | memory vs full | trainable | frozen dtype |"
+    unit = next((k.removesuffix("_per_s") for r in rows for k in r if k.endswith("_per_s")), "tokens")
+    head = f"| variant | ms/step | {unit}/s | time vs full | {memory} MiB | memory vs full | trainable | frozen dtype |"
     lines = [head, "|" + "---|" * head.count(" | ") + "---|"]
     for r in rows:
         if "error" in r:
             lines.append(f"| {r['variant']} | failed: {r['error'].replace('|', '/')} |  |  |  |  |  |  |")
         else:
-            lines.append(f"| {r['variant']} | {r['ms_per_step']:.1f} | {r['tokens_per_s']:,.0f} | "
+            lines.append(f"| {r['variant']} | {r['ms_per_step']:.1f} | "
+                         f"{r[unit + '_per_s']:,.0f} | "
                          f"{r['time_vs_full']:.2f}x | {_num(r['memory_mib'], '.1f')} | {_num(r['memory_vs_full'], '.2f', 'x')} | "
                          f"{r['trainable']:,} | {r['frozen_dtype']} |")
     return "\n".join(lines)
@@ -365,7 +416,9 @@ def _device(name: str) -> torch.device:
 
 def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--preset", choices=sorted(PRESETS), default="cpu")
+    p.add_argument("--model", choices=("llama", "mlp"), default="llama")
+    p.add_argument("--preset", default=None, help=f"llama: {', '.join(sorted(PRESETS))} (default cpu); "
+                                                  f"mlp: {', '.join(MLP_PRESETS)} (the default)")
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
     p.add_argument("--steps", type=int, default=None, help="timed steps per variant and round")
     p.add_argument("--warmup", type=int, default=None, help="untimed steps per variant and round")
@@ -376,7 +429,13 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
                    help="bf16 autocast (default: on for CUDA, off for CPU)")
     p.add_argument("--json", type=Path, default=None, help="also write the results as JSON here")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    p.add_argument("--seed-dtype", choices=("bfloat16", "float16"), default=None,
+                   help="hold W_seed of ours and plain in this dtype (scaffold.set_seed_dtype)")
     a = p.parse_args(argv)
+    presets: dict[str, Any] = PRESETS if a.model == "llama" else MLP_PRESETS
+    a.preset = a.preset if a.preset is not None else ("cpu" if a.model == "llama" else "medium")
+    if a.preset not in presets:
+        p.error(f"--preset {a.preset!r} is not one of --model {a.model}'s: {', '.join(sorted(presets))}")
     variants = [v.strip() for v in a.variants.split(",") if v.strip()]
     bad = [v for v in variants if v not in VARIANTS]
     if bad or len(set(variants)) != len(variants):
@@ -394,10 +453,11 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
         torch.set_num_threads(a.threads)
     dev = _device(a.device)
     amp = dev.type == "cuda" if a.amp is None else a.amp
-    c = PRESETS[a.preset]
-    rows = benchmark(c, dev, variants, a.compile, warmup, steps, rounds, amp)
+    c = presets[a.preset]
+    seed_dtype = None if a.seed_dtype is None else getattr(torch, a.seed_dtype)
+    rows = benchmark(c, dev, variants, a.compile, warmup, steps, rounds, amp, seed_dtype)
     with torch_rng(0):
-        ref = LM(c)
+        ref = base_model(c)
     n_total = sum(q.numel() for q in ref.parameters())
     n_blocks = sum(q.numel() for q in ref.layers.parameters())
     del ref
@@ -407,13 +467,21 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
                                                             *(sys.argv[1:] if argv is None else argv)])
     print(f"command: {command}")
     print(f"device: {card}; torch {torch.__version__}; bf16 autocast: {amp}")
-    print(f"model: Llama-style LM, preset {a.preset}: {asdict(c)}; {n_total / 1e6:.1f}M parameters "
-          f"({n_blocks / 1e6:.1f}M in the blocks, {(n_total - n_blocks) / 1e6:.1f}M embedding, norm and lm_head); "
-          f"adapters r = {RANK}, alpha = {ALPHA:g} on {', '.join(PROJECTIONS)}")
+    if a.model == "llama":
+        print(f"model: Llama-style LM, preset {a.preset}: {asdict(c)}; {n_total / 1e6:.1f}M parameters "
+              f"({n_blocks / 1e6:.1f}M in the blocks, {(n_total - n_blocks) / 1e6:.1f}M embedding, norm and lm_head); "
+              f"adapters r = {RANK}, alpha = {ALPHA:g} on {', '.join(PROJECTIONS)}")
+    else:
+        print(f"model: MLP, preset {a.preset}: {asdict(c)}; {n_total / 1e6:.2f}M parameters "
+              f"({n_blocks / 1e6:.2f}M in the hidden layers); adapters r = {RANK}, alpha = {ALPHA:g} on the "
+              f"hidden layers, head trained")
+    if seed_dtype is not None:
+        print(f"W_seed of ours and plain held in {a.seed_dtype}")
     print(f"median of {steps} steps x {rounds} rounds after {warmup} warm-up steps; memory: {memory}")
     print(markdown(rows, memory))
     if a.json is not None:
         a.json.write_text(json.dumps({"command": command, "device": card, "torch": torch.__version__, "amp": amp,
+                                      "model": a.model, "seed_dtype": a.seed_dtype,
                                       "preset": a.preset, "config": asdict(c), "parameters": n_total,
                                       "block_parameters": n_blocks, "r": RANK, "alpha": ALPHA, "memory": memory,
                                       "steps": steps, "warmup": warmup, "rounds": rounds, "rows": rows},

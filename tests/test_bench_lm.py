@@ -85,3 +85,39 @@ def test_compiled_variants_run():
     rows = bench_lm.main(["--preset", "tiny", "--device", "cpu", "--steps", "1", "--warmup", "1", "--rounds", "1",
                           "--variants", "full,ours,plain", "--compile"])
     assert all(math.isfinite(r.get("time_vs_full", math.nan)) for r in rows), rows
+
+
+def test_the_medium_mlp_runs_every_variant_on_the_same_layers(capsys):
+    rows = bench_lm.main(["--model", "mlp", "--device", "cpu", "--steps", "1", "--warmup", "0", "--rounds", "1"])
+    printed = capsys.readouterr().out
+    assert [r["variant"] for r in rows] == list(bench_lm.VARIANTS)
+    assert "| variant | ms/step | samples/s |" in printed and "model: MLP, preset medium" in printed
+    for r in rows:
+        assert math.isfinite(r["samples_per_s"]) and r["samples_per_s"] > 0
+    c = bench_lm.MLP_PRESETS["medium"]
+    dims = (c.d_in, 512, 256, 128, 64)
+    expected = sum(8 * (a + b) for a, b in zip(dims[:-1], dims[1:]))  # r (d_in + d_out) per hidden layer
+    head = 64 * 10 + 10
+    models = {v: bench_lm.build(v, c) for v in bench_lm.VARIANTS}
+    for v in ("ours", "plain", "peft"):
+        assert bench_lm.adapter_parameters(models[v]) == expected, v
+    trainable = {v: sum(p.numel() for p in m.parameters() if p.requires_grad) for v, m in models.items()}
+    assert trainable["peft"] == expected + head
+    assert trainable["ours"] == trainable["plain"] == expected + head + 4  # one beta per hidden layer
+    x = torch.randn(3, c.d_in, generator=torch.Generator().manual_seed(0))
+    torch.testing.assert_close(models["plain"](x), models["ours"](x))
+    torch.testing.assert_close(models["peft"](x), models["full"](x))  # B = 0: peft starts at the base model
+
+
+def test_seed_dtype_holds_w_seed_of_ours_and_plain(capsys):
+    rows = bench_lm.main(["--preset", "tiny", "--device", "cpu", "--steps", "1", "--warmup", "0", "--rounds", "1",
+                          "--variants", "full,ours,plain", "--seed-dtype", "bfloat16"])
+    dtypes = {r["variant"]: r["frozen_dtype"] for r in rows}
+    assert dtypes["ours"] == dtypes["plain"] == "bfloat16" and dtypes["full"] == "-"
+    assert "W_seed of ours and plain held in bfloat16" in capsys.readouterr().out
+
+
+def test_refuses_a_preset_of_the_other_model(capsys):
+    with pytest.raises(SystemExit):
+        bench_lm.main(["--model", "mlp", "--preset", "cpu", "--device", "cpu"])
+    assert "--preset" in capsys.readouterr().err
