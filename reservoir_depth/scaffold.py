@@ -497,6 +497,8 @@ class _LottaLinear(torch.autograd.Function):
 
     No weight gradient for W_seed, and nothing saved but x and u = A x: the gradient
     of beta, <g, W x>, is computed as <g W, x>, where g W is needed for dL/dx anyway.
+    Where x needs no gradient (a first layer), g W would serve beta only: W x is kept
+    instead (one output's memory for a product's time).
     Every product runs in the dtype autocast chooses (bf16 on CUDA), else in x's dtype; x is
     cast once for both products, and a W_seed held in that dtype (set_seed_dtype) is not cast at all.
     """
@@ -505,27 +507,32 @@ class _LottaLinear(torch.autograd.Function):
     def forward(ctx, x0, W, beta, A, B, s: float):
         dt = _compute_dtype(x0)
         x = x0.to(dt)
-        y = x @ W.to(dt).T
+        h = x @ W.to(dt).T
         u = x @ A.to(dt).T
-        y.mul_(beta.to(dt)).addmm_(u, B.to(dt).T, alpha=s)  # in place: one output buffer
-        x = x0  # saved as given (a float32 input may be shared by several layers)
-        ctx.save_for_backward(x, W, beta, A, B, u)
+        need_x = ctx.needs_input_grad[0]
+        y = h.mul_(beta.to(dt)) if need_x else h * beta.to(dt)  # in place where h is not kept
+        y.addmm_(u, B.to(dt).T, alpha=s)
+        # x saved as given (a float32 input may be shared by several layers)
+        ctx.save_for_backward(x0, W, beta, A, B, u, *(() if need_x else (h,)))
         ctx.s = s
         return y
 
     @staticmethod
     def backward(ctx, g):
-        x0, W, beta, A0, B0, u = ctx.saved_tensors
+        x0, W, beta, A0, B0, u, *h = ctx.saved_tensors
         s, dt = ctx.s, g.dtype  # compute in the gradient's dtype, return each grad in its input's
-        x, W, A, B = x0.to(dt), W.to(dt), A0.to(dt), B0.to(dt)
-        gW = g @ W
+        x, A, B = x0.to(dt), A0.to(dt), B0.to(dt)
         acc = torch.promote_types(dt, torch.float32)
-        grad_beta = torch.dot(gW.reshape(-1).to(acc), x.reshape(-1).to(acc)).to(beta.dtype)
         gB = g @ B
-        grad_x = gW.mul_(beta.to(dt)).addmm_(gB, A, alpha=s)
+        if h:  # x needs no gradient: <g, W x> from the kept W x
+            grad_beta, grad_x = torch.dot(g.reshape(-1).to(acc), h[0].reshape(-1).to(acc)), None
+        else:
+            gW = g @ W.to(dt)
+            grad_beta = torch.dot(gW.reshape(-1).to(acc), x.reshape(-1).to(acc))
+            grad_x = gW.mul_(beta.to(dt)).addmm_(gB, A, alpha=s).to(x0.dtype)
         grad_A = (s * gB.T @ x).to(A0.dtype)
         grad_B = (s * g.T @ u.to(dt)).to(B0.dtype)
-        return grad_x.to(x0.dtype), None, grad_beta, grad_A, grad_B, None
+        return grad_x, None, grad_beta.to(beta.dtype), grad_A, grad_B, None
 
 
 class ScaffoldLinear(ScaffoldLayer):

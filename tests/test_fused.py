@@ -19,6 +19,7 @@ from reservoir_depth.scaffold import (
     ScaffoldLayer,
     ScaffoldLinear,
     _LottaConv,
+    _LottaLinear,
     advance,
     merge,
     scaffold,
@@ -318,3 +319,21 @@ def test_fused_conv_without_an_input_gradient_still_trains_beta_a_b():
     plain = torch.autograd.grad(ScaffoldLayer.forward(layer, x), params, up)
     for a, b in zip(fused, plain):
         torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-10)
+
+
+@pytest.mark.parametrize("three_d", [False, True])
+def test_fused_linear_without_an_input_gradient_matches_plain_autograd(three_d):
+    """A first layer (x needs no gradient) keeps W x for beta's gradient instead of forming g W."""
+    layer = ScaffoldLinear(7, 5, "fc", ScaffoldConfig(r=2, bias="trainable")).double()
+    with torch.no_grad():
+        layer.lora_B.normal_(generator=gen(8))
+        layer.beta.fill_(0.4)
+    x = torch.randn((3, 4, 7) if three_d else (6, 7), generator=gen(9), dtype=torch.float64)
+    params = [layer.beta, layer.lora_A, layer.lora_B, layer.bias]
+    y, ref = layer(x), ScaffoldLayer.forward(layer, x)
+    torch.testing.assert_close(y, ref, rtol=1e-12, atol=1e-12)
+    up = torch.randn(y.shape, generator=gen(10), dtype=torch.float64)
+    for a, b in zip(torch.autograd.grad(y, params, up), torch.autograd.grad(ref, params, up)):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-10)
+    fn = lambda beta, A, B: _LottaLinear.apply(x.reshape(-1, 7), layer.W_seed, beta, A, B, layer.s)
+    assert torch.autograd.gradcheck(fn, (layer.beta, layer.lora_A, layer.lora_B))
