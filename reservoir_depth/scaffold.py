@@ -531,7 +531,7 @@ class _LottaLinear(torch.autograd.Function):
             grad_beta = torch.dot(gW.reshape(-1).to(acc), x.reshape(-1).to(acc))
             grad_x = gW.mul_(beta.to(dt)).addmm_(gB, A, alpha=s).to(x0.dtype)
         grad_A = (s * gB.T @ x).to(A0.dtype)
-        grad_B = (s * g.T @ u.to(dt)).to(B0.dtype)
+        grad_B = (u.to(dt).T @ g).mul_(s).T.to(B0.dtype).contiguous()  # (g^T u as a wide product: faster on CPUs)
         return grad_x, None, grad_beta.to(beta.dtype), grad_A, grad_B, None
 
 
