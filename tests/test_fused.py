@@ -337,3 +337,23 @@ def test_fused_linear_without_an_input_gradient_matches_plain_autograd(three_d):
         torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-10)
     fn = lambda beta, A, B: _LottaLinear.apply(x.reshape(-1, 7), layer.W_seed, beta, A, B, layer.s)
     assert torch.autograd.gradcheck(fn, (layer.beta, layer.lora_A, layer.lora_B))
+
+
+@pytest.mark.slow
+def test_fused_paths_compile_and_agree_with_eager():
+    """torch.compile traces both autograd functions (conv and linear) to the eager outputs and gradients."""
+    torch.manual_seed(0)
+    model = scaffold(nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 8, 3, stride=2),
+                                   nn.Flatten(), nn.Linear(8 * 7 * 7, 4)),
+                     ScaffoldConfig(target_modules=["0", "2", "4"], r=2))
+    perturb(model)
+    x = torch.randn(4, 3, 16, 16, generator=gen(11))
+    ref = model(x)
+    ref.square().sum().backward()
+    grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+    model.zero_grad()
+    y = torch.compile(model)(x)
+    y.square().sum().backward()
+    torch.testing.assert_close(y, ref, rtol=1e-5, atol=1e-5)
+    for n, g in grads.items():
+        torch.testing.assert_close(dict(model.named_parameters())[n].grad, g, rtol=1e-4, atol=1e-5)
