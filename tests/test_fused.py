@@ -357,3 +357,37 @@ def test_fused_paths_compile_and_agree_with_eager():
     torch.testing.assert_close(y, ref, rtol=1e-5, atol=1e-5)
     for n, g in grads.items():
         torch.testing.assert_close(dict(model.named_parameters())[n].grad, g, rtol=1e-4, atol=1e-5)
+
+
+def _copies_of(shape, fn) -> int:
+    """How many dtype copies (aten._to_copy) of a tensor of ``shape`` ``fn()`` makes."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    class Count(TorchDispatchMode):
+        n = 0
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            if func is torch.ops.aten._to_copy.default and tuple(args[0].shape) == tuple(shape):
+                Count.n += 1
+            return func(*args, **(kwargs or {}))
+
+    with Count():
+        fn()
+    return Count.n
+
+
+@pytest.mark.parametrize("which", ["linear", "conv"])
+def test_under_autocast_a_bf16_seed_is_never_cast(which):
+    model = scaffolded()
+    perturb(model)
+    layer = model[3] if which == "linear" else model[0]
+    x = (torch.randn(4, 150, generator=gen(12)) if which == "linear" else X).requires_grad_()
+
+    def step():
+        with torch.autocast("cpu", BF16):
+            y = layer(x)
+        y.float().sum().backward()
+
+    assert _copies_of(layer.W_seed.shape, step) >= 2  # float32 seeds: cast in forward and backward
+    set_seed_dtype(model, BF16)
+    assert _copies_of(layer.W_seed.shape, step) == 0
