@@ -747,8 +747,9 @@ class ScaffoldEmbedding(ScaffoldLayer):
             w[self.padding_idx] = 0
         return w
 
-    # No fused path: on the CPU (V = D = 256, 2048 tokens) eq. (1) through plain autograd costs ~5 ms and
-    # 2 MiB saved per step, well under 1% of an LM step with it; a fused one would save D floats per token.
+    # No fused path: on the CPU (V = D = 256, 2048 tokens, one thread) eq. (1) through plain autograd costs ~5 ms
+    # and 2 MiB saved per step, about 1% of the step of an LM that size (bench_lm.py --preset cpu); a fused one
+    # would save D floats per token.
     def base(self, x, w):
         return F.embedding(x, w).to(self.param_dtype)  # only the rows read, when W_seed is held lower
 
