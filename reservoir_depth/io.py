@@ -147,7 +147,7 @@ def _regenerated(model: nn.Module) -> dict[str, torch.Tensor]:
     """Every tensor a load regenerates instead of reading: each layer's W_seed and frozen tensors."""
     out = {}
     for name, layer in scaffold_layers(model):
-        out[f"{name}.W_seed"] = layer.W_seed
+        out[f"{name}.W_seed"] = layer.canonical_seed()  # the draw in the parameter dtype, however it is held
         out.update({f"{name}.{local}": getattr(layer, local) for local in layer.frozen()})
     return out
 

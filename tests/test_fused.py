@@ -179,8 +179,6 @@ def _round_trip(model: nn.Module, path) -> nn.Module:
     return io.load(path, model=net())
 
 
-@pytest.mark.xfail(strict=True, reason="io fingerprints the W_seed a layer holds, not canonical_seed(): a bf16-held "
-                                       "seed fails the float32 check (change requested for reservoir_depth/io.py)")
 def test_bf16_held_seed_saves_and_loads(tmp_path):
     model = scaffolded(schedule="epoch")
     perturb(model)
