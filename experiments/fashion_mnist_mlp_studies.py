@@ -8,8 +8,9 @@ families. Every study uses the width-family profile of experiments/fashion_mnist
      layer per epoch (full training runs beside the static study);
   8. no scaffold: W_seed = 0 (the zeros family) at r in {2, 4, 8};
   9. seeds: r = 8 on root seeds 0-9; then the r = 8 models of seeds 0-2 are trained again in this
-     process (checked against the stored accuracy) and each is evaluated with its W_seed swapped
-     for another seed's (adapters, beta, head and biases kept): how far it collapses;
+     process with the workers' thread count (checked against the stored accuracy) and each is
+     evaluated with its W_seed swapped for another seed's (adapters, beta, head and biases kept):
+     how far it collapses;
  10. families: every zero-mean, finite-variance family with the fan-in rule at r = 8 (draw v2).
 
     python experiments/fashion_mnist_mlp_studies.py --out docs/results/fashion_mnist_mlp_studies --workers 2
@@ -20,6 +21,7 @@ Writes runs.sqlite, studies.md, the CSVs, beta.png and provenance.json to --out 
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import numpy as np
@@ -162,6 +164,8 @@ def main() -> None:
     traj = beta_trajectories(store, frames)
     traj.to_csv(out / "beta_trajectories.csv", index=False)
     plot(traj, out / "beta.png")
+    if a.workers > 1:  # retrain with the workers' thread count: a CPU run reproduces for a seed and a thread count
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) // a.workers))
     swap = swap_scaffolds(all_studies["schedule static"])
     swap.to_csv(out / "swap.csv", index=False)
     static = frames["schedule static"]
@@ -192,6 +196,7 @@ def main() -> None:
         f"Swapped scaffolds (r = 8, seeds {SEEDS}, trained again in this process: own-scaffold accuracy "
         + ", ".join(f"{own[s]:.2f}" for s in SEEDS) + " against the stored "
         + ", ".join(f"{100 * stored.loc[s, 'test_acc']:.2f}" for s in SEEDS)
+        + "; a difference is float rounding: a thread count or a version of the code other than the stored runs'"
         + f"): on another seed's W_seed, {other.mean():.2f} +- {other.std(ddof=1):.2f} % "
         f"(min {other.min():.2f}, max {other.max():.2f}; {len(other)} pairs).", "",
         f"Families (r = 8, draw v2, fan-in rule, {len(fam)} zero-mean finite-variance families): "
@@ -210,5 +215,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    torch.set_num_threads(2)
     main()
