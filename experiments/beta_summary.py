@@ -1,5 +1,6 @@
 """Issue 10, study 11: the learned beta of every LottaLoRA run under a static scaffold, read from
-every committed results store (docs/results/*/runs.sqlite); nothing is trained.
+every committed results store (docs/results/*/runs.sqlite); nothing is trained. Runs of the zeros
+family (W_seed = 0, the no-scaffold control) are left out: their beta multiplies nothing.
 
 The paper: beta strictly positive everywhere, median about 0.92 in Transformers. Per benchmark
 (the study name): runs, layers, min / median / max of the final beta over every (run, layer),
@@ -21,6 +22,7 @@ from reservoir_depth.results import ResultsStore
 from reservoir_depth.study import Columns
 
 SCHEDULE = "cfg.scaffold.schedule"
+SPEC = "cfg.scaffold.spec.name"
 
 
 def betas(results: Path) -> pd.DataFrame:
@@ -33,6 +35,8 @@ def betas(results: Path) -> pd.DataFrame:
         df = df[(df[Columns.METHOD] == "lotta")]
         if SCHEDULE in df:
             df = df[df[SCHEDULE].fillna("static") == "static"]
+        if SPEC in df:  # W_seed = 0: beta multiplies nothing and gets no gradient
+            df = df[df[SPEC] != "zeros"]
         cols = [c for c in df.columns if c.startswith(Columns.BETA)]
         for _, run in df.iterrows():
             for c in cols:

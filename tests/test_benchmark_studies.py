@@ -320,7 +320,8 @@ def test_beta_summary_reads_static_lotta_runs_only(tmp_path):
     runs = [("a", {"method": "lotta", "scaffold": {"r": 2, "schedule": "static"}}, {"beta/fc1": 0.9, "beta/fc2": -0.1}),
             ("b", {"method": "lotta", "scaffold": {"r": 2, "schedule": "epoch"}}, {"beta/fc1": 5.0, "beta/fc2": 5.0}),
             ("c", {"method": "full"}, {"test_acc": 0.5}),
-            ("d", {"method": "lotta", "scaffold": {"r": 8}}, {"beta/fc1": 1.1})]  # no schedule key: static
+            ("d", {"method": "lotta", "scaffold": {"r": 8}}, {"beta/fc1": 1.1}),  # no schedule key: static
+            ("e", {"method": "lotta", "scaffold": {"r": 8, "spec": {"name": "zeros"}}}, {"beta/fc1": 0.98})]
     for i, (run_id, cfg, metrics) in enumerate(runs):
         store.claim(run_id, "s", {**cfg, "seed": i}, seed=i)
         store.finish(run_id, metrics)
