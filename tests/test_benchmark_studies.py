@@ -154,15 +154,20 @@ def test_smallest_profile_runs_end_to_end(name, tmp_path, tiny_fashion):
 
 # ----------------------------------------------------------------------------- the reservoirpy comparison
 
-def _compare_module():
+def _experiment(name: str):
+    """experiments/<name>.py as a module."""
     sys.path.insert(0, str(EXPERIMENTS))  # the script imports _common as `python experiments/x.py` does
     try:
-        spec = importlib.util.spec_from_file_location("reservoir_esn_compare", EXPERIMENTS / "reservoir_esn_compare.py")
+        spec = importlib.util.spec_from_file_location(name, EXPERIMENTS / f"{name}.py")
         mod = importlib.util.module_from_spec(spec)
         spec.loader.exec_module(mod)
     finally:
         sys.path.remove(str(EXPERIMENTS))
     return mod
+
+
+def _compare_module():
+    return _experiment("reservoir_esn_compare")
 
 
 @pytest.fixture(scope="module")
@@ -243,15 +248,7 @@ def test_ours_reads_the_studys_runs_from_its_store(compare, tmp_path):
 
 @pytest.fixture(scope="module")
 def fm_studies():
-    sys.path.insert(0, str(EXPERIMENTS))
-    try:
-        spec = importlib.util.spec_from_file_location("fashion_mnist_mlp_studies",
-                                                      EXPERIMENTS / "fashion_mnist_mlp_studies.py")
-        mod = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(mod)
-    finally:
-        sys.path.remove(str(EXPERIMENTS))
-    return mod
+    return _experiment("fashion_mnist_mlp_studies")
 
 
 def test_studies_vary_one_setting_each_over_the_width_medium_profile(fm_studies):
@@ -309,13 +306,7 @@ def test_swapped_model_has_the_other_scaffold_and_the_trained_rest(fm_studies, t
 # ----------------------------------------------------------------------------- study 11: beta everywhere
 
 def test_beta_summary_reads_static_lotta_runs_only(tmp_path):
-    sys.path.insert(0, str(EXPERIMENTS))
-    try:
-        spec = importlib.util.spec_from_file_location("beta_summary", EXPERIMENTS / "beta_summary.py")
-        mod = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(mod)
-    finally:
-        sys.path.remove(str(EXPERIMENTS))
+    mod = _experiment("beta_summary")
     store = ResultsStore(tmp_path / "bench" / "runs.sqlite", create=True)
     runs = [("a", {"method": "lotta", "scaffold": {"r": 2, "schedule": "static"}}, {"beta/fc1": 0.9, "beta/fc2": -0.1}),
             ("b", {"method": "lotta", "scaffold": {"r": 2, "schedule": "epoch"}}, {"beta/fc1": 5.0, "beta/fc2": 5.0}),
