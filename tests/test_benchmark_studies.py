@@ -321,3 +321,27 @@ def test_beta_summary_reads_static_lotta_runs_only(tmp_path):
                                                                ("d", "fc1", 1.1)]
     s = mod.summary(b).iloc[0]
     assert (s["runs"], s["<= 0"], s["min"], s["max"]) == (2, 1, -0.1, 1.1)
+
+
+# ----------------------------------------------------------------------------- the width-family table
+
+def test_width_family_reads_recovery_and_r_star_from_the_stores(tmp_path, monkeypatch, capsys):
+    mod = _experiment("width_family")
+    gap = {"tiny": 0.095, "small": 0.015}  # accuracy at r = full - gap / (r + 1): no ties with an eps
+    for w, g in gap.items():
+        study = Study.load(EXPERIMENTS / f"fashion_mnist_mlp_width_{w}.toml")
+        store = ResultsStore(tmp_path / study.study / "runs.sqlite", create=True)
+        for run in study.runs():
+            acc = 0.9 if run.method in ("full", "twin") else 0.9 - g / (run.scaffold["r"] + 1)
+            store.claim(run.run_id, run.study, run.config(), seed=run.seed)
+            store.finish(run.run_id, {"test_acc": acc, "trainable_fraction": 0.5}, trainable=100, total=200)
+    monkeypatch.setattr(sys, "argv", ["width_family.py", "--results", str(tmp_path), "--out", str(tmp_path / "out")])
+    mod.main()
+    assert "small" in capsys.readouterr().out  # large and medium: no store, named with the command to make one
+    t = __import__("pandas").read_csv(tmp_path / "out" / "width.csv").set_index("width")
+    tiny, small = t.loc["tiny (128-64)"], t.loc["small (256-128-64)"]
+    assert tiny["runs"] == "27 of 27" and tiny["full %"] == pytest.approx(90.0)
+    assert tiny["recovery r = 8"] == pytest.approx((0.9 - 0.095 / 9) / 0.9)
+    assert tiny["r*(0.01)"].startswith("16 [16, 16]") and tiny["r*(0.02)"].startswith("4 [4, 4]")  # gap/(r+1) <= eps
+    assert small["r*(0.01)"].startswith("1 [1, 1]") and small["r*(0.02)"].startswith("0 [0, 0]")
+    assert len(t) == 2
