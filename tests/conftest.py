@@ -1,4 +1,6 @@
 import os
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -35,3 +37,19 @@ def make_blobs(n_train=256, n_test=128, d=16, n_classes=3, seed=0) -> Dataset:
 @pytest.fixture
 def blobs() -> Dataset:
     return make_blobs()
+
+
+def torchrun(args, nproc: int = 2, cwd=None) -> subprocess.CompletedProcess:
+    """``python -m torch.distributed.run --standalone --nproc-per-node nproc *args`` (one thread per process);
+    asserts it exits 0 (showing the end of stderr) and returns the result. nproc = 1 runs ``python *args``."""
+    launch = [sys.executable] if nproc == 1 else \
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", str(nproc)]
+    res = subprocess.run([*launch, *map(str, args)], capture_output=True, text=True, timeout=300,
+                         env={**os.environ, "OMP_NUM_THREADS": "1"}, cwd=cwd)
+    assert res.returncode == 0, res.stderr[-3000:]
+    return res
+
+
+TRAIN_TINY = ["-m", "reservoir_depth", "train", "--data", "digits", "--hidden", "tiny", "--rank", "2", "--epochs", "1",
+              "--no-progress"]
+"""`reservoir-depth train` on digits, tiny MLP, r = 2, one epoch: the command line the torchrun tests launch."""

@@ -2,14 +2,12 @@
 process with the same global batch; only trainable tensors are all-reduced; rank 0 writes."""
 
 import json
-import os
-import subprocess
-import sys
 import textwrap
 
 import pytest
 import torch
 
+from conftest import TRAIN_TINY, torchrun
 from reservoir_depth import distributed
 from reservoir_depth.models import build
 from reservoir_depth.scaffold import ScaffoldConfig, scaffold
@@ -40,13 +38,7 @@ SCRIPT = textwrap.dedent("""
 def _run(tmp_path, nproc):
     script = tmp_path / "train.py"
     script.write_text(SCRIPT)
-    out = tmp_path / f"out{nproc}"
-    cmd = [sys.executable, str(script), str(out)] if nproc == 1 else \
-        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", str(nproc),
-         str(script), str(out)]
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    res = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
-    assert res.returncode == 0, res.stderr[-3000:]
+    torchrun([script, tmp_path / f"out{nproc}"], nproc=nproc)
     return [json.loads((tmp_path / f"out{nproc}.{r}.json").read_text()) for r in range(nproc)]
 
 
@@ -89,10 +81,5 @@ def test_only_trainable_tensors_are_reduced():
 
 def test_cli_train_under_torchrun_writes_once(tmp_path):
     """`torchrun -m reservoir_depth train --save DIR`: both processes train, rank 0 alone prints and saves."""
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", "-m",
-           "reservoir_depth", "train", "--data", "digits", "--hidden", "tiny", "--rank", "2", "--epochs", "1",
-           "--no-progress", "--save", str(tmp_path / "adapter")]
-    res = subprocess.run(cmd, capture_output=True, text=True, timeout=300,
-                         env={**os.environ, "OMP_NUM_THREADS": "1"}, cwd=tmp_path)
-    assert res.returncode == 0, res.stderr[-3000:]
+    res = torchrun([*TRAIN_TINY, "--save", tmp_path / "adapter"], cwd=tmp_path)
     assert res.stdout.count("trainable") == 1 and (tmp_path / "adapter" / "adapter.json").exists()

@@ -5,7 +5,6 @@ numbers; without log_dir nothing is written, tensorboard is not imported and run
 """
 
 import math
-import os
 import subprocess
 import sys
 import textwrap
@@ -13,8 +12,8 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-import torch
 
+from conftest import TRAIN_TINY, torchrun
 from reservoir_depth import cli, distributed
 from reservoir_depth.distributions import torch_rng
 from reservoir_depth.models import build
@@ -181,11 +180,6 @@ def test_tensorboard_log_writes_finite_numbers_only(tmp_path):
 
 
 def test_under_torchrun_rank_0_alone_writes_events(tmp_path):
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", "-m",
-           "reservoir_depth", "train", "--data", "digits", "--hidden", "tiny", "--rank", "2", "--epochs", "1",
-           "--no-progress", "--log-dir", str(tmp_path / "tb")]
-    res = subprocess.run(cmd, capture_output=True, text=True, timeout=300,
-                         env={**os.environ, "OMP_NUM_THREADS": "1"}, cwd=tmp_path)
-    assert res.returncode == 0, res.stderr[-3000:]
+    torchrun([*TRAIN_TINY, "--log-dir", tmp_path / "tb"], cwd=tmp_path)
     (events,) = files(tmp_path / "tb")  # one event file: two writers would leave two
     assert "epoch/test_acc" in scalars(tmp_path / "tb")
