@@ -11,12 +11,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 from _common import parser, write_provenance
 
 from reservoir_depth.models.mlp import SIZES
-from reservoir_depth.report import markdown, saturation
+from reservoir_depth.report import fmt_rank, markdown, saturation
 from reservoir_depth.results import ResultsStore
 from reservoir_depth.study import Columns, Study
 from reservoir_depth.sweep import study_frame
@@ -30,9 +29,8 @@ def rstar(df: pd.DataFrame, study: Study, eps: float) -> str:
     s = saturation(df, study, "test_acc", eps)
     if s is None:
         return "n/a"
-    fmt = lambda r: f"> {max(study.ranks)}" if not np.isfinite(r) else f"{int(r)}"
-    lo, hi = s.ci_
-    return f"{fmt(s.r_star_)} [{fmt(lo)}, {fmt(hi)}]"
+    lo, hi = (fmt_rank(r, s.max_rank_) for r in s.ci_)
+    return f"{fmt_rank(s.r_star_, s.max_rank_)} [{lo}, {hi}]"
 
 
 def main() -> None:

@@ -262,7 +262,8 @@ def saturation(df, study: Study, metric: str, eps: float, relative: bool = False
                           **kwargs).fit(ranks, V, full, paired=paired)
 
 
-def _fmt_r(r: float, max_rank: int | None = None) -> str:
+def fmt_rank(r: float, max_rank: int | None = None) -> str:
+    """A rank as reports write it: an integer, or "> max_rank" for inf (not saturated up to max_rank)."""
     if math.isinf(r):
         return f"> {max_rank}" if max_rank is not None else "> max rank"
     return str(int(r))
@@ -295,8 +296,8 @@ def rank_section(df, study: Study, metric: str) -> tuple[list[str], dict[float, 
         margin = _points(sr.margin_, metric) if math.isfinite(sr.margin_) else ""
         if margin and metric == "test_acc" and len(n_test):  # the margin in test images, summed over the seeds
             margin += f" ({round(sr.margin_ * int(n_test.iloc[0]) * sr.n_seeds_)} test images)"
-        rows.append(f"| {eps_cell} | {_fmt_r(sr.r_star_, sr.max_rank_)} | [{_fmt_r(sr.ci_[0], sr.max_rank_)}, "
-                    f"{_fmt_r(sr.ci_[1], sr.max_rank_)}] | {kind} | {margin} | {sr.max_rank_} |")
+        rows.append(f"| {eps_cell} | {fmt_rank(sr.r_star_, sr.max_rank_)} | [{fmt_rank(sr.ci_[0], sr.max_rank_)}, "
+                    f"{fmt_rank(sr.ci_[1], sr.max_rank_)}] | {kind} | {margin} | {sr.max_rank_} |")
         summary.append({"eps": eps, "relative": relative, "r_star": sr.r_star_, "ci": list(sr.ci_),
                         "ci_kind": sr.ci_kind_, "paired": sr.paired_, "n_seeds": sr.n_seeds_,
                         "margin": sr.margin_, "threshold": sr.threshold_, "full": sr.full_,
@@ -427,7 +428,7 @@ def spectra_section(study: Study, df, store: ResultsStore, out: Path, r_ref: flo
     table.to_csv(out / "spectra.csv", index=False)
     plot_spectra(curves_, out / "spectra.png", r_ref)
     return ["## Rank vs spectra", "",
-            f"r*(0.01) = {_fmt_r(r_ref)}. k_tau = smallest k whose top-k eigenvalues explain a fraction tau of "
+            f"r*(0.01) = {fmt_rank(r_ref)}. k_tau = smallest k whose top-k eigenvalues explain a fraction tau of "
             "the variance; participation ratio (sum lam)^2 / sum lam^2; entropy rank exp H(lam / sum lam); "
             "stable rank sum lam / max lam; intrinsic_dim: TwoNN and MLE estimates (scikit-dimension). "
             "Activations at init, twin and adapter rows are means over seeds.", "",
