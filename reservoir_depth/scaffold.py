@@ -495,26 +495,36 @@ def _frozen_for(w: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
 class _LottaLinear(torch.autograd.Function):
     """Eq. (1) for a Linear layer with a hand-written backward.
 
-    No weight gradient for W_seed, and nothing saved but x and u = A x: the gradient
-    of beta, <g, W x>, is computed as <g W, x>, where g W is needed for dL/dx anyway.
-    Where x needs no gradient (a first layer), g W would serve beta only: W x is kept
-    instead (one output's memory for a product's time).
+    Forward: one product with W_eff = beta W + s B A (+ b), formed at weight size, so no pass runs
+    over the output besides the product; u = A x is kept for dL/dB. No weight gradient for W_seed,
+    and nothing saved but x and u: the gradient of beta, <g, W x>, is computed as <g W, x>, where
+    g W is needed for dL/dx anyway. Where x needs no gradient (a first layer), g W would serve beta
+    only: W x is kept instead (one output's memory for a product's time).
+    The rank-r products run as (r, n) results (A x^T, B^T g^T), 2-4x faster than (n, r) on CPUs.
     Every product runs in the dtype autocast chooses (bf16 on CUDA), else in x's dtype; x is
     cast once for both products, and a W_seed held in that dtype (set_seed_dtype) is not cast at all.
     """
 
     @staticmethod
-    def forward(ctx, x0, W, beta, A, B, s: float):
+    def forward(ctx, x0, W, beta, A, B, bias, s: float):
         dt = _compute_dtype(x0)
-        x = x0.to(dt)
-        h = x @ W.to(dt).T
-        u = x @ A.to(dt).T
+        x, Wd, Ad = x0.to(dt), W.to(dt), A.to(dt)
+        b = None if bias is None else bias.to(dt)
+        u = (Ad @ x.T).T  # A x as an (r, n) product
         need_x = ctx.needs_input_grad[0]
-        y = h.mul_(beta.to(dt)) if need_x else h * beta.to(dt)  # in place where h is not kept
-        y.addmm_(u, B.to(dt).T, alpha=s)
+        if need_x:
+            W_eff = torch.addmm(Wd * beta.to(dt), B.to(dt), Ad, alpha=s)
+            y, kept = F.linear(x, W_eff, b), ()
+        else:
+            h = x @ Wd.T
+            y = h * beta.to(dt)
+            y.addmm_(u, B.to(dt).T, alpha=s)
+            if b is not None:
+                y += b
+            kept = (h,)
         # x saved as given (a float32 input may be shared by several layers)
-        ctx.save_for_backward(x0, W, beta, A, B, u, *(() if need_x else (h,)))
-        ctx.s = s
+        ctx.save_for_backward(x0, W, beta, A, B, u, *kept)
+        ctx.s, ctx.bias_dtype = s, None if bias is None else bias.dtype
         return y
 
     @staticmethod
@@ -523,7 +533,7 @@ class _LottaLinear(torch.autograd.Function):
         s, dt = ctx.s, g.dtype  # compute in the gradient's dtype, return each grad in its input's
         x, A, B = x0.to(dt), A0.to(dt), B0.to(dt)
         acc = torch.promote_types(dt, torch.float32)
-        gB = g @ B
+        gB = (B.T @ g.T).T  # g B as an (r, n) product
         if h:  # x needs no gradient: <g, W x> from the kept W x
             grad_beta, grad_x = torch.dot(g.reshape(-1).to(acc), h[0].reshape(-1).to(acc)), None
         else:
@@ -532,7 +542,8 @@ class _LottaLinear(torch.autograd.Function):
             grad_x = gW.mul_(beta.to(dt)).addmm_(gB, A, alpha=s).to(x0.dtype)
         grad_A = (s * gB.T @ x).to(A0.dtype)
         grad_B = (u.to(dt).T @ g).mul_(s).T.to(B0.dtype).contiguous()  # (g^T u as a wide product: faster on CPUs)
-        return grad_x, None, grad_beta.to(beta.dtype), grad_A, grad_B, None
+        grad_bias = None if ctx.bias_dtype is None else g.sum(0, dtype=acc).to(ctx.bias_dtype)
+        return grad_x, None, grad_beta.to(beta.dtype), grad_A, grad_B, grad_bias, None
 
 
 class ScaffoldLinear(ScaffoldLayer):
@@ -566,9 +577,8 @@ class ScaffoldLinear(ScaffoldLayer):
             return super().forward(x)
         shape = x.shape
         y = _LottaLinear.apply(x.reshape(-1, shape[-1]), self.to_map(self.W_seed), self.beta, self.lora_A,
-                               self.lora_B, self.s)
-        y = y.reshape(*shape[:-1], self.out_features)
-        return y if self.bias is None else y + self.bias.to(y.dtype)
+                               self.lora_B, self.bias, self.s)
+        return y.reshape(*shape[:-1], self.out_features)
 
 
 class ScaffoldConv1D(ScaffoldLinear):

@@ -333,8 +333,8 @@ def test_fused_linear_without_an_input_gradient_matches_plain_autograd(three_d):
     up = torch.randn(y.shape, generator=gen(10), dtype=torch.float64)
     for a, b in zip(torch.autograd.grad(y, params, up), torch.autograd.grad(ref, params, up)):
         torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-10)
-    fn = lambda beta, A, B: _LottaLinear.apply(x.reshape(-1, 7), layer.W_seed, beta, A, B, layer.s)
-    assert torch.autograd.gradcheck(fn, (layer.beta, layer.lora_A, layer.lora_B))
+    fn = lambda beta, A, B, c: _LottaLinear.apply(x.reshape(-1, 7), layer.W_seed, beta, A, B, c, layer.s)
+    assert torch.autograd.gradcheck(fn, (layer.beta, layer.lora_A, layer.lora_B, layer.bias))
 
 
 @pytest.mark.slow

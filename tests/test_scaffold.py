@@ -575,12 +575,13 @@ def test_fused_linear_matches_autograd_reference(d_in, d_out, batch, seed, bias,
 def test_fused_linear_passes_gradcheck_and_runs_under_autocast():
     from reservoir_depth.scaffold import _LottaLinear
 
-    layer = ScaffoldLinear(6, 4, "fc", ScaffoldConfig(r=2)).double()
+    layer = ScaffoldLinear(6, 4, "fc", ScaffoldConfig(r=2, bias="trainable")).double()
     with torch.no_grad():
         layer.lora_B.normal_(generator=gen(1))
+        layer.bias.normal_(generator=gen(4))
     x = torch.randn(3, 6, dtype=torch.float64, requires_grad=True, generator=gen(2))
-    fn = lambda x, b, A, B: _LottaLinear.apply(x, layer.W_seed, b, A, B, layer.s)
-    assert torch.autograd.gradcheck(fn, (x, layer.beta, layer.lora_A, layer.lora_B))
+    fn = lambda x, b, A, B, c: _LottaLinear.apply(x, layer.W_seed, b, A, B, c, layer.s)
+    assert torch.autograd.gradcheck(fn, (x, layer.beta, layer.lora_A, layer.lora_B, layer.bias))
     lf = ScaffoldLinear(6, 4, "fc", ScaffoldConfig(r=2))
     xf = torch.randn(5, 6, requires_grad=True, generator=gen(3))
     with torch.autocast("cpu", torch.bfloat16):
