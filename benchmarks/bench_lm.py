@@ -19,8 +19,10 @@ each variant is also run under torch.compile ("+compile", each block compiled: P
 regional compilation; the MLP whole; a failure is reported as a row). --seed-dtype
 bfloat16 holds W_seed of ours and plain in bf16 (scaffold.set_seed_dtype). Variants
 run interleaved over rounds; the step time is the median of the per-step times after
-warm-up. Ratios are to full training in the same run: step time, and memory: peak
-allocated memory on CUDA, activation bytes saved for backward on CPU.
+warm-up. Ratios are to full training in the same run: step time; peak allocated memory
+(CUDA: over the timed steps; CPU: over one more step, the tensors that live between steps
+plus the profiler's record of allocations and frees); and the activation bytes autograd
+saves for backward (not seen under torch.compile).
 
     python benchmarks/bench_lm.py --preset cpu --device cpu --threads 1
     python benchmarks/bench_lm.py --preset 150m --compile --json lm_150m.json
@@ -278,25 +280,37 @@ def saved_bytes(model, x, y, amp: bool, dev) -> int:
 
 
 def run_variant(model, x, y, dev, warmup: int, steps: int, amp: bool) -> tuple[list[float], float]:
-    """Per-step times (s) of forward + backward + AdamW step after ``warmup`` steps, and the
-    peak allocated CUDA memory over them (nan on CPU)."""
+    """Per-step times (s) of forward + backward + AdamW step after ``warmup`` steps, and the peak
+    allocated memory: on CUDA over the timed steps, on the CPU over one more step (_measure.peak_step_bytes)."""
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
+
+    def step():
+        loss = _loss(model, x, y, amp, dev)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        return loss
+
     if dev.type == "cuda":
         torch.cuda.reset_peak_memory_stats()
     times = []
     for i in range(warmup + steps):
         _sync(dev)
         t0 = time.perf_counter()
-        loss = _loss(model, x, y, amp, dev)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
+        loss = step()
         _sync(dev)
         if i >= warmup:
             times.append(time.perf_counter() - t0)
         if not math.isfinite(loss.item()):
             raise RuntimeError(f"non-finite loss {loss.item()} at step {i}")
-    peak = float(torch.cuda.max_memory_allocated()) if dev.type == "cuda" else math.nan
+    if dev.type == "cuda":
+        peak = float(torch.cuda.max_memory_allocated())
+    else:
+        del loss
+        alive = [*model.parameters(), *model.buffers(), x, y]
+        alive += [p.grad for p in model.parameters() if p.grad is not None]
+        alive += [t for st in opt.state.values() for t in st.values() if isinstance(t, torch.Tensor)]
+        peak = float(_measure.peak_step_bytes(alive, step))
     del opt
     return times, peak
 
@@ -334,7 +348,7 @@ def _rounds(names, proto, times, info, x, y, dev, warmup, steps, rounds, amp) ->
                 continue
             times[name] += ts
             info[name]["peak"] = max(info[name].get("peak", -math.inf), peak)
-            if "saved" not in info[name] and dev.type == "cpu" and not compiled:  # hooks do not see inside compiled graphs
+            if "saved" not in info[name] and not compiled:  # hooks do not see inside compiled graphs
                 info[name]["saved"] = saved_bytes(model, x, y, amp, dev)
             info[name]["trainable"] = sum(p.numel() for p in model.parameters() if p.requires_grad)
             info[name]["adapter"] = adapter_parameters(model)
@@ -377,11 +391,12 @@ def benchmark(c: LMConfig | MLPConfig, dev: torch.device, variants: list[str], c
             rows.append({"variant": name, "error": info[name]["error"]})
             continue
         t = statistics.median(times[name])
-        mem = info[name]["peak"] if dev.type == "cuda" else info[name].get("saved")
-        mem_full = ref["peak"] if dev.type == "cuda" else ref.get("saved")
+        saved = info[name].get("saved")
         rows.append({"variant": name, "ms_per_step": 1e3 * t, f"{unit}_per_s": items / t,
-                     "time_vs_full": t / full, "memory_mib": None if mem is None else mem / 2**20,
-                     "memory_vs_full": None if mem is None else mem / mem_full,
+                     "time_vs_full": t / full, "peak_mib": info[name]["peak"] / 2**20,
+                     "peak_vs_full": info[name]["peak"] / ref["peak"],
+                     "saved_mib": None if saved is None else saved / 2**20,
+                     "saved_vs_full": None if saved is None else saved / ref["saved"],
                      "trainable": info[name]["trainable"], "adapter": info[name]["adapter"],
                      "frozen_dtype": info[name]["frozen_dtype"], "n_steps": len(times[name])})
     return rows
@@ -391,17 +406,18 @@ def _num(v: float | None, fmt: str, unit: str = "") -> str:
     return "n/a" if v is None else f"{v:{fmt}}{unit}"
 
 
-def markdown(rows: list[dict[str, Any]], memory: str) -> str:
+def markdown(rows: list[dict[str, Any]]) -> str:
     unit = next((k.removesuffix("_per_s") for r in rows for k in r if k.endswith("_per_s")), "tokens")
-    head = f"| variant | ms/step | {unit}/s | time vs full | {memory} MiB | memory vs full | trainable | frozen dtype |"
-    lines = [head, "|" + "---|" * head.count(" | ") + "---|"]
+    head = (f"| variant | ms/step | {unit}/s | time vs full | peak MiB | peak vs full | saved for backward MiB | "
+            "saved vs full | trainable | frozen dtype |")
+    lines = [head, "|" + "---|" * (head.count(" | ") + 1)]
     for r in rows:
         if "error" in r:
-            lines.append(f"| {r['variant']} | failed: {r['error'].replace('|', '/')} |  |  |  |  |  |  |")
+            lines.append(f"| {r['variant']} | failed: {r['error'].replace('|', '/')} |" + "  |" * 8)
         else:
-            lines.append(f"| {r['variant']} | {r['ms_per_step']:.1f} | "
-                         f"{r[unit + '_per_s']:,.0f} | "
-                         f"{r['time_vs_full']:.2f}x | {_num(r['memory_mib'], '.1f')} | {_num(r['memory_vs_full'], '.2f', 'x')} | "
+            lines.append(f"| {r['variant']} | {r['ms_per_step']:.1f} | {r[unit + '_per_s']:,.0f} | "
+                         f"{r['time_vs_full']:.2f}x | {r['peak_mib']:.1f} | {r['peak_vs_full']:.2f}x | "
+                         f"{_num(r['saved_mib'], '.1f')} | {_num(r['saved_vs_full'], '.2f', 'x')} | "
                          f"{r['trainable']:,} | {r['frozen_dtype']} |")
     return "\n".join(lines)
 
@@ -462,7 +478,9 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     n_blocks = sum(q.numel() for q in ref.layers.parameters())
     del ref
     card = torch.cuda.get_device_name(dev) if dev.type == "cuda" else f"CPU, {torch.get_num_threads()} threads"
-    memory = "peak allocated" if dev.type == "cuda" else "saved for backward"
+    memory = ("peak: allocated over the timed steps (CUDA)" if dev.type == "cuda" else
+              "peak: allocated in one step, live tensors + the profiler's allocations (CPU)") + \
+        "; saved: activation bytes autograd keeps for backward (not under torch.compile)"
     command = "python " + " ".join(shlex.quote(s) for s in [sys.argv[0] if argv is None else "benchmarks/bench_lm.py",
                                                             *(sys.argv[1:] if argv is None else argv)])
     print(f"command: {command}")
@@ -478,7 +496,7 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     if seed_dtype is not None:
         print(f"W_seed of ours and plain held in {a.seed_dtype}")
     print(f"median of {steps} steps x {rounds} rounds after {warmup} warm-up steps; memory: {memory}")
-    print(markdown(rows, memory))
+    print(markdown(rows))
     if a.json is not None:
         a.json.write_text(json.dumps({"command": command, "device": card, "torch": torch.__version__, "amp": amp,
                                       "model": a.model, "seed_dtype": a.seed_dtype,

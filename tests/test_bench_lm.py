@@ -26,9 +26,14 @@ def test_tiny_preset_prints_a_row_per_variant_with_finite_ratios(tmp_path, capsy
     assert [r["variant"] for r in rows] == list(bench_lm.VARIANTS)
     for r in rows:
         assert f"| {r['variant']} |" in printed
-        for key in ("ms_per_step", "tokens_per_s", "time_vs_full", "memory_mib", "memory_vs_full"):
+        for key in ("ms_per_step", "tokens_per_s", "time_vs_full", "peak_mib", "peak_vs_full", "saved_mib",
+                    "saved_vs_full"):
             assert math.isfinite(r[key]) and r[key] > 0, (r["variant"], key, r[key])
-    assert rows[0]["time_vs_full"] == rows[0]["memory_vs_full"] == 1.0
+    assert rows[0]["time_vs_full"] == rows[0]["peak_vs_full"] == rows[0]["saved_vs_full"] == 1.0
+    peak = {r["variant"]: r["peak_mib"] for r in rows}
+    # full training holds a gradient and two AdamW moments of every weight: 3 x 4 bytes x its parameters more
+    n_full, n_ours = (r["trainable"] for r in rows[:2])
+    assert peak["full"] - peak["ours"] > 0.8 * 12 * (n_full - n_ours) / 2**20
     assert "command: python benchmarks/bench_lm.py --preset tiny" in printed
     assert json.loads(out.read_text())["rows"] == rows
 
@@ -121,3 +126,24 @@ def test_refuses_a_preset_of_the_other_model(capsys):
     with pytest.raises(SystemExit):
         bench_lm.main(["--model", "mlp", "--preset", "cpu", "--device", "cpu"])
     assert "--preset" in capsys.readouterr().err
+
+
+def test_peak_step_bytes_counts_live_storages_once_and_the_step_high_water_mark():
+    import _measure
+
+    a = torch.zeros(1000)
+    base = _measure.peak_step_bytes([a, a.view(10, 100), a[:10]], lambda: None)
+    assert base == 4000
+
+    def two_at_once():
+        x, y = torch.ones(5000), torch.ones(5000)  # 40,000 bytes live together
+        return (x + y).sum()
+
+    def one_after_another():
+        torch.ones(5000).sum()
+        torch.ones(5000).sum()
+
+    together = _measure.peak_step_bytes([a], two_at_once) - base
+    apart = _measure.peak_step_bytes([a], one_after_another) - base
+    assert 60_000 <= together < 61_000  # x, y and x + y
+    assert 20_000 <= apart < 21_000
