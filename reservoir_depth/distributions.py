@@ -528,7 +528,8 @@ def _fan_in_rule(w, spec, family, params, fan_in, fan_out):
     s = family.scale(**params)
     if not (math.isfinite(s) and s > 0):
         raise ValueError(f"{family.name} with {dict(params)} has scale {s!r}: the fan-in rule needs a finite scale > 0")
-    return w * (spec.gain / (s * math.sqrt(fan_in)))
+    c = spec.gain / (s * math.sqrt(fan_in))
+    return w.mul_(c) if isinstance(w, torch.Tensor) else w * c  # a tensor here is a fresh draw: scaled in place
 
 
 NILPOTENT_RTOL = 1e-6  # radius / ||W||_2 below this is rounding noise (a Jordan block of size n gives eps^(1/n))
@@ -711,8 +712,11 @@ def _check(w: Array | torch.Tensor, spec: DistributionSpec, shape: tuple[int, ..
     where = f"{what} of {spec.name} with {dict(spec.params)}, shape {shape} (draw version {spec.version})"
     if isinstance(w, np.ndarray):
         finite, nonzero = bool(np.isfinite(w).all()), bool(np.any(w))
-    else:
-        finite, nonzero = bool(torch.isfinite(w).all()), bool(w.any())
+    elif w.numel() == 0:
+        finite, nonzero = True, False
+    else:  # one pass: max |w| is nan or inf iff an entry is, and 0 iff all are
+        m = float(torch.linalg.vector_norm(w, float("inf")))
+        finite, nonzero = math.isfinite(m), m > 0
     if not finite:
         bad = int(w.size - np.isfinite(w).sum()) if isinstance(w, np.ndarray) else int((~torch.isfinite(w)).sum())
         raise ValueError(f"the {where} has {bad} non-finite entries: the parameters (or gain) overflow it")
