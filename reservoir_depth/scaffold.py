@@ -495,8 +495,9 @@ def _frozen_for(w: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
 class _LottaLinear(torch.autograd.Function):
     """Eq. (1) for a Linear layer with a hand-written backward.
 
-    Forward: one product with W_eff = beta W + s B A (+ b), formed at weight size, so no pass runs
-    over the output besides the product; u = A x is kept for dL/dB. No weight gradient for W_seed,
+    Forward: where the batch n >= d_in, one product with W_eff = beta W + s B A (+ b), formed at
+    weight size, so no pass runs over the output besides the product; below, beta and s B (A x) are
+    applied to the output. u = A x is kept for dL/dB. No weight gradient for W_seed,
     and nothing saved but x and u: the gradient of beta, <g, W x>, is computed as <g W, x>, where
     g W is needed for dL/dx anyway. Where x needs no gradient (a first layer), g W would serve beta
     only: W x is kept instead (one output's memory for a product's time).
@@ -512,16 +513,16 @@ class _LottaLinear(torch.autograd.Function):
         b = None if bias is None else bias.to(dt)
         u = (Ad @ x.T).T  # A x as an (r, n) product
         need_x = ctx.needs_input_grad[0]
-        if need_x:
+        if need_x and x.shape[0] >= W.shape[1]:  # W_eff costs d_out d_in, output passes n d_out
             W_eff = torch.addmm(Wd * beta.to(dt), B.to(dt), Ad, alpha=s)
-            y, kept = F.linear(x, W_eff, b), ()
+            y = F.linear(x, W_eff, b)
         else:
             h = x @ Wd.T
-            y = h * beta.to(dt)
+            y = h.mul_(beta.to(dt)) if need_x else h * beta.to(dt)  # in place where h is not kept
             y.addmm_(u, B.to(dt).T, alpha=s)
             if b is not None:
                 y += b
-            kept = (h,)
+        kept = () if need_x else (h,)
         # x saved as given (a float32 input may be shared by several layers)
         ctx.save_for_backward(x0, W, beta, A, B, u, *kept)
         ctx.s, ctx.bias_dtype = s, None if bias is None else bias.dtype

@@ -579,9 +579,12 @@ def test_fused_linear_passes_gradcheck_and_runs_under_autocast():
     with torch.no_grad():
         layer.lora_B.normal_(generator=gen(1))
         layer.bias.normal_(generator=gen(4))
-    x = torch.randn(3, 6, dtype=torch.float64, requires_grad=True, generator=gen(2))
     fn = lambda x, b, A, B, c: _LottaLinear.apply(x, layer.W_seed, b, A, B, c, layer.s)
-    assert torch.autograd.gradcheck(fn, (x, layer.beta, layer.lora_A, layer.lora_B, layer.bias))
+    for n in (3, 12):  # batch below and above d_in: beta and B A applied to the output, or folded into W_eff
+        x = torch.randn(n, 6, dtype=torch.float64, requires_grad=True, generator=gen(2))
+        assert torch.autograd.gradcheck(fn, (x, layer.beta, layer.lora_A, layer.lora_B, layer.bias))
+        torch.testing.assert_close(fn(x, layer.beta, layer.lora_A, layer.lora_B, layer.bias),
+                                   ScaffoldLayer.forward(layer, x), rtol=1e-12, atol=1e-12)
     lf = ScaffoldLinear(6, 4, "fc", ScaffoldConfig(r=2))
     xf = torch.randn(5, 6, requires_grad=True, generator=gen(3))
     with torch.autocast("cpu", torch.bfloat16):
