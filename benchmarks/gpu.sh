@@ -9,7 +9,8 @@ set -u
 out=${1:-gpu-results}
 mkdir -p "$out"
 python -c "import torch; assert torch.cuda.is_available(), 'no CUDA device'; print(torch.cuda.get_device_name())" \
-    | tee "$out/device.txt" || exit 1
+    > "$out/device.txt" 2>&1 || { tail -n 1 "$out/device.txt"; exit 1; }
+cat "$out/device.txt"
 nvidia-smi > "$out/nvidia-smi.txt" 2>&1
 run() {  # name, command...: the printed output to OUTDIR/name.txt, a failure noted and the run goes on
     local name=$1; shift
