@@ -492,6 +492,17 @@ def _frozen_for(w: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     return w.to(x.dtype)
 
 
+def _scale_addmm(t: torch.Tensor, beta: torch.Tensor, m1: torch.Tensor, m2: torch.Tensor, s: float,
+                 inplace: bool) -> torch.Tensor:
+    """beta t + s m1 m2. On the CPU in one pass (the product's own scaling of t; beta read as a number,
+    which costs no device sync there); elsewhere, and while compiling, t * beta and then the product."""
+    if t.device.type == "cpu" and not torch.compiler.is_compiling():
+        b = float(beta)
+        return t.addmm_(m1, m2, beta=b, alpha=s) if inplace else torch.addmm(t, m1, m2, beta=b, alpha=s)
+    t = t.mul_(beta.to(t.dtype)) if inplace else t * beta.to(t.dtype)
+    return t.addmm_(m1, m2, alpha=s)
+
+
 class _LottaLinear(torch.autograd.Function):
     """Eq. (1) for a Linear layer with a hand-written backward.
 
@@ -518,8 +529,7 @@ class _LottaLinear(torch.autograd.Function):
             y = F.linear(x, W_eff, b)
         else:
             h = x @ Wd.T
-            y = h.mul_(beta.to(dt)) if need_x else h * beta.to(dt)  # in place where h is not kept
-            y.addmm_(u, B.to(dt).T, alpha=s)
+            y = _scale_addmm(h, beta, u, B.to(dt).T, s, inplace=need_x)  # in place where h is not kept
             if b is not None:
                 y += b
         kept = () if need_x else (h,)
@@ -540,7 +550,7 @@ class _LottaLinear(torch.autograd.Function):
         else:
             gW = g @ W.to(dt)
             grad_beta = torch.dot(gW.reshape(-1).to(acc), x.reshape(-1).to(acc))
-            grad_x = gW.mul_(beta.to(dt)).addmm_(gB, A, alpha=s).to(x0.dtype)
+            grad_x = _scale_addmm(gW, beta, gB, A, s, inplace=True).to(x0.dtype)
         grad_A = (s * gB.T @ x).to(A0.dtype)
         grad_B = (u.to(dt).T @ g).mul_(s).T.to(B0.dtype).contiguous()  # (g^T u as a wide product: faster on CPUs)
         grad_bias = None if ctx.bias_dtype is None else g.sum(0, dtype=acc).to(ctx.bias_dtype)

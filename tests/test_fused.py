@@ -389,3 +389,21 @@ def test_under_autocast_a_bf16_seed_is_never_cast(which):
     assert _copies_of(layer.W_seed.shape, step) >= 2  # float32 seeds: cast in forward and backward
     set_seed_dtype(model, BF16)
     assert _copies_of(layer.W_seed.shape, step) == 0
+
+
+@pytest.mark.parametrize("compiling", [False, True])
+@pytest.mark.parametrize("inplace", [False, True])
+def test_scale_addmm_is_beta_t_plus_s_m1_m2_on_both_paths(monkeypatch, compiling, inplace):
+    """The CPU's one-pass form (beta read as a number) and the form used while compiling agree with
+    beta t + s m1 m2; in place returns t itself, otherwise t is left as it was."""
+    from reservoir_depth.scaffold import _scale_addmm
+
+    monkeypatch.setattr(torch.compiler, "is_compiling", lambda: compiling)
+    g = gen(21)
+    t, m1, m2 = (torch.randn(*sh, generator=g, dtype=torch.float64) for sh in ((5, 4), (5, 3), (3, 4)))
+    beta, before = torch.tensor(0.7, dtype=torch.float64), t.clone()
+    out = _scale_addmm(t, beta, m1, m2, 1.5, inplace=inplace)
+    torch.testing.assert_close(out, 0.7 * before + 1.5 * m1 @ m2, rtol=1e-12, atol=1e-12)
+    assert (out is t) == inplace
+    if not inplace:
+        torch.testing.assert_close(t, before, rtol=0, atol=0)
