@@ -544,16 +544,17 @@ class _LottaLinear(torch.autograd.Function):
         s, dt = ctx.s, g.dtype  # compute in the gradient's dtype, return each grad in its input's
         x, A, B = x0.to(dt), A0.to(dt), B0.to(dt)
         acc = torch.promote_types(dt, torch.float32)
+        # ordered so that what reads g runs together, then what reads x (each still in cache)
+        gW = None if h else g @ W.to(dt)
         gB = (B.T @ g.T).T  # g B as an (r, n) product
-        if h:  # x needs no gradient: <g, W x> from the kept W x
-            grad_beta, grad_x = torch.dot(g.reshape(-1).to(acc), h[0].reshape(-1).to(acc)), None
-        else:
-            gW = g @ W.to(dt)
-            grad_beta = torch.dot(gW.reshape(-1).to(acc), x.reshape(-1).to(acc))
-            grad_x = _scale_addmm(gW, beta, gB, A, s, inplace=True).to(x0.dtype)
-        grad_A = (s * gB.T @ x).to(A0.dtype)
         grad_B = (u.to(dt).T @ g).mul_(s).T.to(B0.dtype).contiguous()  # (g^T u as a wide product: faster on CPUs)
         grad_bias = None if ctx.bias_dtype is None else g.sum(0, dtype=acc).to(ctx.bias_dtype)
+        if h:  # x needs no gradient: <g, W x> from the kept W x
+            grad_beta = torch.dot(g.reshape(-1).to(acc), h[0].reshape(-1).to(acc))
+        else:
+            grad_beta = torch.dot(gW.reshape(-1).to(acc), x.reshape(-1).to(acc))
+        grad_A = (s * gB.T @ x).to(A0.dtype)
+        grad_x = None if h else _scale_addmm(gW, beta, gB, A, s, inplace=True).to(x0.dtype)
         return grad_x, None, grad_beta.to(beta.dtype), grad_A, grad_B, grad_bias, None
 
 
