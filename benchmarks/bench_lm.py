@@ -1,8 +1,9 @@
 """Training step of a model built several ways, side by side in one run.
 
---model llama (the default): the same decoder LM (token embedding, pre-norm blocks:
+--model llama (the default): the toolkit's `llama` family (token embedding, pre-norm blocks:
 RMSNorm, causal attention with rotary positions through F.scaled_dot_product_attention,
-SwiGLU MLP; final RMSNorm, lm_head) built from one seed; --model mlp: the toolkit's
+SwiGLU MLP; final RMSNorm, an untied head; presets tiny, cpu = its "3m" size and 150m = its
+"150m" size, here with a vocabulary of 256 / 32000) built from one seed; --model mlp: the toolkit's
 medium MLP (784 -> 512 -> 256 -> 128 -> 64 -> 10, ReLU, no dropout; batch 128, the
 Fashion-MNIST studies' shape). Each trained one AdamW step at a time:
 
@@ -14,7 +15,7 @@ Fashion-MNIST studies' shape). Each trained one AdamW step at a time:
            eq. 1 as a straightforward PyTorch implementation writes it)
     peft   peft's LoRA on the same layers (r = 8, lora_alpha = 16), base frozen
 
-Embedding, norms and lm_head (the MLP: its head) train in every variant. With --compile
+Embedding, norms and head train in every variant. With --compile
 each variant is also run under torch.compile ("+compile", each block compiled: PyTorch's
 regional compilation; the MLP whole; a failure is reported as a row). --seed-dtype
 bfloat16 holds W_seed of ours and plain in bf16 (scaffold.set_seed_dtype). Variants
@@ -53,6 +54,7 @@ from torch import nn
 import _measure  # benchmarks/_measure.py
 from reservoir_depth.distributions import torch_rng
 from reservoir_depth.models import build as build_arch
+from reservoir_depth.models import llama
 from reservoir_depth.scaffold import ScaffoldConfig, ScaffoldLayer, ScaffoldLinear, matches, scaffold, set_seed_dtype
 
 
@@ -70,8 +72,8 @@ class LMConfig:
 
 PRESETS = {
     "tiny": LMConfig(vocab=256, d=128, n_layers=2, n_heads=4, hidden=352, context=64, batch=8),
-    "cpu": LMConfig(vocab=256, d=256, n_layers=4, n_heads=4, hidden=704, context=128, batch=16),
-    "150m": LMConfig(vocab=32000, d=1024, n_layers=12, n_heads=16, hidden=2816, context=512, batch=32),
+    "cpu": LMConfig(vocab=256, d=256, n_layers=4, n_heads=4, hidden=688, context=128, batch=16),  # llama "3m"
+    "150m": LMConfig(vocab=32000, d=1024, n_layers=12, n_heads=16, hidden=2752, context=512, batch=32),  # "150m"
 }
 
 
@@ -87,84 +89,9 @@ class MLPConfig:
 
 MLP_PRESETS = {"medium": MLPConfig(d_in=784, hidden="medium", n_out=10, batch=128)}
 MLP_TARGETS, MLP_TRAINABLE = (r"layers\.\d+",), ("head",)  # the family's scaffold_targets / _trainable
-PROJECTIONS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
-TRAINABLE = ("embed", r".*norm", "lm_head")  # trained in every variant besides the adapters
+PROJECTIONS = (llama.BLOCK_LINEAR,)  # q, k, v, o and the SwiGLU's gate, up, down in every block
+TRAINABLE = ("embed", "head", llama.NORMS)  # trained in every variant besides the adapters
 RANK, ALPHA = 8, 16.0
-
-
-class RMSNorm(nn.Module):
-    def __init__(self, d: int, eps: float = 1e-6) -> None:
-        super().__init__()
-        self.eps, self.weight = eps, nn.Parameter(torch.ones(d))
-
-    def forward(self, x):
-        h = x.float()
-        return (h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + self.eps)).to(x.dtype) * self.weight.to(x.dtype)
-
-
-def rotate(x, cos, sin):
-    """Rotary positions (rotate-half form) on (B, heads, T, head_dim)."""
-    x1, x2 = x.chunk(2, dim=-1)
-    return torch.cat([x1 * cos - x2 * sin, x2 * cos + x1 * sin], dim=-1)
-
-
-class Attention(nn.Module):
-    def __init__(self, c: LMConfig) -> None:
-        super().__init__()
-        self.h = c.n_heads
-        self.q_proj, self.k_proj, self.v_proj, self.o_proj = (nn.Linear(c.d, c.d, bias=False) for _ in range(4))
-
-    def forward(self, x, cos, sin):
-        B, T, d = x.shape
-        q, k, v = (p(x).view(B, T, self.h, d // self.h).transpose(1, 2) for p in (self.q_proj, self.k_proj, self.v_proj))
-        q, k = rotate(q, cos.to(q.dtype), sin.to(q.dtype)), rotate(k, cos.to(k.dtype), sin.to(k.dtype))
-        y = F.scaled_dot_product_attention(q, k, v, is_causal=True)
-        return self.o_proj(y.transpose(1, 2).reshape(B, T, d))
-
-
-class MLP(nn.Module):
-    def __init__(self, c: LMConfig) -> None:
-        super().__init__()
-        self.gate_proj, self.up_proj = nn.Linear(c.d, c.hidden, bias=False), nn.Linear(c.d, c.hidden, bias=False)
-        self.down_proj = nn.Linear(c.hidden, c.d, bias=False)
-
-    def forward(self, x):
-        return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
-
-
-class Block(nn.Module):
-    def __init__(self, c: LMConfig) -> None:
-        super().__init__()
-        self.attn_norm, self.attn, self.mlp_norm, self.mlp = RMSNorm(c.d), Attention(c), RMSNorm(c.d), MLP(c)
-
-    def forward(self, x, cos, sin):
-        x = x + self.attn(self.attn_norm(x), cos, sin)
-        return x + self.mlp(self.mlp_norm(x))
-
-
-class LM(nn.Module):
-    """A compact Llama-style decoder: logits (B, T, vocab) from tokens (B, T)."""
-
-    def __init__(self, c: LMConfig) -> None:
-        super().__init__()
-        if c.d % c.n_heads or (c.d // c.n_heads) % 2:
-            raise ValueError(f"d={c.d} must split into {c.n_heads} heads of even width")
-        self.embed = nn.Embedding(c.vocab, c.d)
-        self.layers = nn.ModuleList(Block(c) for _ in range(c.n_layers))
-        self.norm, self.lm_head = RMSNorm(c.d), nn.Linear(c.d, c.vocab, bias=False)
-        hd = c.d // c.n_heads
-        freq = 10000.0 ** (-torch.arange(0, hd, 2, dtype=torch.float64) / hd)
-        angle = torch.outer(torch.arange(c.context, dtype=torch.float64), freq)
-        self.register_buffer("cos", angle.cos().float(), persistent=False)
-        self.register_buffer("sin", angle.sin().float(), persistent=False)
-
-    def forward(self, tokens):
-        T = tokens.shape[1]
-        x = self.embed(tokens)
-        cos, sin = self.cos[:T], self.sin[:T]
-        for block in self.layers:
-            x = block(x, cos, sin)
-        return self.lm_head(self.norm(x))
 
 
 # -- the variants ----------------------------------------------------------------------------
@@ -180,7 +107,7 @@ class PlainScaffoldLinear(ScaffoldLinear):
 
 def _targets(model: nn.Module) -> tuple[tuple[str, ...], tuple[str, ...]]:
     """(adapted layers, other trained modules) of the LM or the MLP."""
-    return (PROJECTIONS, TRAINABLE) if isinstance(model, LM) else (MLP_TARGETS, MLP_TRAINABLE)
+    return (PROJECTIONS, TRAINABLE) if isinstance(model, llama.Llama) else (MLP_TARGETS, MLP_TRAINABLE)
 
 
 def _ours(model: nn.Module) -> nn.Module:
@@ -205,10 +132,7 @@ def _peft(model: nn.Module) -> nn.Module:
     from peft import LoraConfig, inject_adapter_in_model  # a benchmark-only dependency
 
     targets, trainable = _targets(model)
-    if isinstance(model, LM):
-        targets = list(targets)
-    else:  # peft takes one str as a regex (full match): the same layers as ours
-        targets = "|".join(f"(?:{p})" for p in targets)
+    targets = "|".join(f"(?:{p})" for p in targets)  # peft takes one str as a regex (full match): ours' layers
     model = inject_adapter_in_model(LoraConfig(target_modules=targets, r=RANK, lora_alpha=ALPHA,
                                                lora_dropout=0.0, bias="none"), model)
     for n, p in model.named_parameters():  # the same trainable set as ours: adapters + trainable modules
@@ -227,7 +151,8 @@ def base_model(c: LMConfig | MLPConfig) -> nn.Module:
     """The model every variant starts from (draws from torch's global RNG: call under torch_rng)."""
     if isinstance(c, MLPConfig):
         return build_arch("mlp", d_in=c.d_in, n_out=c.n_out, hidden=c.hidden, dropout=0.0)
-    return LM(c)
+    return build_arch("llama", d_in=c.vocab, n_out=c.vocab, size=None, context=c.context, adapters="all",
+                      d_model=c.d, layers=c.n_layers, heads=c.n_heads, d_ff=c.hidden)
 
 
 def build(variant: str, c: LMConfig | MLPConfig, dev: torch.device | str = "cpu") -> nn.Module:
@@ -240,7 +165,7 @@ def build(variant: str, c: LMConfig | MLPConfig, dev: torch.device | str = "cpu"
 def compile_blocks(model: nn.Module) -> nn.Module:
     """torch.compile each block of the LM (regional compilation: one graph serves every block, so
     compiling a 12-layer model costs about one block's compile time); the MLP as a whole."""
-    for block in model.layers if isinstance(model, LM) else [model]:
+    for block in model.blocks if isinstance(model, llama.Llama) else [model]:
         block.compile()
     return model
 
@@ -475,7 +400,7 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     with torch_rng(0):
         ref = base_model(c)
     n_total = sum(q.numel() for q in ref.parameters())
-    n_blocks = sum(q.numel() for q in ref.layers.parameters())
+    n_blocks = sum(q.numel() for q in (ref.blocks if a.model == "llama" else ref.layers).parameters())
     del ref
     card = torch.cuda.get_device_name(dev) if dev.type == "cuda" else f"CPU, {torch.get_num_threads()} threads"
     memory = ("peak: allocated over the timed steps (CUDA)" if dev.type == "cuda" else
@@ -486,9 +411,9 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     print(f"command: {command}")
     print(f"device: {card}; torch {torch.__version__}; bf16 autocast: {amp}")
     if a.model == "llama":
-        print(f"model: Llama-style LM, preset {a.preset}: {asdict(c)}; {n_total / 1e6:.1f}M parameters "
-              f"({n_blocks / 1e6:.1f}M in the blocks, {(n_total - n_blocks) / 1e6:.1f}M embedding, norm and lm_head); "
-              f"adapters r = {RANK}, alpha = {ALPHA:g} on {', '.join(PROJECTIONS)}")
+        print(f"model: the llama family, preset {a.preset}: {asdict(c)}; {n_total / 1e6:.1f}M parameters "
+              f"({n_blocks / 1e6:.1f}M in the blocks, {(n_total - n_blocks) / 1e6:.1f}M embedding, norm and head); "
+              f"adapters r = {RANK}, alpha = {ALPHA:g} on q, k, v, o, gate, up and down of every block")
     else:
         print(f"model: MLP, preset {a.preset}: {asdict(c)}; {n_total / 1e6:.2f}M parameters "
               f"({n_blocks / 1e6:.2f}M in the hidden layers); adapters r = {RANK}, alpha = {ALPHA:g} on the "

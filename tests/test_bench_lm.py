@@ -41,7 +41,7 @@ def test_tiny_preset_prints_a_row_per_variant_with_finite_ratios(tmp_path, capsy
 def test_variants_train_the_same_adapters_and_other_modules():
     """ours, plain and peft: A, B of r (d_in + d_out) per projection, plus the same embedding,
     norms and lm_head; ours and plain add one beta per projection."""
-    n_proj = len(bench_lm.PROJECTIONS) * TINY.n_layers
+    n_proj = 7 * TINY.n_layers  # q, k, v, o, gate, up, down
     expected = TINY.n_layers * 8 * (4 * 2 * TINY.d + 3 * (TINY.d + TINY.hidden))
     assert bench_lm.expected_adapter_parameters(TINY) == expected
     models = {v: bench_lm.build(v, TINY) for v in bench_lm.VARIANTS}
@@ -50,8 +50,8 @@ def test_variants_train_the_same_adapters_and_other_modules():
     for v in ("ours", "plain", "peft"):
         assert bench_lm.adapter_parameters(models[v]) == expected, v
     full = models["full"]
-    head = sum(p.numel() for m in (full.embed, full.lm_head, full.norm) for p in m.parameters())
-    head += sum(p.numel() for b in full.layers for m in (b.attn_norm, b.mlp_norm) for p in m.parameters())
+    head = sum(p.numel() for m in (full.embed, full.head, full.norm) for p in m.parameters())
+    head += sum(p.numel() for b in full.blocks for m in (b.attn_norm, b.mlp_norm) for p in m.parameters())
     assert others["peft"] == head
     assert others["ours"] == others["plain"] == head + n_proj  # beta
     assert trainable["full"] == sum(p.numel() for p in full.parameters())
