@@ -535,7 +535,7 @@ class _LottaLinear(torch.autograd.Function):
         kept = () if need_x else (h,)
         # x saved as given (a float32 input may be shared by several layers)
         ctx.save_for_backward(x0, W, beta, A, B, u, *kept)
-        ctx.s, ctx.bias_dtype = s, None if bias is None else bias.dtype
+        ctx.s, ctx.bias_dtype = s, None if bias is None or not ctx.needs_input_grad[5] else bias.dtype
         return y
 
     @staticmethod
