@@ -56,6 +56,7 @@ from reservoir_depth.distributions import torch_rng
 from reservoir_depth.models import build as build_arch
 from reservoir_depth.models import llama
 from reservoir_depth.scaffold import ScaffoldConfig, ScaffoldLayer, ScaffoldLinear, matches, scaffold, set_seed_dtype
+from reservoir_depth.study import versions as study_versions
 
 
 # -- the model -----------------------------------------------------------------------------
@@ -423,7 +424,11 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     print(f"median of {steps} steps x {rounds} rounds after {warmup} warm-up steps; memory: {memory}")
     print(markdown(rows))
     if a.json is not None:
+        from importlib.metadata import version
+
+        versions = {**study_versions(), "peft": version("peft")}
         a.json.write_text(json.dumps({"command": command, "device": card, "torch": torch.__version__, "amp": amp,
+                                      "versions": versions,
                                       "model": a.model, "seed_dtype": a.seed_dtype,
                                       "preset": a.preset, "config": asdict(c), "parameters": n_total,
                                       "block_parameters": n_blocks, "r": RANK, "alpha": ALPHA, "memory": memory,

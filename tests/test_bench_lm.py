@@ -35,7 +35,9 @@ def test_tiny_preset_prints_a_row_per_variant_with_finite_ratios(tmp_path, capsy
     n_full, n_ours = (r["trainable"] for r in rows[:2])
     assert peak["full"] - peak["ours"] > 0.8 * 12 * (n_full - n_ours) / 2**20
     assert "command: python benchmarks/bench_lm.py --preset tiny" in printed
-    assert json.loads(out.read_text())["rows"] == rows
+    record = json.loads(out.read_text())
+    assert record["rows"] == rows
+    assert {"torch", "numpy", "peft", "python"} <= set(record["versions"])
 
 
 def test_variants_train_the_same_adapters_and_other_modules():
