@@ -512,7 +512,8 @@ class _LottaLinear(torch.autograd.Function):
     and nothing saved but x and u: the gradient of beta, <g, W x>, is computed as <g W, x>, where
     g W is needed for dL/dx anyway. Where x needs no gradient (a first layer), g W would serve beta
     only: W x is kept instead (one output's memory for a product's time).
-    The rank-r products run as (r, n) results (A x^T, B^T g^T), 2-4x faster than (n, r) on CPUs.
+    The rank-r products run as (r, n) results (A x^T, B^T g^T): on CPUs 2-4x faster than (n, r) on
+    data in cache, and no slower on data that is not.
     Every product runs in the dtype autocast chooses (bf16 on CUDA), else in x's dtype; x is
     cast once for both products, and a W_seed held in that dtype (set_seed_dtype) is not cast at all.
     """
