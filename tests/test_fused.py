@@ -407,3 +407,33 @@ def test_scale_addmm_is_beta_t_plus_s_m1_m2_on_both_paths(monkeypatch, compiling
     assert (out is t) == inplace
     if not inplace:
         torch.testing.assert_close(t, before, rtol=0, atol=0)
+
+
+@given(st.integers(1, 7), st.integers(1, 6), st.integers(1, 20), st.integers(1, 3),
+       st.sampled_from(["keep", "none", "trainable"]), st.booleans(), st.booleans(), st.booleans(),
+       st.floats(-2.0, 2.0), st.integers(0, 2**16))
+@settings(max_examples=60, deadline=None)
+def test_fused_linear_agrees_with_plain_autograd_in_float64(d_in, d_out, n, r, bias, need_x, strided, conv1d, beta,
+                                                            seed):
+    """Output and every gradient of the fused linear equal eq. (1) through plain autograd: batches on both
+    sides of n = d_in, with and without an input gradient, strided inputs, each bias mode, nn.Linear and
+    transformers' Conv1D layout, any beta (0 included)."""
+    from reservoir_depth.scaffold import ScaffoldConv1D
+
+    cls, r = ScaffoldConv1D if conv1d else ScaffoldLinear, min(r, d_in, d_out)
+    layer = cls(d_in, d_out, "fc", ScaffoldConfig(r=r, bias=bias, root_seed=seed % 7)).double()
+    g = gen(seed)
+    with torch.no_grad():
+        layer.lora_B.normal_(generator=g)
+        layer.beta.fill_(beta)
+        if layer.bias is not None:
+            layer.bias.normal_(generator=g)
+    x = torch.randn((d_in, n) if strided else (n, d_in), generator=g, dtype=torch.float64)
+    x = (x.T if strided else x).requires_grad_(need_x)
+    params = [p for p in (layer.beta, layer.lora_A, layer.lora_B, layer.bias) if p is not None and p.requires_grad]
+    inputs = params + ([x] if need_x else [])
+    y, ref = layer(x), ScaffoldLayer.forward(layer, x)
+    torch.testing.assert_close(y, ref, rtol=1e-10, atol=1e-10)
+    up = torch.randn(y.shape, generator=g, dtype=torch.float64)
+    for a, b in zip(torch.autograd.grad(y, inputs, up), torch.autograd.grad(ref, inputs, up)):
+        torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-9)
