@@ -1,7 +1,7 @@
 """Regenerating a backbone from its seed: the legacy numpy draw (version 1) against the
 counter-based draw (version 2, the default), side by side, in GB/s of float32 W_seed.
 
-    python benchmarks/bench_regen.py                       # 1e9 parameters on a GPU, 2e8 on a CPU
+    python benchmarks/bench_regen.py                       # 1e9 parameters (version 1 on 3e7)
     python benchmarks/bench_regen.py --params 2e8 --family normal --layer 4096
     python benchmarks/bench_regen.py --devices cpu cuda --v1-params 2e7
 
@@ -40,8 +40,9 @@ def regenerate(spec: DistributionSpec, params: int, layer: int, device: str) -> 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--params", type=float, default=None, help="backbone size (default 1e9 with CUDA, else 2e8)")
-    p.add_argument("--v1-params", type=float, default=None, help="cap for the version-1 pass (default: --params)")
+    p.add_argument("--params", type=float, default=1e9, help="backbone size (default 1e9)")
+    p.add_argument("--v1-params", type=float, default=3e7,
+                   help="size of the version-1 pass (default 3e7: numpy on the CPU, its rate per byte does not grow)")
     p.add_argument("--layer", type=int, default=4096, help="each weight is (layer, layer)")
     p.add_argument("--family", default="normal")
     p.add_argument("--devices", nargs="+", default=None, help="default: cpu, and cuda when present")
@@ -50,8 +51,8 @@ def main() -> None:
     if a.threads:
         torch.set_num_threads(a.threads)
     cuda = torch.cuda.is_available()
-    params = int(a.params or (1e9 if cuda else 2e8))
-    v1_params = int(a.v1_params or params)
+    params = int(a.params)
+    v1_params = int(a.v1_params)
     devices = a.devices or (["cpu", "cuda"] if cuda else ["cpu"])
     print(f"family {a.family}, layers ({a.layer}, {a.layer}), torch {torch.__version__}, "
           f"{torch.get_num_threads()} CPU threads" + (f", {torch.cuda.get_device_name()}" if cuda else ""))
