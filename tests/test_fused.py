@@ -374,12 +374,13 @@ def _copies_of(shape, fn) -> int:
     return Count.n
 
 
-@pytest.mark.parametrize("which", ["linear", "conv"])
+@pytest.mark.parametrize("which", ["linear", "linear, n >= d_in (W_eff)", "conv"])
 def test_under_autocast_a_bf16_seed_is_never_cast(which):
     model = scaffolded()
     perturb(model)
-    layer = model[3] if which == "linear" else model[0]
-    x = (torch.randn(4, 150, generator=gen(12)) if which == "linear" else X).requires_grad_()
+    layer = model[3] if which.startswith("linear") else model[0]
+    n = 200 if "W_eff" in which else 4
+    x = (torch.randn(n, 150, generator=gen(12)) if which.startswith("linear") else X).requires_grad_()
 
     def step():
         with torch.autocast("cpu", BF16):
