@@ -28,7 +28,10 @@ from tqdm.auto import tqdm
 from .data.dataset import check_dataset
 from .distributions import torch_rng
 from . import distributed
-from .scaffold import advance, betas, count_parameters
+from .scaffold import advance, betas, count_parameters, set_seed_dtype
+
+
+SEED_DTYPES = (None, "bfloat16", "float16")
 
 
 @dataclass(frozen=True)
@@ -48,6 +51,9 @@ class TrainConfig:
     # TensorBoard event files (per-step loss, every key of the epoch rows, beta per layer) under this folder;
     # None: no logging and no tensorboard import. Needs `pip install tensorboard`; see TensorBoardLog
     log_dir: str | None = None
+    # hold every scaffold's W_seed in this dtype while training (scaffold.set_seed_dtype): "bfloat16" under
+    # CUDA's bf16 autocast saves the per-step cast of W_seed and half its memory; None: the parameter dtype
+    seed_dtype: str | None = None
 
     def __post_init__(self) -> None:
         for k in ("epochs", "batch_size"):
@@ -58,6 +64,8 @@ class TrainConfig:
         if self.free_run is not None and not isinstance(self.free_run, bool):
             raise ValueError(f"free_run must be True, False or None (when the series is autonomous), "
                              f"got {self.free_run!r}")
+        if self.seed_dtype not in SEED_DTYPES:
+            raise ValueError(f"seed_dtype must be one of {SEED_DTYPES}, got {self.seed_dtype!r}")
         if self.log_dir is None:
             # unset, it stays out of the instance's __dict__ (the class default None reads through), so a
             # stored run's config (study.Run.config reads __dict__) and its run id are those from before log_dir
@@ -400,6 +408,8 @@ def train(model: nn.Module, data, config: TrainConfig = TrainConfig()) -> Histor
     if config.batch_size < world:
         raise ValueError(f"batch_size {config.batch_size} is smaller than the {world} processes sharing each batch")
     model.to(dev)
+    if config.seed_dtype is not None:
+        set_seed_dtype(model, getattr(torch, config.seed_dtype))
     params = [p for p in model.parameters() if p.requires_grad]
     if not params:
         raise ValueError("the model has no trainable parameter")

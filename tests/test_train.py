@@ -176,3 +176,36 @@ def test_loader_problems_are_clear_errors_naming_split_and_batch():
         Dataset.from_loader("d", X, ok, n_classes=2)
     with pytest.raises(ValueError, match=r"dataset 'd', train split: y_train holds label 1 .* n_classes = 1"):
         Dataset.from_loader("d", ok, ok, n_classes=1)  # the Dataset's own checks apply
+
+
+def test_seed_dtype_holds_every_w_seed_in_it_while_training(blobs):
+    """TrainConfig(seed_dtype="bfloat16"): the scaffolds' W_seed are held in bf16 (the float32 draw rounded),
+    what trains stays float32, and a full-training model is left as it is."""
+    from reservoir_depth.scaffold import scaffold_layers
+
+    model = lotta_mlp(blobs)
+    drawn = {n: m.W_seed.clone() for n, m in scaffold_layers(model)}
+    h = train(model, blobs, TrainConfig(**{**CFG.__dict__, "epochs": 1, "seed_dtype": "bfloat16"}))
+    assert math.isfinite(h.final["test_loss"])
+    for n, m in scaffold_layers(model):
+        assert m.W_seed.dtype == torch.bfloat16 and torch.equal(m.W_seed, drawn[n].to(torch.bfloat16)), n
+        assert m.lora_A.dtype == m.beta.dtype == torch.float32
+    with torch_rng(0):
+        full = build("mlp", d_in=blobs.d_in, n_out=blobs.n_classes, hidden=(32, 16))
+    train(full, blobs, TrainConfig(**{**CFG.__dict__, "epochs": 1, "seed_dtype": "bfloat16"}))
+    assert {p.dtype for p in full.parameters()} == {torch.float32}
+
+
+@pytest.mark.parametrize("bad", ["bf16", "float64", torch.bfloat16, 16])
+def test_seed_dtype_names_what_is_allowed(bad):
+    with pytest.raises(ValueError, match=r"seed_dtype must be one of \(None, 'bfloat16', 'float16'\), got"):
+        TrainConfig(seed_dtype=bad)
+
+
+def test_seed_dtype_enters_a_runs_config_only_when_set():
+    from reservoir_depth.study import Run
+
+    run = Run("s", "digits", {"name": "mlp"}, "lotta", 0)
+    assert "seed_dtype" not in run.config()["train"]
+    held = Run("s", "digits", {"name": "mlp"}, "lotta", 0, train={"seed_dtype": "bfloat16"})
+    assert held.config()["train"]["seed_dtype"] == "bfloat16" and held.run_id != run.run_id
