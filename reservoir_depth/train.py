@@ -54,6 +54,10 @@ class TrainConfig:
     # hold every scaffold's W_seed in this dtype while training (scaffold.set_seed_dtype): "bfloat16" under
     # CUDA's bf16 autocast saves the per-step cast of W_seed and half its memory; None: the parameter dtype
     seed_dtype: str | None = None
+    # run the training forward and backward under torch.compile (evaluation stays eager): on the CPU a
+    # LottaLoRA LM step went from 0.85x to 0.78x of full training (docs/guide.md#performance). Needs a
+    # working compiler (a C++ toolchain on the CPU, Triton on CUDA); results differ from eager in rounding
+    compile: bool = False
 
     def __post_init__(self) -> None:
         for k in ("epochs", "batch_size"):
@@ -64,6 +68,8 @@ class TrainConfig:
         if self.free_run is not None and not isinstance(self.free_run, bool):
             raise ValueError(f"free_run must be True, False or None (when the series is autonomous), "
                              f"got {self.free_run!r}")
+        if not isinstance(self.compile, bool):
+            raise ValueError(f"compile must be True or False, got {self.compile!r}")
         if self.seed_dtype not in SEED_DTYPES:
             raise ValueError(f"seed_dtype must be one of {SEED_DTYPES}, got {self.seed_dtype!r}")
         if self.log_dir is None:
@@ -414,6 +420,8 @@ def train(model: nn.Module, data, config: TrainConfig = TrainConfig()) -> Histor
     if not params:
         raise ValueError("the model has no trainable parameter")
     net = distributed.wrap(model, dev)  # DDP over the trainable tensors, or the model itself
+    if config.compile:
+        net = torch.compile(net)
     counts = count_parameters(model)
     hist = History(trainable=counts.trainable, total=counts.total, device=str(dev))
     opt = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)

@@ -209,3 +209,46 @@ def test_seed_dtype_enters_a_runs_config_only_when_set():
     assert "seed_dtype" not in run.config()["train"]
     held = Run("s", "digits", {"name": "mlp"}, "lotta", 0, train={"seed_dtype": "bfloat16"})
     assert held.config()["train"]["seed_dtype"] == "bfloat16" and held.run_id != run.run_id
+
+
+def test_compile_trains_the_compiled_module(blobs, monkeypatch):
+    """TrainConfig(compile=True) runs the training steps through torch.compile(net); with a compiler that
+    returns the module itself the run is the eager run exactly."""
+    compiled = []
+
+    def spy(module, *args, **kwargs):
+        compiled.append(module)
+        return module
+
+    monkeypatch.setattr(torch, "compile", spy)
+    model = lotta_mlp(blobs)
+    h = train(model, blobs, TrainConfig(**{**CFG.__dict__, "compile": True}))
+    assert compiled == [model]
+    ref = train(lotta_mlp(blobs), blobs, CFG)
+    pd.testing.assert_frame_equal(h.to_frame().drop(columns="seconds"), ref.to_frame().drop(columns="seconds"))
+
+
+@pytest.mark.slow
+def test_compiled_training_follows_eager_training(blobs):
+    """A real torch.compile (no dropout, so only rounding differs): the first epochs' losses agree with eager."""
+    def model():
+        with torch_rng(0):
+            m = build("mlp", d_in=blobs.d_in, n_out=blobs.n_classes, hidden=(32, 16), dropout=0.0)
+        return scaffold(m, ScaffoldConfig(target_modules=m.scaffold_targets, trainable=m.scaffold_trainable, r=2))
+
+    cfg = TrainConfig(**{**CFG.__dict__, "epochs": 2})
+    eager = train(model(), blobs, cfg).to_frame()
+    comp = train(model(), blobs, TrainConfig(**{**cfg.__dict__, "compile": True})).to_frame()
+    for col in ("train_loss", "test_loss"):
+        assert comp[col].iloc[1:].to_numpy() == pytest.approx(eager[col].iloc[1:].to_numpy(), rel=1e-3), col
+
+
+def test_compile_setting_is_checked_and_enters_a_runs_config_only_when_set():
+    from reservoir_depth.study import Run
+
+    with pytest.raises(ValueError, match="compile must be True or False, got 'yes'"):
+        TrainConfig(compile="yes")
+    run = Run("s", "digits", {"name": "mlp"}, "lotta", 0)
+    assert "compile" not in run.config()["train"]
+    on = Run("s", "digits", {"name": "mlp"}, "lotta", 0, train={"compile": True})
+    assert on.config()["train"]["compile"] is True and on.run_id != run.run_id
