@@ -172,7 +172,8 @@ def cmd_train(args: argparse.Namespace) -> None:
     elif args.arch == "mlp":
         arch.setdefault("hidden", "small")
     tc = TrainConfig(epochs=args.epochs, lr=args.lr, batch_size=args.batch_size, seed=args.seed,
-                     progress=not args.no_progress, log_dir=args.log_dir)
+                     progress=not args.no_progress, log_dir=args.log_dir, compile=args.compile,
+                     seed_dtype=args.seed_dtype)
     d = data.load(args.data, **dict(args.data_kw))
     with torch_rng(args.seed):
         try:
@@ -289,6 +290,11 @@ def parser() -> argparse.ArgumentParser:
     t.add_argument("--data-kw", metavar="KEY=VALUE", type=_keyword("--data-kw"), action="append", default=[],
                    help="a keyword of the dataset loader (repeatable), e.g. --data-kw n_train=512%(default).0s")
     t.add_argument("--no-progress", action="store_true", help="no progress bar")
+    t.add_argument("--compile", action="store_true",
+                   help="train under torch.compile (needs a compiler; results differ from eager in rounding)")
+    t.add_argument("--seed-dtype", choices=("bfloat16", "float16"), default=None,
+                   help="hold W_seed in this dtype while training (for CUDA's bf16 autocast: no per-step cast)"
+                        "%(default).0s")
     t.add_argument("--save", metavar="DIR",
                    help="save the adapter file to DIR (adapter.safetensors + adapter.json)%(default).0s")
     t.add_argument("--log-dir", metavar="DIR", default=None,

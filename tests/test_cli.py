@@ -157,3 +157,24 @@ def test_train_takes_the_families_declared_specs(monkeypatch):
     assert main(["train", "--data", "mackey-glass", "--arch", "reservoir", "--epochs", "1"]) == 2
     (spec,) = seen["specs"].values()
     assert spec.scaling == "spectral_radius"
+
+
+def test_train_passes_compile_and_seed_dtype_to_the_training_config(monkeypatch, capsys):
+    train_mod = importlib.import_module("reservoir_depth.train")  # the module (the package exports the function)
+    seen = []
+    real = train_mod.train
+
+    def spy(model, d, config):
+        seen.append(config)
+        return real(model, d, config)
+
+    monkeypatch.setattr(train_mod, "train", spy)
+    monkeypatch.setattr(train_mod.torch, "compile", lambda m, *a, **k: m)  # the wiring, not a compiler
+    assert main(["train", "--data", "digits", "--hidden", "8", "--rank", "1", "--epochs", "1", "--no-progress",
+                 "--compile", "--seed-dtype", "bfloat16"]) == 0
+    assert seen[-1].compile is True and seen[-1].seed_dtype == "bfloat16"
+    assert main(["train", "--data", "digits", "--hidden", "8", "--rank", "1", "--epochs", "1", "--no-progress"]) == 0
+    assert seen[-1].compile is False and seen[-1].seed_dtype is None
+    with pytest.raises(SystemExit) as e:
+        main(["train", "--seed-dtype", "int8"])
+    assert e.value.code == 2 and "--seed-dtype: invalid choice: 'int8'" in capsys.readouterr().err
