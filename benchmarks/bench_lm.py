@@ -89,9 +89,6 @@ class MLPConfig:
 
 
 MLP_PRESETS = {"medium": MLPConfig(d_in=784, hidden="medium", n_out=10, batch=128)}
-MLP_TARGETS, MLP_TRAINABLE = (r"layers\.\d+",), ("head",)  # the family's scaffold_targets / _trainable
-PROJECTIONS = (llama.BLOCK_LINEAR,)  # q, k, v, o and the SwiGLU's gate, up, down in every block
-TRAINABLE = ("embed", "head", llama.NORMS)  # trained in every variant besides the adapters
 RANK, ALPHA = 8, 16.0
 
 
@@ -107,8 +104,9 @@ class PlainScaffoldLinear(ScaffoldLinear):
 
 
 def _targets(model: nn.Module) -> tuple[tuple[str, ...], tuple[str, ...]]:
-    """(adapted layers, other trained modules) of the LM or the MLP."""
-    return (PROJECTIONS, TRAINABLE) if isinstance(model, llama.Llama) else (MLP_TARGETS, MLP_TRAINABLE)
+    """(adapted layers, other trained modules): the family's own scaffold_targets and scaffold_trainable
+    (the llama built with adapters="all": q, k, v, o, gate, up, down of every block; embedding, norms, head)."""
+    return tuple(model.scaffold_targets), tuple(model.scaffold_trainable)
 
 
 def _ours(model: nn.Module) -> nn.Module:
