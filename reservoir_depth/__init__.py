@@ -8,15 +8,16 @@ __version__ = "0.1.0"
 from .distributions import DISTRIBUTIONS, DistributionSpec, Family, draw, layer_seed, register, sample
 from .io import load, save
 from .models import scaffold_defaults
-from .scaffold import (LAYER_TYPES, LayerType, ScaffoldConfig, ScaffoldConv1D, ScaffoldConv1d, ScaffoldConv2d, Scaffolded,
-                       ScaffoldEmbedding, ScaffoldLayer, ScaffoldLinear, ScaffoldMultiheadAttention, advance, betas,
-                       count_parameters, layer_type, merge, register_layer_type, scaffold, scaffold_layers)
+from .scaffold import (LAYER_TYPES, LayerType, ScaffoldConfig, ScaffoldConv1d, ScaffoldConv2d, Scaffolded,
+                       ScaffoldEmbedding, ScaffoldLayer, ScaffoldLinear, ScaffoldMultiheadAttention,
+                       ScaffoldTransposedLinear, advance, betas, count_parameters, layer_type, merge,
+                       register_layer_type, scaffold, scaffold_layers)
 from .train import History, TrainConfig, evaluate, train
 
 __all__ = [
     "DISTRIBUTIONS", "DistributionSpec", "Family", "History", "LAYER_TYPES", "LayerType", "ScaffoldConfig",
-    "ScaffoldConv1D", "ScaffoldConv1d", "ScaffoldConv2d", "ScaffoldEmbedding", "ScaffoldLayer", "ScaffoldLinear",
-    "ScaffoldMultiheadAttention", "Scaffolded", "TrainConfig", "__version__", "advance", "betas", "count_parameters",
-    "draw", "evaluate", "layer_seed", "layer_type", "load", "merge", "register", "register_layer_type", "sample",
-    "save", "scaffold", "scaffold_defaults", "scaffold_layers", "train",
+    "ScaffoldConv1d", "ScaffoldConv2d", "ScaffoldEmbedding", "ScaffoldLayer", "ScaffoldLinear",
+    "ScaffoldMultiheadAttention", "ScaffoldTransposedLinear", "Scaffolded", "TrainConfig", "__version__", "advance",
+    "betas", "count_parameters", "draw", "evaluate", "layer_seed", "layer_type", "load", "merge", "register",
+    "register_layer_type", "sample", "save", "scaffold", "scaffold_defaults", "scaffold_layers", "train",
 ]

@@ -1,0 +1,196 @@
+"""What turns a torch model into a LottaLoRA model: ScaffoldConfig and its pattern language.
+
+Eq. (1) of the design, per scaffold layer:
+
+    y = beta * W_seed x + s * B (A x) + b,   s = alpha / r  (rsLoRA: alpha / sqrt(r))
+
+with r the layer's own rank (ScaffoldConfig.max_rank caps it per layer; r = 0 leaves beta W_seed x + b).
+Module names are matched by peft's rule (``matches``: exact name, '.'-suffix, or regex full match);
+per-layer overrides (``specs``, ``max_rank``) by the same rule, one pattern per layer at most.
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+import re
+from dataclasses import dataclass, field, fields
+from typing import Any, Mapping, Sequence
+
+from ..distributions import DistributionSpec, as_spec, is_number
+
+BIAS_MODES = ("keep", "none", "frozen", "trainable")
+SCHEDULES = ("static", "epoch", "step", "batch")
+ALL_LINEAR = "all-linear"
+
+
+def _patterns(value: Any, what: str) -> tuple[str, ...]:
+    """Module-name patterns: a str is ONE pattern (never its characters); each must be a str and a valid regex."""
+    if isinstance(value, str):
+        value = (value,)
+    try:
+        items = tuple(value)
+    except TypeError:
+        raise ValueError(f"{what} must be a pattern (str) or a list of patterns, got {value!r}") from None
+    for p in items:
+        if not isinstance(p, str):
+            raise ValueError(f"{what}: every pattern must be a str, got {p!r} in {list(items)!r}")
+        if p == ALL_LINEAR:
+            if what != "target_modules" or len(items) != 1:
+                raise ValueError(f"{what}: {ALL_LINEAR!r} stands alone in target_modules, got {list(items)!r}")
+            continue
+        try:
+            re.compile(p)
+        except re.error as e:
+            raise ValueError(f"{what}: pattern '{p}' is not a valid regular expression ({e})") from None
+    return items
+
+
+@dataclass(frozen=True)
+class ScaffoldConfig:
+    """Everything that turns a torch model into a LottaLoRA model.
+
+    target_modules: the layers to replace: "all-linear" (the default: every linear-like
+        layer except the output layer, as peft: the LayerType entries with linear=True,
+        nn.Linear, transformers' Conv1D and nn.MultiheadAttention) or names / regexes, peft's rule: exact
+        name, name suffix after a dot, or regex full match. A str is one pattern. Every
+        pattern must match; a matched module of a type no LAYER_TYPES entry handles is an
+        error, never a silent skip.
+    trainable: names or regexes of other modules whose parameters stay trainable
+        (heads, embeddings, norms); each must match a module. Everything else is frozen.
+    r, alpha, rslora: LoRA rank and scale s = alpha / r, or alpha / sqrt(r), with r the layer's own
+        rank (see max_rank): a layer capped to a smaller rank gets the larger s of that rank.
+    bias: "keep" (default) draws a frozen bias from the seed only where the replaced layer
+        had one, so merge() gives a state_dict of the original class; "frozen" and
+        "trainable" give every layer a seeded bias (frozen / trained); "none" drops it.
+        Seeded biases are U(-1/sqrt(fan_in), 1/sqrt(fan_in)) (PyTorch's default law).
+    schedule, k: the destabilised scaffolds of Sec. 4 of the paper. "static" (the
+        default) keeps W_seed; "epoch" redraws it every epoch; "step" cycles k
+        scaffolds, one per optimiser step; "batch" splits each training batch into
+        k sub-batches, each through its own scaffold.
+    specs: per-layer distribution overrides {pattern: spec} (e.g. the spectral-radius rule
+        for a reservoir's recurrent weight). A pattern matches a scaffold layer by the peft
+        rule on the layer's name or on the name of the target that holds it (an
+        nn.MultiheadAttention's ``attn`` holds ``attn.in_proj`` and ``attn.out_proj``). Every
+        pattern must match a scaffold layer, and a layer matched by two patterns is an error
+        (no order-dependent "first wins": the adapter file stores the patterns sorted). Layers
+        no pattern matches take ``spec``. Empty by default and then left out of to_dict(),
+        so configs without overrides keep their stored form and run ids.
+    max_rank: per-layer rank caps {pattern: r_max} (r_max an int >= 0), matched exactly as ``specs``
+        (same rules, same errors): a matched layer has rank r_layer = min(r, r_max), which sets the
+        shapes of its A (r_layer, d_in) and B (d_out, r_layer), its scale s, what an adapter file
+        stores and the rank check (r_layer > min(d_in, d_out) is refused, naming the layer).
+        r_max = 0 makes a frozen scaffold with a trained beta only: y = beta W_seed x + b. Empty by
+        default and then left out of to_dict().
+    """
+
+    target_modules: Sequence[str] | str = (ALL_LINEAR,)
+    r: int = 8
+    alpha: float = 16.0
+    rslora: bool = False
+    spec: DistributionSpec = field(default_factory=DistributionSpec)
+    root_seed: int = 0
+    bias: str = "keep"
+    trainable: Sequence[str] | str = ()
+    schedule: str = "static"
+    k: int = 1
+    specs: Mapping[str, DistributionSpec] = field(default_factory=dict)
+    max_rank: Mapping[str, int] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "spec", as_spec(self.spec))
+        object.__setattr__(self, "specs", {p: as_spec(v) for p, v in _per_layer(self.specs, "specs", "spec")})
+        caps = _per_layer(self.max_rank, "max_rank", "r_max")
+        for p, v in caps:
+            if not _is_size(v):
+                raise ValueError(f"max_rank[{p!r}] must be an int >= 0, got {v!r}")
+        object.__setattr__(self, "max_rank", {p: int(v) for p, v in caps})
+        object.__setattr__(self, "target_modules", _patterns(self.target_modules, "target_modules"))
+        object.__setattr__(self, "trainable", _patterns(self.trainable, "trainable"))
+        if not self.target_modules:
+            raise ValueError("target_modules is empty: give 'all-linear' or at least one pattern")
+        if not _is_size(self.r):
+            raise ValueError(f"rank r must be an int >= 0, got {self.r!r}")
+        object.__setattr__(self, "r", int(self.r))
+        if not (is_number(self.alpha) and math.isfinite(self.alpha) and self.alpha > 0):
+            raise ValueError(f"alpha must be a finite number > 0, got {self.alpha!r}")
+        object.__setattr__(self, "alpha", float(self.alpha))
+        if not isinstance(self.rslora, bool):
+            raise ValueError(f"rslora must be True or False, got {self.rslora!r}")
+        if self.bias not in BIAS_MODES:
+            raise ValueError(f"bias must be one of {BIAS_MODES}, got {self.bias!r}")
+        if self.schedule not in SCHEDULES:
+            raise ValueError(f"schedule must be one of {SCHEDULES}, got {self.schedule!r}")
+        if not isinstance(self.k, numbers.Integral) or isinstance(self.k, bool) or self.k < 1:
+            raise ValueError(f"k (number of scaffolds) must be an int >= 1, got {self.k!r}")
+        if self.schedule == "static" and self.k != 1:
+            raise ValueError(f"k={self.k} needs a destabilised schedule ('step' or 'batch'), got 'static'")
+
+    @property
+    def s(self) -> float:
+        """LoRA scale at the config's rank r (a layer uses ``scale`` of its own rank)."""
+        return self.scale(self.r)
+
+    def scale(self, r: int) -> float:
+        """s = alpha / r or alpha / sqrt(r) (rsLoRA) of a layer of rank r; 0 at r = 0."""
+        if r == 0:
+            return 0.0
+        return self.alpha / (math.sqrt(r) if self.rslora else r)
+
+    def spec_for(self, *names: str) -> tuple[str | None, DistributionSpec]:
+        """(pattern, spec) of the layer known by ``names`` (its own name, the target holding it):
+        the one ``specs`` pattern matching any of them, else (None, ``spec``); two patterns is an error."""
+        p = _layer_pattern(self.specs, "specs", names)
+        return (p, self.spec if p is None else self.specs[p])
+
+    def rank_for(self, *names: str) -> tuple[str | None, int]:
+        """(pattern, r_layer) of the layer known by ``names``, as spec_for: r_layer = min(r, r_max) of
+        the one ``max_rank`` pattern matching, else (None, r)."""
+        p = _layer_pattern(self.max_rank, "max_rank", names)
+        return (p, self.r if p is None else min(self.r, self.max_rank[p]))
+
+    def to_dict(self) -> dict[str, Any]:
+        d = {f.name: getattr(self, f.name) for f in fields(self)}
+        d["spec"] = self.spec.to_dict()
+        d["target_modules"], d["trainable"] = list(self.target_modules), list(self.trainable)
+        d["specs"] = {p: v.to_dict() for p, v in self.specs.items()}
+        d["max_rank"] = dict(self.max_rank)
+        for key in PER_LAYER:
+            if not d[key]:
+                del d[key]  # stored configs (and run ids) without overrides keep their form
+        return d
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> "ScaffoldConfig":
+        specs = {p: DistributionSpec.from_dict(v) for p, v in d.get("specs", {}).items()}
+        return cls(**{**d, "spec": DistributionSpec.from_dict(d["spec"]), "specs": specs})
+
+
+PER_LAYER = ("specs", "max_rank")  # ScaffoldConfig's {pattern: value} overrides, matched by _layer_pattern
+
+
+def _is_size(v: Any) -> bool:
+    return isinstance(v, numbers.Integral) and not isinstance(v, bool) and v >= 0
+
+
+def _per_layer(value: Any, what: str, item: str) -> list[tuple[str, Any]]:
+    """A per-layer override {pattern: value}, checked (a mapping of valid patterns), sorted by pattern."""
+    if not isinstance(value, Mapping):
+        raise ValueError(f"{what} must be a mapping {{pattern: {item}}}, got {value!r}")
+    _patterns(tuple(value), what)
+    return sorted(value.items())
+
+
+def _layer_pattern(overrides: Mapping[str, Any], what: str, names: Sequence[str]) -> str | None:
+    """The one pattern of ``overrides`` matching any of ``names`` (a layer's name, the target holding it),
+    by the peft rule; None if none does; two patterns is an error (no order-dependent "first wins")."""
+    hits = [p for p in overrides if any(matches(n, (p,)) for n in names)]
+    if len(hits) > 1:
+        raise ValueError(f"layer {names[0]!r} is matched by several {what} patterns {hits}: make them disjoint")
+    return hits[0] if hits else None
+
+
+def matches(name: str, patterns: Sequence[str]) -> bool:
+    """peft's target_modules rule: exact name, '.'-suffix, or regex full match."""
+    return any(name == p or name.endswith("." + p) or re.fullmatch(p, name) for p in patterns)
+
