@@ -1,6 +1,5 @@
-"""Frozen-scaffold layers with a learned scale beta and LoRA adapters, eq. (1):
-
-    y = beta * W_seed x + s * B (A x) + b,   s = alpha / r  (rsLoRA: alpha / sqrt(r))
+"""Frozen-scaffold layers with a learned scale beta and LoRA adapters, eq. (1): y = beta W_seed x + s B (A x) + b,
+s = alpha / r (rsLoRA: alpha / sqrt(r)). Everything public is re-exported here.
 
 One job per module: ``config`` (ScaffoldConfig and the pattern language), ``base`` (eq. (1) for one
 weight: draws, dtype, destabilised schedules, merged weight), ``fused`` (the autograd functions),
