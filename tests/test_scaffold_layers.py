@@ -122,9 +122,10 @@ def test_a_destabilised_scaffold_round_trips_at_its_draw(ex, tmp_path):
 
 @pytest.mark.parametrize("ex", EXAMPLE_PARAMS)
 def test_the_batch_schedule_sends_each_part_of_the_batch_through_its_own_scaffold(ex):
-    model = scaffolded(ex, schedule="batch", k=2)
-    perturb(model)
+    model = scaffolded(ex, schedule="batch", k=2).double()  # float64: the split and the whole batch take
+    perturb(model)                                            # different kernels, equal only up to rounding
     x = x_for(ex, model)
+    x = x.double() if x.is_floating_point() else x
     y = model.train()(x)
     model.eval()
     parts = []
@@ -132,7 +133,7 @@ def test_the_batch_schedule_sends_each_part_of_the_batch_through_its_own_scaffol
         for _, layer in scaffold_layers(model):
             layer.W_seed = layer._stack[i]
         parts.append(model(part))
-    torch.testing.assert_close(y, torch.cat(parts, dim=ex.batch_dim), rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(y, torch.cat(parts, dim=ex.batch_dim), rtol=1e-10, atol=1e-10)
     for _, layer in scaffold_layers(model):
         layer.W_seed = layer._stack[0]
     assert not torch.allclose(y, model(x))  # the second part went through another scaffold
