@@ -33,7 +33,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .distributions import DistributionSpec, as_spec, draw, is_number, layer_seed, rng_for
+from .checks import is_number
+from .distributions import DistributionSpec, as_spec, draw, layer_seed, rng_for
 
 BIAS_MODES = ("keep", "none", "frozen", "trainable")
 SCHEDULES = ("static", "epoch", "step", "batch")
