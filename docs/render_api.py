@@ -12,7 +12,10 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 MODULES = [
-    "reservoir_depth.distributions", "reservoir_depth.scaffold", "reservoir_depth.scaffold.config",
+    "reservoir_depth.checks", "reservoir_depth.distributions", "reservoir_depth.distributions.seeds",
+    "reservoir_depth.distributions.philox", "reservoir_depth.distributions.families",
+    "reservoir_depth.distributions.scaling", "reservoir_depth.distributions.spec", "reservoir_depth.distributions.draw",
+    "reservoir_depth.scaffold", "reservoir_depth.scaffold.config",
     "reservoir_depth.scaffold.base", "reservoir_depth.scaffold.fused", "reservoir_depth.scaffold.layers",
     "reservoir_depth.scaffold.attention", "reservoir_depth.scaffold.registry", "reservoir_depth.scaffold.apply",
     "reservoir_depth.io", "reservoir_depth.train",

@@ -19,14 +19,8 @@ import json
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
+from reservoir_depth.checks import positive_int
 from reservoir_depth.study import provenance
-
-
-def _positive(text: str) -> int:
-    v = int(text)
-    if v < 1:
-        raise argparse.ArgumentTypeError(f"must be an integer >= 1, got {text}")
-    return v
 
 
 def parser(doc: str | None, out: str, workers: bool = False) -> argparse.ArgumentParser:
@@ -34,7 +28,7 @@ def parser(doc: str | None, out: str, workers: bool = False) -> argparse.Argumen
     p = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", default=out, type=Path, help=f"output folder (default: {out})")
     if workers:
-        p.add_argument("--workers", type=_positive, default=1, help="processes sharing the results store (default: 1)")
+        p.add_argument("--workers", type=positive_int, default=1, help="processes sharing the results store (default: 1)")
     return p
 
 
@@ -46,12 +40,12 @@ def write_provenance(out: str | Path, config: Mapping[str, Any], seeds: Sequence
     path = Path(out) / filename
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(provenance(config, seeds, metrics, **extra), sort_keys=True, indent=1,
-                               default=_jsonable) + "\n")
+                               default=_tolist) + "\n")
     return path
 
 
-def _jsonable(v: Any) -> Any:
-    """numpy scalars and arrays, tuples of them, as JSON."""
+def _tolist(v: Any) -> Any:
+    """json.dumps' default: anything with a ``tolist`` (numpy scalars and arrays, tensors) as JSON."""
     if hasattr(v, "tolist"):
         return v.tolist()
     raise TypeError(f"not JSON-serialisable: {v!r}")

@@ -3,8 +3,7 @@
 The public surface fits on one screen; everything else lives in its module.
 """
 
-__version__ = "0.1.0"
-
+from ._version import __version__
 from .distributions import DISTRIBUTIONS, DistributionSpec, Family, draw, layer_seed, register, sample
 from .io import load, save
 from .models import scaffold_defaults

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Sequence
 
 from . import __version__
+from .checks import positive_int
 from .data import DATASETS
 from .distributions import DISTRIBUTIONS
 from .models import ARCHITECTURES, SIZES
@@ -228,13 +229,6 @@ def cmd_distributions() -> None:
         print(f"{name:18s} scaling={f.default_scaling:16s} {params:40s} {f.doc}")
 
 
-def _positive(text: str) -> int:
-    v = int(text)
-    if v < 1:
-        raise argparse.ArgumentTypeError(f"must be an integer >= 1, got {text}")
-    return v
-
-
 def parser() -> argparse.ArgumentParser:
     D = argparse.ArgumentDefaultsHelpFormatter
     p = argparse.ArgumentParser(prog="reservoir-depth", description=__doc__,
@@ -251,7 +245,7 @@ def parser() -> argparse.ArgumentParser:
         s.add_argument("--out", help="output folder holding runs.sqlite and the report (default: results/<study>)")
         if name != "report":
             s.add_argument("--no-progress", action="store_true", help="no progress bars")
-            s.add_argument("--workers", type=_positive, default=1, help="processes sharing the results store")
+            s.add_argument("--workers", type=positive_int, default=1, help="processes sharing the results store")
             s.add_argument("--retry-failed", action="store_true",
                            help="also rerun runs that failed in an earlier sweep (default: leave them failed)")
             s.add_argument("--backend", choices=("local", "ray"), default="local",
@@ -280,9 +274,9 @@ def parser() -> argparse.ArgumentParser:
     t.add_argument("--rslora", action="store_true", help="s = alpha / sqrt(r) instead of alpha / r")
     t.add_argument("--dist", default="normal",
                    help="family of W_seed, with its default scaling rule (`reservoir-depth distributions` lists them)")
-    t.add_argument("--epochs", type=_positive, default=10, help="training epochs")
+    t.add_argument("--epochs", type=positive_int, default=10, help="training epochs")
     t.add_argument("--lr", type=float, default=1e-3, help="AdamW learning rate")
-    t.add_argument("--batch-size", type=_positive, default=128, help="training batch size")
+    t.add_argument("--batch-size", type=positive_int, default=128, help="training batch size")
     t.add_argument("--seed", type=int, default=0, help="root seed of W_seed, A's init and the shuffling")
     t.add_argument("--arch-kw", metavar="KEY=VALUE", type=_keyword("--arch-kw"), action="append", default=[],
                    help="a keyword of the architecture family (repeatable; VALUE read as JSON where it parses), "
@@ -311,7 +305,7 @@ def parser() -> argparse.ArgumentParser:
                          "nn.Module; its layer inputs' spectra are measured. With --adapter, the adapter file is "
                          "loaded into it (for a model the file records no architecture of)")
     sp.add_argument("--layers", nargs="*", help="layer names or regexes (default: the scaffold layers)")
-    sp.add_argument("--rows", type=_positive, default=10000, help="training inputs used for activation spectra")
+    sp.add_argument("--rows", type=positive_int, default=10000, help="training inputs used for activation spectra")
     sp.add_argument("--csv", help="also write the table to this CSV file")
     sub.add_parser("distributions", help="list the registered random-matrix families")
     return p

@@ -56,8 +56,9 @@ from safetensors.torch import load as from_bytes
 from safetensors.torch import save as to_bytes
 from torch import nn
 
-from . import __version__
-from .distributions import is_number, rng_for, torch_rng
+from ._version import __version__
+from .checks import is_number
+from .distributions import rng_for, torch_rng
 from .scaffold import ScaffoldConfig, merge, scaffold, scaffold_layers
 
 FORMAT_NAME, FORMAT_VERSION = "reservoir-depth-adapter", 2

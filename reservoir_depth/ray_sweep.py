@@ -20,7 +20,7 @@ from typing import Any, Mapping
 
 from tqdm.auto import tqdm
 
-from . import __version__
+from ._version import __version__
 from .results import ResultsStore, SweepCounts
 from .study import Run
 

@@ -482,11 +482,12 @@ def write_report(study: Study | Mapping[str, Any], out: str | Path) -> str:
                        "n_running": len(status.running), "n_stale": len(status.stale),
                        "n_missing": len(status.missing)},
                       runs=[r.config() | {"run_id": r.run_id} for r in study.runs()])
-    (out / "study.json").write_text(json.dumps(meta, sort_keys=True, indent=1, default=_jsonable) + "\n")
+    (out / "study.json").write_text(json.dumps(meta, sort_keys=True, indent=1, default=_numpy_scalar) + "\n")
     return text
 
 
-def _jsonable(v: Any) -> Any:
+def _numpy_scalar(v: Any) -> Any:
+    """json.dumps' default: a numpy scalar as its Python number; anything else is refused."""
     if isinstance(v, (np.integer, np.floating)):
         return v.item()
     raise TypeError(f"not JSON-serialisable: {v!r}")

@@ -24,8 +24,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Iterator, Mapping, Sequence
 
-from . import __version__
-from .distributions import is_number
+from ._version import __version__
+from .checks import is_number
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS runs (

@@ -32,8 +32,9 @@ import numpy as np
 import pandas
 import torch
 
+from .checks import is_number
 from .data import DATASETS, Dataset, load
-from .distributions import DistributionSpec, is_number
+from .distributions import DistributionSpec
 from .io import library_versions
 from .models import ARCHITECTURES, scaffold_defaults
 from .scaffold import ScaffoldConfig

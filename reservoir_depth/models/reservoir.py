@@ -31,7 +31,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..distributions import is_number
+from ..checks import is_number
 
 
 def spectral_spec(rho: float) -> dict[str, Any]:

@@ -17,7 +17,8 @@ import re
 from dataclasses import dataclass, field, fields
 from typing import Any, Mapping, Sequence
 
-from ..distributions import DistributionSpec, as_spec, is_number
+from ..checks import is_number
+from ..distributions import DistributionSpec, as_spec
 
 BIAS_MODES = ("keep", "none", "frozen", "trainable")
 SCHEDULES = ("static", "epoch", "step", "batch")

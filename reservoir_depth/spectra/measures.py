@@ -24,7 +24,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 import torch
 
-from ..distributions import is_number
+from ..checks import is_number
 
 __all__ = [
     "MEASURES", "Spectrum", "StreamingCovariance", "entropy_effective_rank", "explained_variance_ratio", "k_tau",
