@@ -25,7 +25,7 @@ import copy
 import math
 import numbers
 import re
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from typing import Any, Callable, Iterator, Mapping, Sequence
 
 import numpy as np
@@ -34,6 +34,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .distributions import DistributionSpec, as_spec, draw, is_number, layer_seed, rng_for
+from .identity import added, identity
 
 BIAS_MODES = ("keep", "none", "frozen", "trainable")
 SCHEDULES = ("static", "epoch", "step", "batch")
@@ -110,8 +111,8 @@ class ScaffoldConfig:
     trainable: Sequence[str] | str = ()
     schedule: str = "static"
     k: int = 1
-    specs: Mapping[str, DistributionSpec] = field(default_factory=dict)
-    max_rank: Mapping[str, int] = field(default_factory=dict)
+    specs: Mapping[str, DistributionSpec] = field(default_factory=dict, metadata=added({}))
+    max_rank: Mapping[str, int] = field(default_factory=dict, metadata=added({}))
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "spec", as_spec(self.spec))
@@ -166,15 +167,8 @@ class ScaffoldConfig:
         return (p, self.r if p is None else min(self.r, self.max_rank[p]))
 
     def to_dict(self) -> dict[str, Any]:
-        d = {f.name: getattr(self, f.name) for f in fields(self)}
-        d["spec"] = self.spec.to_dict()
-        d["target_modules"], d["trainable"] = list(self.target_modules), list(self.trainable)
-        d["specs"] = {p: v.to_dict() for p, v in self.specs.items()}
-        d["max_rank"] = dict(self.max_rank)
-        for key in PER_LAYER:
-            if not d[key]:
-                del d[key]  # stored configs (and run ids) without overrides keep their form
-        return d
+        return identity(self, spec=DistributionSpec.to_dict, target_modules=list, trainable=list, max_rank=dict,
+                        specs=lambda specs: {p: v.to_dict() for p, v in specs.items()})  # specs, max_rank: when set
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> "ScaffoldConfig":

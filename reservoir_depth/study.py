@@ -34,15 +34,13 @@ import torch
 
 from .data import DATASETS, Dataset, load
 from .distributions import DistributionSpec, is_number
+from .identity import identity
 from .io import library_versions
 from .models import ARCHITECTURES, scaffold_defaults
 from .scaffold import ScaffoldConfig
 from .train import TrainConfig
 
 METHODS = ("full", "twin", "lotta")
-# TrainConfig settings added after run ids were first stored: a run's config records them only when
-# they differ from their default, so the ids of runs stored before keep matching.
-TRAIN_ADDED = ("free_run", "seed_dtype", "compile")
 
 
 def declared_scaffold(arch: Mapping[str, Any], dims: Callable[[], tuple[int, int]] | None = None) -> dict[str, Any]:
@@ -114,10 +112,8 @@ class Run:
 
     def config(self) -> dict[str, Any]:
         """The resolved config: every default filled in, as recorded in the store."""
-        tc = TrainConfig(**{**self.train, "seed": self.seed, "progress": False}).__dict__
+        train = identity(TrainConfig(**{**self.train, "seed": self.seed}))
         ds = self.dataset if isinstance(self.dataset, str) else dict(sorted(self.dataset.items()))
-        train = {k: v for k, v in tc.items()
-                 if k != "progress" and not (k in TRAIN_ADDED and v == getattr(TrainConfig, k))}
         cfg = {"study": self.study, "dataset": ds, "arch": dict(self.arch), "method": self.method,
                "seed": self.seed, "train": train}
         if self.method in ("lotta", "twin"):

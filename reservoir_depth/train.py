@@ -27,6 +27,7 @@ from tqdm.auto import tqdm
 
 from .data.dataset import check_dataset
 from .distributions import torch_rng
+from .identity import NOT_IDENTITY, added
 from . import distributed
 from .scaffold import advance, betas, count_parameters, set_seed_dtype
 
@@ -43,21 +44,21 @@ class TrainConfig:
     seed: int = 0
     device: str = "auto"
     amp: bool = True  # bf16 autocast, CUDA only
-    progress: bool = True
+    progress: bool = field(default=True, metadata=NOT_IDENTITY)
     beta_every: int = 0  # also record beta every n optimiser steps (0: per epoch only)
     # forecasting: also measure the free-running NRMSE (test_nrmse_free) through model.step; None: when the
     # series is autonomous (its inputs are its own past, X[:, t + 1] = y[:, t]), not for a driven one (NARMA)
-    free_run: bool | None = None
+    free_run: bool | None = field(default=None, metadata=added(None))
     # TensorBoard event files (per-step loss, every key of the epoch rows, beta per layer) under this folder;
     # None: no logging and no tensorboard import. Needs `pip install tensorboard`; see TensorBoardLog
-    log_dir: str | None = None
+    log_dir: str | None = field(default=None, metadata=NOT_IDENTITY)
     # hold every scaffold's W_seed in this dtype while training (scaffold.set_seed_dtype): "bfloat16" under
     # CUDA's bf16 autocast saves the per-step cast of W_seed and half its memory; None: the parameter dtype
-    seed_dtype: str | None = None
+    seed_dtype: str | None = field(default=None, metadata=added(None))
     # run the training forward and backward under torch.compile (evaluation stays eager): on the CPU a
     # LottaLoRA LM step went from 0.85x to 0.78x of full training (docs/guide.md#performance). Needs a
     # working compiler (a C++ toolchain on the CPU, Triton on CUDA); results differ from eager in rounding
-    compile: bool = False
+    compile: bool = field(default=False, metadata=added(False))
 
     def __post_init__(self) -> None:
         for k in ("epochs", "batch_size"):
@@ -72,11 +73,7 @@ class TrainConfig:
             raise ValueError(f"compile must be True or False, got {self.compile!r}")
         if self.seed_dtype not in SEED_DTYPES:
             raise ValueError(f"seed_dtype must be one of {SEED_DTYPES}, got {self.seed_dtype!r}")
-        if self.log_dir is None:
-            # unset, it stays out of the instance's __dict__ (the class default None reads through), so a
-            # stored run's config (study.Run.config reads __dict__) and its run id are those from before log_dir
-            object.__delattr__(self, "log_dir")
-        elif not isinstance(self.log_dir, (str, os.PathLike)) or not str(self.log_dir):
+        if self.log_dir is not None and (not isinstance(self.log_dir, (str, os.PathLike)) or not str(self.log_dir)):
             raise ValueError(f"log_dir must be a folder path (str or os.PathLike) or None (no logging), "
                              f"got {self.log_dir!r}")
 
