@@ -22,8 +22,8 @@ from scipy import stats
 
 from reservoir_depth.distributions import DISTRIBUTIONS, DistributionSpec
 from reservoir_depth.report import markdown
-from reservoir_depth.results import ResultsStore
-from reservoir_depth.study import Columns, Study
+from reservoir_depth.results import Columns, ResultsStore
+from reservoir_depth.study import Study
 from reservoir_depth.sweep import run_study, study_frame
 
 RANKS = [0, 8]

@@ -31,8 +31,8 @@ from _common import parser, write_provenance
 
 from reservoir_depth.distributions import DISTRIBUTIONS, DistributionSpec
 from reservoir_depth.report import markdown
-from reservoir_depth.results import ResultsStore
-from reservoir_depth.study import Columns, Study
+from reservoir_depth.results import Columns, ResultsStore
+from reservoir_depth.study import Study
 from reservoir_depth.sweep import build_model, run_study, study_frame
 from reservoir_depth.train import TrainConfig, evaluate, train
 

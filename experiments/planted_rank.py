@@ -21,8 +21,8 @@ from _common import parser, write_provenance
 from reservoir_depth import __version__
 from reservoir_depth.rank import SaturationRank, adaptive_search
 from reservoir_depth.report import markdown
-from reservoir_depth.results import ResultsStore
-from reservoir_depth.study import Columns, Study, curves
+from reservoir_depth.results import Columns, ResultsStore
+from reservoir_depth.study import Study, curves
 from reservoir_depth.sweep import run_study, runs_of
 
 FAMILIES = {

@@ -16,8 +16,8 @@ from _common import parser, write_provenance
 
 from reservoir_depth.models.mlp import SIZES
 from reservoir_depth.report import fmt_rank, markdown, saturation
-from reservoir_depth.results import ResultsStore
-from reservoir_depth.study import Columns, Study
+from reservoir_depth.results import Columns, ResultsStore
+from reservoir_depth.study import Study
 from reservoir_depth.sweep import study_frame
 
 WIDTHS = ("tiny", "small", "medium", "large")

@@ -22,8 +22,9 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 
 from .rank import SaturationRank
-from .results import ResultsStore, error_head
-from .study import Columns, Run, Study, curves, provenance
+from .results import Columns, ResultsStore, error_head
+from .study import Run, Study, curves, provenance
+from .train import METRICS, metric_of, task_of_columns
 
 C = Columns
 NOT_RECORDED = "not recorded"
@@ -34,26 +35,10 @@ def natural(name: str) -> list:
     return [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", name)]
 
 
-# The metric a report ranks by, in order of preference, with whether higher is better and its unit.
-METRICS: dict[str, tuple[bool, str]] = {
-    "test_acc": (True, "accuracy as a fraction: 0.01 = 1 accuracy point (pp)"),
-    "test_bpc": (False, "bits per character"),
-    "test_nrmse": (False, "NRMSE, teacher-forced (RMSE / std of the target)"),
-    "test_loss": (False, "loss units"),
-}
-
-
 def metric_of_frame(df) -> str:
-    """The study's metric, from what its runs recorded: test accuracy (classification), bits per
-    character (language models), teacher-forced NRMSE (forecasting), else the test loss."""
-    return next((m for m in METRICS if m in df.columns and df[m].notna().any()), "test_loss")
-
-
-def higher_is_better(metric: str) -> bool:
-    """Whether a larger value of ``metric`` is better (only accuracies; losses, bpc and NRMSE are not)."""
-    if metric in METRICS:
-        return METRICS[metric][0]
-    return not metric.endswith(("loss", "bpc", "nrmse", "nrmse_free"))
+    """The study's headline metric (train.Task.headline) of the task whose metrics its runs recorded
+    (train.task_of_columns): a report never loads the data set to ask it."""
+    return task_of_columns([c for c in METRICS if c in df.columns and df[c].notna().any()]).headline
 
 
 def _label(method: str, rank: Any) -> Any:
@@ -258,7 +243,7 @@ def saturation(df, study: Study, metric: str, eps: float, relative: bool = False
         return None
     paired = bool(np.isfinite(F).all())
     full = F if paired else full_all[np.isfinite(full_all)]
-    return SaturationRank(eps=eps, relative=relative, higher_is_better=higher_is_better(metric),
+    return SaturationRank(eps=eps, relative=relative, higher_is_better=metric_of(metric).higher_is_better,
                           **kwargs).fit(ranks, V, full, paired=paired)
 
 
@@ -267,13 +252,6 @@ def fmt_rank(r: float, max_rank: int | None = None) -> str:
     if math.isinf(r):
         return f"> {max_rank}" if max_rank is not None else "> max rank"
     return str(int(r))
-
-
-def _points(v: float, metric: str) -> str:
-    """A difference in metric units, as accuracy points (pp) or loss units."""
-    if metric == "test_acc":
-        return f"{100 * v:.2f} pp"
-    return f"{v:.4g} {'bits per character' if metric == 'test_bpc' else 'NRMSE' if 'nrmse' in metric else 'loss units'}"
 
 
 def rank_section(df, study: Study, metric: str) -> tuple[list[str], dict[float, float], dict[str, Any]]:
@@ -292,8 +270,8 @@ def rank_section(df, study: Study, metric: str) -> tuple[list[str], dict[float, 
         seeds = f"{sr.n_seeds_} seed{'s' if sr.n_seeds_ > 1 else ''}"
         kind = (f"{'paired ' if sr.paired_ else ''}bootstrap over {seeds}, {int(100 * sr.ci)}%"
                 if sr.ci_kind_ == "bootstrap" else f"seed range over {seeds} (not a confidence interval)")
-        eps_cell = f"{eps:g} of full ({'relative'})" if relative else f"{eps:g} ({_points(eps, metric)}, absolute)"
-        margin = _points(sr.margin_, metric) if math.isfinite(sr.margin_) else ""
+        eps_cell = f"{eps:g} of full ({'relative'})" if relative else f"{eps:g} ({metric_of(metric).points(eps)}, absolute)"
+        margin = metric_of(metric).points(sr.margin_) if math.isfinite(sr.margin_) else ""
         if margin and metric == "test_acc" and len(n_test):  # the margin in test images, summed over the seeds
             margin += f" ({round(sr.margin_ * int(n_test.iloc[0]) * sr.n_seeds_)} test images)"
         rows.append(f"| {eps_cell} | {fmt_rank(sr.r_star_, sr.max_rank_)} | [{fmt_rank(sr.ci_[0], sr.max_rank_)}, "
@@ -305,7 +283,7 @@ def rank_section(df, study: Study, metric: str) -> tuple[list[str], dict[float, 
     if not rows:
         return (["r*(eps) needs full training and at least one rank that ran for every seed: "
                  "not stated.", ""], {}, {"r_star": []})
-    unit = METRICS.get(metric, (None, "the metric's units"))[1]
+    unit = metric_of(metric).unit
     lines = [f"Saturation rank r*(eps) = min{{r : mean {metric} at r within eps of full training}}, on the "
              f"mean over seeds. eps is **absolute**, in the metric's units ({unit}); a relative eps is a "
              "fraction of the full-training mean (study key `eps_relative = true`). The recovery column above "

@@ -1,4 +1,4 @@
-"""The study schema and the results-frame schema: one typed owner for each.
+"""The study schema: one typed owner.
 
 A study (a TOML file in experiments/, or a dict) names a dataset, an architecture,
 seeds, the LoRA ranks r and the baselines; ``Study.load(path)`` / ``Study.from_dict(d)``
@@ -7,9 +7,8 @@ check every key, nested tables included, against the settings they feed
 refuse an unknown key, a missing key or a wrong type, naming the file, the key and
 what is allowed. ``Study.runs()`` expands it into ``Run`` s, one per method, rank and seed.
 
-``Columns`` owns the names of the results frame (``ResultsStore.frame``):
-other modules ask it rather than spell ``"cfg.method"``. ``curves`` turns a frame
-into the arrays the saturation estimator takes (rank.SaturationRank).
+``curves`` turns a results frame (``ResultsStore.frame``, its column names in
+results.Columns) into the arrays the saturation estimator takes (rank.SaturationRank).
 """
 
 from __future__ import annotations
@@ -37,6 +36,7 @@ from .distributions import DistributionSpec, is_number
 from .identity import identity
 from .io import library_versions
 from .models import ARCHITECTURES, scaffold_defaults
+from .results import Columns
 from .scaffold import ScaffoldConfig
 from .train import TrainConfig
 
@@ -399,39 +399,7 @@ class Study(MappingABC):
 DEFAULT_STUDY_FILE = "digits_mlp.toml"
 
 
-# ----------------------------------------------------------------------------- the results-frame schema
-
-class Columns:
-    """Column names of a results frame (ResultsStore.frame): the run's metadata, its resolved
-    config flattened under ``cfg.`` and its metrics."""
-
-    RUN_ID = "run_id"
-    SEED = "seed"
-    STATUS = "status"
-    CONFIG = "cfg."
-    METHOD = "cfg.method"
-    RANK = "cfg.scaffold.r"
-    TRAINABLE = "trainable"
-    TRAINABLE_FRACTION = "trainable_fraction"
-    ADAPTER_BYTES = "adapter_bytes"  # the adapter file (io.save) of a LottaLoRA run
-    DENSE_BYTES = "dense_bytes"  # a dense checkpoint of the merged model
-    BETA = "beta/"  # beta/<layer>: learned beta per scaffold layer
-    SPECTRA = ("act", "dW", "adapter", "init")  # <kind>/<layer>/<measure>
-
-    @staticmethod
-    def config(*path: str) -> str:
-        """The column of a config field: config("scaffold", "alpha") -> "cfg.scaffold.alpha"."""
-        return Columns.CONFIG + ".".join(path)
-
-    @staticmethod
-    def spectrum(kind: str, layer: str, measure: str) -> str:
-        return f"{kind}/{layer}/{measure}"
-
-
-def metric_of(task: str) -> str:
-    """The metric a study reports: test accuracy for classification, test loss otherwise."""
-    return "test_acc" if task == "classification" else "test_loss"
-
+# ----------------------------------------------------------------------------- the results frame as curves
 
 def curves(df, metric: str, ranks: Sequence[int] | None = None, seeds: Sequence[int] | None = None):
     """A frame as the estimator's arrays: (ranks (R,), values (S, R) per-seed curves of the

@@ -31,12 +31,13 @@ from tqdm.auto import tqdm
 from . import __version__, data, io
 from .distributions import torch_rng
 from .models import build, scaffold_defaults
-from .results import ResultsStore, SweepCounts
+from .results import Columns, ResultsStore, SweepCounts
 from .scaffold import ScaffoldConfig, merge, scaffold
 from .spectra import ActivationSpectra, IntrinsicDimension, TaskSpectrum, WeightSpectra
 from . import study as study_module
-from .study import Columns, Run, Study
-from .train import TensorBoardLog, TrainConfig, train
+from .study import Run, Study
+from .rank import adaptive_search
+from .train import TensorBoardLog, TrainConfig, metric_of, task_of, train
 
 
 _dataset = study_module._dataset  # the cache behind Run.data (tests clear it)
@@ -332,12 +333,9 @@ def adaptive_sweep(study: Mapping[str, Any], store: ResultsStore, eps: float, r_
     over the study's seeds through the store (so finished runs are reused).
 
     Returns (SearchResult, number of LottaLoRA runs it needed)."""
-    from .rank import adaptive_search
-    from .report import higher_is_better
-
-    task = dataset_of(runs_of(study)[0]).task
-    metric = metric or ("test_acc" if task == "classification" else "test_loss")
-    higher = higher_is_better(metric)
+    metric = metric_of(metric or task_of(dataset_of(runs_of(study)[0]).task).headline)
+    higher = metric.higher_is_better
+    metric = metric.name
     base = runs_of(study, ranks=[])
     sweep(base, store, progress=progress)
     full_ids = {r.run_id for r in base if r.method == "full"}

@@ -165,8 +165,43 @@ def resolve_device(device: str = "auto") -> torch.device:
     return torch.device(device)
 
 
+@dataclass(frozen=True)
+class Metric:
+    """A test metric as a column of the results frame: its name, its direction (higher_is_better) and
+    its unit (``unit``, and ``fmt`` / ``scale`` to write a difference in it: accuracy in points, pp)."""
+
+    name: str
+    higher_is_better: bool
+    unit: str
+    fmt: str
+    scale: float = 1.0
+
+    def points(self, v: float) -> str:
+        """A difference ``v`` in the metric's units, as reports write it ("1.00 pp", "0.05 loss units")."""
+        return self.fmt.format(self.scale * v)
+
+
+METRICS: dict[str, Metric] = {m.name: m for m in (
+    Metric("test_acc", True, "accuracy as a fraction: 0.01 = 1 accuracy point (pp)", "{:.2f} pp", 100.0),
+    Metric("test_bpc", False, "bits per character", "{:.4g} bits per character"),
+    Metric("test_nrmse", False, "NRMSE, teacher-forced (RMSE / std of the target)", "{:.4g} NRMSE"),
+    Metric("test_nrmse_free", False, "NRMSE, free-running (RMSE / std of the target)", "{:.4g} NRMSE"),
+    Metric("test_loss", False, "loss units", "{:.4g} loss units"),
+)}
+
+
+def metric_of(name: str) -> Metric:
+    """The registered metric ``name`` (METRICS); a clear error names the allowed ones."""
+    if name not in METRICS:
+        raise ValueError(f"unknown metric {name!r}; allowed: {', '.join(METRICS)}")
+    return METRICS[name]
+
+
 class Task:
     """A training task: its loss and what evaluation measures (one entry of ``TASKS``).
+
+    ``headline`` is the metric a study of the task ranks by (r*, reports, adaptive search), one of
+    ``measures``, the test metrics its runs record (METRICS).
 
     ``loss(out, y, reduction, washout)`` is the training loss (``reduction`` "mean" or "sum");
     ``sums(out, y, washout)`` what one test batch adds up; ``metrics(sums, y, washout)`` the
@@ -175,6 +210,8 @@ class Task:
     """
 
     name: str = ""
+    headline: str = "test_loss"
+    measures: tuple[str, ...] = ("test_loss",)
     eval_batch: int | None = 1024  # test windows per evaluation batch (None: the training batch size)
 
     def check(self, out: torch.Tensor, y: torch.Tensor, model: nn.Module) -> None:
@@ -201,6 +238,7 @@ class Classification(Task):
     (n, T) right-padded with pad_id: the model handles the padding."""
 
     name = "classification"
+    headline, measures = "test_acc", ("test_loss", "test_acc")
 
     def check(self, out, y, model) -> None:
         if out.shape[:-1] != y.shape:
@@ -240,6 +278,7 @@ class LanguageModelling(Classification):
     character for a character vocabulary); tokens_per_s = training tokens per second of the epoch."""
 
     name = "lm"
+    headline, measures = "test_bpc", ("test_loss", "test_bpc")
     eval_batch = None  # logits are (B, T, V): evaluate in batches of the training size, which fit
 
     def loss(self, out, y, reduction="mean", washout=0):
@@ -268,6 +307,7 @@ class Forecasting(Task):
     """
 
     name = "forecasting"
+    headline, measures = "test_nrmse", ("test_loss", "test_nrmse", "test_nrmse_free")
 
     def loss(self, out, y, reduction="mean", washout=0):
         se = (out.float()[:, washout:] - y[:, washout:]).pow(2)
@@ -289,6 +329,14 @@ def task_of(name: str) -> Task:
     if name not in TASKS:
         raise ValueError(f"task must be one of {tuple(TASKS)}, got {name!r}")
     return TASKS[name]
+
+
+def task_of_columns(recorded) -> Task:
+    """The task whose runs recorded the metrics ``recorded`` (column names with a value): of the tasks
+    whose ``measures`` all appear, the one that measures the most (regression, which measures only the
+    loss, when no other fits). How a report, which never loads data, knows its study's task."""
+    fits = [t for t in TASKS.values() if set(t.measures) - {"test_nrmse_free"} <= set(recorded)]
+    return max(fits, key=lambda t: len(t.measures), default=TASKS["regression"])
 
 
 def output_of(out: Any, model: nn.Module) -> torch.Tensor:

@@ -10,7 +10,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from reservoir_depth.cli import main
-from reservoir_depth.study import Columns, Study, StudyError, curves
+from reservoir_depth.results import Columns
+from reservoir_depth.study import Study, StudyError, curves
 from reservoir_depth.sweep import runs_of
 
 ROOT = Path(__file__).resolve().parents[1]
