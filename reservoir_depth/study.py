@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from functools import lru_cache
 from importlib import resources as package_files
 from pathlib import Path
-from typing import Any, Callable, Iterator, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 import pandas
@@ -197,7 +197,7 @@ def _check_type(value: Any, default: Any, key: str, source: str) -> None:
 
 
 @dataclass(frozen=True, eq=True)
-class Study(MappingABC):
+class Study:
     """A typed study: the keys of a study TOML (docs/guide.md, "Studies").
 
     study, dataset, seeds and arch are required; ranks (LoRA ranks r, default none),
@@ -209,7 +209,7 @@ class Study(MappingABC):
     Ray backend reserves for each run: cpus, default 1, and gpus, default 0; not part of a run's
     config, so it never changes a run id).
 
-    Read-only mapping access (``study["seeds"]``) gives the resolved keys.
+    ``to_dict()`` gives the resolved keys as plain values.
     """
 
     study: str
@@ -355,16 +355,7 @@ class Study(MappingABC):
                  spectra=list(self.spectra) if isinstance(self.spectra, tuple) else self.spectra)
         return d
 
-    def __getitem__(self, key: str) -> Any:
-        return self.to_dict()[key]
-
-    def __iter__(self) -> Iterator[str]:
-        return iter(self.to_dict())
-
-    def __len__(self) -> int:
-        return len(self.to_dict())
-
-    __hash__ = None  # a mapping: compare by value, do not hash
+    __hash__ = None  # compared by value; its tables are dicts, so not hashable
 
     @property
     def measured(self) -> set[str]:

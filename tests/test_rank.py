@@ -8,8 +8,8 @@ from hypothesis import strategies as st
 from reservoir_depth import data
 from reservoir_depth.rank import MIN_BOOTSTRAP_SEEDS, SaturationRank, adaptive_search, r_star
 from reservoir_depth.results import ResultsStore
-from reservoir_depth.study import curves
-from reservoir_depth.sweep import adaptive_sweep, runs_of, study_frame, sweep
+from reservoir_depth.study import Study, curves
+from reservoir_depth.sweep import adaptive_sweep, sweep
 
 rank_curves = st.dictionaries(st.integers(0, 64), st.floats(0, 1), min_size=1, max_size=12)
 
@@ -221,8 +221,8 @@ def test_planted_rank_is_recovered(tmp_path, k):
     """Ground truth: a student on the teacher's scaffold saturates exactly at r = k (Prop. 4)."""
     study = {**PLANTED, "dataset": {**PLANTED["dataset"], "k": k}, "ranks": list(range(0, 6))}
     store = ResultsStore(tmp_path / "r.sqlite", create=True)
-    assert sweep(runs_of(study), store, progress=False).failed == 0
-    ranks, values, full, _ = curves(study_frame(study, store), "test_loss")
+    assert sweep(Study.of(study).runs(), store, progress=False).failed == 0
+    ranks, values, full, _ = curves(Study.of(study).frame(store), "test_loss")
     sr = SaturationRank(eps=0.25, higher_is_better=False, n_boot=50).fit(ranks, values, full)
     assert sr.r_star_ == k, sr.curve_
     # each missing direction costs strength^2 = 1 in summed squared error

@@ -14,7 +14,7 @@ from reservoir_depth import data
 from reservoir_depth import sweep as sweep_mod
 from reservoir_depth.report import NoResults, markdown, rank_table, study_status, write_report
 from reservoir_depth.results import Columns, ResultsStore
-from reservoir_depth.study import Study
+from reservoir_depth.study import Run, Study
 from reservoir_depth.sweep import sweep
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -38,7 +38,7 @@ def no_models(monkeypatch):
     def boom(*a, **k):
         raise AssertionError("the report built a model or loaded data")
 
-    for mod, name in ((sweep_mod, "build_model"), (sweep_mod, "dataset_of"), (data, "load")):
+    for mod, name in ((sweep_mod, "build_model"), (Run, "data"), (data, "load")):
         monkeypatch.setattr(mod, name, boom)
 
 

@@ -1,6 +1,7 @@
 """The study schema (Study) and the results-frame schema (Columns, curves)."""
 
 import sqlite3
+from collections.abc import Mapping
 from pathlib import Path
 
 import numpy as np
@@ -12,7 +13,6 @@ from hypothesis import strategies as st
 from reservoir_depth.cli import main
 from reservoir_depth.results import Columns
 from reservoir_depth.study import Study, StudyError, curves
-from reservoir_depth.sweep import runs_of
 
 ROOT = Path(__file__).resolve().parents[1]
 BASE = {"study": "s", "dataset": "digits", "seeds": [0], "ranks": [0, 2], "arch": {"name": "mlp", "hidden": "tiny"},
@@ -33,7 +33,7 @@ def test_unknown_keys_are_refused_naming_source_key_and_allowed(patch, match):
     with pytest.raises(StudyError, match=match):
         Study.from_dict({**BASE, **patch}, source="my.toml")
     with pytest.raises(ValueError, match="<dict>"):  # the dict path (runs_of) validates too
-        runs_of({**BASE, **patch})
+        Study.of({**BASE, **patch}).runs()
 
 
 @pytest.mark.parametrize("key", ["study", "dataset", "seeds", "arch"])
@@ -81,12 +81,14 @@ def test_cli_refuses_a_misspelt_key_instead_of_running_a_partial_study(tmp_path,
     assert not (tmp_path / "o" / "runs.sqlite").exists()
 
 
-def test_expansion_and_mapping_view():
+def test_expansion_and_resolved_view():
     s = Study.from_dict(BASE)
     runs = s.runs()
     assert [(r.method, r.scaffold.get("r")) for r in runs] == [("full", None), ("lotta", 0), ("lotta", 2)]
-    assert s["seeds"] == [0] and s["eps"] == [0.005, 0.01, 0.02] and s.get("twin") is False
-    assert Study.from_dict(s.to_dict()) == s and dict(s) == s.to_dict()
+    d = s.to_dict()
+    assert d["seeds"] == [0] and d["eps"] == [0.005, 0.01, 0.02] and d["twin"] is False
+    assert Study.from_dict(d) == s
+    assert not isinstance(s, Mapping)  # a typed study, not a mapping: read its fields
 
 
 def test_default_study_ships_with_the_package_and_experiments_links_it():
