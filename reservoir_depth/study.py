@@ -38,7 +38,7 @@ from .io import library_versions
 from .models import ARCHITECTURES, scaffold_defaults
 from .results import Columns
 from .scaffold import ScaffoldConfig
-from .train import TrainConfig
+from .train import Metric, TrainConfig
 
 METHODS = ("full", "twin", "lotta")
 
@@ -146,7 +146,6 @@ class Run:
 
 REQUIRED = ("study", "dataset", "seeds", "arch")
 SPECTRA_METHODS = ("twin", "lotta")
-EPS_DEFAULT = (0.005, 0.01, 0.02)
 
 
 def _fields(cls, skip: Sequence[str] = ()) -> dict[str, Any]:
@@ -202,9 +201,10 @@ class Study:
 
     study, dataset, seeds and arch are required; ranks (LoRA ranks r, default none),
     full (full training, default true), twin (full training from the scaffold, default
-    false), spectra (true, false, or a list of "twin" / "lotta"), eps (the absolute
-    tolerances of r*(eps), in metric units: accuracy as a fraction, or loss units),
-    eps_relative (also report r* with eps as a fraction of the full-training metric),
+    false), spectra (true, false, or a list of "twin" / "lotta"), eps (absolute tolerances of
+    r*(eps), in the metric's units: accuracy as a fraction, or loss units; without it, the
+    headline metric's own eps values and tolerance kind, train.METRICS: see ``tolerances``),
+    eps_relative (with eps: also report r* with eps as a fraction of the full-training metric),
     and the tables [arch], [train], [scaffold] (with scaffold.spec) and [resources] (what a
     Ray backend reserves for each run: cpus, default 1, and gpus, default 0; not part of a run's
     config, so it never changes a run id).
@@ -222,7 +222,7 @@ class Study:
     spectra: bool | tuple[str, ...] = False
     train: Mapping[str, Any] = field(default_factory=dict)
     scaffold: Mapping[str, Any] = field(default_factory=dict)
-    eps: tuple[float, ...] = EPS_DEFAULT
+    eps: tuple[float, ...] | None = None  # None: the metric's own (tolerances)
     eps_relative: bool = False
     resources: Mapping[str, Any] = field(default_factory=dict)
     source: str = field(default="<dict>", compare=False)
@@ -257,8 +257,8 @@ class Study:
         elif not isinstance(spectra, bool):
             raise StudyError(f"{source}: spectra must be true, false or a list of {list(SPECTRA_METHODS)}, "
                              f"got {spectra!r}")
-        eps = d.get("eps", list(EPS_DEFAULT))
-        if not (isinstance(eps, list) and eps and all(is_number(e) and math.isfinite(e) and e >= 0 for e in eps)):
+        eps = d.get("eps")
+        if eps is not None and not (isinstance(eps, list) and eps and all(is_number(e) and math.isfinite(e) and e >= 0 for e in eps)):
             raise StudyError(f"{source}: eps must be a non-empty list of finite numbers >= 0, got {eps!r}")
         arch = cls._arch(d["arch"], source)
         train = cls._table(d.get("train", {}), TRAIN_KEYS, "train", source)
@@ -274,7 +274,8 @@ class Study:
                 _check_type(v, SPEC_KEYS[k], f"scaffold.spec.{k}", source)
         study = cls(study=d["study"], dataset=ds, seeds=seeds, arch=arch, ranks=ranks, full=d.get("full", True),
                     twin=d.get("twin", False), spectra=spectra, train=train, scaffold=scaffold,
-                    eps=tuple(float(e) for e in eps), eps_relative=d.get("eps_relative", False),
+                    eps=None if eps is None else tuple(float(e) for e in eps),
+                    eps_relative=d.get("eps_relative", False),
                     resources={**RESOURCE_KEYS, **resources}, source=source)
         try:  # the settings' own checks (values in range, known families, ...), with the source named
             TrainConfig(**train)
@@ -350,10 +351,24 @@ class Study:
     def to_dict(self) -> dict[str, Any]:
         """The resolved study as plain JSON / TOML values (every default filled in)."""
         d = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "source"}
-        d.update(seeds=list(self.seeds), ranks=list(self.ranks), eps=list(self.eps), arch=dict(self.arch),
+        d.update(seeds=list(self.seeds), ranks=list(self.ranks), arch=dict(self.arch),
                  train=dict(self.train), scaffold=dict(self.scaffold), resources=dict(self.resources),
                  spectra=list(self.spectra) if isinstance(self.spectra, tuple) else self.spectra)
+        if self.eps is None:
+            del d["eps"]  # the metric's own: no TOML value says "none"
+        else:
+            d["eps"] = list(self.eps)
         return d
+
+    def tolerances(self, metric: Metric) -> list[tuple[float, bool]]:
+        """The (eps, relative) settings r*(eps) is stated at for ``metric`` (train.Metric): the study's
+        eps, absolute as stored studies always read it (and relative too with eps_relative); without eps,
+        the metric's own eps values and tolerance kind (accuracy: absolute points; losses, bits per
+        character, NRMSE: relative to full training)."""
+        if self.eps is None:
+            own = [(e, metric.tolerance == "relative") for e in metric.eps]
+            return own + ([(e, True) for e in metric.eps] if self.eps_relative and not own[0][1] else [])
+        return [(e, False) for e in self.eps] + ([(e, True) for e in self.eps] if self.eps_relative else [])
 
     __hash__ = None  # compared by value; its tables are dicts, so not hashable
 

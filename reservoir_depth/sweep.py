@@ -303,14 +303,17 @@ def run_study(study: Mapping[str, Any], store: ResultsStore, workers: int = 1, p
 
 
 def adaptive_sweep(study: Study | Mapping[str, Any], store: ResultsStore, eps: float, r_max: int,
-                   metric: str | None = None, progress: bool = False):
+                   metric: str | None = None, progress: bool = False, relative: bool | None = None):
     """r*(eps) by doubling + bisection over ranks (rank.adaptive_search), each rank run
     over the study's seeds through the store (so finished runs are reused). ``metric``: by default
-    the headline metric of the study's task (train.Task.headline), with its direction.
+    the headline metric of the study's task (train.Task.headline), with its direction. ``relative``
+    (eps as a fraction of full training): by default the kind the study's report uses
+    (Study.tolerances: the metric's own unless the study sets eps, which is absolute).
 
     Returns (SearchResult, number of LottaLoRA runs it needed)."""
     study = Study.of(study)
     metric = metric_of(metric or task_of(study.runs()[0].data().task).headline)
+    relative = study.tolerances(metric)[0][1] if relative is None else relative
     base = study.runs(ranks=[])
     sweep(base, store, progress=progress)
     full_ids = {r.run_id for r in base if r.method == "full"}
@@ -323,5 +326,5 @@ def adaptive_sweep(study: Study | Mapping[str, Any], store: ResultsStore, eps: f
         df = store.frame(study.study)
         return float(df[df[Columns.RUN_ID].isin({x.run_id for x in runs})][metric.name].mean())
 
-    res = adaptive_search(evaluate, full, eps, r_max, higher_is_better=metric.higher_is_better)
+    res = adaptive_search(evaluate, full, eps, r_max, higher_is_better=metric.higher_is_better, relative=relative)
     return res, res.n_evaluated * len(study.seeds)

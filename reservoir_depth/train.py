@@ -165,24 +165,53 @@ def resolve_device(device: str = "auto") -> torch.device:
     return torch.device(device)
 
 
+TOLERANCES = {  # how eps of r*(eps) is read: delta = eps, or delta = eps * |full-training mean|
+    "absolute": "absolute, in the metric's units",
+    "relative": "relative, a fraction of the full-training mean",
+}
+
+
 @dataclass(frozen=True)
 class Metric:
-    """A test metric as a column of the results frame: its name, its direction (higher_is_better) and
-    its unit (``unit``, and ``fmt`` / ``scale`` to write a difference in it: accuracy in points, pp)."""
+    """A test metric as a column of the results frame: its name, its direction (higher_is_better), its
+    unit (``unit``, and ``fmt`` / ``scale`` to write a difference in it: accuracy in points, pp), and
+    the tolerance of r*(eps) it is read with: ``tolerance`` (a TOLERANCES kind), the default eps
+    values a study reports (``eps``) and the headline one (``headline_eps``, among them).
+
+    Accuracy takes an absolute eps (0.01 = 1 accuracy point: a number of test examples); a loss,
+    bits per character or NRMSE has no natural absolute scale across tasks, so it takes a relative
+    eps (0.05 = within 5% of full training)."""
 
     name: str
     higher_is_better: bool
     unit: str
     fmt: str
     scale: float = 1.0
+    tolerance: str = "relative"
+    eps: tuple[float, ...] = (0.02, 0.05, 0.1)
+    headline_eps: float = 0.05
+
+    def __post_init__(self) -> None:
+        if self.tolerance not in TOLERANCES:
+            raise ValueError(f"metric {self.name!r}: tolerance must be one of {tuple(TOLERANCES)}, "
+                             f"got {self.tolerance!r}")
+        if self.headline_eps not in self.eps:
+            raise ValueError(f"metric {self.name!r}: headline_eps {self.headline_eps} is not among eps {self.eps}")
 
     def points(self, v: float) -> str:
         """A difference ``v`` in the metric's units, as reports write it ("1.00 pp", "0.05 loss units")."""
         return self.fmt.format(self.scale * v)
 
+    def eps_text(self, eps: float, relative: bool) -> str:
+        """eps as a report states it: "0.01 (1.00 pp, absolute)", "0.05 (5% of full training, relative)"."""
+        if relative:
+            return f"{eps:g} ({100 * eps:g}% of full training, relative)"
+        return f"{eps:g} ({self.points(eps)}, absolute)"
+
 
 METRICS: dict[str, Metric] = {m.name: m for m in (
-    Metric("test_acc", True, "accuracy as a fraction: 0.01 = 1 accuracy point (pp)", "{:.2f} pp", 100.0),
+    Metric("test_acc", True, "accuracy as a fraction: 0.01 = 1 accuracy point (pp)", "{:.2f} pp", 100.0,
+           tolerance="absolute", eps=(0.005, 0.01, 0.02), headline_eps=0.01),
     Metric("test_bpc", False, "bits per character", "{:.4g} bits per character"),
     Metric("test_nrmse", False, "NRMSE, teacher-forced (RMSE / std of the target)", "{:.4g} NRMSE"),
     Metric("test_nrmse_free", False, "NRMSE, free-running (RMSE / std of the target)", "{:.4g} NRMSE"),

@@ -86,7 +86,7 @@ def test_expansion_and_resolved_view():
     runs = s.runs()
     assert [(r.method, r.scaffold.get("r")) for r in runs] == [("full", None), ("lotta", 0), ("lotta", 2)]
     d = s.to_dict()
-    assert d["seeds"] == [0] and d["eps"] == [0.005, 0.01, 0.02] and d["twin"] is False
+    assert d["seeds"] == [0] and "eps" not in d and d["twin"] is False  # no eps: the metric's own
     assert Study.from_dict(d) == s
     assert not isinstance(s, Mapping)  # a typed study, not a mapping: read its fields
 
@@ -155,3 +155,18 @@ def test_a_study_file_cannot_set_the_log_dir():
          "train": {"log_dir": "runs"}}
     with pytest.raises(StudyError, match="unknown key.*train.log_dir"):
         Study.from_dict(d)
+
+
+def test_a_study_without_eps_takes_its_metrics_tolerance_and_an_explicit_eps_stays_absolute():
+    from reservoir_depth.train import metric_of
+
+    s = Study.from_dict(BASE)
+    assert s.eps is None
+    assert s.tolerances(metric_of("test_acc")) == [(0.005, False), (0.01, False), (0.02, False)]
+    for loss in ("test_loss", "test_bpc", "test_nrmse"):
+        assert s.tolerances(metric_of(loss)) == [(0.02, True), (0.05, True), (0.1, True)]
+    explicit = Study.from_dict({**BASE, "eps": [0.01]})  # what eps meant for every stored study: absolute
+    assert explicit.tolerances(metric_of("test_bpc")) == [(0.01, False)]
+    assert Study.from_dict({**BASE, "eps": [0.01], "eps_relative": True}).tolerances(metric_of("test_bpc")) == \
+        [(0.01, False), (0.01, True)]
+    assert Study.from_dict(explicit.to_dict()) == explicit and Study.from_dict(s.to_dict()) == s

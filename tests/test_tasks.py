@@ -422,3 +422,19 @@ def test_metric_direction(metric, higher):
 def test_an_unknown_metric_is_refused_naming_the_allowed_ones():
     with pytest.raises(ValueError, match="'test_f1'.*allowed: test_acc"):
         metric_of("test_f1")
+
+
+@pytest.mark.parametrize("metric, higher, kind, eps", [
+    ("test_acc", True, "absolute", 0.01), ("test_loss", False, "relative", 0.05),
+    ("test_bpc", False, "relative", 0.05), ("test_nrmse", False, "relative", 0.05),
+    ("test_nrmse_free", False, "relative", 0.05)])
+def test_each_metric_declares_its_direction_tolerance_kind_and_headline_eps(metric, higher, kind, eps):
+    m = metric_of(metric)
+    assert (m.higher_is_better, m.tolerance, m.headline_eps) == (higher, kind, eps)
+    assert m.headline_eps in m.eps
+
+
+def test_a_metric_with_an_unknown_tolerance_kind_is_refused():
+    from reservoir_depth.train import Metric
+    with pytest.raises(ValueError, match="tolerance must be one of.*'points'"):
+        Metric("test_x", False, "units", "{:g}", tolerance="points")
