@@ -18,8 +18,7 @@ import pandas as pd
 from _common import parser, write_provenance
 
 from reservoir_depth.report import markdown
-from reservoir_depth.results import ResultsStore
-from reservoir_depth.study import Columns
+from reservoir_depth.results import Columns, ResultsStore
 
 SCHEDULE = "cfg.scaffold.schedule"
 SPEC = "cfg.scaffold.spec.name"

@@ -22,9 +22,9 @@ from scipy import stats
 
 from reservoir_depth.distributions import DISTRIBUTIONS, DistributionSpec
 from reservoir_depth.report import markdown
-from reservoir_depth.results import ResultsStore
-from reservoir_depth.study import Columns, Study
-from reservoir_depth.sweep import run_study, study_frame
+from reservoir_depth.results import Columns, ResultsStore
+from reservoir_depth.study import Study
+from reservoir_depth.sweep import run_study
 
 RANKS = [0, 8]
 SEEDS = [0, 1, 2]
@@ -73,7 +73,7 @@ def main() -> None:
     studies += [(f"{f} (centred)", study(f, center=True)) for f in sorted(DISTRIBUTIONS) if nonzero_mean(f)]
     for family, s in studies:
         counts = run_study(s, store, workers=a.workers, progress=False)
-        df = study_frame(s, store)
+        df = Study.of(s).frame(store)
         for r in RANKS:
             sel = df[(df[Columns.METHOD] == "lotta") & (df[Columns.RANK] == r)]
             if r == 8:
@@ -86,8 +86,8 @@ def main() -> None:
     seeds = study("normal", ranks=[8], seeds=SEED_SWEEP)
     seeds["study"] = "families_seed_sweep"
     run_study(seeds, store, workers=a.workers, progress=False)
-    sdf = study_frame(seeds, store)
-    full = study_frame(studies[[f for f, _ in studies].index("normal")][1], store)
+    sdf = Study.of(seeds).frame(store)
+    full = Study.of(studies[[f for f, _ in studies].index("normal")][1]).frame(store)
     full_acc = full[full[Columns.METHOD] == "full"]["test_acc"].mean()
     table = pd.DataFrame(rows)
     table.to_csv(out / "families.csv", index=False)

@@ -31,9 +31,9 @@ from _common import parser, write_provenance
 
 from reservoir_depth.distributions import DISTRIBUTIONS, DistributionSpec
 from reservoir_depth.report import markdown
-from reservoir_depth.results import ResultsStore
-from reservoir_depth.study import Columns, Study
-from reservoir_depth.sweep import build_model, run_study, study_frame
+from reservoir_depth.results import Columns, ResultsStore
+from reservoir_depth.study import Study
+from reservoir_depth.sweep import build_model, run_study
 from reservoir_depth.train import TrainConfig, evaluate, train
 
 BASE_FILE = Path(__file__).parent / "fashion_mnist_mlp_width_medium.toml"
@@ -158,7 +158,7 @@ def main() -> None:
     for name, s in all_studies.items():
         counts = run_study(s, store, workers=a.workers, progress=False)
         print(name, counts, flush=True)
-        frames[name] = study_frame(s, store)
+        frames[name] = Study.of(s).frame(store)
     table = acc_table(frames)
     table.to_csv(out / "accuracy.csv", index=False)
     traj = beta_trajectories(store, frames)

@@ -31,7 +31,7 @@ from reservoir_depth import __version__
 from reservoir_depth.report import markdown, saturation
 from reservoir_depth.results import ResultsStore
 from reservoir_depth.study import Study
-from reservoir_depth.sweep import SPECTRA_ROWS, dataset_of, dataset_rows
+from reservoir_depth.sweep import SPECTRA_ROWS, dataset_rows
 from reservoir_depth.theory.analogy import rank_correlation
 
 sys.path.insert(0, str(Path(__file__).parent))
@@ -64,7 +64,7 @@ def measure(name: str) -> dict:
            "seeds": sr.n_seeds_, "max rank": sr.max_rank_, "C - 1": 9}
     spectra = pd.read_csv(folder / "spectra.csv")
     if not spectra["spectrum"].str.startswith("inputs (PCA)").any():  # stored before the store recorded them
-        d = dataset_of(study.runs()[0])
+        d = (study.runs()[0]).data()
         rows, _ = dataset_rows(d, d.X_train[:SPECTRA_ROWS])  # the data set's own spectra: no model, no training
         spectra = pd.concat([pd.DataFrame(rows), spectra], ignore_index=True)
         row["data set spectra"] = "computed here"

@@ -21,9 +21,9 @@ from _common import parser, write_provenance
 from reservoir_depth import __version__
 from reservoir_depth.rank import SaturationRank, adaptive_search
 from reservoir_depth.report import markdown
-from reservoir_depth.results import ResultsStore
-from reservoir_depth.study import Columns, Study, curves
-from reservoir_depth.sweep import run_study, runs_of
+from reservoir_depth.results import Columns, ResultsStore
+from reservoir_depth.study import Study, curves
+from reservoir_depth.sweep import run_study
 
 FAMILIES = {
     # name: (architecture, dataset kwargs, train kwargs, ks, ranks, eps)
@@ -94,7 +94,7 @@ def main() -> None:
         f"(grid / adaptive = {ratio:.2f}); the same r* in {int((ad['grid r*'] == ad['adaptive r*']).sum())} of "
         f"{len(ad)} tasks.", ""])
     (out / "planted.md").write_text(text)
-    write_provenance(out, config={"families": FAMILIES, "studies": [runs_of(study(f, k))[0].config()
+    write_provenance(out, config={"families": FAMILIES, "studies": [Study.of(study(f, k)).runs()[0].config()
                                                                      for f in FAMILIES for k in FAMILIES[f][3]]},
                      seeds=SEEDS, metrics={"r_star": table[["family", "k", "r*", "CI low", "CI high"]].to_dict("records"),
                                            "grid_over_adaptive_runs": ratio})

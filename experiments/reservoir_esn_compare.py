@@ -31,7 +31,8 @@ import numpy as np
 import pandas as pd
 import torch
 
-from reservoir_depth.study import Columns, Study
+from reservoir_depth.results import Columns
+from reservoir_depth.study import Study
 from reservoir_depth.train import target_std
 
 DEFAULT_RIDGE = 1e-6

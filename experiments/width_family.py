@@ -16,9 +16,8 @@ from _common import parser, write_provenance
 
 from reservoir_depth.models.mlp import SIZES
 from reservoir_depth.report import fmt_rank, markdown, saturation
-from reservoir_depth.results import ResultsStore
-from reservoir_depth.study import Columns, Study
-from reservoir_depth.sweep import study_frame
+from reservoir_depth.results import Columns, ResultsStore
+from reservoir_depth.study import Study
 
 WIDTHS = ("tiny", "small", "medium", "large")
 EXPERIMENTS = Path(__file__).parent
@@ -46,7 +45,7 @@ def main() -> None:
             print(f"{w}: no results store at {path}; run `reservoir-depth run "
                   f"experiments/{study.study}.toml --out {path.parent} --workers 2`")
             continue
-        df = study_frame(study, ResultsStore(path))
+        df = Study.of(study).frame(ResultsStore(path))
         acc = lambda m, r=None: df[(df[Columns.METHOD] == m) & ((df[Columns.RANK] == r) if r is not None
                                                                  else True)]["test_acc"]
         full = acc("full").mean()

@@ -38,7 +38,6 @@ with the checks they support. No pickle.
 from __future__ import annotations
 
 import hashlib
-import importlib
 import json
 import math
 import os
@@ -59,6 +58,7 @@ from torch import nn
 from ._version import __version__
 from .checks import is_number
 from .distributions import rng_for, torch_rng
+from .models import build as build_architecture
 from .scaffold import ScaffoldConfig, merge, scaffold, scaffold_layers
 
 FORMAT_NAME, FORMAT_VERSION = "reservoir-depth-adapter", 2
@@ -73,7 +73,6 @@ KEYS = {  # top-level keys of adapter.json, by format major version
 }
 FINGERPRINT_KEYS = ("frobenius", "probes", "sha256", "shape", "sum")
 VERSIONED = ("numpy", "scipy", "torch", "safetensors", "reservoir_depth")
-ARCHITECTURE_REGISTRY = "reservoir_depth.models"  # provides build(name, **kwargs), looked up by name
 
 Builder = Callable[..., nn.Module]
 _HEX = re.compile(r"[0-9a-f]{64}")
@@ -447,11 +446,6 @@ def verify(path: str | os.PathLike) -> tuple[dict[str, Any], dict[str, torch.Ten
 
 
 # -- loading --------------------------------------------------------------------------------------
-def architecture_builder(registry: str = ARCHITECTURE_REGISTRY) -> Builder:
-    """The ``build(name, **kwargs)`` of an architecture registry, found by module name (io knows no model)."""
-    return importlib.import_module(registry).build
-
-
 def _versions_note(meta: dict[str, Any]) -> str:
     written = meta.get("versions") or {"reservoir_depth": meta.get("version")}
     running = library_versions()
@@ -509,7 +503,7 @@ def load(path: str | os.PathLike, model: nn.Module | None = None, build: Builder
     ``model``: a fresh, unscaffolded instance of the architecture; needed when the
     file records no architecture (a user's own torch model). Otherwise the recorded
     ``arch`` is rebuilt with ``build(name, **kwargs)`` (default: the architecture
-    registry's, ``architecture_builder()``).
+    registry's, models.build).
     """
     path = Path(path)
     meta, tensors = verify(path)
@@ -519,7 +513,7 @@ def load(path: str | os.PathLike, model: nn.Module | None = None, build: Builder
         arch = dict(meta["arch"])
         try:
             with torch_rng(0):
-                model = (build or architecture_builder())(arch.pop("name"), **arch)
+                model = (build or build_architecture)(arch.pop("name"), **arch)
         except (TypeError, ValueError) as e:
             raise _error(path / CONFIG, "arch", f"cannot build the recorded architecture: {e}") from None
     try:

@@ -15,6 +15,10 @@ of a percentile interval, and says so in ``ci_kind_``. ``adaptive_search`` finds
 with doubling then bisection, in O(log r_max) ranks instead of the full grid, and
 gives the same answer whenever the saturated set is upward closed (M(r) within
 delta implies M(r') within delta for r' > r).
+
+For "no difference" claims (r vs full training, two families, two seeds' scaffolds):
+``tost_paired`` is the paired two one-sided tests of equivalence within a margin, over
+seeds, and ``paired_t_power`` the power of a paired t-test to see a given effect.
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
+from scipy import stats
 
 # With n seeds a whole-curve resample is one of C(2n-1, n) multisets: 3 with 2 seeds,
 # 10 with 3, 35 with 4, 126 with 5, so the bootstrap mean at a rank takes that many
@@ -249,3 +254,78 @@ def adaptive_search(evaluate: Callable[[int], float], full: float, eps: float, r
         else:
             lo = mid
     return SearchResult(float(hi), seen)
+
+
+# ----------------------------------------------------------------------------- "no difference" claims
+
+@dataclass(frozen=True)
+class Equivalence:
+    """A paired TOST over seeds: ``p`` of "the mean difference lies outside (-margin, margin)" (equivalence
+    is claimed at level alpha when p < alpha); ``diff`` the mean paired difference a - b, ``se`` its
+    standard error, ``n`` the seeds; ``equivalent_at`` the smallest margin the data would call equivalent
+    at ``alpha``: |diff| + t_{1-alpha, n-1} se."""
+
+    p: float
+    margin: float
+    diff: float
+    se: float
+    n: int
+    alpha: float
+    equivalent_at: float
+
+    @property
+    def equivalent(self) -> bool:
+        return self.p < self.alpha
+
+
+def _paired(a: Any, b: Any) -> np.ndarray:
+    a, b = np.asarray(a, dtype=float), np.asarray(b, dtype=float)
+    if a.ndim != 1 or a.shape != b.shape or len(a) < 2:
+        raise ValueError(f"a and b must be 1-D, of one length (one value per seed), with at least 2 seeds; "
+                         f"got shapes {a.shape} and {b.shape}")
+    if not (np.isfinite(a).all() and np.isfinite(b).all()):
+        raise ValueError(f"paired values must be finite, got a={a.tolist()}, b={b.tolist()}")
+    return a - b
+
+
+def _alpha(alpha: Any) -> float:
+    if not (isinstance(alpha, numbers.Real) and 0 < alpha < 1):
+        raise ValueError(f"alpha must lie in (0, 1), got {alpha!r}")
+    return float(alpha)
+
+
+def tost_paired(a: Sequence[float], b: Sequence[float], margin: float, alpha: float = 0.05) -> Equivalence:
+    """Two one-sided paired t-tests (Schuirmann) of H0: |mean(a - b)| >= margin over the seeds
+    (a[s], b[s] from seed s): p = max(P(T >= (d + margin) / se), P(T <= (d - margin) / se)), T ~ t_{n-1},
+    d the mean difference, se = sd(a - b) / sqrt(n). With every difference equal (se = 0), p is 0 inside
+    the margin and 1 outside. ``margin`` > 0, in the metric's units."""
+    alpha = _alpha(alpha)
+    if not (isinstance(margin, numbers.Real) and margin > 0 and math.isfinite(margin)):
+        raise ValueError(f"margin must be a finite number > 0, got {margin!r}")
+    d = _paired(a, b)
+    n, diff = len(d), float(d.mean())
+    se = float(d.std(ddof=1) / math.sqrt(n))
+    if se == 0:
+        p = 0.0 if abs(diff) < margin else 1.0
+    else:
+        t = stats.t(n - 1)
+        p = float(max(t.sf((diff + margin) / se), t.cdf((diff - margin) / se)))
+    return Equivalence(p=p, margin=float(margin), diff=diff, se=se, n=n, alpha=alpha,
+                       equivalent_at=abs(diff) + float(stats.t(n - 1).ppf(1 - alpha)) * se)
+
+
+def paired_t_power(n: int, effect: float, alpha: float = 0.05, two_sided: bool = True) -> float:
+    """Power of a paired t-test over ``n`` seeds to reject "no difference" when the true mean difference is
+    ``effect`` standard deviations of the per-seed differences (Cohen's d_z): with T' noncentral t on
+    n - 1 degrees of freedom and noncentrality d_z sqrt(n), P(|T'| > t_{1-alpha/2}) (two-sided) or
+    P(T' > t_{1-alpha}). A "no difference" claim from n seeds is only as strong as this power."""
+    alpha = _alpha(alpha)
+    if isinstance(n, bool) or not isinstance(n, numbers.Integral) or n < 2:
+        raise ValueError(f"n must be an int >= 2 (seeds), got {n!r}")
+    if not (isinstance(effect, numbers.Real) and math.isfinite(effect)):
+        raise ValueError(f"effect must be a finite number (standard deviations), got {effect!r}")
+    df, nc = n - 1, effect * math.sqrt(n)
+    if two_sided:
+        crit = stats.t.ppf(1 - alpha / 2, df)
+        return float(stats.nct.sf(crit, df, nc) + stats.nct.cdf(-crit, df, nc))
+    return float(stats.nct.sf(stats.t.ppf(1 - alpha, df), df, nc))

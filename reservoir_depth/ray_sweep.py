@@ -64,7 +64,6 @@ def run_study_ray(study: Mapping[str, Any], store: ResultsStore, address: str | 
     ``address``: a running cluster (``ray start --head`` prints it; "auto" finds the local one);
     None starts a local Ray instance for this sweep and shuts it down after. Counts as ``sweep``."""
     from .study import Study
-    from .sweep import runs_of
 
     study = Study.of(study)
     cpus = study.resources["cpus"] if cpus is None else cpus
@@ -76,7 +75,7 @@ def run_study_ray(study: Mapping[str, Any], store: ResultsStore, address: str | 
     if cpus == 0 and gpus == 0:
         raise ValueError("a run needs some resource: cpus > 0 or gpus > 0 per run")
     ray = _ray()
-    runs = runs_of(study)
+    runs = study.runs()
     started = not ray.is_initialized()
     if started:
         ray.init(address=address, include_dashboard=False, log_to_driver=False, configure_logging=False)

@@ -21,9 +21,10 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-from .rank import SaturationRank
-from .results import ResultsStore, error_head
-from .study import Columns, Run, Study, curves, provenance
+from .rank import MIN_BOOTSTRAP_SEEDS, SaturationRank
+from .results import Columns, ResultsStore, error_head
+from .study import Run, Study, curves, provenance
+from .train import METRICS, TOLERANCES, Metric, metric_of, task_of_columns
 
 C = Columns
 NOT_RECORDED = "not recorded"
@@ -34,26 +35,10 @@ def natural(name: str) -> list:
     return [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", name)]
 
 
-# The metric a report ranks by, in order of preference, with whether higher is better and its unit.
-METRICS: dict[str, tuple[bool, str]] = {
-    "test_acc": (True, "accuracy as a fraction: 0.01 = 1 accuracy point (pp)"),
-    "test_bpc": (False, "bits per character"),
-    "test_nrmse": (False, "NRMSE, teacher-forced (RMSE / std of the target)"),
-    "test_loss": (False, "loss units"),
-}
-
-
 def metric_of_frame(df) -> str:
-    """The study's metric, from what its runs recorded: test accuracy (classification), bits per
-    character (language models), teacher-forced NRMSE (forecasting), else the test loss."""
-    return next((m for m in METRICS if m in df.columns and df[m].notna().any()), "test_loss")
-
-
-def higher_is_better(metric: str) -> bool:
-    """Whether a larger value of ``metric`` is better (only accuracies; losses, bpc and NRMSE are not)."""
-    if metric in METRICS:
-        return METRICS[metric][0]
-    return not metric.endswith(("loss", "bpc", "nrmse", "nrmse_free"))
+    """The study's headline metric (train.Task.headline) of the task whose metrics its runs recorded
+    (train.task_of_columns): a report never loads the data set to ask it."""
+    return task_of_columns([c for c in METRICS if c in df.columns and df[c].notna().any()]).headline
 
 
 def _label(method: str, rank: Any) -> Any:
@@ -258,7 +243,7 @@ def saturation(df, study: Study, metric: str, eps: float, relative: bool = False
         return None
     paired = bool(np.isfinite(F).all())
     full = F if paired else full_all[np.isfinite(full_all)]
-    return SaturationRank(eps=eps, relative=relative, higher_is_better=higher_is_better(metric),
+    return SaturationRank(eps=eps, relative=relative, higher_is_better=metric_of(metric).higher_is_better,
                           **kwargs).fit(ranks, V, full, paired=paired)
 
 
@@ -269,62 +254,99 @@ def fmt_rank(r: float, max_rank: int | None = None) -> str:
     return str(int(r))
 
 
-def _points(v: float, metric: str) -> str:
-    """A difference in metric units, as accuracy points (pp) or loss units."""
-    if metric == "test_acc":
-        return f"{100 * v:.2f} pp"
-    return f"{v:.4g} {'bits per character' if metric == 'test_bpc' else 'NRMSE' if 'nrmse' in metric else 'loss units'}"
+def _r_star_cell(sr: SaturationRank, m: Metric, n_test: int | None) -> tuple[str, str, bool]:
+    """(r* cell, margin cell, tie) of one r*(eps). For accuracy with n_test recorded, the margin is also
+    given in test examples (margin x n_test per seed), and an r* whose margin is below one test example
+    per seed (margin < 1 / n_test) is a tie with the threshold: the next complete rank is shown with its
+    own margin, as "6 (tie; 7 clears by 0.40 pp, 4 test examples per seed)"."""
+    r = fmt_rank(sr.r_star_, sr.max_rank_)
+    if not math.isfinite(sr.margin_):
+        return r, "", False
+    examples = m.name == "test_acc" and n_test is not None
+
+    def by(margin: float) -> str:
+        return m.points(margin) + (f", {margin * n_test:.2g} test examples per seed" if examples else "")
+
+    tie = examples and sr.margin_ < 1 / n_test
+    if tie:
+        later = [q for q in sorted(sr.curve_) if sr.r_star_ < q <= sr.max_rank_]
+        if later:
+            gap = (sr.curve_[later[0]] - sr.threshold_) * (1 if sr.higher_is_better else -1)
+            r += f" (tie; {later[0]} {'clears' if gap >= 0 else 'misses'} by {by(abs(gap))})"
+        else:
+            r += " (tie; no larger complete rank)"
+    return r, by(sr.margin_), tie
 
 
 def rank_section(df, study: Study, metric: str) -> tuple[list[str], dict[float, float], dict[str, Any]]:
-    """The r*(eps) table: r*, its interval and the interval's kind, the margin by which the mean at
-    r* clears its threshold, the largest rank that ran for every seed, and the test-set resolution.
-    Returns (markdown lines, {eps: r*} for the figure (absolute eps), a JSON summary)."""
-    rows, r_stars, summary = [], {}, []
-    n_test = df["n_test"].dropna() if "n_test" in df else []
-    settings = [(e, False) for e in study.eps] + ([(e, True) for e in study.eps] if study.eps_relative else [])
-    for eps, relative in settings:
+    """The r*(eps) tables, one per tolerance kind (Study.tolerances: the metric's own kind unless the
+    study sets eps), each stating its kind and unit: r*, its interval, the interval's kind with the number
+    of seeds, the seed range of the per-seed r*, the margin by which the mean at r* clears its threshold
+    (and in test examples, for accuracy; a margin below one test example per seed is a tie), the largest
+    rank that ran for every seed, and the test-set resolution. Returns (markdown lines, {eps: r*} of
+    the first table's kind for the figures, a JSON summary)."""
+    m = metric_of(metric)
+    n_test = int(df["n_test"].dropna().iloc[0]) if "n_test" in df and df["n_test"].notna().any() else None
+    tables: dict[bool, list[str]] = {}
+    r_stars, summary = {}, []
+    for eps, relative in study.tolerances(m):
         sr = saturation(df, study, metric, eps, relative)
         if sr is None:
             continue
-        if not relative:
+        if not tables or relative == next(iter(tables)):
             r_stars[eps] = sr.r_star_
         seeds = f"{sr.n_seeds_} seed{'s' if sr.n_seeds_ > 1 else ''}"
-        kind = (f"{'paired ' if sr.paired_ else ''}bootstrap over {seeds}, {int(100 * sr.ci)}%"
-                if sr.ci_kind_ == "bootstrap" else f"seed range over {seeds} (not a confidence interval)")
-        eps_cell = f"{eps:g} of full ({'relative'})" if relative else f"{eps:g} ({_points(eps, metric)}, absolute)"
-        margin = _points(sr.margin_, metric) if math.isfinite(sr.margin_) else ""
-        if margin and metric == "test_acc" and len(n_test):  # the margin in test images, summed over the seeds
-            margin += f" ({round(sr.margin_ * int(n_test.iloc[0]) * sr.n_seeds_)} test images)"
-        rows.append(f"| {eps_cell} | {fmt_rank(sr.r_star_, sr.max_rank_)} | [{fmt_rank(sr.ci_[0], sr.max_rank_)}, "
-                    f"{fmt_rank(sr.ci_[1], sr.max_rank_)}] | {kind} | {margin} | {sr.max_rank_} |")
-        summary.append({"eps": eps, "relative": relative, "r_star": sr.r_star_, "ci": list(sr.ci_),
+        kind = (f"{seeds}, {'paired ' if sr.paired_ else ''}bootstrap, {int(100 * sr.ci)}%"
+                if sr.ci_kind_ == "bootstrap" else f"{seeds}: seed range (< {MIN_BOOTSTRAP_SEEDS} seeds, "
+                                                   f"not a confidence interval)")
+        lo, hi = (fmt_rank(v, sr.max_rank_) for v in (sr.seed_r_star_.min(), sr.seed_r_star_.max()))
+        r_cell, margin, tie = _r_star_cell(sr, m, n_test)
+        tables.setdefault(relative, []).append(
+            f"| {m.eps_text(eps, relative)} | {r_cell} | [{fmt_rank(sr.ci_[0], sr.max_rank_)}, "
+            f"{fmt_rank(sr.ci_[1], sr.max_rank_)}] | {kind} | [{lo}, {hi}] | {margin} | {sr.max_rank_} |")
+        summary.append({"eps": eps, "relative": relative, "tolerance": "relative" if relative else "absolute",
+                        "r_star": sr.r_star_, "tie": tie, "ci": list(sr.ci_),
                         "ci_kind": sr.ci_kind_, "paired": sr.paired_, "n_seeds": sr.n_seeds_,
+                        "seed_range": [float(sr.seed_r_star_.min()), float(sr.seed_r_star_.max())],
                         "margin": sr.margin_, "threshold": sr.threshold_, "full": sr.full_,
                         "max_rank": sr.max_rank_})
-    if not rows:
+    if not tables:
         return (["r*(eps) needs full training and at least one rank that ran for every seed: "
                  "not stated.", ""], {}, {"r_star": []})
-    unit = METRICS.get(metric, (None, "the metric's units"))[1]
-    lines = [f"Saturation rank r*(eps) = min{{r : mean {metric} at r within eps of full training}}, on the "
-             f"mean over seeds. eps is **absolute**, in the metric's units ({unit}); a relative eps is a "
-             "fraction of the full-training mean (study key `eps_relative = true`). The recovery column above "
+    lines = [f"Saturation rank r*(eps) = min{{r : mean {metric} at r within delta of full training}}, on the "
+             f"mean over seeds ({'higher' if m.higher_is_better else 'lower'} is better). delta = eps "
+             f"(absolute, in the metric's units: {m.unit}) or eps x |full-training mean| (relative). "
+             f"{metric}'s own tolerance is {TOLERANCES[m.tolerance]}, headline eps = {m.eps_text(m.headline_eps, m.tolerance == 'relative')}"
+             "; a study's `eps` is absolute (`eps_relative = true` adds relative rows). The recovery column above "
              "is relative (for a loss-like metric, recovery = metric at r / full, so above 1 is worse). The margin "
-             "is how far the mean at r* clears its threshold" + (" (in test images: how many more test images, "
-             "summed over the seeds, r* could lose and still count as saturated)" if metric == "test_acc" else "") +
-             "; r* is never stated beyond the largest rank that ran for every seed.", "",
-             "| eps | r* | interval | interval kind | margin | largest complete rank |", "|---|---|---|---|---|---|",
-             *rows, ""]
+             "is how far the mean at r* clears its threshold" + (" (also in test examples per seed; below one "
+             "example per seed, r* is a tie and the next rank is shown)" if metric == "test_acc" else "") +
+             "; the seed range is that of each seed's own r*; r* is never stated beyond the largest rank that "
+             "ran for every seed.", ""]
+    for relative, rows in tables.items():
+        lines += [f"r*(eps), eps {TOLERANCES['relative' if relative else 'absolute']}:", "",
+                  "| eps | r* | interval | interval kind | seed range | margin | largest complete rank |",
+                  "|---|---|---|---|---|---|---|", *rows, ""]
     if metric == "test_acc":
-        if len(n_test):
-            n, S = int(n_test.iloc[0]), len(study.seeds)
-            lines += [f"Test-set resolution: {n} test images, so one image moves a run's accuracy by "
-                      f"{100 / n:.2g} pp" + (f" and the mean over {S} seeds by {100 / (n * S):.2g} pp." if S > 1 else "."),
-                      ""]
+        if n_test is not None:
+            S = len(study.seeds)
+            lines += [f"Test-set resolution: {n_test} test images, so one image moves a run's accuracy by "
+                      f"{100 / n_test:.2g} pp" + (f" and the mean over {S} seeds by {100 / (n_test * S):.2g} pp."
+                                                  if S > 1 else "."), ""]
         else:
             lines += [f"Test-set resolution: {NOT_RECORDED} (run `reservoir-depth sweep` on this study to record it).",
                       ""]
     return lines, r_stars, {"r_star": summary}
+
+
+def headline_r_star(summary: Sequence[Mapping[str, Any]], m: Metric) -> tuple[float, str]:
+    """(r*, its label) at the metric's headline eps and tolerance kind, else the first stated r*;
+    (inf, "r*") when none was stated."""
+    own = [s for s in summary if s["eps"] == m.headline_eps and s["relative"] == (m.tolerance == "relative")]
+    if not (own or summary):
+        return math.inf, "r*"
+    s = (own or summary)[0]
+    return s["r_star"], f"r*({s['eps']:g}, {s['tolerance']})"
 
 
 # ----------------------------------------------------------------------------- spectra
@@ -389,8 +411,9 @@ def spectra_table(study: Study | Mapping[str, Any], df, store: ResultsStore):
     return table[["spectrum", "layer", *[m for m in MEASURES if m in table]]], curves_
 
 
-def plot_spectra(curves: Mapping[str, Any], path: str | Path, r_star: float) -> None:
-    """Cumulative explained variance vs k for each spectrum, with tau = 0.9 / 0.95 / 0.99 and r*(0.01)."""
+def plot_spectra(curves: Mapping[str, Any], path: str | Path, r_star: float, label: str = "r*") -> None:
+    """Cumulative explained variance vs k for each spectrum, with tau = 0.9 / 0.95 / 0.99 and the headline
+    r* (``label``: "r*(0.01, absolute)")."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -414,7 +437,7 @@ def plot_spectra(curves: Mapping[str, Any], path: str | Path, r_star: float) -> 
             k = k_tau(v, tau)
             ax.plot(k, np.cumsum(explained_variance_ratio(v))[k - 1], marker, ms=4, color=colors.get(label, "k"))
     if math.isfinite(r_star) and r_star > 0:
-        ax.axvline(r_star, color="k", ls="--", lw=1, label=f"r*(0.01) = {int(r_star)}")
+        ax.axvline(r_star, color="k", ls="--", lw=1, label=f"{label} = {int(r_star)}")
         ax.legend(fontsize=7)
     ax.set_title("cumulative explained variance; k_tau at tau = 0.9 (o), 0.95 (s), 0.99 (^)", fontsize=9)
     fig.tight_layout()
@@ -422,13 +445,14 @@ def plot_spectra(curves: Mapping[str, Any], path: str | Path, r_star: float) -> 
     plt.close(fig)
 
 
-def spectra_section(study: Study, df, store: ResultsStore, out: Path, r_ref: float) -> list[str]:
-    """The report's "rank vs spectra" section: writes spectra.csv and spectra.png, returns markdown lines."""
+def spectra_section(study: Study, df, store: ResultsStore, out: Path, r_ref: float, label: str = "r*") -> list[str]:
+    """The report's "rank vs spectra" section: writes spectra.csv and spectra.png, returns markdown lines;
+    ``r_ref`` is the headline r*, named ``label``."""
     table, curves_ = spectra_table(study, df, store)
     table.to_csv(out / "spectra.csv", index=False)
-    plot_spectra(curves_, out / "spectra.png", r_ref)
+    plot_spectra(curves_, out / "spectra.png", r_ref, label)
     return ["## Rank vs spectra", "",
-            f"r*(0.01) = {fmt_rank(r_ref)}. k_tau = smallest k whose top-k eigenvalues explain a fraction tau of "
+            f"{label} = {fmt_rank(r_ref)}. k_tau = smallest k whose top-k eigenvalues explain a fraction tau of "
             "the variance; participation ratio (sum lam)^2 / sum lam^2; entropy rank exp H(lam / sum lam); "
             "stable rank sum lam / max lam; intrinsic_dim: TwoNN and MLE estimates (scikit-dimension). "
             "Activations at init, twin and adapter rows are means over seeds.", "",
@@ -474,7 +498,7 @@ def write_report(study: Study | Mapping[str, Any], out: str | Path) -> str:
     plot_rank(df, out / "rank.png", metric=metric, title=study.study, r_star=r_stars)
     lines += ["![metric and beta vs rank](rank.png)", ""]
     if study.measured:
-        lines += spectra_section(study, df, store, out, r_stars.get(0.01, math.inf))
+        lines += spectra_section(study, df, store, out, *headline_r_star(r_summary["r_star"], metric_of(metric)))
     text = "\n".join(lines)
     (out / "report.md").write_text(text)
     meta = provenance(study.to_dict(), study.seeds,

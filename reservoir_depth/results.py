@@ -6,7 +6,7 @@ holds a run keeps a lease on it (a heartbeat, ``hold``); a run whose holder died
 stopped refreshing its lease for ``lease`` seconds is taken over, so a killed sweep
 retries only the runs it did not finish. A failed run is retried only when asked
 (``retry_failed``), and never twice in one invocation. ``frame`` loads everything
-into pandas; ``SweepCounts`` says what one sweep did with each of its runs.
+into pandas, its column names owned by ``Columns``; ``SweepCounts`` says what one sweep did with each of its runs.
 """
 
 from __future__ import annotations
@@ -276,7 +276,7 @@ class ResultsStore:
             db.close()
 
     def frame(self, study: str | None = None, status: str | None = "done"):
-        """One row per run: run metadata, config fields (``cfg.*``) and metrics, flattened."""
+        """One row per run: run metadata, config fields (``Columns.config``) and metrics, flattened."""
         import pandas as pd
 
         records = []
@@ -287,13 +287,40 @@ class ResultsStore:
             metrics = json.loads(r.pop("metrics") or "{}")
             for name in ("history", *LEASE_COLUMNS):
                 r.pop(name, None)
-            records.append({**r, **{f"cfg.{k}": v for k, v in _flatten(cfg).items()}, **metrics})
+            records.append({**r, **{Columns.config(k): v for k, v in _flatten(cfg).items()}, **metrics})
         return pd.DataFrame.from_records(records)
 
     def history(self, run_id: str) -> dict[str, Any] | None:
         with self._connect() as db:
             row = db.execute("SELECT history FROM runs WHERE run_id = ?", (run_id,)).fetchone()
         return json.loads(row[0]) if row and row[0] else None
+
+
+class Columns:
+    """Column names of a results frame (ResultsStore.frame): the run's metadata, its resolved
+    config flattened under ``cfg.`` and its metrics."""
+
+    RUN_ID = "run_id"
+    SEED = "seed"
+    STATUS = "status"
+    CONFIG = "cfg."
+    METHOD = CONFIG + "method"
+    RANK = CONFIG + "scaffold.r"
+    TRAINABLE = "trainable"
+    TRAINABLE_FRACTION = "trainable_fraction"
+    ADAPTER_BYTES = "adapter_bytes"  # the adapter file (io.save) of a LottaLoRA run
+    DENSE_BYTES = "dense_bytes"  # a dense checkpoint of the merged model
+    BETA = "beta/"  # beta/<layer>: learned beta per scaffold layer
+    SPECTRA = ("act", "dW", "adapter", "init")  # <kind>/<layer>/<measure>
+
+    @staticmethod
+    def config(*path: str) -> str:
+        """The column of a config field: config("scaffold", "alpha") -> "cfg.scaffold.alpha"."""
+        return Columns.CONFIG + ".".join(path)
+
+    @staticmethod
+    def spectrum(kind: str, layer: str, measure: str) -> str:
+        return f"{kind}/{layer}/{measure}"
 
 
 def _flatten(d: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:

@@ -1,4 +1,4 @@
-"""The study schema and the results-frame schema: one typed owner for each.
+"""The study schema: one typed owner.
 
 A study (a TOML file in experiments/, or a dict) names a dataset, an architecture,
 seeds, the LoRA ranks r and the baselines; ``Study.load(path)`` / ``Study.from_dict(d)``
@@ -7,9 +7,8 @@ check every key, nested tables included, against the settings they feed
 refuse an unknown key, a missing key or a wrong type, naming the file, the key and
 what is allowed. ``Study.runs()`` expands it into ``Run`` s, one per method, rank and seed.
 
-``Columns`` owns the names of the results frame (``ResultsStore.frame``):
-other modules ask it rather than spell ``"cfg.method"``. ``curves`` turns a frame
-into the arrays the saturation estimator takes (rank.SaturationRank).
+``curves`` turns a results frame (``ResultsStore.frame``, its column names in
+results.Columns) into the arrays the saturation estimator takes (rank.SaturationRank).
 """
 
 from __future__ import annotations
@@ -26,7 +25,7 @@ from dataclasses import dataclass, field
 from functools import lru_cache
 from importlib import resources as package_files
 from pathlib import Path
-from typing import Any, Callable, Iterator, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 import pandas
@@ -35,15 +34,14 @@ import torch
 from .checks import is_number
 from .data import DATASETS, Dataset, load
 from .distributions import DistributionSpec
+from .identity import identity
 from .io import library_versions
 from .models import ARCHITECTURES, scaffold_defaults
+from .results import Columns
 from .scaffold import ScaffoldConfig
-from .train import TrainConfig
+from .train import Metric, TrainConfig
 
 METHODS = ("full", "twin", "lotta")
-# TrainConfig settings added after run ids were first stored: a run's config records them only when
-# they differ from their default, so the ids of runs stored before keep matching.
-TRAIN_ADDED = ("free_run", "seed_dtype", "compile")
 
 
 def declared_scaffold(arch: Mapping[str, Any], dims: Callable[[], tuple[int, int]] | None = None) -> dict[str, Any]:
@@ -115,10 +113,8 @@ class Run:
 
     def config(self) -> dict[str, Any]:
         """The resolved config: every default filled in, as recorded in the store."""
-        tc = TrainConfig(**{**self.train, "seed": self.seed, "progress": False}).__dict__
+        train = identity(TrainConfig(**{**self.train, "seed": self.seed}))
         ds = self.dataset if isinstance(self.dataset, str) else dict(sorted(self.dataset.items()))
-        train = {k: v for k, v in tc.items()
-                 if k != "progress" and not (k in TRAIN_ADDED and v == getattr(TrainConfig, k))}
         cfg = {"study": self.study, "dataset": ds, "arch": dict(self.arch), "method": self.method,
                "seed": self.seed, "train": train}
         if self.method in ("lotta", "twin"):
@@ -151,7 +147,6 @@ class Run:
 
 REQUIRED = ("study", "dataset", "seeds", "arch")
 SPECTRA_METHODS = ("twin", "lotta")
-EPS_DEFAULT = (0.005, 0.01, 0.02)
 
 
 def _fields(cls, skip: Sequence[str] = ()) -> dict[str, Any]:
@@ -202,19 +197,20 @@ def _check_type(value: Any, default: Any, key: str, source: str) -> None:
 
 
 @dataclass(frozen=True, eq=True)
-class Study(MappingABC):
+class Study:
     """A typed study: the keys of a study TOML (docs/guide.md, "Studies").
 
     study, dataset, seeds and arch are required; ranks (LoRA ranks r, default none),
     full (full training, default true), twin (full training from the scaffold, default
-    false), spectra (true, false, or a list of "twin" / "lotta"), eps (the absolute
-    tolerances of r*(eps), in metric units: accuracy as a fraction, or loss units),
-    eps_relative (also report r* with eps as a fraction of the full-training metric),
+    false), spectra (true, false, or a list of "twin" / "lotta"), eps (absolute tolerances of
+    r*(eps), in the metric's units: accuracy as a fraction, or loss units; without it, the
+    headline metric's own eps values and tolerance kind, train.METRICS: see ``tolerances``),
+    eps_relative (with eps: also report r* with eps as a fraction of the full-training metric),
     and the tables [arch], [train], [scaffold] (with scaffold.spec) and [resources] (what a
     Ray backend reserves for each run: cpus, default 1, and gpus, default 0; not part of a run's
     config, so it never changes a run id).
 
-    Read-only mapping access (``study["seeds"]``) gives the resolved keys.
+    ``to_dict()`` gives the resolved keys as plain values.
     """
 
     study: str
@@ -227,7 +223,7 @@ class Study(MappingABC):
     spectra: bool | tuple[str, ...] = False
     train: Mapping[str, Any] = field(default_factory=dict)
     scaffold: Mapping[str, Any] = field(default_factory=dict)
-    eps: tuple[float, ...] = EPS_DEFAULT
+    eps: tuple[float, ...] | None = None  # None: the metric's own (tolerances)
     eps_relative: bool = False
     resources: Mapping[str, Any] = field(default_factory=dict)
     source: str = field(default="<dict>", compare=False)
@@ -262,8 +258,8 @@ class Study(MappingABC):
         elif not isinstance(spectra, bool):
             raise StudyError(f"{source}: spectra must be true, false or a list of {list(SPECTRA_METHODS)}, "
                              f"got {spectra!r}")
-        eps = d.get("eps", list(EPS_DEFAULT))
-        if not (isinstance(eps, list) and eps and all(is_number(e) and math.isfinite(e) and e >= 0 for e in eps)):
+        eps = d.get("eps")
+        if eps is not None and not (isinstance(eps, list) and eps and all(is_number(e) and math.isfinite(e) and e >= 0 for e in eps)):
             raise StudyError(f"{source}: eps must be a non-empty list of finite numbers >= 0, got {eps!r}")
         arch = cls._arch(d["arch"], source)
         train = cls._table(d.get("train", {}), TRAIN_KEYS, "train", source)
@@ -279,7 +275,8 @@ class Study(MappingABC):
                 _check_type(v, SPEC_KEYS[k], f"scaffold.spec.{k}", source)
         study = cls(study=d["study"], dataset=ds, seeds=seeds, arch=arch, ranks=ranks, full=d.get("full", True),
                     twin=d.get("twin", False), spectra=spectra, train=train, scaffold=scaffold,
-                    eps=tuple(float(e) for e in eps), eps_relative=d.get("eps_relative", False),
+                    eps=None if eps is None else tuple(float(e) for e in eps),
+                    eps_relative=d.get("eps_relative", False),
                     resources={**RESOURCE_KEYS, **resources}, source=source)
         try:  # the settings' own checks (values in range, known families, ...), with the source named
             TrainConfig(**train)
@@ -355,21 +352,26 @@ class Study(MappingABC):
     def to_dict(self) -> dict[str, Any]:
         """The resolved study as plain JSON / TOML values (every default filled in)."""
         d = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "source"}
-        d.update(seeds=list(self.seeds), ranks=list(self.ranks), eps=list(self.eps), arch=dict(self.arch),
+        d.update(seeds=list(self.seeds), ranks=list(self.ranks), arch=dict(self.arch),
                  train=dict(self.train), scaffold=dict(self.scaffold), resources=dict(self.resources),
                  spectra=list(self.spectra) if isinstance(self.spectra, tuple) else self.spectra)
+        if self.eps is None:
+            del d["eps"]  # the metric's own: no TOML value says "none"
+        else:
+            d["eps"] = list(self.eps)
         return d
 
-    def __getitem__(self, key: str) -> Any:
-        return self.to_dict()[key]
+    def tolerances(self, metric: Metric) -> list[tuple[float, bool]]:
+        """The (eps, relative) settings r*(eps) is stated at for ``metric`` (train.Metric): the study's
+        eps, absolute as stored studies always read it (and relative too with eps_relative); without eps,
+        the metric's own eps values and tolerance kind (accuracy: absolute points; losses, bits per
+        character, NRMSE: relative to full training)."""
+        if self.eps is None:
+            own = [(e, metric.tolerance == "relative") for e in metric.eps]
+            return own + ([(e, True) for e in metric.eps] if self.eps_relative and not own[0][1] else [])
+        return [(e, False) for e in self.eps] + ([(e, True) for e in self.eps] if self.eps_relative else [])
 
-    def __iter__(self) -> Iterator[str]:
-        return iter(self.to_dict())
-
-    def __len__(self) -> int:
-        return len(self.to_dict())
-
-    __hash__ = None  # a mapping: compare by value, do not hash
+    __hash__ = None  # compared by value; its tables are dicts, so not hashable
 
     @property
     def measured(self) -> set[str]:
@@ -404,39 +406,7 @@ class Study(MappingABC):
 DEFAULT_STUDY_FILE = "digits_mlp.toml"
 
 
-# ----------------------------------------------------------------------------- the results-frame schema
-
-class Columns:
-    """Column names of a results frame (ResultsStore.frame): the run's metadata, its resolved
-    config flattened under ``cfg.`` and its metrics."""
-
-    RUN_ID = "run_id"
-    SEED = "seed"
-    STATUS = "status"
-    CONFIG = "cfg."
-    METHOD = "cfg.method"
-    RANK = "cfg.scaffold.r"
-    TRAINABLE = "trainable"
-    TRAINABLE_FRACTION = "trainable_fraction"
-    ADAPTER_BYTES = "adapter_bytes"  # the adapter file (io.save) of a LottaLoRA run
-    DENSE_BYTES = "dense_bytes"  # a dense checkpoint of the merged model
-    BETA = "beta/"  # beta/<layer>: learned beta per scaffold layer
-    SPECTRA = ("act", "dW", "adapter", "init")  # <kind>/<layer>/<measure>
-
-    @staticmethod
-    def config(*path: str) -> str:
-        """The column of a config field: config("scaffold", "alpha") -> "cfg.scaffold.alpha"."""
-        return Columns.CONFIG + ".".join(path)
-
-    @staticmethod
-    def spectrum(kind: str, layer: str, measure: str) -> str:
-        return f"{kind}/{layer}/{measure}"
-
-
-def metric_of(task: str) -> str:
-    """The metric a study reports: test accuracy for classification, test loss otherwise."""
-    return "test_acc" if task == "classification" else "test_loss"
-
+# ----------------------------------------------------------------------------- the results frame as curves
 
 def curves(df, metric: str, ranks: Sequence[int] | None = None, seeds: Sequence[int] | None = None):
     """A frame as the estimator's arrays: (ranks (R,), values (S, R) per-seed curves of the

@@ -31,20 +31,12 @@ from tqdm.auto import tqdm
 from . import __version__, data, io
 from .distributions import torch_rng
 from .models import build, scaffold_defaults
-from .results import ResultsStore, SweepCounts
+from .results import Columns, ResultsStore, SweepCounts
 from .scaffold import ScaffoldConfig, merge, scaffold
 from .spectra import ActivationSpectra, IntrinsicDimension, TaskSpectrum, WeightSpectra
-from . import study as study_module
-from .study import Columns, Run, Study
-from .train import TensorBoardLog, TrainConfig, train
-
-
-_dataset = study_module._dataset  # the cache behind Run.data (tests clear it)
-
-
-def dataset_of(run: Run) -> data.Dataset:
-    """The run's dataset (Run.data: cached per name, arguments and, for planted tasks, seed)."""
-    return run.data()
+from .study import Run, Study
+from .rank import adaptive_search
+from .train import TensorBoardLog, TrainConfig, metric_of, task_of, train
 
 
 def build_model(run: Run, d: data.Dataset):
@@ -82,7 +74,7 @@ def execute(run: Run, progress: bool = False,
     if "log_dir" in run.train:  # one folder for every run of a study would mix their events
         raise ValueError(f"study {run.study!r}: log_dir is not a [train] setting of a study; pass --log-dir DIR "
                          f"(or run_study(..., log_dir=DIR)), which logs each run under DIR/<study>/<run_id>")
-    d = dataset_of(run)
+    d = run.data()
     model = build_model(run, d)
     init = copy.deepcopy(model) if run.spectra and run.method == "twin" else None
     rec_metrics, rec_history = records(run, model, d)
@@ -183,24 +175,13 @@ def backfill(study: Study | Mapping[str, Any], store: ResultsStore) -> tuple[int
                 (not run.spectra or "dataset" in history):
             continue
         try:
-            d = dataset_of(run)
+            d = run.data()
         except (FileNotFoundError, ImportError) as e:
             problems.append(f"{type(e).__name__}: {e}")
             continue
         rec_metrics, rec_history = records(run, build_model(run, d), d)
         n += store.amend(row["run_id"], rec_metrics, rec_history)
     return n, problems
-
-
-def load_study(path: str | Path) -> Study:
-    """A study TOML as a validated Study (see study.py, experiments/ and docs/guide.md)."""
-    return Study.load(path)
-
-
-def runs_of(study: Study | Mapping[str, Any], ranks: Sequence[int] | None = None,
-            baselines: bool = True) -> list[Run]:
-    """Expand a study (a Study, or a dict validated into one): see Study.runs."""
-    return Study.of(study).runs(ranks=ranks, baselines=baselines)
 
 
 def sweep(runs: Iterable[Run], store: ResultsStore, progress: bool = True, retry_failed: bool = False,
@@ -290,7 +271,7 @@ def _exit_with_parent() -> None:
 def _worker(study: Mapping[str, Any], store: ResultsStore, threads: int, offset: int, retry_failed: bool,
             invocation: str, log_dir: str | None = None) -> dict[str, tuple[str, str | None]]:
     torch.set_num_threads(threads)
-    runs = runs_of(study)
+    runs = Study.of(study).runs()
     return _sweep(runs[offset:] + runs[:offset], store, False, retry_failed, invocation, log_dir)
 
 
@@ -308,7 +289,7 @@ def run_study(study: Mapping[str, Any], store: ResultsStore, workers: int = 1, p
     ``log_dir``: TensorBoard events of each run under ``log_dir/<study>/<run_id>`` (see execute)."""
     if not isinstance(workers, int) or isinstance(workers, bool) or workers < 1:
         raise ValueError(f"workers must be a positive integer, got {workers!r}")
-    runs = runs_of(study)
+    runs = Study.of(study).runs()
     if workers == 1:
         return sweep(runs, store, progress=progress, retry_failed=retry_failed, log_dir=log_dir)
     threads = max(1, (os.cpu_count() or 1) // workers)
@@ -321,34 +302,29 @@ def run_study(study: Mapping[str, Any], store: ResultsStore, workers: int = 1, p
     return SweepCounts.of([r.run_id for r in runs], parts)
 
 
-def study_frame(study: Study | Mapping[str, Any], store: ResultsStore):
-    """The store's finished runs of this study, restricted to the study's current configs (Study.frame)."""
-    return Study.of(study).frame(store)
-
-
-def adaptive_sweep(study: Mapping[str, Any], store: ResultsStore, eps: float, r_max: int,
-                   metric: str | None = None, progress: bool = False):
+def adaptive_sweep(study: Study | Mapping[str, Any], store: ResultsStore, eps: float, r_max: int,
+                   metric: str | None = None, progress: bool = False, relative: bool | None = None):
     """r*(eps) by doubling + bisection over ranks (rank.adaptive_search), each rank run
-    over the study's seeds through the store (so finished runs are reused).
+    over the study's seeds through the store (so finished runs are reused). ``metric``: by default
+    the headline metric of the study's task (train.Task.headline), with its direction. ``relative``
+    (eps as a fraction of full training): by default the kind the study's report uses
+    (Study.tolerances: the metric's own unless the study sets eps, which is absolute).
 
     Returns (SearchResult, number of LottaLoRA runs it needed)."""
-    from .rank import adaptive_search
-    from .report import higher_is_better
-
-    task = dataset_of(runs_of(study)[0]).task
-    metric = metric or ("test_acc" if task == "classification" else "test_loss")
-    higher = higher_is_better(metric)
-    base = runs_of(study, ranks=[])
+    study = Study.of(study)
+    metric = metric_of(metric or task_of(study.runs()[0].data().task).headline)
+    relative = study.tolerances(metric)[0][1] if relative is None else relative
+    base = study.runs(ranks=[])
     sweep(base, store, progress=progress)
     full_ids = {r.run_id for r in base if r.method == "full"}
-    rows = store.frame(study["study"])
-    full = rows[rows["run_id"].isin(full_ids)][metric].mean()
+    rows = store.frame(study.study)
+    full = rows[rows[Columns.RUN_ID].isin(full_ids)][metric.name].mean()
 
     def evaluate(r: int) -> float:
-        runs = runs_of(study, ranks=[r], baselines=False)
+        runs = study.runs(ranks=[r], baselines=False)
         sweep(runs, store, progress=progress)
-        df = store.frame(study["study"])
-        return float(df[df["run_id"].isin({x.run_id for x in runs})][metric].mean())
+        df = store.frame(study.study)
+        return float(df[df[Columns.RUN_ID].isin({x.run_id for x in runs})][metric.name].mean())
 
-    res = adaptive_search(evaluate, full, eps, r_max, higher_is_better=higher)
-    return res, res.n_evaluated * len(study["seeds"])
+    res = adaptive_search(evaluate, full, eps, r_max, higher_is_better=metric.higher_is_better, relative=relative)
+    return res, res.n_evaluated * len(study.seeds)

@@ -27,6 +27,7 @@ from tqdm.auto import tqdm
 
 from .data.dataset import check_dataset
 from .distributions import torch_rng
+from .identity import NOT_IDENTITY, added
 from . import distributed
 from .scaffold import advance, betas, count_parameters, set_seed_dtype
 
@@ -43,21 +44,21 @@ class TrainConfig:
     seed: int = 0
     device: str = "auto"
     amp: bool = True  # bf16 autocast, CUDA only
-    progress: bool = True
+    progress: bool = field(default=True, metadata=NOT_IDENTITY)
     beta_every: int = 0  # also record beta every n optimiser steps (0: per epoch only)
     # forecasting: also measure the free-running NRMSE (test_nrmse_free) through model.step; None: when the
     # series is autonomous (its inputs are its own past, X[:, t + 1] = y[:, t]), not for a driven one (NARMA)
-    free_run: bool | None = None
+    free_run: bool | None = field(default=None, metadata=added(None))
     # TensorBoard event files (per-step loss, every key of the epoch rows, beta per layer) under this folder;
     # None: no logging and no tensorboard import. Needs `pip install tensorboard`; see TensorBoardLog
-    log_dir: str | None = None
+    log_dir: str | None = field(default=None, metadata=NOT_IDENTITY)
     # hold every scaffold's W_seed in this dtype while training (scaffold.set_seed_dtype): "bfloat16" under
     # CUDA's bf16 autocast saves the per-step cast of W_seed and half its memory; None: the parameter dtype
-    seed_dtype: str | None = None
+    seed_dtype: str | None = field(default=None, metadata=added(None))
     # run the training forward and backward under torch.compile (evaluation stays eager): on the CPU a
     # LottaLoRA LM step went from 0.85x to 0.78x of full training (docs/guide.md#performance). Needs a
     # working compiler (a C++ toolchain on the CPU, Triton on CUDA); results differ from eager in rounding
-    compile: bool = False
+    compile: bool = field(default=False, metadata=added(False))
 
     def __post_init__(self) -> None:
         for k in ("epochs", "batch_size"):
@@ -72,11 +73,7 @@ class TrainConfig:
             raise ValueError(f"compile must be True or False, got {self.compile!r}")
         if self.seed_dtype not in SEED_DTYPES:
             raise ValueError(f"seed_dtype must be one of {SEED_DTYPES}, got {self.seed_dtype!r}")
-        if self.log_dir is None:
-            # unset, it stays out of the instance's __dict__ (the class default None reads through), so a
-            # stored run's config (study.Run.config reads __dict__) and its run id are those from before log_dir
-            object.__delattr__(self, "log_dir")
-        elif not isinstance(self.log_dir, (str, os.PathLike)) or not str(self.log_dir):
+        if self.log_dir is not None and (not isinstance(self.log_dir, (str, os.PathLike)) or not str(self.log_dir)):
             raise ValueError(f"log_dir must be a folder path (str or os.PathLike) or None (no logging), "
                              f"got {self.log_dir!r}")
 
@@ -168,8 +165,72 @@ def resolve_device(device: str = "auto") -> torch.device:
     return torch.device(device)
 
 
+TOLERANCES = {  # how eps of r*(eps) is read: delta = eps, or delta = eps * |full-training mean|
+    "absolute": "absolute, in the metric's units",
+    "relative": "relative, a fraction of the full-training mean",
+}
+
+
+@dataclass(frozen=True)
+class Metric:
+    """A test metric as a column of the results frame: its name, its direction (higher_is_better), its
+    unit (``unit``, and ``fmt`` / ``scale`` to write a difference in it: accuracy in points, pp), and
+    the tolerance of r*(eps) it is read with: ``tolerance`` (a TOLERANCES kind), the default eps
+    values a study reports (``eps``) and the headline one (``headline_eps``, among them).
+
+    Accuracy takes an absolute eps (0.01 = 1 accuracy point: a number of test examples); a loss,
+    bits per character or NRMSE has no natural absolute scale across tasks, so it takes a relative
+    eps (0.05 = within 5% of full training)."""
+
+    name: str
+    higher_is_better: bool
+    unit: str
+    fmt: str
+    scale: float = 1.0
+    tolerance: str = "relative"
+    eps: tuple[float, ...] = (0.02, 0.05, 0.1)
+    headline_eps: float = 0.05
+
+    def __post_init__(self) -> None:
+        if self.tolerance not in TOLERANCES:
+            raise ValueError(f"metric {self.name!r}: tolerance must be one of {tuple(TOLERANCES)}, "
+                             f"got {self.tolerance!r}")
+        if self.headline_eps not in self.eps:
+            raise ValueError(f"metric {self.name!r}: headline_eps {self.headline_eps} is not among eps {self.eps}")
+
+    def points(self, v: float) -> str:
+        """A difference ``v`` in the metric's units, as reports write it ("1.00 pp", "0.05 loss units")."""
+        return self.fmt.format(self.scale * v)
+
+    def eps_text(self, eps: float, relative: bool) -> str:
+        """eps as a report states it: "0.01 (1.00 pp, absolute)", "0.05 (5% of full training, relative)"."""
+        if relative:
+            return f"{eps:g} ({100 * eps:g}% of full training, relative)"
+        return f"{eps:g} ({self.points(eps)}, absolute)"
+
+
+METRICS: dict[str, Metric] = {m.name: m for m in (
+    Metric("test_acc", True, "accuracy as a fraction: 0.01 = 1 accuracy point (pp)", "{:.2f} pp", 100.0,
+           tolerance="absolute", eps=(0.005, 0.01, 0.02), headline_eps=0.01),
+    Metric("test_bpc", False, "bits per character", "{:.4g} bits per character"),
+    Metric("test_nrmse", False, "NRMSE, teacher-forced (RMSE / std of the target)", "{:.4g} NRMSE"),
+    Metric("test_nrmse_free", False, "NRMSE, free-running (RMSE / std of the target)", "{:.4g} NRMSE"),
+    Metric("test_loss", False, "loss units", "{:.4g} loss units"),
+)}
+
+
+def metric_of(name: str) -> Metric:
+    """The registered metric ``name`` (METRICS); a clear error names the allowed ones."""
+    if name not in METRICS:
+        raise ValueError(f"unknown metric {name!r}; allowed: {', '.join(METRICS)}")
+    return METRICS[name]
+
+
 class Task:
     """A training task: its loss and what evaluation measures (one entry of ``TASKS``).
+
+    ``headline`` is the metric a study of the task ranks by (r*, reports, adaptive search), one of
+    ``measures``, the test metrics its runs record (METRICS).
 
     ``loss(out, y, reduction, washout)`` is the training loss (``reduction`` "mean" or "sum");
     ``sums(out, y, washout)`` what one test batch adds up; ``metrics(sums, y, washout)`` the
@@ -178,6 +239,8 @@ class Task:
     """
 
     name: str = ""
+    headline: str = "test_loss"
+    measures: tuple[str, ...] = ("test_loss",)
     eval_batch: int | None = 1024  # test windows per evaluation batch (None: the training batch size)
 
     def check(self, out: torch.Tensor, y: torch.Tensor, model: nn.Module) -> None:
@@ -204,6 +267,7 @@ class Classification(Task):
     (n, T) right-padded with pad_id: the model handles the padding."""
 
     name = "classification"
+    headline, measures = "test_acc", ("test_loss", "test_acc")
 
     def check(self, out, y, model) -> None:
         if out.shape[:-1] != y.shape:
@@ -243,6 +307,7 @@ class LanguageModelling(Classification):
     character for a character vocabulary); tokens_per_s = training tokens per second of the epoch."""
 
     name = "lm"
+    headline, measures = "test_bpc", ("test_loss", "test_bpc")
     eval_batch = None  # logits are (B, T, V): evaluate in batches of the training size, which fit
 
     def loss(self, out, y, reduction="mean", washout=0):
@@ -271,6 +336,7 @@ class Forecasting(Task):
     """
 
     name = "forecasting"
+    headline, measures = "test_nrmse", ("test_loss", "test_nrmse", "test_nrmse_free")
 
     def loss(self, out, y, reduction="mean", washout=0):
         se = (out.float()[:, washout:] - y[:, washout:]).pow(2)
@@ -292,6 +358,14 @@ def task_of(name: str) -> Task:
     if name not in TASKS:
         raise ValueError(f"task must be one of {tuple(TASKS)}, got {name!r}")
     return TASKS[name]
+
+
+def task_of_columns(recorded) -> Task:
+    """The task whose runs recorded the metrics ``recorded`` (column names with a value): of the tasks
+    whose ``measures`` all appear, the one that measures the most (regression, which measures only the
+    loss, when no other fits). How a report, which never loads data, knows its study's task."""
+    fits = [t for t in TASKS.values() if set(t.measures) - {"test_nrmse_free"} <= set(recorded)]
+    return max(fits, key=lambda t: len(t.measures), default=TASKS["regression"])
 
 
 def output_of(out: Any, model: nn.Module) -> torch.Tensor:

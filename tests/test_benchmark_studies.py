@@ -26,8 +26,8 @@ import torch
 
 from reservoir_depth import data
 from reservoir_depth.data import text
-from reservoir_depth.results import ResultsStore
-from reservoir_depth.study import Columns, Study, _dataset
+from reservoir_depth.results import Columns, ResultsStore
+from reservoir_depth.study import Study, _dataset
 from reservoir_depth.sweep import run_study
 from reservoir_depth.train import TASKS
 

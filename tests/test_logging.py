@@ -16,6 +16,7 @@ import pytest
 from conftest import TRAIN_TINY, torchrun
 from reservoir_depth import cli, distributed
 from reservoir_depth.distributions import torch_rng
+from reservoir_depth.identity import identity
 from reservoir_depth.models import build
 from reservoir_depth.results import ResultsStore
 from reservoir_depth.scaffold import ScaffoldConfig, scaffold
@@ -96,10 +97,11 @@ def test_without_log_dir_nothing_is_written_and_tensorboard_is_not_imported(tmp_
 
 
 def test_an_unset_log_dir_leaves_run_configs_and_ids_as_they_were():
-    assert "log_dir" not in TrainConfig().__dict__ and TrainConfig().log_dir is None
+    assert TrainConfig().log_dir is None and "log_dir" not in identity(TrainConfig(log_dir="runs"))  # never an id
     assert TrainConfig() == TrainConfig(log_dir=None)
     run = Run("s", "digits", {"name": "mlp"}, "full", 0)
     assert "log_dir" not in run.config()["train"]
+    assert Run("s", "digits", {"name": "mlp"}, "full", 0, train={"log_dir": "runs"}).run_id == run.run_id
     assert run.run_id == "9b6deba50583354a"  # the id this run was stored under before log_dir existed
 
 

@@ -8,8 +8,8 @@ from hypothesis import strategies as st
 from reservoir_depth import data
 from reservoir_depth.rank import MIN_BOOTSTRAP_SEEDS, SaturationRank, adaptive_search, r_star
 from reservoir_depth.results import ResultsStore
-from reservoir_depth.study import curves
-from reservoir_depth.sweep import adaptive_sweep, runs_of, study_frame, sweep
+from reservoir_depth.study import Study, curves
+from reservoir_depth.sweep import adaptive_sweep, sweep
 
 rank_curves = st.dictionaries(st.integers(0, 64), st.floats(0, 1), min_size=1, max_size=12)
 
@@ -213,7 +213,8 @@ def test_adaptive_search_loss_direction_and_errors():
 
 PLANTED = {"study": "planted", "dataset": {"name": "planted", "d": 12, "n_out": 12, "n_train": 1024, "n_test": 512},
            "arch": {"name": "linear"}, "seeds": [0], "full": True,
-           "train": {"epochs": 25, "lr": 2e-2, "batch_size": 128}}
+           "train": {"epochs": 25, "lr": 2e-2, "batch_size": 128},
+           "eps": [0.25]}  # absolute: one missing planted direction costs strength^2 = 1 loss unit
 
 
 @pytest.mark.parametrize("k", [1, 2, 3])
@@ -221,8 +222,8 @@ def test_planted_rank_is_recovered(tmp_path, k):
     """Ground truth: a student on the teacher's scaffold saturates exactly at r = k (Prop. 4)."""
     study = {**PLANTED, "dataset": {**PLANTED["dataset"], "k": k}, "ranks": list(range(0, 6))}
     store = ResultsStore(tmp_path / "r.sqlite", create=True)
-    assert sweep(runs_of(study), store, progress=False).failed == 0
-    ranks, values, full, _ = curves(study_frame(study, store), "test_loss")
+    assert sweep(Study.of(study).runs(), store, progress=False).failed == 0
+    ranks, values, full, _ = curves(Study.of(study).frame(store), "test_loss")
     sr = SaturationRank(eps=0.25, higher_is_better=False, n_boot=50).fit(ranks, values, full)
     assert sr.r_star_ == k, sr.curve_
     # each missing direction costs strength^2 = 1 in summed squared error
@@ -252,3 +253,64 @@ def test_planted_teacher_shares_the_students_scaffold():
     assert np.allclose(sv[:2], 1.0) and np.allclose(sv[2:], 0, atol=1e-6)
     with pytest.raises(ValueError, match=r"rank r=7 .* \[0, 6\]"):
         data.load("planted", k=7, d=8, n_out=6)
+
+
+def test_adaptive_sweep_reads_eps_with_the_studys_tolerance_kind(tmp_path, monkeypatch):
+    """Without eps, a loss study's tolerance is relative to full training (train.METRICS), in the adaptive
+    search as in the report; a study's explicit eps stays absolute."""
+    from reservoir_depth import sweep as sweep_mod
+    from reservoir_depth.rank import SearchResult
+
+    seen = []
+    monkeypatch.setattr(sweep_mod, "adaptive_search", lambda *a, **k: seen.append(k["relative"]) or SearchResult(0.0))
+    store = ResultsStore(tmp_path / "r.sqlite", create=True)
+    study = {**PLANTED, "dataset": {**PLANTED["dataset"], "k": 1}, "train": {**PLANTED["train"], "epochs": 1}}
+    adaptive_sweep({k: v for k, v in study.items() if k != "eps"}, store, eps=0.05, r_max=4)
+    adaptive_sweep(study, store, eps=0.25, r_max=4)
+    assert seen == [True, False]
+
+
+# ----------------------------------------------------------------------------- equivalence and power
+
+def test_tost_paired_is_the_larger_of_two_one_sided_scipy_t_tests():
+    from scipy import stats
+    from reservoir_depth.rank import tost_paired
+
+    a = np.array([0.912, 0.905, 0.918, 0.909, 0.911])
+    b = np.array([0.910, 0.907, 0.915, 0.910, 0.908])
+    d = a - b
+    lower = stats.ttest_1samp(d, -0.01, alternative="greater").pvalue
+    upper = stats.ttest_1samp(d, 0.01, alternative="less").pvalue
+    eq = tost_paired(a, b, margin=0.01)
+    assert eq.p == pytest.approx(max(lower, upper), rel=1e-12) and eq.equivalent
+    assert eq.diff == pytest.approx(d.mean()) and eq.n == 5
+    # at the margin it reports as the smallest equivalent one, p = alpha exactly
+    assert tost_paired(a, b, margin=eq.equivalent_at).p == pytest.approx(0.05, rel=1e-9)
+    assert not tost_paired(a, b, margin=0.001).equivalent
+
+
+def test_tost_paired_refuses_bad_input():
+    from reservoir_depth.rank import tost_paired
+
+    with pytest.raises(ValueError, match="at least 2 seeds"):
+        tost_paired([1.0], [1.0], 0.1)
+    with pytest.raises(ValueError, match="margin must be a finite number > 0, got 0"):
+        tost_paired([1.0, 2.0], [1.0, 2.0], 0)
+    assert tost_paired([1.0, 2.0], [1.0, 2.0], 0.1).p == 0.0  # identical: se = 0, inside the margin
+
+
+def test_paired_t_power_matches_known_values():
+    """statsmodels' TTestPower().power(0.5, 10, 0.05) = 0.2932; d = 0.8, n = 15 against the rejection rate of
+    scipy's one-sample t-test on 100,000 simulated seed sets (seeded, so the same every run); effect 0
+    gives alpha."""
+    from scipy import stats
+    from reservoir_depth.rank import paired_t_power
+
+    assert paired_t_power(10, 0.5) == pytest.approx(0.2932, abs=5e-4)
+    x = np.random.default_rng(0).standard_normal((100_000, 15)) + 0.8
+    simulated = (stats.ttest_1samp(x, 0, axis=1).pvalue < 0.05).mean()  # sd of this estimate: 0.0012
+    assert paired_t_power(15, 0.8) == pytest.approx(simulated, abs=0.005)
+    assert paired_t_power(7, 0.0) == pytest.approx(0.05)
+    assert paired_t_power(7, 0.0, two_sided=False) == pytest.approx(0.05)
+    with pytest.raises(ValueError, match="n must be an int >= 2"):
+        paired_t_power(1, 0.5)

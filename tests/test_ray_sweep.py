@@ -13,7 +13,8 @@ import pytest
 import torch
 
 from reservoir_depth.results import ResultsStore
-from reservoir_depth.sweep import runs_of, sweep
+from reservoir_depth.study import Study
+from reservoir_depth.sweep import sweep
 
 ray = pytest.importorskip("ray")
 from reservoir_depth.ray_sweep import run_study_ray  # noqa: E402
@@ -38,7 +39,7 @@ def test_ray_sweep_gives_the_rows_of_the_local_path(tmp_path, cluster):
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # as each Ray task (1 CPU): the same float reductions
     try:
-        sweep(runs_of(STUDY), local, progress=False)
+        sweep(Study.of(STUDY).runs(), local, progress=False)
     finally:
         torch.set_num_threads(threads)
     remote = ResultsStore(tmp_path / "ray.sqlite", create=True)
@@ -133,7 +134,7 @@ def test_killed_driver_resumes_without_redoing_finished_runs(tmp_path):
     proc.wait()
     done = {r["run_id"]: r["finished"] for r in store.rows() if r["status"] == "done"}
     assert 1 <= len(done) < 6, "the kill should land mid-sweep"
-    counts = sweep(runs_of(study), store, progress=False)  # any path resumes it; here the local one
+    counts = sweep(Study.of(study).runs(), store, progress=False)  # any path resumes it; here the local one
     assert counts.skipped == len(done) and counts.done == 6 - len(done)
     after = {r["run_id"]: r for r in store.rows()}
     assert all(after[k]["finished"] == t for k, t in done.items())

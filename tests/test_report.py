@@ -7,14 +7,15 @@ import shutil
 import sqlite3
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 
 from reservoir_depth import data
 from reservoir_depth import sweep as sweep_mod
 from reservoir_depth.report import NoResults, markdown, rank_table, study_status, write_report
-from reservoir_depth.results import ResultsStore
-from reservoir_depth.study import Columns, Study
+from reservoir_depth.results import Columns, ResultsStore
+from reservoir_depth.study import Run, Study
 from reservoir_depth.sweep import sweep
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -38,7 +39,7 @@ def no_models(monkeypatch):
     def boom(*a, **k):
         raise AssertionError("the report built a model or loaded data")
 
-    for mod, name in ((sweep_mod, "build_model"), (sweep_mod, "dataset_of"), (data, "load")):
+    for mod, name in ((sweep_mod, "build_model"), (Run, "data"), (data, "load")):
         monkeypatch.setattr(mod, name, boom)
 
 
@@ -62,7 +63,7 @@ def test_report_records_and_renders_from_the_store_alone(swept, tmp_path, no_mod
     assert (lotta["adapter bytes"].str.replace(",", "").astype(int) > 0).all()  # recorded by the sweep
     spectra = pd.read_csv(out / "spectra.csv")
     assert {"inputs (PCA)", "activations, scaffold at init"} <= set(spectra["spectrum"])
-    assert "360 test images" in text and "seed range over 2 seeds" in text
+    assert "360 test images" in text and "2 seeds: seed range (< 5 seeds, not a confidence interval)" in text
     meta = json.loads((out / "study.json").read_text())
     assert {"numpy", "scipy", "torch"} <= set(meta["versions"]) and meta["seeds"] == [0, 1]
     assert meta["config"]["ranks"] == [0, 2, 4] and len(meta["runs"]) == 10
@@ -96,11 +97,41 @@ def test_incomplete_store_never_states_r_star_beyond_the_complete_ranks(swept, t
     assert "| > 4" not in text
 
 
-def test_eps_relative_adds_rows(swept, tmp_path):
+def r_star_tables(text: str) -> list[list[str]]:
+    """The eps cells of each r*(eps) table of a report."""
+    tables, rows = [], None
+    for line in text.splitlines():
+        if line.startswith("| eps |"):
+            rows = []
+            tables.append(rows)
+        elif rows is not None and line.startswith("| ") :
+            rows.append(line.split(" | ")[0][2:])
+        elif not line.startswith("|---"):
+            rows = None
+    return tables
+
+
+def test_eps_relative_adds_a_table_of_its_own(swept, tmp_path):
     study, _ = swept
     out = copy_store(swept, tmp_path)
     text = write_report(Study.from_dict({**TINY, "eps_relative": True, "eps": [0.05]}), out)
-    assert "| 0.05 (5.00 pp, absolute) |" in text and "| 0.05 of full (relative) |" in text
+    assert r_star_tables(text) == [["0.05 (5.00 pp, absolute)"], ["0.05 (5% of full training, relative)"]]
+    assert "r*(eps), eps absolute" in text and "r*(eps), eps relative" in text
+
+
+def test_a_loss_study_without_eps_is_read_relative_to_full_training(tmp_path):
+    from reservoir_depth.report import rank_section
+
+    study = Study.from_dict({"study": "lm", "dataset": "digits", "seeds": [0, 1, 2], "ranks": [1, 4],
+                             "arch": {"name": "mlp", "hidden": [8]}})
+    rows = [{Columns.METHOD: method, Columns.RANK: r, Columns.SEED: seed, "test_bpc": bpc, "n_test": 100}
+            for seed in (0, 1, 2) for method, r, bpc in (("full", None, 2.0), ("lotta", 1, 2.5), ("lotta", 4, 2.08))]
+    lines, r_stars, summary = rank_section(pd.DataFrame(rows), study, "test_bpc")
+    text = "\n".join(lines)
+    assert r_star_tables(text) == [[f"{e:g} ({100 * e:g}% of full training, relative)" for e in (0.02, 0.05, 0.1)]]
+    assert "absolute" not in text.split("| eps |")[1]
+    assert [s["relative"] for s in summary["r_star"]] == [True] * 3
+    assert [s["r_star"] for s in summary["r_star"]] == [math.inf, 4, 4]  # 2.08 <= 2 * 1.05, not <= 2 * 1.02
 
 
 def test_no_results_writes_nothing_and_says_what_happened(swept, tmp_path, no_models):
@@ -188,7 +219,8 @@ def test_running_and_stale_runs_are_told_apart(swept, tmp_path):
 def test_a_language_model_study_is_ranked_by_bits_per_character_lower_is_better():
     """An lm store has test_bpc (and test_loss, no test_acc): the report ranks by bpc, and r*(eps)
     counts a rank saturated when its bpc is at most full + eps (lower is better)."""
-    from reservoir_depth.report import higher_is_better, metric_of_frame, saturation
+    from reservoir_depth.report import metric_of_frame, saturation
+    from reservoir_depth.train import metric_of
 
     study = Study.from_dict({"study": "lm", "dataset": "digits", "seeds": [0, 1, 2], "ranks": [1, 4],
                              "arch": {"name": "mlp", "hidden": [8]}})
@@ -198,9 +230,24 @@ def test_a_language_model_study_is_ranked_by_bits_per_character_lower_is_better(
             rows.append({Columns.METHOD: method, Columns.RANK: r, Columns.SEED: seed, "test_bpc": bpc + 0.001 * seed,
                          "test_loss": (bpc + 0.001 * seed) * 0.693})
     df = pd.DataFrame(rows)
-    assert metric_of_frame(df) == "test_bpc" and not higher_is_better("test_bpc")
+    assert metric_of_frame(df) == "test_bpc" and not metric_of("test_bpc").higher_is_better
     assert metric_of_frame(df.drop(columns="test_bpc")) == "test_loss"
     assert metric_of_frame(df.assign(test_nrmse=1.0).drop(columns="test_bpc")) == "test_nrmse"
     sr = saturation(df, study, "test_bpc", eps=0.01)
     assert sr.r_star_ == 4
     assert saturation(df, study, "test_bpc", eps=0.001).r_star_ == math.inf
+
+
+def test_an_r_star_that_clears_by_less_than_one_test_example_per_seed_is_a_tie():
+    from reservoir_depth.rank import SaturationRank
+    from reservoir_depth.report import _r_star_cell
+    from reservoir_depth.train import metric_of
+
+    values = np.array([[0.80, 0.8905, 0.92]] * 3)  # ranks 4, 6, 7; threshold 0.90 - 0.01 = 0.89
+    sr = SaturationRank(eps=0.01, n_boot=0).fit([4, 6, 7], values, [0.90] * 3)
+    cell, margin, tie = _r_star_cell(sr, metric_of("test_acc"), n_test=100)
+    assert tie and cell == "6 (tie; 7 clears by 3.00 pp, 3 test examples per seed)"
+    assert margin == "0.05 pp, 0.05 test examples per seed"
+    cell, _, tie = _r_star_cell(sr, metric_of("test_acc"), n_test=10_000)  # 0.05 pp = 5 examples: resolved
+    assert not tie and cell == "6"
+    assert _r_star_cell(sr, metric_of("test_acc"), n_test=None)[1] == "0.05 pp"

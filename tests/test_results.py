@@ -13,7 +13,8 @@ import pytest
 from reservoir_depth import data
 from reservoir_depth.report import markdown, rank_table
 from reservoir_depth.results import ResultsStore, SweepCounts
-from reservoir_depth.sweep import Run, runs_of, sweep
+from reservoir_depth.study import Study
+from reservoir_depth.sweep import Run, sweep
 from conftest import make_blobs
 
 STUDY = {"study": "t", "dataset": "blobs", "seeds": [0, 1], "full": True, "ranks": [0, 2],
@@ -26,10 +27,11 @@ WORKER = textwrap.dedent("""
     from conftest import make_blobs
     from reservoir_depth import data
     from reservoir_depth.results import ResultsStore
-    from reservoir_depth.sweep import runs_of, sweep
+    from reservoir_depth.study import Study
+    from reservoir_depth.sweep import sweep
     data.DATASETS["blobs"] = lambda: make_blobs(n_train={n})
     study = json.loads({study!r})
-    counts = sweep(runs_of(study), ResultsStore(sys.argv[1], create=True), progress=False)
+    counts = sweep(Study.of(study).runs(), ResultsStore(sys.argv[1], create=True), progress=False)
     print(json.dumps(dataclasses.asdict(counts)), flush=True)
 """)
 
@@ -37,8 +39,8 @@ WORKER = textwrap.dedent("""
 @pytest.fixture(autouse=True)
 def _blobs(monkeypatch):
     monkeypatch.setitem(data.DATASETS, "blobs", make_blobs)
-    from reservoir_depth import sweep as sweep_mod
-    sweep_mod._dataset.cache_clear()
+    from reservoir_depth import study as study_mod
+    study_mod._dataset.cache_clear()
 
 
 def worker_script(tmp_path, n=256, study=STUDY):
@@ -74,7 +76,7 @@ def test_run_left_running_by_a_dead_process_is_retried(tmp_path):
 
 def test_sweep_skips_finished_runs(tmp_path):
     store = ResultsStore(tmp_path / "r.sqlite", create=True)
-    runs = runs_of(STUDY)
+    runs = Study.of(STUDY).runs()
     assert len(runs) == 6 and len({r.run_id for r in runs}) == 6
     assert sweep(runs, store, progress=False) == SweepCounts(done=6)
     assert sweep(runs, store, progress=False) == SweepCounts(skipped=6)
@@ -88,7 +90,7 @@ def test_sweep_skips_finished_runs(tmp_path):
 
 def test_failed_run_is_recorded_and_sweep_goes_on(tmp_path):
     store = ResultsStore(tmp_path / "r.sqlite", create=True)
-    runs = runs_of({**STUDY, "seeds": [0], "ranks": [0, 99]})  # r=99 > min(d_in, d_out)
+    runs = Study.of({**STUDY, "seeds": [0], "ranks": [0, 99]}).runs()  # r=99 > min(d_in, d_out)
     counts = sweep(runs, store, progress=False)
     assert (counts.done, counts.skipped, counts.failed) == (2, 0, 1) and "rank r=99" in counts.errors["ValueError"]
     failed = [r for r in store.rows() if r["status"] == "failed"]
@@ -111,7 +113,7 @@ def test_killed_sweep_resumes_without_losing_or_repeating_runs(tmp_path):
     done_before = {k: r["finished"] for k, r in before.items() if r["status"] == "done"}
     assert 1 <= len(done_before) < 6, "the kill should land mid-sweep"
     interrupted = [k for k, r in before.items() if r["status"] == "running"]  # almost always one (see the poll)
-    counts = sweep(runs_of(study), store, progress=False)
+    counts = sweep(Study.of(study).runs(), store, progress=False)
     assert counts.skipped == len(done_before) and counts.done == 6 - len(done_before)
     after = {r["run_id"]: r for r in store.rows()}
     assert len(after) == 6 and all(r["status"] == "done" for r in after.values())
@@ -171,7 +173,7 @@ def test_many_processes_create_one_store_at_once(tmp_path):
 
 def test_rank_table_recovery(tmp_path):
     store = ResultsStore(tmp_path / "r.sqlite", create=True)
-    sweep(runs_of(STUDY), store, progress=False)
+    sweep(Study.of(STUDY).runs(), store, progress=False)
     df = store.frame("t")
     table = rank_table(df)
     assert list(table["r"]) == [0, 2, "full"]

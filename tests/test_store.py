@@ -16,7 +16,8 @@ from hypothesis import given, strategies as st
 from reservoir_depth import data
 
 from reservoir_depth.results import ResultsStore, SweepCounts
-from reservoir_depth.sweep import run_study, runs_of, sweep
+from reservoir_depth.study import Study
+from reservoir_depth.sweep import run_study, sweep
 from conftest import make_blobs
 
 STUDY = {"study": "t", "dataset": "blobs", "seeds": [0, 1], "full": True, "ranks": [0, 2],
@@ -33,8 +34,8 @@ finished REAL)"""
 @pytest.fixture(autouse=True)
 def _blobs(monkeypatch):
     monkeypatch.setitem(data.DATASETS, "blobs", make_blobs)
-    from reservoir_depth import sweep as sweep_mod
-    sweep_mod._dataset.cache_clear()
+    from reservoir_depth import study as study_mod
+    study_mod._dataset.cache_clear()
 
 
 def columns(path) -> list[str]:
@@ -167,7 +168,7 @@ def test_failing_runs_with_two_workers_are_attempted_once_each_and_counted_right
     log = tmp_path / "attempts.log"
     monkeypatch.setitem(data.DATASETS, "broken", broken_loader(log))
     study = {**STUDY, "dataset": "broken"}
-    n = len(runs_of(study))
+    n = len(Study.of(study).runs())
     store = ResultsStore(tmp_path / "r.sqlite", create=True)
     counts = run_study(study, store, workers=2, progress=False)
     assert counts == SweepCounts(failed=n, errors={"RuntimeError": "RuntimeError: no such data here; install it "
@@ -200,11 +201,11 @@ def test_counts_count_each_run_once_with_the_outcome_of_the_worker_that_ran_it(p
 def test_two_workers_count_done_skipped_and_failed_once_each(tmp_path, monkeypatch):
     store = ResultsStore(tmp_path / "r.sqlite", create=True)
     study = {**STUDY, "ranks": [0, 2, 99]}  # r = 99 > min(d_in, d_out) fails
-    sweep(runs_of(study, ranks=[0], baselines=False), store, progress=False)  # 2 runs done before
+    sweep(Study.of(study).runs(ranks=[0], baselines=False), store, progress=False)  # 2 runs done before
     counts = run_study(study, store, workers=2, progress=False)
     assert (counts.done, counts.skipped, counts.failed, counts.failed_before, counts.running_elsewhere) == (4, 2, 2, 0, 0)
     assert list(counts.errors) == ["ValueError"] and "rank r=99" in counts.errors["ValueError"]
-    assert counts.total == len(runs_of(study)) == 8
+    assert counts.total == len(Study.of(study).runs()) == 8
     for workers in (1, 3):
         c = run_study(study, store, workers=workers, progress=False)
         assert (c.done, c.skipped, c.failed, c.failed_before, c.running_elsewhere) == (0, 6, 0, 2, 0)
@@ -212,7 +213,7 @@ def test_two_workers_count_done_skipped_and_failed_once_each(tmp_path, monkeypat
 
 def test_a_run_held_by_another_live_process_is_counted_as_running_elsewhere(tmp_path):
     store = ResultsStore(tmp_path / "r.sqlite", create=True)
-    runs = runs_of({**STUDY, "seeds": [0], "ranks": [0]})
+    runs = Study.of({**STUDY, "seeds": [0], "ranks": [0]}).runs()
     assert other_host(store).claim(runs[0].run_id, "t", {})
     counts = sweep(runs, store, progress=False)
     assert (counts.done, counts.running_elsewhere, counts.total) == (1, 1, 2)
@@ -228,7 +229,8 @@ WORKER = textwrap.dedent("""
     from conftest import make_blobs
     from reservoir_depth import data
     from reservoir_depth.results import ResultsStore
-    from reservoir_depth.sweep import run_study, runs_of, sweep
+    from reservoir_depth.study import Study
+    from reservoir_depth.sweep import run_study, sweep
     data.DATASETS["blobs"] = lambda: make_blobs(n_train=512)
     data.DATASETS["slow"] = lambda: time.sleep(600)
     study = json.loads({study!r})
@@ -280,7 +282,7 @@ def test_a_stopped_workers_run_is_taken_over_once_its_lease_expires(tmp_path):
         proc.send_signal(signal.SIGSTOP)  # alive, but no longer refreshing its lease
         store = ResultsStore(db, lease=1.0)
         wait_for(lambda: store.rows()[0]["heartbeat"] < time.time() - 1.5, "the stopped worker's lease to expire")
-        counts = sweep(runs_of(study), store, progress=False)
+        counts = sweep(Study.of(study).runs(), store, progress=False)
         assert (counts.done, counts.running_elsewhere) == (1, 0)
         (row,) = store.rows()
         assert row["status"] == "done" and row["pid"] == os.getpid()
@@ -327,7 +329,7 @@ def test_an_interrupted_sweep_frees_its_run_at_once(tmp_path, monkeypatch):
 
     monkeypatch.setitem(data.DATASETS, "interrupted", interrupted)
     store = ResultsStore(tmp_path / "r.sqlite", create=True)
-    runs = runs_of({**STUDY, "dataset": "interrupted", "seeds": [0], "ranks": []})
+    runs = Study.of({**STUDY, "dataset": "interrupted", "seeds": [0], "ranks": []}).runs()
     with pytest.raises(KeyboardInterrupt):
         sweep(runs, store, progress=False)
     assert store.rows() == []  # not left 'running' (held by this live process) until its lease lapses

@@ -1,6 +1,7 @@
 """The study schema (Study) and the results-frame schema (Columns, curves)."""
 
 import sqlite3
+from collections.abc import Mapping
 from pathlib import Path
 
 import numpy as np
@@ -10,8 +11,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from reservoir_depth.cli import main
-from reservoir_depth.study import Columns, Study, StudyError, curves
-from reservoir_depth.sweep import runs_of
+from reservoir_depth.results import Columns
+from reservoir_depth.study import Study, StudyError, curves
 
 ROOT = Path(__file__).resolve().parents[1]
 BASE = {"study": "s", "dataset": "digits", "seeds": [0], "ranks": [0, 2], "arch": {"name": "mlp", "hidden": "tiny"},
@@ -32,7 +33,7 @@ def test_unknown_keys_are_refused_naming_source_key_and_allowed(patch, match):
     with pytest.raises(StudyError, match=match):
         Study.from_dict({**BASE, **patch}, source="my.toml")
     with pytest.raises(ValueError, match="<dict>"):  # the dict path (runs_of) validates too
-        runs_of({**BASE, **patch})
+        Study.of({**BASE, **patch}).runs()
 
 
 @pytest.mark.parametrize("key", ["study", "dataset", "seeds", "arch"])
@@ -80,12 +81,14 @@ def test_cli_refuses_a_misspelt_key_instead_of_running_a_partial_study(tmp_path,
     assert not (tmp_path / "o" / "runs.sqlite").exists()
 
 
-def test_expansion_and_mapping_view():
+def test_expansion_and_resolved_view():
     s = Study.from_dict(BASE)
     runs = s.runs()
     assert [(r.method, r.scaffold.get("r")) for r in runs] == [("full", None), ("lotta", 0), ("lotta", 2)]
-    assert s["seeds"] == [0] and s["eps"] == [0.005, 0.01, 0.02] and s.get("twin") is False
-    assert Study.from_dict(s.to_dict()) == s and dict(s) == s.to_dict()
+    d = s.to_dict()
+    assert d["seeds"] == [0] and "eps" not in d and d["twin"] is False  # no eps: the metric's own
+    assert Study.from_dict(d) == s
+    assert not isinstance(s, Mapping)  # a typed study, not a mapping: read its fields
 
 
 def test_default_study_ships_with_the_package_and_experiments_links_it():
@@ -152,3 +155,18 @@ def test_a_study_file_cannot_set_the_log_dir():
          "train": {"log_dir": "runs"}}
     with pytest.raises(StudyError, match="unknown key.*train.log_dir"):
         Study.from_dict(d)
+
+
+def test_a_study_without_eps_takes_its_metrics_tolerance_and_an_explicit_eps_stays_absolute():
+    from reservoir_depth.train import metric_of
+
+    s = Study.from_dict(BASE)
+    assert s.eps is None
+    assert s.tolerances(metric_of("test_acc")) == [(0.005, False), (0.01, False), (0.02, False)]
+    for loss in ("test_loss", "test_bpc", "test_nrmse"):
+        assert s.tolerances(metric_of(loss)) == [(0.02, True), (0.05, True), (0.1, True)]
+    explicit = Study.from_dict({**BASE, "eps": [0.01]})  # what eps meant for every stored study: absolute
+    assert explicit.tolerances(metric_of("test_bpc")) == [(0.01, False)]
+    assert Study.from_dict({**BASE, "eps": [0.01], "eps_relative": True}).tolerances(metric_of("test_bpc")) == \
+        [(0.01, False), (0.01, True)]
+    assert Study.from_dict(explicit.to_dict()) == explicit and Study.from_dict(s.to_dict()) == s

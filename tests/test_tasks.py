@@ -19,7 +19,7 @@ from reservoir_depth.models import ARCHITECTURES
 from reservoir_depth.results import ResultsStore
 from reservoir_depth.study import Run, Study
 from reservoir_depth.sweep import dataset_rows, execute, run_study
-from reservoir_depth.train import TASKS, TrainConfig, evaluate, free_run, train
+from reservoir_depth.train import METRICS, TASKS, TrainConfig, evaluate, free_run, metric_of, task_of_columns, train
 
 CFG = TrainConfig(epochs=3, batch_size=16, lr=2e-2, progress=False)
 
@@ -394,3 +394,47 @@ def test_registry_holds_the_pinned_tasks():
     with pytest.raises(ValueError, match=r"task must be one of .*got 'translation'"):
         evaluate(CharLM(3, 3), torch.zeros(2, 4, dtype=torch.int64), torch.zeros(2, 4, dtype=torch.int64),
                  task="translation")
+
+
+# ----------------------------------------------------------------------------- headline metrics
+
+def test_every_task_declares_a_registered_headline_among_what_it_measures():
+    for task in TASKS.values():
+        assert task.headline in task.measures and set(task.measures) <= set(METRICS), task.name
+    assert {t: TASKS[t].headline for t in TASKS} == {"classification": "test_acc", "regression": "test_loss",
+                                                     "lm": "test_bpc", "forecasting": "test_nrmse"}
+
+
+@pytest.mark.parametrize("recorded, task", [
+    (["test_loss", "test_acc"], "classification"), (["test_loss", "test_bpc"], "lm"),
+    (["test_loss", "test_nrmse"], "forecasting"), (["test_loss", "test_nrmse", "test_nrmse_free"], "forecasting"),
+    (["test_loss"], "regression"), ([], "regression")])
+def test_the_task_of_a_frame_is_the_one_whose_measures_it_recorded(recorded, task):
+    assert task_of_columns(recorded) is TASKS[task]
+
+
+@pytest.mark.parametrize("metric, higher", [("test_acc", True), ("test_loss", False), ("test_bpc", False),
+                                            ("test_nrmse", False), ("test_nrmse_free", False)])
+def test_metric_direction(metric, higher):
+    assert metric_of(metric).higher_is_better is higher
+
+
+def test_an_unknown_metric_is_refused_naming_the_allowed_ones():
+    with pytest.raises(ValueError, match="'test_f1'.*allowed: test_acc"):
+        metric_of("test_f1")
+
+
+@pytest.mark.parametrize("metric, higher, kind, eps", [
+    ("test_acc", True, "absolute", 0.01), ("test_loss", False, "relative", 0.05),
+    ("test_bpc", False, "relative", 0.05), ("test_nrmse", False, "relative", 0.05),
+    ("test_nrmse_free", False, "relative", 0.05)])
+def test_each_metric_declares_its_direction_tolerance_kind_and_headline_eps(metric, higher, kind, eps):
+    m = metric_of(metric)
+    assert (m.higher_is_better, m.tolerance, m.headline_eps) == (higher, kind, eps)
+    assert m.headline_eps in m.eps
+
+
+def test_a_metric_with_an_unknown_tolerance_kind_is_refused():
+    from reservoir_depth.train import Metric
+    with pytest.raises(ValueError, match="tolerance must be one of.*'points'"):
+        Metric("test_x", False, "units", "{:g}", tolerance="points")

@@ -15,6 +15,7 @@ from typing import Any, Mapping
 import numpy as np
 
 from ..checks import is_finite_number
+from ..identity import added, identity
 from .families import DISTRIBUTIONS, Family
 from .scaling import SCALINGS
 
@@ -67,8 +68,8 @@ class DistributionSpec:
     scaling: str | None = None
     gain: float = 1.0
     rho: float = 0.95
-    center: bool = False
-    version: int = DEFAULT_VERSION
+    center: bool = field(default=False, metadata=added(False))
+    version: int = field(default=DEFAULT_VERSION, metadata=added(1))  # 1: the draw of every file before versions
 
     def __post_init__(self) -> None:
         if self.name not in DISTRIBUTIONS:
@@ -112,13 +113,7 @@ class DistributionSpec:
         return float(ref(**self.params).mean()) if ref is not None else 0.0
 
     def to_dict(self) -> dict[str, Any]:
-        d = {"name": self.name, "params": dict(sorted(self.params.items())), "scaling": self.scaling,
-             "gain": self.gain, "rho": self.rho}
-        if self.center:  # written only when set, so specs saved before the option existed keep their hash
-            d["center"] = True
-        if self.version != 1:  # likewise: version 1 is the draw of every file written before versions existed
-            d["version"] = self.version
-        return d
+        return identity(self, params=lambda p: dict(sorted(p.items())))  # center, version: see their fields
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> "DistributionSpec":

@@ -14,10 +14,11 @@ from __future__ import annotations
 import math
 import numbers
 import re
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from typing import Any, Mapping, Sequence
 
 from ..checks import is_number
+from ..identity import added, identity
 from ..distributions import DistributionSpec, as_spec
 
 BIAS_MODES = ("keep", "none", "frozen", "trainable")
@@ -95,8 +96,8 @@ class ScaffoldConfig:
     trainable: Sequence[str] | str = ()
     schedule: str = "static"
     k: int = 1
-    specs: Mapping[str, DistributionSpec] = field(default_factory=dict)
-    max_rank: Mapping[str, int] = field(default_factory=dict)
+    specs: Mapping[str, DistributionSpec] = field(default_factory=dict, metadata=added({}))
+    max_rank: Mapping[str, int] = field(default_factory=dict, metadata=added({}))
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "spec", as_spec(self.spec))
@@ -151,15 +152,8 @@ class ScaffoldConfig:
         return (p, self.r if p is None else min(self.r, self.max_rank[p]))
 
     def to_dict(self) -> dict[str, Any]:
-        d = {f.name: getattr(self, f.name) for f in fields(self)}
-        d["spec"] = self.spec.to_dict()
-        d["target_modules"], d["trainable"] = list(self.target_modules), list(self.trainable)
-        d["specs"] = {p: v.to_dict() for p, v in self.specs.items()}
-        d["max_rank"] = dict(self.max_rank)
-        for key in PER_LAYER:
-            if not d[key]:
-                del d[key]  # stored configs (and run ids) without overrides keep their form
-        return d
+        return identity(self, spec=DistributionSpec.to_dict, target_modules=list, trainable=list, max_rank=dict,
+                        specs=lambda specs: {p: v.to_dict() for p, v in specs.items()})  # specs, max_rank: when set
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> "ScaffoldConfig":
@@ -167,7 +161,6 @@ class ScaffoldConfig:
         return cls(**{**d, "spec": DistributionSpec.from_dict(d["spec"]), "specs": specs})
 
 
-PER_LAYER = ("specs", "max_rank")  # ScaffoldConfig's {pattern: value} overrides, matched by _layer_pattern
 
 
 def _is_size(v: Any) -> bool:
