@@ -24,7 +24,7 @@ Tasks (``TASKS``), with n rows per split:
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from types import SimpleNamespace
 from typing import Any, Callable, Iterable
 
@@ -83,6 +83,37 @@ class Dataset:
     def n_out(self) -> int:
         """n_classes for classification and lm; y.shape[-1] for regression and forecasting."""
         return self.n_classes if self.task in ("classification", "lm") else int(self.y_train.shape[-1])
+
+    def validation(self, fraction: float = 0.1, seed: int = 0) -> "Dataset":
+        """A Dataset whose test split is a validation split carved from this one's training split, for
+        choosing hyper-parameters without touching the test split.
+
+        Rows (classification, regression) are drawn at random with ``seed``; windows of the sequence tasks
+        (lm, forecasting) overlap in time, so the validation split is the last ``fraction`` of the windows,
+        and the windows before it that share a time step with it (input or one-step target) are dropped.
+        The overlap is read off the windows themselves (the smallest shift s with X[1, :T-s] = X[0, s:]),
+        which can only overestimate it.
+        """
+        if isinstance(fraction, bool) or not (isinstance(fraction, (int, float)) and 0 < fraction < 1):
+            raise ValueError(f"validation fraction must be a number in (0, 1), got {fraction!r}")
+        n = len(self.X_train)
+        n_val = max(1, round(fraction * n))
+        if self.task in ("lm", "forecasting"):
+            T = self.X_train.shape[1]
+            stride = next((s for s in range(1, T) if n > 1 and torch.equal(self.X_train[1, :T - s],
+                                                                             self.X_train[0, s:])), T)
+            n_fit = n - n_val - T // stride
+            fit, val = torch.arange(max(n_fit, 0)), torch.arange(n - n_val, n)
+        else:
+            perm = torch.randperm(n, generator=torch.Generator().manual_seed(int(seed)))
+            n_fit = n - n_val
+            fit, val = perm[n_val:], perm[:n_val]
+        if n_fit < 1:
+            raise ValueError(f"dataset {self.name!r}: a validation fraction of {fraction!r} of its {n} training rows "
+                             f"leaves no row to train on; allowed: a fraction that leaves at least one")
+        return replace(self, name=f"{self.name}[validation {fraction:g}, seed {seed}]",
+                       X_train=self.X_train[fit], y_train=self.y_train[fit],
+                       X_test=self.X_train[val], y_test=self.y_train[val])
 
     def __repr__(self) -> str:
         return (f"Dataset({self.name!r}, train={tuple(self.X_train.shape)}, test={tuple(self.X_test.shape)}, "
