@@ -226,3 +226,42 @@ def test_batch_schedule_uses_k_scaffolds_within_a_batch(blobs):
             canon, mixed = layer.eval()(h), layer.train()(h)
         torch.testing.assert_close(mixed[:4], canon[:4])
         assert not torch.allclose(mixed[4:], canon[4:])
+
+
+# ----------------------------------------------------------------------------- 'fresh': a new draw every step
+
+
+def test_fresh_schedule_draws_a_new_scaffold_at_every_step_and_never_repeats(tmp_path):
+    from reservoir_depth import io
+
+    model = scaffolded_net(schedule="fresh")
+    seen = [w_seeds(model)]
+    for step in range(1, 6):
+        advance(model, step=step)
+        seen.append(w_seeds(model))
+        assert all(m.draw_id == ["step", step] for _, m in scaffold_layers(model))
+    for n in seen[0]:
+        for i in range(len(seen)):
+            for j in range(i):
+                assert not torch.equal(seen[i][n], seen[j][n]), (n, i, j)
+    advance(model, step=3)
+    assert all(torch.equal(w, seen[3][n]) for n, w in w_seeds(model).items())  # regenerated from the seed
+    advance(model, epoch=2)  # not this schedule's clock
+    assert all(torch.equal(w, seen[3][n]) for n, w in w_seeds(model).items())
+    perturb_adapters(model)
+    x = torch.randn(3, 6, generator=gen(0))
+    io.save(model, tmp_path)
+    torch.testing.assert_close(io.load(tmp_path, model=Net())(x), model(x), rtol=0, atol=0)
+
+
+def test_fresh_schedule_takes_no_k():
+    with pytest.raises(ValueError, match="k=2"):
+        ScaffoldConfig(schedule="fresh", k=2)
+
+
+def test_fresh_schedule_draw_ids(blobs):
+    model = _model(blobs, schedule="fresh")
+    seen = _seen_in_training(model, blobs)
+    for name, draws in seen.items():
+        ids = [d for _, d in draws]
+        assert ids == [0] + [["step", s] for s in range(1, len(ids))], name

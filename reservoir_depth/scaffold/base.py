@@ -95,11 +95,13 @@ class ScaffoldLayer(Scaffolded):
         self.register_buffer("W_seed", self._draw(0, dtype, device), persistent=False)
         self.register_buffer("_stack", None, persistent=False)
         self.seed_dtype: torch.dtype | None = None  # W_seed held in the parameter dtype (set_seed_dtype)
-        self.draw_id: Any = 0  # the W_seed in use: 0 (canonical), ["epoch", e] or ["cycle", i]
+        self.draw_id: Any = 0  # the W_seed in use: 0 (canonical), ["epoch", e], ["cycle", i] or ["step", t]
         self.beta = nn.Parameter(torch.ones((), dtype=dtype, device=device))
         # at r = 0, A and B are empty: they ask for no gradient (none ever reaches them)
         self.lora_A = nn.Parameter(self._uniform("lora_A", (r, d_in), self.a_bound(), dtype).to(device), r > 0)
-        self.lora_B = nn.Parameter(torch.zeros(d_out, r, dtype=dtype, device=device), r > 0)
+        B = torch.zeros(d_out, r, dtype=dtype) if config.init_B == "zeros" or r == 0 else \
+            self._uniform("lora_B", (d_out, r), 1.0 / math.sqrt(r), dtype)
+        self.lora_B = nn.Parameter(B.to(device), r > 0)
         if config.bias == "none" or (config.bias == "keep" and not has_bias):
             self.bias = None
         else:
@@ -208,12 +210,16 @@ class ScaffoldLayer(Scaffolded):
                 return 0 if i == 0 else ["epoch", int(i)]
             if ok_i and kind == "cycle" and sched == "step" and 0 <= i < k:
                 return 0 if i == 0 else ["cycle", int(i)]
-        allowed = {"epoch": "0 or ['epoch', e >= 1]", "step": f"0 or ['cycle', i] with 1 <= i < k = {k}"}
+            if ok_i and kind == "step" and sched == "fresh" and i >= 0:
+                return 0 if i == 0 else ["step", int(i)]
+        allowed = {"epoch": "0 or ['epoch', e >= 1]", "step": f"0 or ['cycle', i] with 1 <= i < k = {k}",
+                   "fresh": "0 or ['step', t >= 1]"}
         raise ValueError(f"layer {self.name!r}: draw id {draw_id!r} is not one the {sched!r} schedule produces; "
                          f"allowed: {allowed.get(sched, '0')}")
 
     def set_draw(self, draw_id: Any) -> None:
-        """Point W_seed at the draw ``draw_id`` (0, ["epoch", e] or ["cycle", i]), regenerated from the seed."""
+        """Point W_seed at the draw ``draw_id`` (0, ["epoch", e], ["cycle", i] or ["step", t]), regenerated from
+        the seed."""
         draw_id = self._check_draw_id(draw_id)
         if draw_id == 0:
             w = self._stack[0] if self._stack is not None else self._held(0, self.W_seed.device)
@@ -231,6 +237,8 @@ class ScaffoldLayer(Scaffolded):
             self.set_draw(["epoch", epoch])
         elif sched == "step" and step is not None and self._stack is not None:
             self.set_draw(["cycle", step % self.config.k])
+        elif sched == "fresh" and step is not None:
+            self.set_draw(["step", step])
 
     # -- forward --------------------------------------------------------------------------
     def base(self, x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:

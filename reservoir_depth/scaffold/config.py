@@ -22,7 +22,8 @@ from ..identity import added, identity
 from ..distributions import DistributionSpec, as_spec
 
 BIAS_MODES = ("keep", "none", "frozen", "trainable")
-SCHEDULES = ("static", "epoch", "step", "batch")
+SCHEDULES = ("static", "epoch", "step", "batch", "fresh")
+INIT_B = ("zeros", "kaiming")
 ALL_LINEAR = "all-linear"
 
 
@@ -69,7 +70,13 @@ class ScaffoldConfig:
     schedule, k: the destabilised scaffolds of Sec. 4 of the paper. "static" (the
         default) keeps W_seed; "epoch" redraws it every epoch; "step" cycles k
         scaffolds, one per optimiser step; "batch" splits each training batch into
-        k sub-batches, each through its own scaffold.
+        k sub-batches, each through its own scaffold; "fresh" draws a new W_seed at every
+        optimiser step (no scaffold is seen twice: the limit of "step" as k grows).
+    init_B: "zeros" (the default, LoRA's: at step 0 the network is exactly the reservoir) or
+        "kaiming": B ~ U(-1/sqrt(r), 1/sqrt(r)) seeded by (root seed, layer name), A's law with fan-in r.
+        With W_seed = 0 (the no-scaffold control) and B = 0, a hidden unit whose seeded bias is
+        negative starts dead under ReLU and never gets a gradient; a random B gives it one.
+        Left out of to_dict() while "zeros".
     specs: per-layer distribution overrides {pattern: spec} (e.g. the spectral-radius rule
         for a reservoir's recurrent weight). A pattern matches a scaffold layer by the peft
         rule on the layer's name or on the name of the target that holds it (an
@@ -98,6 +105,7 @@ class ScaffoldConfig:
     k: int = 1
     specs: Mapping[str, DistributionSpec] = field(default_factory=dict, metadata=added({}))
     max_rank: Mapping[str, int] = field(default_factory=dict, metadata=added({}))
+    init_B: str = field(default="zeros", metadata=added("zeros"))
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "spec", as_spec(self.spec))
@@ -125,8 +133,10 @@ class ScaffoldConfig:
             raise ValueError(f"schedule must be one of {SCHEDULES}, got {self.schedule!r}")
         if not isinstance(self.k, numbers.Integral) or isinstance(self.k, bool) or self.k < 1:
             raise ValueError(f"k (number of scaffolds) must be an int >= 1, got {self.k!r}")
-        if self.schedule == "static" and self.k != 1:
-            raise ValueError(f"k={self.k} needs a destabilised schedule ('step' or 'batch'), got 'static'")
+        if self.schedule in ("static", "epoch", "fresh") and self.k != 1:
+            raise ValueError(f"k={self.k} needs a schedule of k scaffolds ('step' or 'batch'), got {self.schedule!r}")
+        if not isinstance(self.init_B, str) or self.init_B not in INIT_B:
+            raise ValueError(f"init_B must be one of {INIT_B}, got {self.init_B!r}")
 
     @property
     def s(self) -> float:
