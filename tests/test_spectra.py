@@ -564,3 +564,37 @@ def test_summary_reports_every_registered_measure(monkeypatch):
     summary = Spectrum([4.0, 1.0, 0.0]).summary(taus=(0.8,))
     assert list(summary) == ["k_0.8", "participation_ratio", "entropy_rank", "stable_rank", "top", "rank", "d"]
     assert summary["top"] == 4.0 and summary["participation_ratio"] == pytest.approx(25 / 17)
+
+
+# ----------------------------------------------------------------------------- dead units
+
+
+def _zeros_mlp(init_B: str):
+    from reservoir_depth.models import build
+    from reservoir_depth.scaffold import ScaffoldConfig, scaffold
+
+    m = build("mlp", d_in=8, n_out=3, hidden=(32, 16))  # the head's init does not matter here
+    return scaffold(m, ScaffoldConfig(target_modules=m.scaffold_targets, trainable=m.scaffold_trainable, r=4,
+                                      spec={"name": "zeros"}, bias="frozen", init_B=init_B, root_seed=0))
+
+
+def test_dead_units_of_the_no_scaffold_control_are_the_units_with_a_negative_bias():
+    from reservoir_depth.scaffold import scaffold_layers
+    from reservoir_depth.spectra import DeadUnits
+
+    X = torch.randn(64, 8, generator=torch.Generator().manual_seed(0))
+    model = _zeros_mlp("zeros")
+    est = DeadUnits().fit(model, X)
+    for name, layer in scaffold_layers(model):  # output = bias on every row: dead exactly where bias <= 0
+        assert est.fraction_[name] == pytest.approx(float((layer.bias <= 0).float().mean()))
+        assert 0.2 < est.fraction_[name] < 0.8
+    kaiming = DeadUnits().fit(_zeros_mlp("kaiming"), X)
+    assert all(kaiming.fraction_[n] < est.fraction_[n] for n in est.fraction_)  # a random B wakes them
+    assert model.training  # modes restored
+
+
+def test_dead_units_refuses_a_bad_batch_size():
+    from reservoir_depth.spectra import DeadUnits
+
+    with pytest.raises(ValueError, match="batch_size"):
+        DeadUnits(batch_size=0)

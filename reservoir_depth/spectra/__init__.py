@@ -17,10 +17,10 @@ from .measures import (
     participation_ratio,
     stable_rank,
 )
-from .probes import ActivationSpectra, IntrinsicDimension, TaskSpectrum, WeightSpectra
+from .probes import ActivationSpectra, DeadUnits, IntrinsicDimension, TaskSpectrum, WeightSpectra
 
 __all__ = [
-    "ActivationSpectra", "DEFAULT_TAUS", "IntrinsicDimension", "MEASURES", "Spectrum", "StreamingCovariance",
+    "ActivationSpectra", "DEFAULT_TAUS", "DeadUnits", "IntrinsicDimension", "MEASURES", "Spectrum", "StreamingCovariance",
     "TaskSpectrum", "WeightSpectra", "entropy_effective_rank", "explained_variance_ratio", "k_tau",
     "participation_ratio", "stable_rank",
 ]

@@ -25,7 +25,7 @@ from torch import nn
 from ..scaffold import effective_weights, is_container, layer_rows, layer_type, matches, scaffold_layers
 from .measures import DEFAULT_TAUS, Spectrum, StreamingCovariance, _to_numpy
 
-__all__ = ["ActivationSpectra", "IntrinsicDimension", "TaskSpectrum", "WeightSpectra"]
+__all__ = ["ActivationSpectra", "DeadUnits", "IntrinsicDimension", "TaskSpectrum", "WeightSpectra"]
 
 
 # ----------------------------------------------------------------------------- layer rows
@@ -88,6 +88,41 @@ def _select_layers(model: nn.Module, layers: Sequence[str] | None) -> list[tuple
     return chosen
 
 
+def _hooked_pass(model: nn.Module, X: Any, chosen: list[tuple[str, nn.Module]], side: str,
+                 on_rows: Any, batch_size: int, device: torch.device) -> None:
+    """Run ``model`` in eval mode without gradients over X in batches; ``on_rows(name, rows)`` receives each
+    chosen layer's ``side`` as (rows, features) (_rows). Every module's training flag is restored."""
+    X = X if isinstance(X, torch.Tensor) else torch.as_tensor(np.asarray(X))
+    dtype = _model_float_dtype(model)
+    if X.is_floating_point() and dtype is not None:
+        X = X.to(dtype)
+
+    def hook_for(name: str, module: nn.Module):  # hooks return None: they must not replace in/outputs
+        def pre_hook(mod: nn.Module, args: tuple) -> None:
+            on_rows(name, _rows(module, args[0] if args else None, "input", name))
+
+        def hook(mod: nn.Module, args: tuple, out: Any) -> None:
+            on_rows(name, _rows(module, out, "output", name))
+
+        return pre_hook if side == "input" else hook
+
+    modes = {m: m.training for m in model.modules()}
+    handles = []
+    try:
+        for name, module in chosen:
+            register = module.register_forward_pre_hook if side == "input" else module.register_forward_hook
+            handles.append(register(hook_for(name, module)))
+        model.eval()
+        with torch.no_grad():
+            for batch in X.split(batch_size):
+                model(batch.to(device))
+    finally:
+        for h in handles:
+            h.remove()
+        for m, training in modes.items():
+            m.training = training
+
+
 def _frame(spectra: dict[str, Spectrum], taus: Sequence[float], **extra: dict[str, Any]) -> pd.DataFrame:
     rows = []
     for name, s in spectra.items():
@@ -127,36 +162,8 @@ class ActivationSpectra:
         """Run ``model`` in eval mode without gradients over X in batches, hooking the layers."""
         chosen = _select_layers(model, self.layers)
         device = _model_device(model) if self.device == "auto" else torch.device(self.device)
-        X = X if isinstance(X, torch.Tensor) else torch.as_tensor(np.asarray(X))
-        dtype = _model_float_dtype(model)
-        if X.is_floating_point() and dtype is not None:
-            X = X.to(dtype)
         covs = {n: StreamingCovariance(device=device) for n, _ in chosen}
-
-        def hook_for(name: str, module: nn.Module):  # hooks return None: they must not replace in/outputs
-            def pre_hook(mod: nn.Module, args: tuple) -> None:
-                covs[name].update(_rows(module, args[0] if args else None, "input", name))
-
-            def hook(mod: nn.Module, args: tuple, out: Any) -> None:
-                covs[name].update(_rows(module, out, "output", name))
-
-            return pre_hook if self.side == "input" else hook
-
-        modes = {m: m.training for m in model.modules()}
-        handles = []
-        try:
-            for name, module in chosen:
-                register = module.register_forward_pre_hook if self.side == "input" else module.register_forward_hook
-                handles.append(register(hook_for(name, module)))
-            model.eval()
-            with torch.no_grad():
-                for batch in X.split(self.batch_size):
-                    model(batch.to(device))
-        finally:
-            for h in handles:
-                h.remove()
-            for m, training in modes.items():
-                m.training = training
+        _hooked_pass(model, X, chosen, self.side, lambda name, rows: covs[name].update(rows), self.batch_size, device)
         unseen = [n for n, c in covs.items() if c.n_ == 0]
         if unseen:
             raise ValueError(f"layers {unseen} were never called in the forward pass (or X is empty)")
@@ -168,6 +175,39 @@ class ActivationSpectra:
     def frame(self, taus: Sequence[float] = DEFAULT_TAUS) -> pd.DataFrame:
         """One row per layer: layer, n (rows seen) and Spectrum.summary(taus)."""
         return _frame(self.spectra_, taus, n={n: c.n_ for n, c in self.covariances_.items()})
+
+
+class DeadUnits:
+    """Units of each layer's output that are <= 0 on every row of X: under a ReLU after the layer they emit 0
+    and pass no gradient to anything before them ("dead"). With W_seed = 0 and B = 0 (the no-scaffold
+    control at init), a unit's output is its frozen bias, so every unit with a negative seeded bias is dead
+    and stays so; ScaffoldConfig(init_B="kaiming") gives it a gradient.
+
+    layers: as ActivationSpectra (default every ScaffoldLayer). Rows as ActivationSpectra's output side
+        (a conv's channels over every position).
+    Fitted: ``max_`` (name -> per-unit max over rows), ``fraction_`` (name -> fraction of units with max <= 0).
+    """
+
+    def __init__(self, layers: Sequence[str] | None = None, batch_size: int = 1024) -> None:
+        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+            raise ValueError(f"batch_size must be an int >= 1, got {batch_size!r}")
+        self.layers, self.batch_size = layers, batch_size
+
+    def fit(self, model: nn.Module, X: Any) -> "DeadUnits":
+        chosen = _select_layers(model, self.layers)
+        top: dict[str, torch.Tensor] = {}
+
+        def update(name: str, rows: torch.Tensor) -> None:
+            m = rows.detach().float().amax(dim=0).cpu()
+            top[name] = m if name not in top else torch.maximum(top[name], m)
+
+        _hooked_pass(model, X, chosen, "output", update, self.batch_size, _model_device(model))
+        unseen = [n for n, _ in chosen if n not in top]
+        if unseen:
+            raise ValueError(f"layers {unseen} were never called in the forward pass (or X is empty)")
+        self.max_ = top
+        self.fraction_ = {n: float((m <= 0).float().mean()) for n, m in top.items()}
+        return self
 
 
 # ----------------------------------------------------------------------------- tasks
