@@ -43,10 +43,11 @@ def _out(study: Study, out: str | None) -> Path:
 
 def cmd_sweep(study: Study, out: Path, progress: bool = True, workers: int = 1, retry_failed: bool = False,
               backend: str = "local", address: str | None = None, cpus: float | None = None,
-              gpus: float | None = None, log_dir: str | None = None):
+              gpus: float | None = None, log_dir: str | None = None, threads: int = 1):
     """Run what is not done yet, record what old runs lack (sweep.backfill); RunsFailed if any run failed.
     ``backend="ray"`` sends each run to a Ray cluster (ray_sweep.run_study_ray). ``log_dir``: each run's
-    TensorBoard events under log_dir/<study>/<run_id> (local backend)."""
+    TensorBoard events under log_dir/<study>/<run_id> (local backend). ``threads``: torch threads per run
+    (local backend)."""
     from .results import ResultsStore
     from .sweep import backfill, run_study
 
@@ -71,7 +72,7 @@ def cmd_sweep(study: Study, out: Path, progress: bool = True, workers: int = 1, 
             raise ValueError("--address needs --backend ray")
         store = ResultsStore(out / "runs.sqlite", create=True)
         counts = run_study(study, store, workers=workers, progress=progress, retry_failed=retry_failed,
-                           log_dir=log_dir)
+                           log_dir=log_dir, threads=threads)
     print(f"{study.study}: {counts.summary()}")
     added, problems = backfill(study, store)
     if added:
@@ -251,7 +252,10 @@ def parser() -> argparse.ArgumentParser:
         s.add_argument("--out", help="output folder holding runs.sqlite and the report (default: results/<study>)")
         if name != "report":
             s.add_argument("--no-progress", action="store_true", help="no progress bars")
-            s.add_argument("--workers", type=_positive, default=1, help="processes sharing the results store")
+            s.add_argument("--workers", type=_positive, default=1,
+                           help="processes sharing the results store (as many as idle cores fills the machine)")
+            s.add_argument("--threads", type=_positive, default=1,
+                           help="torch threads per run (local backend; one thread keeps a sweep fast on busy cores)")
             s.add_argument("--retry-failed", action="store_true",
                            help="also rerun runs that failed in an earlier sweep (default: leave them failed)")
             s.add_argument("--backend", choices=("local", "ray"), default="local",
@@ -330,7 +334,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                 try:
                     cmd_sweep(study, out, progress=not args.no_progress, workers=args.workers,
                               retry_failed=args.retry_failed, backend=args.backend, address=args.address,
-                              cpus=args.cpus_per_run, gpus=args.gpus_per_run, log_dir=args.log_dir)
+                              cpus=args.cpus_per_run, gpus=args.gpus_per_run, log_dir=args.log_dir,
+                              threads=args.threads)
                 except RunsFailed as e:
                     failed = e
                     print(f"reservoir-depth: {e}", file=sys.stderr)

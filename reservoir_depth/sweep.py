@@ -11,6 +11,7 @@ beta and the declared extras on the frozen scaffold.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import tempfile
 import json
@@ -289,9 +290,20 @@ def _exit_with_parent() -> None:
 
 def _worker(study: Mapping[str, Any], store: ResultsStore, threads: int, offset: int, retry_failed: bool,
             invocation: str, log_dir: str | None = None) -> dict[str, tuple[str, str | None]]:
-    torch.set_num_threads(threads)
     runs = runs_of(study)
-    return _sweep(runs[offset:] + runs[:offset], store, False, retry_failed, invocation, log_dir)
+    with torch_threads(threads):
+        return _sweep(runs[offset:] + runs[:offset], store, False, retry_failed, invocation, log_dir)
+
+
+@contextlib.contextmanager
+def torch_threads(n: int):
+    """torch's intra-op threads set to ``n`` inside the block, the caller's count restored after."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 def _pool_context() -> multiprocessing.context.BaseContext:
@@ -302,16 +314,20 @@ def _pool_context() -> multiprocessing.context.BaseContext:
 
 
 def run_study(study: Mapping[str, Any], store: ResultsStore, workers: int = 1, progress: bool = True,
-              retry_failed: bool = False, log_dir: str | os.PathLike | None = None) -> SweepCounts:
+              retry_failed: bool = False, log_dir: str | os.PathLike | None = None,
+              threads: int = 1) -> SweepCounts:
     """Sweep a whole study (see sweep); ``workers`` > 1 runs that many processes sharing ``store``
     (each claims a run before running it, so none is run twice; each exits if this process dies).
+    ``threads``: torch's intra-op threads per run (default 1: the small runs of a study gain little
+    from a second thread and lose much when the cores are busy; use workers = cores to fill a machine).
     ``log_dir``: TensorBoard events of each run under ``log_dir/<study>/<run_id>`` (see execute)."""
-    if not isinstance(workers, int) or isinstance(workers, bool) or workers < 1:
-        raise ValueError(f"workers must be a positive integer, got {workers!r}")
+    for name, v in (("workers", workers), ("threads", threads)):
+        if not isinstance(v, int) or isinstance(v, bool) or v < 1:
+            raise ValueError(f"{name} must be a positive integer, got {v!r}")
     runs = runs_of(study)
     if workers == 1:
-        return sweep(runs, store, progress=progress, retry_failed=retry_failed, log_dir=log_dir)
-    threads = max(1, (os.cpu_count() or 1) // workers)
+        with torch_threads(threads):
+            return sweep(runs, store, progress=progress, retry_failed=retry_failed, log_dir=log_dir)
     offsets = [i * len(runs) // workers for i in range(workers)]
     invocation = uuid.uuid4().hex
     with ProcessPoolExecutor(workers, mp_context=_pool_context(), initializer=_exit_with_parent) as pool:
