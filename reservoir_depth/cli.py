@@ -15,6 +15,7 @@ Exit status: 0 on success, 1 when runs failed or a report has no finished run, 2
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from pathlib import Path
 from typing import Sequence
@@ -24,6 +25,7 @@ from .data import DATASETS
 from .distributions import DISTRIBUTIONS
 from .models import ARCHITECTURES, SIZES
 from .study import Study
+from .train import TrainConfig
 
 FAILED = 1  # exit status: runs failed, or nothing to report
 BAD_INPUT = 2
@@ -88,9 +90,9 @@ def cmd_sweep(study: Study, out: Path, progress: bool = True, workers: int = 1, 
 
 
 def cmd_report(study: Study, out: Path) -> None:
-    from .report import write_report
+    from .report import summary, write_report
 
-    print(write_report(study, out))
+    print(summary(write_report(study, out), out))
     print(f"wrote {out}/: {', '.join(sorted(p.name for p in out.iterdir() if p.suffix not in ('.sqlite', '.sqlite-wal', '.sqlite-shm')))}")
 
 
@@ -160,10 +162,10 @@ def cmd_train(args: argparse.Namespace) -> None:
     """One LottaLoRA run; under ``torchrun --nproc-per-node N -m reservoir_depth train ...`` every
     process regenerates the scaffold and trains on its share of each batch (distributed.py)."""
     from . import data, distributed, io
-    from .distributions import DistributionSpec, torch_rng
+    from .distributions import DistributionSpec
     from .models import build, scaffold_defaults
     from .scaffold import ScaffoldConfig, count_parameters, scaffold
-    from .train import TrainConfig, train
+    from .train import train
 
     arch: dict = dict(args.arch_kw)
     if args.hidden is not None:
@@ -176,11 +178,10 @@ def cmd_train(args: argparse.Namespace) -> None:
                      progress=not args.no_progress, log_dir=args.log_dir, compile=args.compile,
                      seed_dtype=args.seed_dtype)
     d = data.load(args.data, **dict(args.data_kw))
-    with torch_rng(args.seed):
-        try:
-            model = build(args.arch, d_in=d.d_in, n_out=d.n_out, **arch)
-        except TypeError as e:  # an --arch-kw the family does not take
-            raise ValueError(f"--arch {args.arch}: {e}") from None
+    try:
+        model = build(args.arch, seed=args.seed, d_in=d.d_in, n_out=d.n_out, **arch)
+    except TypeError as e:  # an --arch-kw the family does not take
+        raise ValueError(f"--arch {args.arch}: {e}") from None
     model = scaffold(model, ScaffoldConfig(**scaffold_defaults(model), r=args.rank, alpha=args.alpha,
                                            rslora=args.rslora, root_seed=args.seed, spec=DistributionSpec(args.dist)))
     main = distributed.is_main()  # under torchrun, rank 0 alone prints and writes
@@ -191,6 +192,29 @@ def cmd_train(args: argparse.Namespace) -> None:
         print(hist.to_frame().to_string(index=False, float_format=lambda v: f"{v:.4f}"))
         if args.save:
             print(io.save(model, args.save))
+            _record_data(args.save, args.data, dict(args.data_kw))
+
+
+DATA_FILE = "data.json"  # in an adapter folder written by `train --save`: the data set it was trained on
+
+
+def _record_data(folder: str, name: str, kwargs: dict) -> None:
+    (Path(folder) / DATA_FILE).write_text(json.dumps({"data": name, "data_kw": kwargs}, sort_keys=True) + "\n")
+
+
+def _data_of(args: argparse.Namespace) -> tuple[str, dict]:
+    """spectra's data set: --data / --data-kw, else what the adapter folder records (`train --save`), else
+    digits; a --data that differs from the recorded one is refused, naming both."""
+    given = (args.data, dict(args.data_kw)) if args.data is not None else None
+    path = Path(args.adapter) / DATA_FILE if args.adapter else None
+    if path is None or not path.is_file():
+        return given or ("digits", dict(args.data_kw))
+    rec = json.loads(path.read_text())
+    recorded = (rec["data"], rec["data_kw"])
+    if given is not None and given[0] != recorded[0]:
+        raise ValueError(f"--adapter {args.adapter} was trained on {recorded[0]!r} (recorded in {path}), not on "
+                         f"--data {given[0]!r}; leave --data out to use {recorded[0]!r}")
+    return recorded if given is None else given
 
 
 def cmd_spectra(args: argparse.Namespace) -> None:
@@ -203,7 +227,8 @@ def cmd_spectra(args: argparse.Namespace) -> None:
     from .spectra import ActivationSpectra, WeightSpectra
     from .sweep import dataset_rows
 
-    d = data.load(args.data, **dict(args.data_kw))
+    name, kwargs = _data_of(args)
+    d = data.load(name, **kwargs)
     rows, _ = dataset_rows(d, d.X_train)
     model = _user_model(args.model) if args.model else None
     if args.adapter:
@@ -284,10 +309,10 @@ def parser() -> argparse.ArgumentParser:
     t.add_argument("--rslora", action="store_true", help="s = alpha / sqrt(r) instead of alpha / r")
     t.add_argument("--dist", default="normal",
                    help="family of W_seed, with its default scaling rule (`reservoir-depth distributions` lists them)")
-    t.add_argument("--epochs", type=_positive, default=10, help="training epochs")
-    t.add_argument("--lr", type=float, default=1e-3, help="AdamW learning rate")
-    t.add_argument("--batch-size", type=_positive, default=128, help="training batch size")
-    t.add_argument("--seed", type=int, default=0, help="root seed of W_seed, A's init and the shuffling")
+    t.add_argument("--epochs", type=_positive, default=TrainConfig.epochs, help="training epochs")
+    t.add_argument("--lr", type=float, default=TrainConfig.lr, help="AdamW learning rate")
+    t.add_argument("--batch-size", type=_positive, default=TrainConfig.batch_size, help="training batch size")
+    t.add_argument("--seed", type=int, default=TrainConfig.seed, help="root seed of W_seed, A's init and the shuffling")
     t.add_argument("--arch-kw", metavar="KEY=VALUE", type=_keyword("--arch-kw"), action="append", default=[],
                    help="a keyword of the architecture family (repeatable; VALUE read as JSON where it parses), "
                         "e.g. --arch-kw size=3m%(default).0s")
@@ -306,7 +331,8 @@ def parser() -> argparse.ArgumentParser:
                         "`pip install tensorboard`; view with `tensorboard --logdir DIR` (default: no logging)%(default).0s")
     sp = sub.add_parser("spectra", help="PCA / task / adapter spectra of a dataset and a saved model",
                         formatter_class=D)
-    sp.add_argument("--data", default="digits", choices=sorted(DATASETS), help="dataset")
+    sp.add_argument("--data", default=None, choices=sorted(DATASETS),
+                    help="dataset (default: the one the --adapter folder was trained on, else digits)%(default).0s")
     sp.add_argument("--data-kw", metavar="KEY=VALUE", type=_keyword("--data-kw"), action="append", default=[],
                     help="a keyword of the dataset loader (repeatable)%(default).0s")
     sp.add_argument("--adapter", help="an adapter folder written by save / train --save")

@@ -17,6 +17,7 @@ import tempfile
 import json
 import multiprocessing
 import os
+import sys
 import time
 import threading
 import traceback
@@ -30,7 +31,6 @@ import torch
 from tqdm.auto import tqdm
 
 from . import __version__, data, io
-from .distributions import torch_rng
 from .models import build, scaffold_defaults
 from .results import ResultsStore, SweepCounts
 from .scaffold import ScaffoldConfig, merge, scaffold
@@ -52,8 +52,7 @@ def build_model(run: Run, d: data.Dataset):
     """The run's model: plain for 'full', the merged scaffold for 'twin', scaffolded for 'lotta'."""
     arch = dict(run.arch)
     name = arch.pop("name")
-    with torch_rng(run.seed):
-        model = build(name, d_in=d.d_in, n_out=d.n_out, **arch)
+    model = build(name, seed=run.seed, d_in=d.d_in, n_out=d.n_out, **arch)
     if run.method in ("lotta", "twin"):
         cfg = run.scaffold_config()
         built = ScaffoldConfig(**{**scaffold_defaults(model), **run.scaffold, "root_seed": run.seed})
@@ -233,7 +232,8 @@ def _sweep(runs: Sequence[Run], store: ResultsStore, progress: bool, retry_faile
         t0 = time.perf_counter()
         with store.hold(run.run_id):
             try:
-                metrics, history = execute(run, progress=progress, log_dir=log_dir)
+                # each run's own bar only on a terminal: in a log file the nested bars were thousands of lines
+                metrics, history = execute(run, progress=progress and sys.stderr.isatty(), log_dir=log_dir)
             except Exception as e:  # recorded, and the sweep goes on
                 error = f"{type(e).__name__}: {e}\n{traceback.format_exc()}"
                 kept = store.fail(run.run_id, error)

@@ -178,3 +178,15 @@ def test_train_passes_compile_and_seed_dtype_to_the_training_config(monkeypatch,
     with pytest.raises(SystemExit) as e:
         main(["train", "--seed-dtype", "int8"])
     assert e.value.code == 2 and "--seed-dtype: invalid choice: 'int8'" in capsys.readouterr().err
+
+
+def test_train_defaults_are_train_configs():
+    """One set of defaults: `reservoir-depth train` takes TrainConfig's (it had 10 epochs to TrainConfig's 20),
+    and TrainConfig's docstring states them."""
+    from reservoir_depth.train import TrainConfig
+
+    args = parser().parse_args(["train"])
+    tc = TrainConfig()
+    assert (args.epochs, args.lr, args.batch_size, args.seed) == (tc.epochs, tc.lr, tc.batch_size, tc.seed)
+    doc = " ".join(TrainConfig.__doc__.split())
+    assert f"epochs={tc.epochs}" in doc and f"batch_size={tc.batch_size}" in doc and f"lr={tc.lr:g}" in doc
