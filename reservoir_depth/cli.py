@@ -15,17 +15,27 @@ Exit status: 0 on success, 1 when runs failed or a report has no finished run, 2
 from __future__ import annotations
 
 import argparse
+import importlib
+import importlib.util
 import json
 import sys
 from pathlib import Path
 from typing import Sequence
 
-from . import __version__
+import pandas as pd
+from torch import nn
+
+from . import __version__, data, distributed, io, ray_sweep
 from .data import DATASETS
-from .distributions import DISTRIBUTIONS
-from .models import ARCHITECTURES, SIZES
+from .distributions import DISTRIBUTIONS, DistributionSpec
+from .models import ARCHITECTURES, SIZES, build, scaffold_defaults
+from .report import NoResults, markdown, summary, write_report
+from .results import ResultsStore
+from .scaffold import ScaffoldConfig, count_parameters, scaffold
+from .spectra import ActivationSpectra, WeightSpectra
 from .study import Study
-from .train import TrainConfig
+from .sweep import backfill, dataset_rows, run_study
+from .train import TensorBoardLog, TrainConfig, train
 
 FAILED = 1  # exit status: runs failed, or nothing to report
 BAD_INPUT = 2
@@ -50,25 +60,18 @@ def cmd_sweep(study: Study, out: Path, progress: bool = True, workers: int = 1, 
     ``backend="ray"`` sends each run to a Ray cluster (ray_sweep.run_study_ray). ``log_dir``: each run's
     TensorBoard events under log_dir/<study>/<run_id> (local backend). ``threads``: torch threads per run
     (local backend)."""
-    from .results import ResultsStore
-    from .sweep import backfill, run_study
-
     if log_dir is not None:
         if backend == "ray":
             raise ValueError("--log-dir is for the local backend; Ray runs its tasks on other machines")
-        from .train import TensorBoardLog
-
         TensorBoardLog.check()  # a missing tensorboard is reported before any run starts
     if backend == "ray":
-        from .ray_sweep import _ray, run_study_ray
-
-        _ray()  # a missing ray is reported before the store is created
+        ray_sweep._ray()  # a missing ray is reported before the store is created
         if workers != 1:
             raise ValueError(f"--workers {workers} is for the local backend; Ray schedules the runs "
                              f"(set --cpus-per-run / --gpus-per-run instead)")
         store = ResultsStore(out / "runs.sqlite", create=True)
-        counts = run_study_ray(study, store, address=address, cpus=cpus, gpus=gpus, retry_failed=retry_failed,
-                               progress=progress)
+        counts = ray_sweep.run_study_ray(study, store, address=address, cpus=cpus, gpus=gpus,
+                                         retry_failed=retry_failed, progress=progress)
     else:
         if address is not None:
             raise ValueError("--address needs --backend ray")
@@ -90,8 +93,6 @@ def cmd_sweep(study: Study, out: Path, progress: bool = True, workers: int = 1, 
 
 
 def cmd_report(study: Study, out: Path) -> None:
-    from .report import summary, write_report
-
     print(summary(write_report(study, out), out))
     print(f"wrote {out}/: {', '.join(sorted(p.name for p in out.iterdir() if p.suffix not in ('.sqlite', '.sqlite-wal', '.sqlite-shm')))}")
 
@@ -111,8 +112,6 @@ def _hidden(text: str) -> str | list[int]:
 
 def _keyword(flag: str):
     """KEY=VALUE for --arch-kw / --data-kw: VALUE read as JSON where it parses (8, [64, 32], true), else a str."""
-    import json
-
     def parse(text: str) -> tuple[str, object]:
         key, eq, value = text.partition("=")
         if not eq or not key.isidentifier():
@@ -126,9 +125,6 @@ def _keyword(flag: str):
 
 def _factory(text: str):
     """--model MODULE:CALLABLE or FILE.py:CALLABLE -> the callable (which returns an nn.Module)."""
-    import importlib
-    import importlib.util
-
     where, colon, attr = text.rpartition(":")
     if not colon or not where or not attr:
         raise ValueError(f"--model takes MODULE:CALLABLE or FILE.py:CALLABLE, got {text!r}")
@@ -150,8 +146,6 @@ def _factory(text: str):
 
 
 def _user_model(text: str):
-    from torch import nn
-
     model = _factory(text)()
     if not isinstance(model, nn.Module):
         raise ValueError(f"--model: {text}() returned {type(model).__name__}, not a torch nn.Module")
@@ -161,12 +155,6 @@ def _user_model(text: str):
 def cmd_train(args: argparse.Namespace) -> None:
     """One LottaLoRA run; under ``torchrun --nproc-per-node N -m reservoir_depth train ...`` every
     process regenerates the scaffold and trains on its share of each batch (distributed.py)."""
-    from . import data, distributed, io
-    from .distributions import DistributionSpec
-    from .models import build, scaffold_defaults
-    from .scaffold import ScaffoldConfig, count_parameters, scaffold
-    from .train import train
-
     arch: dict = dict(args.arch_kw)
     if args.hidden is not None:
         if args.arch != "mlp":
@@ -220,13 +208,6 @@ def _data_of(args: argparse.Namespace) -> tuple[str, dict]:
 def cmd_spectra(args: argparse.Namespace) -> None:
     """Spectra of a dataset (inputs, between-class scatter, intrinsic dimension) and, given an
     adapter folder, of the saved model's layer inputs and its adapters s B A."""
-    import pandas as pd
-
-    from . import data, io
-    from .report import markdown
-    from .spectra import ActivationSpectra, WeightSpectra
-    from .sweep import dataset_rows
-
     name, kwargs = _data_of(args)
     d = data.load(name, **kwargs)
     rows, _ = dataset_rows(d, d.X_train)
@@ -348,8 +329,6 @@ def parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    from .report import NoResults
-
     args = parser().parse_args(argv)
     try:
         if args.cmd in ("run", "sweep", "report"):
