@@ -22,7 +22,6 @@ import pandas as pd
 import torch
 
 from reservoir_depth import __version__, data
-from reservoir_depth.distributions import torch_rng
 from reservoir_depth.models import build
 from reservoir_depth.report import markdown
 from reservoir_depth.scaffold import ScaffoldConfig, ScaffoldLinear, advance, scaffold
@@ -80,8 +79,7 @@ def part_b() -> pd.DataFrame:
     rows = []
     for schedule, k in STUDY["schedules"]:
         for seed in STUDY["seeds"]:
-            with torch_rng(seed):
-                m = build("mlp", d_in=d.d_in, n_out=d.n_out, hidden=STUDY["hidden"])
+            m = build("mlp", seed=seed, d_in=d.d_in, n_out=d.n_out, hidden=STUDY["hidden"])
             m = scaffold(m, ScaffoldConfig(target_modules=m.scaffold_targets, trainable=m.scaffold_trainable,
                                            r=STUDY["r"], root_seed=seed, schedule=schedule, k=k))
             h = train(m, d, TrainConfig(epochs=STUDY["epochs"], lr=STUDY["lr"], batch_size=STUDY["batch_size"],

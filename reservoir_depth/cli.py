@@ -15,16 +15,28 @@ Exit status: 0 on success, 1 when runs failed or a report has no finished run, 2
 from __future__ import annotations
 
 import argparse
+import importlib
+import importlib.util
+import json
 import sys
 from pathlib import Path
 from typing import Sequence
 
-from . import __version__
+import pandas as pd
+from torch import nn
+
+from . import __version__, data, distributed, io, ray_sweep
 from .checks import positive_int
 from .data import DATASETS
-from .distributions import DISTRIBUTIONS
-from .models import ARCHITECTURES, SIZES
+from .distributions import DISTRIBUTIONS, DistributionSpec
+from .models import ARCHITECTURES, SIZES, build, scaffold_defaults
+from .report import NoResults, markdown, summary, write_report
+from .results import ResultsStore
+from .scaffold import ScaffoldConfig, count_parameters, scaffold
+from .spectra import ActivationSpectra, WeightSpectra
 from .study import Study
+from .sweep import backfill, dataset_rows, run_study
+from .train import TensorBoardLog, TrainConfig, train
 
 FAILED = 1  # exit status: runs failed, or nothing to report
 BAD_INPUT = 2
@@ -44,35 +56,29 @@ def _out(study: Study, out: str | None) -> Path:
 
 def cmd_sweep(study: Study, out: Path, progress: bool = True, workers: int = 1, retry_failed: bool = False,
               backend: str = "local", address: str | None = None, cpus: float | None = None,
-              gpus: float | None = None, log_dir: str | None = None):
+              gpus: float | None = None, log_dir: str | None = None, threads: int = 1):
     """Run what is not done yet, record what old runs lack (sweep.backfill); RunsFailed if any run failed.
     ``backend="ray"`` sends each run to a Ray cluster (ray_sweep.run_study_ray). ``log_dir``: each run's
-    TensorBoard events under log_dir/<study>/<run_id> (local backend)."""
-    from .results import ResultsStore
-    from .sweep import backfill, run_study
-
+    TensorBoard events under log_dir/<study>/<run_id> (local backend). ``threads``: torch threads per run
+    (local backend)."""
     if log_dir is not None:
         if backend == "ray":
             raise ValueError("--log-dir is for the local backend; Ray runs its tasks on other machines")
-        from .train import TensorBoardLog
-
         TensorBoardLog.check()  # a missing tensorboard is reported before any run starts
     if backend == "ray":
-        from .ray_sweep import _ray, run_study_ray
-
-        _ray()  # a missing ray is reported before the store is created
+        ray_sweep._ray()  # a missing ray is reported before the store is created
         if workers != 1:
             raise ValueError(f"--workers {workers} is for the local backend; Ray schedules the runs "
                              f"(set --cpus-per-run / --gpus-per-run instead)")
         store = ResultsStore(out / "runs.sqlite", create=True)
-        counts = run_study_ray(study, store, address=address, cpus=cpus, gpus=gpus, retry_failed=retry_failed,
-                               progress=progress)
+        counts = ray_sweep.run_study_ray(study, store, address=address, cpus=cpus, gpus=gpus,
+                                         retry_failed=retry_failed, progress=progress)
     else:
         if address is not None:
             raise ValueError("--address needs --backend ray")
         store = ResultsStore(out / "runs.sqlite", create=True)
         counts = run_study(study, store, workers=workers, progress=progress, retry_failed=retry_failed,
-                           log_dir=log_dir)
+                           log_dir=log_dir, threads=threads)
     print(f"{study.study}: {counts.summary()}")
     added, problems = backfill(study, store)
     if added:
@@ -88,9 +94,7 @@ def cmd_sweep(study: Study, out: Path, progress: bool = True, workers: int = 1, 
 
 
 def cmd_report(study: Study, out: Path) -> None:
-    from .report import write_report
-
-    print(write_report(study, out))
+    print(summary(write_report(study, out), out))
     print(f"wrote {out}/: {', '.join(sorted(p.name for p in out.iterdir() if p.suffix not in ('.sqlite', '.sqlite-wal', '.sqlite-shm')))}")
 
 
@@ -109,8 +113,6 @@ def _hidden(text: str) -> str | list[int]:
 
 def _keyword(flag: str):
     """KEY=VALUE for --arch-kw / --data-kw: VALUE read as JSON where it parses (8, [64, 32], true), else a str."""
-    import json
-
     def parse(text: str) -> tuple[str, object]:
         key, eq, value = text.partition("=")
         if not eq or not key.isidentifier():
@@ -124,9 +126,6 @@ def _keyword(flag: str):
 
 def _factory(text: str):
     """--model MODULE:CALLABLE or FILE.py:CALLABLE -> the callable (which returns an nn.Module)."""
-    import importlib
-    import importlib.util
-
     where, colon, attr = text.rpartition(":")
     if not colon or not where or not attr:
         raise ValueError(f"--model takes MODULE:CALLABLE or FILE.py:CALLABLE, got {text!r}")
@@ -148,8 +147,6 @@ def _factory(text: str):
 
 
 def _user_model(text: str):
-    from torch import nn
-
     model = _factory(text)()
     if not isinstance(model, nn.Module):
         raise ValueError(f"--model: {text}() returned {type(model).__name__}, not a torch nn.Module")
@@ -159,12 +156,6 @@ def _user_model(text: str):
 def cmd_train(args: argparse.Namespace) -> None:
     """One LottaLoRA run; under ``torchrun --nproc-per-node N -m reservoir_depth train ...`` every
     process regenerates the scaffold and trains on its share of each batch (distributed.py)."""
-    from . import data, distributed, io
-    from .distributions import DistributionSpec, torch_rng
-    from .models import build, scaffold_defaults
-    from .scaffold import ScaffoldConfig, count_parameters, scaffold
-    from .train import TrainConfig, train
-
     arch: dict = dict(args.arch_kw)
     if args.hidden is not None:
         if args.arch != "mlp":
@@ -176,11 +167,10 @@ def cmd_train(args: argparse.Namespace) -> None:
                      progress=not args.no_progress, log_dir=args.log_dir, compile=args.compile,
                      seed_dtype=args.seed_dtype)
     d = data.load(args.data, **dict(args.data_kw))
-    with torch_rng(args.seed):
-        try:
-            model = build(args.arch, d_in=d.d_in, n_out=d.n_out, **arch)
-        except TypeError as e:  # an --arch-kw the family does not take
-            raise ValueError(f"--arch {args.arch}: {e}") from None
+    try:
+        model = build(args.arch, seed=args.seed, d_in=d.d_in, n_out=d.n_out, **arch)
+    except TypeError as e:  # an --arch-kw the family does not take
+        raise ValueError(f"--arch {args.arch}: {e}") from None
     model = scaffold(model, ScaffoldConfig(**scaffold_defaults(model), r=args.rank, alpha=args.alpha,
                                            rslora=args.rslora, root_seed=args.seed, spec=DistributionSpec(args.dist)))
     main = distributed.is_main()  # under torchrun, rank 0 alone prints and writes
@@ -191,19 +181,36 @@ def cmd_train(args: argparse.Namespace) -> None:
         print(hist.to_frame().to_string(index=False, float_format=lambda v: f"{v:.4f}"))
         if args.save:
             print(io.save(model, args.save))
+            _record_data(args.save, args.data, dict(args.data_kw))
+
+
+DATA_FILE = "data.json"  # in an adapter folder written by `train --save`: the data set it was trained on
+
+
+def _record_data(folder: str, name: str, kwargs: dict) -> None:
+    (Path(folder) / DATA_FILE).write_text(json.dumps({"data": name, "data_kw": kwargs}, sort_keys=True) + "\n")
+
+
+def _data_of(args: argparse.Namespace) -> tuple[str, dict]:
+    """spectra's data set: --data / --data-kw, else what the adapter folder records (`train --save`), else
+    digits; a --data that differs from the recorded one is refused, naming both."""
+    given = (args.data, dict(args.data_kw)) if args.data is not None else None
+    path = Path(args.adapter) / DATA_FILE if args.adapter else None
+    if path is None or not path.is_file():
+        return given or ("digits", dict(args.data_kw))
+    rec = json.loads(path.read_text())
+    recorded = (rec["data"], rec["data_kw"])
+    if given is not None and given[0] != recorded[0]:
+        raise ValueError(f"--adapter {args.adapter} was trained on {recorded[0]!r} (recorded in {path}), not on "
+                         f"--data {given[0]!r}; leave --data out to use {recorded[0]!r}")
+    return recorded if given is None else given
 
 
 def cmd_spectra(args: argparse.Namespace) -> None:
     """Spectra of a dataset (inputs, between-class scatter, intrinsic dimension) and, given an
     adapter folder, of the saved model's layer inputs and its adapters s B A."""
-    import pandas as pd
-
-    from . import data, io
-    from .report import markdown
-    from .spectra import ActivationSpectra, WeightSpectra
-    from .sweep import dataset_rows
-
-    d = data.load(args.data, **dict(args.data_kw))
+    name, kwargs = _data_of(args)
+    d = data.load(name, **kwargs)
     rows, _ = dataset_rows(d, d.X_train)
     model = _user_model(args.model) if args.model else None
     if args.adapter:
@@ -245,7 +252,10 @@ def parser() -> argparse.ArgumentParser:
         s.add_argument("--out", help="output folder holding runs.sqlite and the report (default: results/<study>)")
         if name != "report":
             s.add_argument("--no-progress", action="store_true", help="no progress bars")
-            s.add_argument("--workers", type=positive_int, default=1, help="processes sharing the results store")
+            s.add_argument("--workers", type=positive_int, default=1,
+                           help="processes sharing the results store (as many as idle cores fills the machine)")
+            s.add_argument("--threads", type=positive_int, default=1,
+                           help="torch threads per run (local backend; one thread keeps a sweep fast on busy cores)")
             s.add_argument("--retry-failed", action="store_true",
                            help="also rerun runs that failed in an earlier sweep (default: leave them failed)")
             s.add_argument("--backend", choices=("local", "ray"), default="local",
@@ -274,10 +284,10 @@ def parser() -> argparse.ArgumentParser:
     t.add_argument("--rslora", action="store_true", help="s = alpha / sqrt(r) instead of alpha / r")
     t.add_argument("--dist", default="normal",
                    help="family of W_seed, with its default scaling rule (`reservoir-depth distributions` lists them)")
-    t.add_argument("--epochs", type=positive_int, default=10, help="training epochs")
-    t.add_argument("--lr", type=float, default=1e-3, help="AdamW learning rate")
-    t.add_argument("--batch-size", type=positive_int, default=128, help="training batch size")
-    t.add_argument("--seed", type=int, default=0, help="root seed of W_seed, A's init and the shuffling")
+    t.add_argument("--epochs", type=positive_int, default=TrainConfig.epochs, help="training epochs")
+    t.add_argument("--lr", type=float, default=TrainConfig.lr, help="AdamW learning rate")
+    t.add_argument("--batch-size", type=positive_int, default=TrainConfig.batch_size, help="training batch size")
+    t.add_argument("--seed", type=int, default=TrainConfig.seed, help="root seed of W_seed, A's init and the shuffling")
     t.add_argument("--arch-kw", metavar="KEY=VALUE", type=_keyword("--arch-kw"), action="append", default=[],
                    help="a keyword of the architecture family (repeatable; VALUE read as JSON where it parses), "
                         "e.g. --arch-kw size=3m%(default).0s")
@@ -296,7 +306,8 @@ def parser() -> argparse.ArgumentParser:
                         "`pip install tensorboard`; view with `tensorboard --logdir DIR` (default: no logging)%(default).0s")
     sp = sub.add_parser("spectra", help="PCA / task / adapter spectra of a dataset and a saved model",
                         formatter_class=D)
-    sp.add_argument("--data", default="digits", choices=sorted(DATASETS), help="dataset")
+    sp.add_argument("--data", default=None, choices=sorted(DATASETS),
+                    help="dataset (default: the one the --adapter folder was trained on, else digits)%(default).0s")
     sp.add_argument("--data-kw", metavar="KEY=VALUE", type=_keyword("--data-kw"), action="append", default=[],
                     help="a keyword of the dataset loader (repeatable)%(default).0s")
     sp.add_argument("--adapter", help="an adapter folder written by save / train --save")
@@ -312,8 +323,6 @@ def parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    from .report import NoResults
-
     args = parser().parse_args(argv)
     try:
         if args.cmd in ("run", "sweep", "report"):
@@ -324,7 +333,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                 try:
                     cmd_sweep(study, out, progress=not args.no_progress, workers=args.workers,
                               retry_failed=args.retry_failed, backend=args.backend, address=args.address,
-                              cpus=args.cpus_per_run, gpus=args.gpus_per_run, log_dir=args.log_dir)
+                              cpus=args.cpus_per_run, gpus=args.gpus_per_run, log_dir=args.log_dir,
+                              threads=args.threads)
                 except RunsFailed as e:
                     failed = e
                     print(f"reservoir-depth: {e}", file=sys.stderr)

@@ -515,3 +515,29 @@ def _numpy_scalar(v: Any) -> Any:
     if isinstance(v, (np.integer, np.floating)):
         return v.item()
     raise TypeError(f"not JSON-serialisable: {v!r}")
+
+
+def summary(report: str, out: str | Path, columns: int = 7) -> str:
+    """A terminal's view of report.md (``report``, as write_report returns it): the runs line(s), the
+    rank table's first ``columns`` columns (method, r, mean, sd, n, missing seeds, recovery), the r*(eps)
+    table and where the report is; the spectra and the prose stay in the file."""
+    blocks: list[list[str]] = [[]]
+    for line in report.splitlines():
+        if line.strip():
+            blocks[-1].append(line)
+        elif blocks[-1]:
+            blocks.append([])
+    tables = [b for b in blocks if b and b[0].startswith("|")]
+    status = next((b for b in blocks if b and b[0].startswith("Runs:")), [])
+    lines = [*status, ""]
+    for i, table in enumerate(tables[:2]):
+        cells = [row.strip("|").split("|") for row in table if not row.startswith("|---")]
+        keep = columns if i == 0 else len(cells[0])
+        cells = [[c.strip() for c in row[:keep]] for row in cells]
+        if i == 1:
+            lines.append("r*(eps): the smallest rank whose mean is within eps of full training")
+        widths = [max(len(row[j]) for row in cells) for j in range(len(cells[0]))]
+        lines += ["  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip() for row in cells] + [""]
+    if len(tables) < 2:
+        lines += ["r*(eps): not stated (see the report)", ""]
+    return "\n".join([*lines, f"report: {Path(out) / 'report.md'}"])

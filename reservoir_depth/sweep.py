@@ -11,11 +11,13 @@ beta and the declared extras on the frozen scaffold.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import tempfile
 import json
 import multiprocessing
 import os
+import sys
 import time
 import threading
 import traceback
@@ -29,7 +31,6 @@ import torch
 from tqdm.auto import tqdm
 
 from . import __version__, data, io
-from .distributions import torch_rng
 from .models import build, scaffold_defaults
 from .results import Columns, ResultsStore, SweepCounts
 from .scaffold import ScaffoldConfig, merge, scaffold
@@ -43,8 +44,7 @@ def build_model(run: Run, d: data.Dataset):
     """The run's model: plain for 'full', the merged scaffold for 'twin', scaffolded for 'lotta'."""
     arch = dict(run.arch)
     name = arch.pop("name")
-    with torch_rng(run.seed):
-        model = build(name, d_in=d.d_in, n_out=d.n_out, **arch)
+    model = build(name, seed=run.seed, d_in=d.d_in, n_out=d.n_out, **arch)
     if run.method in ("lotta", "twin"):
         cfg = run.scaffold_config()
         built = ScaffoldConfig(**{**scaffold_defaults(model), **run.scaffold, "root_seed": run.seed})
@@ -213,7 +213,8 @@ def _sweep(runs: Sequence[Run], store: ResultsStore, progress: bool, retry_faile
         t0 = time.perf_counter()
         with store.hold(run.run_id):
             try:
-                metrics, history = execute(run, progress=progress, log_dir=log_dir)
+                # each run's own bar only on a terminal: in a log file the nested bars were thousands of lines
+                metrics, history = execute(run, progress=progress and sys.stderr.isatty(), log_dir=log_dir)
             except Exception as e:  # recorded, and the sweep goes on
                 error = f"{type(e).__name__}: {e}\n{traceback.format_exc()}"
                 kept = store.fail(run.run_id, error)
@@ -270,9 +271,20 @@ def _exit_with_parent() -> None:
 
 def _worker(study: Mapping[str, Any], store: ResultsStore, threads: int, offset: int, retry_failed: bool,
             invocation: str, log_dir: str | None = None) -> dict[str, tuple[str, str | None]]:
-    torch.set_num_threads(threads)
     runs = Study.of(study).runs()
-    return _sweep(runs[offset:] + runs[:offset], store, False, retry_failed, invocation, log_dir)
+    with torch_threads(threads):
+        return _sweep(runs[offset:] + runs[:offset], store, False, retry_failed, invocation, log_dir)
+
+
+@contextlib.contextmanager
+def torch_threads(n: int):
+    """torch's intra-op threads set to ``n`` inside the block, the caller's count restored after."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 def _pool_context() -> multiprocessing.context.BaseContext:
@@ -283,16 +295,20 @@ def _pool_context() -> multiprocessing.context.BaseContext:
 
 
 def run_study(study: Mapping[str, Any], store: ResultsStore, workers: int = 1, progress: bool = True,
-              retry_failed: bool = False, log_dir: str | os.PathLike | None = None) -> SweepCounts:
+              retry_failed: bool = False, log_dir: str | os.PathLike | None = None,
+              threads: int = 1) -> SweepCounts:
     """Sweep a whole study (see sweep); ``workers`` > 1 runs that many processes sharing ``store``
     (each claims a run before running it, so none is run twice; each exits if this process dies).
+    ``threads``: torch's intra-op threads per run (default 1: the small runs of a study gain little
+    from a second thread and lose much when the cores are busy; use workers = cores to fill a machine).
     ``log_dir``: TensorBoard events of each run under ``log_dir/<study>/<run_id>`` (see execute)."""
-    if not isinstance(workers, int) or isinstance(workers, bool) or workers < 1:
-        raise ValueError(f"workers must be a positive integer, got {workers!r}")
+    for name, v in (("workers", workers), ("threads", threads)):
+        if not isinstance(v, int) or isinstance(v, bool) or v < 1:
+            raise ValueError(f"{name} must be a positive integer, got {v!r}")
     runs = Study.of(study).runs()
     if workers == 1:
-        return sweep(runs, store, progress=progress, retry_failed=retry_failed, log_dir=log_dir)
-    threads = max(1, (os.cpu_count() or 1) // workers)
+        with torch_threads(threads):
+            return sweep(runs, store, progress=progress, retry_failed=retry_failed, log_dir=log_dir)
     offsets = [i * len(runs) // workers for i in range(workers)]
     invocation = uuid.uuid4().hex
     with ProcessPoolExecutor(workers, mp_context=_pool_context(), initializer=_exit_with_parent) as pool:

@@ -37,6 +37,15 @@ SEED_DTYPES = (None, "bfloat16", "float16")
 
 @dataclass(frozen=True)
 class TrainConfig:
+    """How ``train`` fits the trainable set (A, B, beta and the declared extras) with AdamW.
+
+    The defaults, the one set every entry point uses (``reservoir-depth train`` takes its flags' defaults
+    from here): epochs=20, lr=0.001, weight_decay=0.01, batch_size=128, seed=0, device="auto" (CUDA when
+    present), amp=True (bf16 autocast, CUDA only). A study's ``[train]`` table overrides fields by name
+    (the default study sets epochs = 30, lr = 1e-3, batch_size = 64); the fields it leaves out take these
+    defaults. A run id hashes the resolved config (study.Run.config, every default filled in), so a
+    change of a default here changes the ids of stored runs that relied on it."""
+
     epochs: int = 20
     lr: float = 1e-3
     weight_decay: float = 0.01
@@ -462,6 +471,26 @@ def evaluate(model: nn.Module, X: torch.Tensor, y: torch.Tensor, batch_size: int
     return ev
 
 
+def input_mismatch(model: nn.Module, data, error: Exception) -> ValueError | None:
+    """A ValueError naming the model's first layer with an input size (``in_features``) and the data's
+    input shape, when they disagree (the ``error`` the first forward raised is kept as its cause);
+    None when they agree or the model has no such layer (the error is then the model's own)."""
+    name, layer = next(((n, m) for n, m in model.named_modules()  # the first module holding weights of its own
+                        if isinstance(getattr(m, "in_features", None), int) or next(m.parameters(recurse=False), None) is not None),
+                       (None, None))
+    if not isinstance(getattr(layer, "in_features", None), int) or not torch.is_floating_point(data.X_train):
+        return None
+    shape = tuple(data.X_train.shape[1:])
+    if layer.in_features in (shape[-1:] + (math.prod(shape),)):
+        return None
+    out = ValueError(f"the model's first layer {name!r} ({type(layer).__name__}) takes {layer.in_features} input "
+                     f"features, but {getattr(data, 'name', 'the data')!r} has inputs of shape {shape} per example "
+                     f"({math.prod(shape)} features flattened): build the model for d_in={math.prod(shape)} "
+                     f"({type(error).__name__}: {str(error).splitlines()[0]})")
+    out.__cause__ = error
+    return out
+
+
 def train(model: nn.Module, data, config: TrainConfig = TrainConfig()) -> History:
     """Train the parameters of ``model`` that require grad on ``data`` (a data.Dataset).
 
@@ -519,7 +548,10 @@ def train(model: nn.Module, data, config: TrainConfig = TrainConfig()) -> Histor
     step = 0
     log = TensorBoardLog(config.log_dir) if config.log_dir is not None and distributed.is_main() else NoLog()
     with torch_rng(config.seed), log:
-        record(0, float("nan"), 0.0)
+        try:
+            record(0, float("nan"), 0.0)  # the model's first forward
+        except RuntimeError as e:
+            raise input_mismatch(model, data, e) or e
         bar = tqdm(total=config.epochs * math.ceil(n / config.batch_size), disable=not config.progress or rank > 0,
                    desc="train", leave=False, dynamic_ncols=True)
         for epoch in range(1, config.epochs + 1):

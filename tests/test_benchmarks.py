@@ -55,3 +55,10 @@ def test_bench_distributed_counts_fewer_bytes_for_lottalora():
     out = run("bench_distributed.py", "--models", "mlp", "--steps", "1", "--batch", "8")
     ratios = [float(m) for m in re.findall(r"^mlp\s+\S+\s+[\d,]+\s+[\d,]+\s+([\d.]+)", out, re.M)]
     assert len(ratios) == 2 and ratios[0] == 1.0 and 0 < ratios[1] < 0.2, out
+
+
+def test_bench_threads_prints_both_thread_counts_and_their_ratio():
+    out = run("bench_threads.py", "--ranks", "0", "--seeds", "0", "--epochs", "1", "--busy", "1",
+              "--before-threads", "2")
+    assert re.search(r"before: torch default\s+threads=2\s+runs=3 ", out) and re.search(r"after: one per run\s+threads=1\s+runs=3 ", out), out
+    numbers(r"before / after: (\S+)x", out)

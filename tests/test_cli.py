@@ -1,11 +1,13 @@
 """The command line: honest exit codes, help texts, train options."""
 
 import importlib
+import importlib.util
 
 import pytest
 
 from reservoir_depth import data
 from reservoir_depth import sweep as sweep_mod
+from reservoir_depth import cli
 from reservoir_depth.cli import main, parser
 from reservoir_depth.models import ARCHITECTURES
 
@@ -42,7 +44,7 @@ def test_train_batch_size_reaches_training(monkeypatch):
         seen["batch_size"] = cfg.batch_size
         return real(model, d, cfg)
 
-    monkeypatch.setattr(train_mod, "train", spy)
+    monkeypatch.setattr(cli, "train", spy)  # the name the command calls
     assert main(["train", "--hidden", "tiny", "--rank", "1", "--epochs", "1", "--batch-size", "333"]) == 0
     assert seen == {"batch_size": 333}
 
@@ -106,7 +108,7 @@ def test_train_passes_arch_and_data_keywords_and_can_hide_progress(monkeypatch, 
         seen.update(progress=cfg.progress, hidden=model.hidden, name=d.name, n=len(d.X_train))
         return real(model, d, cfg)
 
-    monkeypatch.setattr(train_mod, "train", spy)
+    monkeypatch.setattr(cli, "train", spy)  # the name the command calls
     assert main(["train", "--data", "planted", "--data-kw", "n_train=64", "--data-kw", "k=2",
                  "--arch-kw", "hidden=[6, 5]", "--arch-kw", "activation=tanh",
                  "--rank", "1", "--epochs", "1", "--no-progress"]) == 0
@@ -153,7 +155,7 @@ def test_train_takes_the_families_declared_specs(monkeypatch):
         seen["specs"] = dict(config.specs)
         raise ValueError("stop here")
 
-    monkeypatch.setattr(scaffold_mod, "scaffold", spy)
+    monkeypatch.setattr(cli, "scaffold", spy)
     assert main(["train", "--data", "mackey-glass", "--arch", "reservoir", "--epochs", "1"]) == 2
     (spec,) = seen["specs"].values()
     assert spec.scaling == "spectral_radius"
@@ -168,7 +170,7 @@ def test_train_passes_compile_and_seed_dtype_to_the_training_config(monkeypatch,
         seen.append(config)
         return real(model, d, config)
 
-    monkeypatch.setattr(train_mod, "train", spy)
+    monkeypatch.setattr(cli, "train", spy)  # the name the command calls
     monkeypatch.setattr(train_mod.torch, "compile", lambda m, *a, **k: m)  # the wiring, not a compiler
     assert main(["train", "--data", "digits", "--hidden", "8", "--rank", "1", "--epochs", "1", "--no-progress",
                  "--compile", "--seed-dtype", "bfloat16"]) == 0
@@ -178,3 +180,35 @@ def test_train_passes_compile_and_seed_dtype_to_the_training_config(monkeypatch,
     with pytest.raises(SystemExit) as e:
         main(["train", "--seed-dtype", "int8"])
     assert e.value.code == 2 and "--seed-dtype: invalid choice: 'int8'" in capsys.readouterr().err
+
+
+def test_train_defaults_are_train_configs():
+    """One set of defaults: `reservoir-depth train` takes TrainConfig's (it had 10 epochs to TrainConfig's 20),
+    and TrainConfig's docstring states them."""
+    from reservoir_depth.train import TrainConfig
+
+    args = parser().parse_args(["train"])
+    tc = TrainConfig()
+    assert (args.epochs, args.lr, args.batch_size, args.seed) == (tc.epochs, tc.lr, tc.batch_size, tc.seed)
+    doc = " ".join(TrainConfig.__doc__.split())
+    assert f"epochs={tc.epochs}" in doc and f"batch_size={tc.batch_size}" in doc and f"lr={tc.lr:g}" in doc
+
+
+def test_cli_imports_at_the_top():
+    """The house rule: function-local imports only for optional dependencies (cli.py had ~15 that saved no
+    start-up time)."""
+    import ast
+
+    optional = {"transformers", "peft", "ray", "reservoirpy", "mnist1d", "tensorboard"}
+    tree = ast.parse(importlib.util.find_spec("reservoir_depth.cli").loader.get_source("reservoir_depth.cli"))
+    local = []
+    for fn in (n for n in ast.walk(tree) if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef))):
+        for node in ast.walk(fn):
+            if isinstance(node, ast.Import):
+                names = [a.name for a in node.names]
+            elif isinstance(node, ast.ImportFrom):
+                names = [("." * node.level) + (node.module or "")]
+            else:
+                continue
+            local += [f"{fn.name}: {n}" for n in names if n.split(".")[0] not in optional]
+    assert not local, local

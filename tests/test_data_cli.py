@@ -103,3 +103,18 @@ def test_cli_spectra_of_a_saved_adapter(tmp_path, capsys):
     table = pd.read_csv(tmp_path / "s.csv")
     adapters = table[table["spectrum"] == "adapter s B A"]
     assert list(adapters["layer"]) == ["layers.0", "layers.1"] and (adapters["rank"] <= 2).all()
+
+
+def test_spectra_uses_the_data_set_an_adapter_was_trained_on(tmp_path, capsys):
+    """`train --data X --save DIR` records X in DIR; `spectra --adapter DIR` uses it (it used digits, silently),
+    and refuses another --data naming both."""
+    ad = tmp_path / "ad"
+    assert main(["train", "--data", "planted", "--data-kw", "n_train=64", "--hidden", "8", "--rank", "1",
+                 "--epochs", "1", "--no-progress", "--save", str(ad)]) == 0
+    capsys.readouterr()
+    assert main(["spectra", "--adapter", str(ad), "--rows", "64"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("Dataset('planted") and "digits" not in out
+    assert main(["spectra", "--adapter", str(ad), "--data", "digits"]) == 2
+    err = capsys.readouterr().err
+    assert "'planted'" in err and "'digits'" in err and str(ad) in err

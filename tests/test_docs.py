@@ -75,3 +75,26 @@ def test_citation_file_names_the_toolkit_version_and_the_paper():
     paper = cff["preferred-citation"]
     assert "2604.08749" in paper["url"] and paper["title"].startswith("A Little Rank Goes a Long Way")
     assert [a["family-names"] for a in paper["authors"]] == ["Hazan", "Zhang", "Hartl", "Levin"]
+
+
+def _readme_block_after(marker: str) -> str:
+    text = (ROOT / "README.md").read_text()
+    return re.search(re.escape(marker) + r".*?\n```bash\n(.*?)\n```", text, re.S).group(1).strip()
+
+
+def test_torch_is_a_tested_lower_bound_and_installs_pin_the_cpu_build():
+    """pyproject declares a lower bound on torch (an exact pin blocks every other environment); the README's
+    install commands take constraints-cpu.txt, which pins the CPU build CI tests (an unpinned resolve pulls
+    a multi-GB CUDA build), and .ci/run runs the README's test command as written."""
+    import tomllib
+
+    deps = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]
+    torch_req = next(d for d in deps if re.match(r"torch\b", d))
+    assert re.fullmatch(r"torch>=(\d+\.\d+)", torch_req), torch_req
+    constraints = (ROOT / "constraints-cpu.txt").read_text().splitlines()
+    assert "--extra-index-url https://download.pytorch.org/whl/cpu" in constraints
+    pinned = next(line for line in constraints if line.startswith("torch=="))
+    assert pinned.removeprefix("torch==").startswith(torch_req.removeprefix("torch>=")), (pinned, torch_req)
+    test_cmd = _readme_block_after("Test suite:")
+    assert "-c constraints-cpu.txt" in test_cmd and "-c constraints-cpu.txt" in _readme_block_after("Main job")
+    assert test_cmd in (ROOT / ".ci" / "run").read_text()

@@ -15,7 +15,6 @@ import pytest
 
 from conftest import TRAIN_TINY, torchrun
 from reservoir_depth import cli, distributed
-from reservoir_depth.distributions import torch_rng
 from reservoir_depth.identity import identity
 from reservoir_depth.models import build
 from reservoir_depth.results import ResultsStore
@@ -32,8 +31,7 @@ TINY = {"study": "tiny_log", "dataset": "digits", "seeds": [0], "ranks": [2], "f
 
 
 def lotta_mlp(d, r=2, seed=0):
-    with torch_rng(seed):
-        m = build("mlp", d_in=d.d_in, n_out=d.n_classes, hidden=(32, 16))
+    m = build("mlp", seed=seed, d_in=d.d_in, n_out=d.n_classes, hidden=(32, 16))
     return scaffold(m, ScaffoldConfig(target_modules=m.scaffold_targets, trainable=m.scaffold_trainable, r=r,
                                       root_seed=seed))
 

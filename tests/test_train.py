@@ -7,7 +7,8 @@ import torch
 from torch import nn
 
 from reservoir_depth.distributions import torch_rng
-from reservoir_depth.models import build
+from reservoir_depth import data as data_mod
+from reservoir_depth.models import build, scaffold_defaults
 from reservoir_depth.scaffold import ScaffoldConfig, scaffold
 from reservoir_depth.train import TrainConfig, evaluate, train
 
@@ -252,3 +253,15 @@ def test_compile_setting_is_checked_and_enters_a_runs_config_only_when_set():
     assert "compile" not in run.config()["train"]
     on = Run("s", "digits", {"name": "mlp"}, "lotta", 0, train={"compile": True})
     assert on.config()["train"]["compile"] is True and on.run_id != run.run_id
+
+
+@pytest.mark.parametrize("scaffolded", [False, True])
+def test_a_model_whose_first_layer_does_not_fit_the_data_is_named(scaffolded):
+    """A model built for 20 inputs on digits (64 features) failed inside the fused op ('mat1 and mat2 shapes
+    cannot be multiplied'); the error names the first layer and both sizes."""
+    d = data_mod.load("digits")
+    model = build("mlp", d_in=20, n_out=d.n_out, hidden="tiny")
+    if scaffolded:
+        model = scaffold(model, ScaffoldConfig(**scaffold_defaults(model), r=2))
+    with pytest.raises(ValueError, match=r"'layers\.0' .*takes 20 input features.*\(1, 8, 8\).*64"):
+        train(model, d, TrainConfig(epochs=1, progress=False))

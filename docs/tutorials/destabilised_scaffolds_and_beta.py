@@ -48,8 +48,7 @@ SCHEDULES = {"static": dict(schedule="static"), "epoch": dict(schedule="epoch"),
              "step, k = 2": dict(schedule="step", k=2), "batch, k = 4": dict(schedule="batch", k=4)}
 histories = {}
 for label, schedule in SCHEDULES.items():
-    torch.manual_seed(0)
-    model = build("mlp", d_in=d.d_in, n_out=d.n_out, hidden="small")
+    model = build("mlp", d_in=d.d_in, n_out=d.n_out, hidden="small", seed=0)
     model = scaffold(model, ScaffoldConfig(**scaffold_defaults(model), r=4, root_seed=0, **schedule))
     histories[label] = train(model, d, TrainConfig(epochs=EPOCHS[SIZE], lr=3e-3, batch_size=64, progress=False,
                                                    beta_every=5))

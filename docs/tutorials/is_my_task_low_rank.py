@@ -64,8 +64,7 @@ print("between-class rank:", task.between_class_rank_)
 # %%
 def scaffolded_mlp(r: int, seed: int) -> torch.nn.Module:
     """The small MLP (64-256-128-64-10) with its three hidden layers scaffolded at rank r."""
-    torch.manual_seed(seed)  # the head's init
-    model = build("mlp", d_in=d.d_in, n_out=d.n_out, hidden="small")
+    model = build("mlp", d_in=d.d_in, n_out=d.n_out, hidden="small", seed=seed)  # seed: the head's init
     return scaffold(model, ScaffoldConfig(**scaffold_defaults(model), r=r, root_seed=seed))
 
 
@@ -83,8 +82,7 @@ print(at_init.frame()[["layer", "n", "d", "k_0.9", "k_0.99", "participation_rati
 config = TrainConfig(epochs=epochs, lr=3e-3, batch_size=64, progress=False)
 full = []
 for seed in seeds:
-    torch.manual_seed(seed)
-    model = build("mlp", d_in=d.d_in, n_out=d.n_out, hidden="small")
+    model = build("mlp", d_in=d.d_in, n_out=d.n_out, hidden="small", seed=seed)
     full.append(train(model, d, replace(config, seed=seed)).final["test_acc"])
 values = np.array([[train(scaffolded_mlp(r, seed), d, replace(config, seed=seed)).final["test_acc"]
                     for r in ranks] for seed in seeds])  # values[s, j]: seed s at ranks[j]
@@ -131,12 +129,12 @@ print(f"one test image moves a run's accuracy by {100 / n_test:.2f} pp and the m
 # (a random-feature model: beta, the head and the biases train) stays well below full
 # training, accuracy climbs steeply over the first few ranks and then creeps toward the
 # full-training line. r* depends on eps. Within 2 points a handful of directions per layer
-# suffice (r*(0.02) = 4 at the small size, 2 at the full size, bootstrap interval [2, 4]).
+# suffice (r*(0.02) = 4 at the small size, 2 at the full size, bootstrap interval [1, 4]).
 # Within 1 point the answer is fragile: at the small size (8 epochs) r* sits at the top of
 # the grid and one seed never gets there (seed range up to `inf`); at the full size
-# (30 epochs, 5 seeds) r* = 4, but its bootstrap interval reaches `inf`, because the mean
-# curve is not monotone (r = 16 falls below r = 8) and some resamples never come within
-# eps, and its margin (about 0.1 pp) is under one test image of a single run.
+# (30 epochs, 5 seeds) r* = 4 with a bootstrap interval [2, 8], and its margin (about
+# 0.2 pp) is under one test image of a single run; the mean curve is not monotone either
+# (r = 32 falls below r = 16).
 #
 # So quote r* only with its eps, its interval and the interval's kind, and its margin.
 # The published study (`reservoir-depth run`, docs/results/digits_mlp: 30 epochs,

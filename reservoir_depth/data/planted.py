@@ -17,7 +17,7 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
-from ..distributions import DistributionSpec, layer_seed, rng_for, torch_rng
+from ..distributions import DistributionSpec, layer_seed, rng_for
 from ..models import build, scaffold_defaults
 from ..scaffold import ScaffoldConfig, scaffold, scaffold_layers
 from .dataset import Dataset
@@ -33,8 +33,7 @@ def teacher(k: int, d: int = 32, n_out: int = 32, hidden: Sequence[int] = (), st
     """The teacher network: arch 'linear' (hidden=()) or a dropout-free 'mlp', scaffolded with planted updates."""
     arch = {"name": "mlp", "hidden": list(hidden), "dropout": 0.0} if hidden else {"name": "linear"}
     name = arch.pop("name")
-    with torch_rng(seed):
-        model = build(name, d_in=d, n_out=n_out, **arch)
+    model = build(name, seed=seed, d_in=d, n_out=n_out, **arch)
     spec = DistributionSpec(spec) if isinstance(spec, str) else DistributionSpec.from_dict(spec)
     model = scaffold(model, ScaffoldConfig(**scaffold_defaults(model), r=k, root_seed=seed, spec=spec))
     for lname, layer in scaffold_layers(model):

@@ -7,7 +7,7 @@ ones. The reservoir also declares ``scaffold_specs``, its per-layer distribution
 override (the spectral-radius rule for the recurrent weight W); llama and the reservoir
 declare ``scaffold_max_rank``, per-layer rank caps (llama's SwiGLU layers at rank 0 with
 adapters="attention", the reservoir's W_in at d_in).
-``build(arch, **kwargs)`` rebuilds a model from the architecture config stored in
+``build(arch, seed=0, **kwargs)`` rebuilds a model from the architecture config stored in
 an adapter file.
 """
 
@@ -16,6 +16,8 @@ from __future__ import annotations
 from typing import Any, Callable
 
 from torch import nn
+
+from ..distributions import torch_rng
 
 from .encoder import Encoder
 from .linear import Linear
@@ -32,11 +34,20 @@ ARCHITECTURES: dict[str, Callable[..., nn.Module]] = {
 }
 
 
-def build(arch: str, **kwargs: Any) -> nn.Module:
-    """Build a registered architecture; records ``model.arch_config`` for adapter files."""
+def build(arch: str, seed: int | None = 0, **kwargs: Any) -> nn.Module:
+    """Build a registered architecture; records ``model.arch_config`` for adapter files.
+
+    ``seed`` (default 0) seeds what the layers draw from torch's RNG at construction (the head, any layer
+    that is not scaffolded; W_seed comes from ScaffoldConfig.root_seed), and the caller's global RNG is
+    left as it was: the same call builds the same model. ``seed=None`` draws from the global RNG. The seed
+    is not part of ``arch_config``: an adapter file stores the trained tensors it would set."""
     if arch not in ARCHITECTURES:
         raise ValueError(f"unknown architecture {arch!r}; allowed: {', '.join(sorted(ARCHITECTURES))}")
-    model = ARCHITECTURES[arch](**kwargs)
+    if seed is None:
+        model = ARCHITECTURES[arch](**kwargs)
+    else:
+        with torch_rng(seed):
+            model = ARCHITECTURES[arch](**kwargs)
     model.arch_config = {"name": arch, **kwargs}
     return model
 
