@@ -42,7 +42,7 @@ from .train import TrainConfig
 METHODS = ("full", "twin", "lotta")
 # TrainConfig settings added after run ids were first stored: a run's config records them only when
 # they differ from their default, so the ids of runs stored before keep matching.
-TRAIN_ADDED = ("free_run", "seed_dtype", "compile")
+TRAIN_ADDED = ("free_run", "seed_dtype", "compile", "readout", "ridge")
 
 
 def declared_scaffold(arch: Mapping[str, Any], dims: Callable[[], tuple[int, int]] | None = None) -> dict[str, Any]:
