@@ -13,6 +13,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 MODULES = [
     "reservoir_depth.distributions", "reservoir_depth.scaffold", "reservoir_depth.io", "reservoir_depth.train",
+    "reservoir_depth.readout",
     "reservoir_depth.models", "reservoir_depth.models.mlp", "reservoir_depth.models.plain",
     "reservoir_depth.models.linear", "reservoir_depth.models.llama", "reservoir_depth.models.encoder",
     "reservoir_depth.models.vit", "reservoir_depth.models.reservoir", "reservoir_depth.models.transformer",
