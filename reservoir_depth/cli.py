@@ -34,6 +34,7 @@ from .report import NoResults, markdown, summary, write_report
 from .results import ResultsStore
 from .scaffold import ScaffoldConfig, count_parameters, scaffold
 from .spectra import ActivationSpectra, WeightSpectra
+from .readout import READOUTS
 from .study import Study
 from .sweep import backfill, dataset_rows, run_study
 from .train import TensorBoardLog, TrainConfig, train
@@ -165,7 +166,7 @@ def cmd_train(args: argparse.Namespace) -> None:
         arch.setdefault("hidden", "small")
     tc = TrainConfig(epochs=args.epochs, lr=args.lr, batch_size=args.batch_size, seed=args.seed,
                      progress=not args.no_progress, log_dir=args.log_dir, compile=args.compile,
-                     seed_dtype=args.seed_dtype)
+                     seed_dtype=args.seed_dtype, readout=args.readout, ridge=args.ridge)
     d = data.load(args.data, **dict(args.data_kw))
     try:
         model = build(args.arch, seed=args.seed, d_in=d.d_in, n_out=d.n_out, **arch)
@@ -299,6 +300,10 @@ def parser() -> argparse.ArgumentParser:
     t.add_argument("--seed-dtype", choices=("bfloat16", "float16"), default=None,
                    help="hold W_seed in this dtype while training (for CUDA's bf16 autocast: no per-step cast)"
                         "%(default).0s")
+    t.add_argument("--readout", choices=READOUTS, default="gradient",
+                   help="the head: trained by AdamW, or (reservoir family, forecasting) the closed-form ridge "
+                        "readout of the states, refit after every epoch; epoch 0 is then an echo-state network")
+    t.add_argument("--ridge", type=float, default=1e-6, help="lambda of the ridge readout (--readout ridge)")
     t.add_argument("--save", metavar="DIR",
                    help="save the adapter file to DIR (adapter.safetensors + adapter.json)%(default).0s")
     t.add_argument("--log-dir", metavar="DIR", default=None,

@@ -29,6 +29,7 @@ from .data.dataset import check_dataset
 from .distributions import torch_rng
 from .identity import NOT_IDENTITY, added
 from . import distributed
+from .readout import READOUTS, check_ridge, fit_readout, readout_of
 from .scaffold import advance, betas, count_parameters, set_seed_dtype
 
 
@@ -68,6 +69,11 @@ class TrainConfig:
     # LottaLoRA LM step went from 0.85x to 0.78x of full training (docs/guide.md#performance). Needs a
     # working compiler (a C++ toolchain on the CPU, Triton on CUDA); results differ from eager in rounding
     compile: bool = field(default=False, metadata=added(False))
+    # "ridge": the model's readout (the reservoir family's) is not trained by AdamW but solved in closed form,
+    # lambda = ``ridge`` (readout.fit_readout), before epoch 0 and after every epoch; epoch 0 is then an
+    # echo-state network. A model with nothing else to train stops there (no epoch loop)
+    readout: str = field(default="gradient", metadata=added("gradient"))
+    ridge: float = field(default=1e-6, metadata=added(1e-6))
 
     def __post_init__(self) -> None:
         for k in ("epochs", "batch_size"):
@@ -80,6 +86,9 @@ class TrainConfig:
                              f"got {self.free_run!r}")
         if not isinstance(self.compile, bool):
             raise ValueError(f"compile must be True or False, got {self.compile!r}")
+        if self.readout not in READOUTS:
+            raise ValueError(f"readout must be one of {READOUTS}, got {self.readout!r}")
+        check_ridge(self.ridge)
         if self.seed_dtype not in SEED_DTYPES:
             raise ValueError(f"seed_dtype must be one of {SEED_DTYPES}, got {self.seed_dtype!r}")
         if self.log_dir is not None and (not isinstance(self.log_dir, (str, os.PathLike)) or not str(self.log_dir)):
@@ -427,6 +436,16 @@ def check_free_run(model: nn.Module, X: torch.Tensor, y: torch.Tensor, name: str
                         f"free-running evaluation (test_nrmse_free) needs; add one, {OFF}")
 
 
+def _solved_readout(model: nn.Module, task: Task, config: TrainConfig) -> list[nn.Parameter]:
+    """The readout's parameters that TrainConfig.readout = "ridge" solves in closed form (none for "gradient")."""
+    if config.readout == "gradient":
+        return []
+    if task.name != "forecasting":
+        raise ValueError(f"readout={config.readout!r} fits a least-squares readout of reservoir states and is for "
+                         f"the forecasting task; this data set's task is {task.name!r}: use readout='gradient'")
+    return list(readout_of(model).parameters())
+
+
 @torch.no_grad()
 def free_run(model: nn.Module, X: torch.Tensor, washout: int = 0) -> torch.Tensor:
     """Free-running predictions (n, T, d_out) through ``model.step``: steps t < max(washout, 1) read
@@ -519,21 +538,24 @@ def train(model: nn.Module, data, config: TrainConfig = TrainConfig()) -> Histor
     model.to(dev)
     if config.seed_dtype is not None:
         set_seed_dtype(model, getattr(torch, config.seed_dtype))
-    params = [p for p in model.parameters() if p.requires_grad]
-    if not params:
+    solved = _solved_readout(model, t, config)
+    params = [p for p in model.parameters() if p.requires_grad and all(p is not q for q in solved)]
+    if not params and not solved:
         raise ValueError("the model has no trainable parameter")
     net = distributed.wrap(model, dev)  # DDP over the trainable tensors, or the model itself
     if config.compile:
         net = torch.compile(net)
     counts = count_parameters(model)
     hist = History(trainable=counts.trainable, total=counts.total, device=str(dev))
-    opt = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
+    opt = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay) if params else None
     gen = torch.Generator().manual_seed(config.seed)
     X, y = data.X_train, data.y_train
     n = len(X)
     use_amp = config.amp and dev.type == "cuda"
 
     def record(epoch: int, train_loss: float, seconds: float) -> None:
+        if solved:
+            fit_readout(model, X, y, config.ridge, washout, t.eval_batch or config.batch_size)
         ev = evaluate(model, data.X_test, data.y_test, batch_size=t.eval_batch or config.batch_size, amp=config.amp,
                       task=t.name, washout=washout, free=free)
         if not math.isfinite(ev["loss"]):
@@ -554,7 +576,7 @@ def train(model: nn.Module, data, config: TrainConfig = TrainConfig()) -> Histor
             raise input_mismatch(model, data, e) or e
         bar = tqdm(total=config.epochs * math.ceil(n / config.batch_size), disable=not config.progress or rank > 0,
                    desc="train", leave=False, dynamic_ncols=True)
-        for epoch in range(1, config.epochs + 1):
+        for epoch in range(1, config.epochs + 1 if params else 1):
             advance(model, epoch=epoch - 1)
             model.train()
             t0, loss_sum = time.perf_counter(), 0.0

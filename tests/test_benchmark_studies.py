@@ -179,28 +179,22 @@ RESERVOIR_STUDIES = ["reservoir_mackey_glass", "reservoir_lorenz"]
 
 
 @pytest.mark.parametrize("name", RESERVOIR_STUDIES)
-def test_esn_reads_the_studys_own_split(name, compare, monkeypatch):
-    """The arrays the ESN is fitted and tested on are the study runs' data, element for element:
-    the same windows, split and washout, whatever the seed; and they are the registered loader's
-    output for the study's dataset table (not a series generated on the side)."""
-    seen = []
-
-    def spy(X_train, y_train, X_test, y_test, washout, arch, seed, ridge=compare.DEFAULT_RIDGE):
-        seen.append((seed, X_train, y_train, X_test, y_test, washout))
-        return {"esn_nrmse": 0.0, "esn_nrmse_free": 0.0}
-
-    monkeypatch.setattr(compare, "esn_run", spy)
+def test_esn_reads_the_studys_own_split_and_validates_on_training_windows(name, compare):
+    """The arrays of the comparison are the study runs' data, element for element, and the registered loader's
+    output for the study's dataset table; the validation fold is carved from the training windows alone (the
+    test windows appear only in the test fold)."""
     study = Study.from_dict({**tiny_study(name), "seeds": [0, 1, 2]})
-    table = compare.esn_table(study)
-    assert list(table["seed"]) == [0, 1, 2] == [s[0] for s in seen]
+    s = compare.split(study)
     ds = dict(study.dataset)
     loaded = data.load(ds.pop("name"), **ds)
-    for seed, *arrays, washout in seen:
-        run = next(r for r in study.runs() if r.seed == seed)
-        for got, key in zip(arrays, compare.SPLITS):
-            assert np.array_equal(got, getattr(run.data(), key).double().numpy()), key
-            assert np.array_equal(got, getattr(loaded, key).double().numpy()), key
-        assert washout == run.data().washout == study.dataset["washout"]
+    for run in study.runs():
+        for key in compare.SPLITS:
+            assert torch.equal(s[key], getattr(run.data(), key).double()), key
+            assert torch.equal(s[key], getattr(loaded, key).double()), key
+    f = compare.folds(s)
+    X_fit, _, X_val, _ = f["val"]
+    assert torch.equal(torch.cat([X_fit, X_val]), s["X_train"]) and len(X_fit) >= 1 and len(X_val) >= 1
+    assert torch.equal(f["test"][2], s["X_test"]) and torch.equal(f["test"][0], s["X_train"])
 
 
 @pytest.mark.parametrize("name", RESERVOIR_STUDIES)
@@ -221,27 +215,44 @@ def test_nrmse_is_the_trainers(compare):
     assert math.isclose(compare.nrmse(pred.double().numpy(), y.double().numpy(), 5), ours, rel_tol=1e-6)
 
 
-def test_esn_nrmse_on_the_tiny_split(compare):
-    """A real reservoirpy ESN on the tiny Mackey-Glass split: one-step NRMSE well below 1 (it
-    forecasts); free-running, fed its own predictions after the washout, is worse than one-step
-    (equal would mean it read the true inputs); skipped without reservoirpy."""
+def test_grid_edges_extend_and_domain_bounds_do_not(compare):
+    assert compare.extend("rho", [0.6, 0.9, 1.2], 1) is None
+    assert compare.extend("rho", [0.6, 0.9, 1.2], 2) == pytest.approx([0.6, 0.9, 1.2, 1.6])
+    assert compare.extend("ridge", [1e-8, 1e-6], 0) == pytest.approx([1e-10, 1e-8, 1e-6])
+    assert compare.extend("bias", [0.0, 0.3, 1.0], 0) is None  # 0 is the bias's bound
+    assert compare.extend("leak", [0.3, 0.6, 1.0], 2) is None  # 1 is the leak's bound
+    assert compare.extend("leak", [0.1, 0.3, 0.6], 2) == [0.1, 0.3, 0.6, 1.0]  # 1.2, held at the bound
+
+
+def test_search_extends_until_the_choice_is_inside(compare):
+    """A validation score whose best rho is 2.7 and best lambda 1e-3 (outside the first grid): the search grows
+    the axes and chooses them inside; each metric chooses its own configuration."""
+    def score(cfg, lams):
+        return [{"nrmse": abs(math.log(cfg["rho"] / 2.7)) + abs(math.log10(lam) + 3),
+                 "nrmse_free": abs(cfg["rho"] - 0.9) + 1.0} for lam in lams]
+
+    log = []
+    best = compare.search(score, {"rho": [0.9, 1.2, 1.5], "ridge": [1e-7, 1e-6]}, log, "t", rounds=10)
+    one = best["nrmse"]
+    assert one["config"]["rho"] == pytest.approx(2.7, rel=0.2) and one["config"]["ridge"] == pytest.approx(1e-3)
+    for k in ("rho", "ridge"):
+        g = one["grid"][k]
+        assert g[0] < one["config"][k] < g[-1]
+    assert best["nrmse_free"]["config"]["rho"] == 0.9 and log
+
+
+def test_esn_and_ours_r0_forecast_the_tiny_split(compare):
+    """reservoirpy's ESN and ours at r = 0 with a ridge readout, one configuration, on the tiny Mackey-Glass split:
+    one-step NRMSE well below 1; free-running worse than one-step (equal would mean it read the true inputs)."""
     pytest.importorskip("reservoirpy", reason="the comparison needs `pip install reservoirpy`")
     study = Study.from_dict(tiny_study("reservoir_mackey_glass"))
     s = compare.split(study)
-    out = compare.esn_run(s["X_train"], s["y_train"], s["X_test"], s["y_test"], s["washout"], dict(study.arch), 0)
-    assert 0 < out["esn_nrmse"] < 0.2 and math.isfinite(out["esn_nrmse_free"])
-    assert out["esn_nrmse_free"] > 1.5 * out["esn_nrmse"]
-
-
-def test_ours_reads_the_studys_runs_from_its_store(compare, tmp_path):
-    """Our side of the comparison: the study's finished runs, by method and rank, from its results store."""
-    study = Study.from_dict(tiny_study("reservoir_lorenz"))
-    assert run_study(study, ResultsStore(tmp_path / "runs.sqlite", create=True), progress=False).done == 2
-    table = compare.ours(study, tmp_path)
-    assert sorted(table["method"]) == ["full", "lotta"]
-    lotta = table[table["method"] == "lotta"].iloc[0]
-    assert lotta["rank"] == TINY["reservoir_lorenz"][1] and lotta["test_nrmse_count"] == 1
-    assert np.isfinite(table[["test_nrmse_mean", "test_nrmse_free_mean"]].to_numpy(float)).all()
+    cfg = {"rho": 0.9, "leak": 0.3, "input_scaling": 0.3, "bias": 0.3}
+    fold = compare.folds(s)["test"]
+    for out in (compare.esn_scores(cfg, [1e-8], fold, s["washout"], 0)[0],
+                compare.ours_scores(study, cfg, [1e-8], fold, s["washout"], 0)[0]):
+        assert 0 < out["nrmse"] < 0.2 and math.isfinite(out["nrmse_free"])
+        assert out["nrmse_free"] > 1.5 * out["nrmse"]
 
 
 # ----------------------------------------------------------------------------- studies 7-10 (Fashion-MNIST medium)

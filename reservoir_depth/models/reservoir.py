@@ -1,13 +1,14 @@
 """A recurrent reservoir (echo-state style) with scaffolded input and recurrent weights.
 
-    h_t = (1 - leak) h_{t-1} + leak * tanh(W_in x_t + W h_{t-1} + b),    y_t = readout(h_t)
+    h_t = (1 - leak) h_{t-1} + leak * tanh(sigma_in W_in x_t + sigma_b b + W h_{t-1}),    y_t = readout(h_t)
 
 W_in (with its bias b) and W are nn.Linear layers and the scaffold targets: scaffolded,
 each is beta W_seed x + s B A x (eq. (1)), so LoRA adapts both; the readout trains.
 With B = 0 and beta = 1 it is exactly an echo state network with W_in = W_in's W_seed
 and W = W's W_seed. Unrolled in time it is the depth-unfolded network of Prop. 1
 (theory/01_unfolding.md): step t is a layer with the tied weight W and the bias
-W_in x_t + b, i.e. eq. (1.1) driven by x_t, with a leak.
+W_in x_t + b, i.e. eq. (1.1) driven by x_t, with a leak. sigma_in (``input_scaling``) and sigma_b
+(``bias_scaling``), both 1 by default, are an ESN's input and bias scalings.
 
 A LoRA rank is at most min(d_in, units) for W_in, so the reservoir caps W_in's rank at
 d_in (``scaffold_max_rank = {"W_in": d_in}``, for ScaffoldConfig(max_rank=...)): a rank
@@ -51,7 +52,7 @@ class Reservoir(nn.Module):
     scaffold_max_rank: dict[str, int] = {}  # an instance's caps W_in at its d_in
 
     def __init__(self, d_in: int, n_out: int, units: int = 200, leak: float = 0.3, rho: float = 0.9,
-                 adapters: str = "both") -> None:
+                 adapters: str = "both", input_scaling: float = 1.0, bias_scaling: float = 1.0) -> None:
         super().__init__()
         if adapters not in ADAPTERS:
             raise ValueError(f"adapters must be one of {', '.join(map(repr, ADAPTERS))}, got {adapters!r}")
@@ -61,7 +62,11 @@ class Reservoir(nn.Module):
             raise ValueError(f"leak must be a number in (0, 1], got {leak!r}")
         if not (is_number(rho) and math.isfinite(rho) and rho > 0):
             raise ValueError(f"rho (spectral radius of W) must be a finite number > 0, got {rho!r}")
+        for k, v in (("input_scaling", input_scaling), ("bias_scaling", bias_scaling)):
+            if not (is_number(v) and math.isfinite(v) and v >= 0):
+                raise ValueError(f"{k} must be a finite number >= 0, got {v!r}")
         self.d_in, self.units, self.leak, self.rho = d_in, units, float(leak), float(rho)
+        self.input_scaling, self.bias_scaling = float(input_scaling), float(bias_scaling)
         self.W_in = nn.Linear(d_in, units)  # its bias is b
         self.W = nn.Linear(units, units, bias=False)
         self.readout = nn.Linear(units, n_out)
@@ -75,14 +80,20 @@ class Reservoir(nn.Module):
             raise ValueError(f"{what}: expected a float tensor of shape {shape} with d_in={self.d_in}, "
                              f"got {x.dtype} of shape {tuple(x.shape)}")
 
+    def _drive(self, x: torch.Tensor) -> torch.Tensor:
+        """u = sigma_in W_in x + sigma_b b (W_in as scaffolded: beta W_seed + s B A, eq. (1))."""
+        u = self.W_in(x * self.input_scaling if self.input_scaling != 1 else x)
+        b = self.W_in.bias
+        return u + (self.bias_scaling - 1) * b if b is not None and self.bias_scaling != 1 else u
+
     def _update(self, u_t: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
-        """One leaky step, given u_t = W_in x_t + b."""
+        """One leaky step, given u_t = sigma_in W_in x_t + sigma_b b."""
         return (1 - self.leak) * h + self.leak * torch.tanh(u_t + self.W(h))
 
     def states(self, x: torch.Tensor, h: torch.Tensor | None = None) -> torch.Tensor:
         """The reservoir states h_1 .. h_T (B, T, units) from h_0 = ``h`` (zeros if None)."""
         self._check(x, 3, "x")
-        u = self.W_in(x)  # every W_in x_t + b in one call
+        u = self._drive(x)  # every sigma_in W_in x_t + sigma_b b in one call
         h = u.new_zeros(len(x), self.units) if h is None else h
         out = []
         for t in range(x.shape[1]):
@@ -99,5 +110,5 @@ class Reservoir(nn.Module):
         h = x_t.new_zeros(len(x_t), self.units) if state is None else state
         if h.shape != (len(x_t), self.units):
             raise ValueError(f"state: expected shape {(len(x_t), self.units)}, got {tuple(h.shape)}")
-        h = self._update(self.W_in(x_t), h)
+        h = self._update(self._drive(x_t), h)
         return self.readout(h), h
