@@ -318,7 +318,7 @@ def test_conv1d_w_seed_is_the_transpose_of_a_linear_of_the_same_name():
 @needs_transformers
 def test_all_linear_picks_conv1d_layers_but_not_the_output_layer():
     model = nn.Sequential(Conv1D(8, 4), nn.ReLU(), Conv1D(8, 8), nn.ReLU(), nn.Linear(8, 3))
-    scaffold(model, ScaffoldConfig(target_modules=ALL_LINEAR, r=2))
+    scaffold(model, ScaffoldConfig(target_modules=ALL_LINEAR, r=2, trainable="4"))
     assert [n for n, _ in scaffold_layers(model)] == ["0", "2"]
     assert type(model[4]) is nn.Linear
 

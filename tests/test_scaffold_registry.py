@@ -85,8 +85,8 @@ def test_a_user_registered_type_scaffolds_merges_and_round_trips(tmp_path):
     try:
         assert LAYER_TYPES[Affine] is entry and layer_type(Affine(3, 2)) is entry
         torch.manual_seed(0)
-        model = scaffold(nn.Sequential(Affine(5, 4), nn.Tanh(), nn.Linear(4, 2)), ScaffoldConfig(r=2))
-        assert [n for n, _ in scaffold_layers(model)] == ["0"]  # all-linear took it, left the output out
+        model = scaffold(nn.Sequential(Affine(5, 4), nn.Tanh(), nn.Linear(4, 2)), ScaffoldConfig(r=2, trainable="2"))
+        assert [n for n, _ in scaffold_layers(model)] == ["0"]  # all-linear took it, left the trained output out
         perturb(model)
         x = torch.randn(3, 5)
         merged = merge(model)
