@@ -12,6 +12,7 @@ from .apply import (ParameterCount, advance, betas, count_parameters, merge, sca
                     set_seed_dtype)
 from .attention import ScaffoldMultiheadAttention, attention_output_rows
 from .base import ScaffoldLayer, Scaffolded
+from .survey import PassedOverWarning
 from .config import ALL_LINEAR, BIAS_MODES, SCHEDULES, ScaffoldConfig, matches
 from .layers import (ONE_HOT_LIMIT, ScaffoldConv, ScaffoldConv1d, ScaffoldConv2d, ScaffoldEmbedding, ScaffoldLinear,
                      ScaffoldTransposedLinear, channel_rows, conv_rows, feature_rows, one_hot_rows)
@@ -19,7 +20,7 @@ from .registry import (LAYER_TYPES, LayerType, effective_weight, effective_weigh
                        layer_type, register_layer_type)
 
 __all__ = [
-    "ALL_LINEAR", "BIAS_MODES", "LAYER_TYPES", "LayerType", "ONE_HOT_LIMIT", "ParameterCount", "SCHEDULES",
+    "ALL_LINEAR", "BIAS_MODES", "LAYER_TYPES", "LayerType", "ONE_HOT_LIMIT", "ParameterCount", "PassedOverWarning", "SCHEDULES",
     "ScaffoldConfig", "ScaffoldConv", "ScaffoldConv1d", "ScaffoldConv2d", "ScaffoldEmbedding", "ScaffoldLayer",
     "ScaffoldLinear", "ScaffoldMultiheadAttention", "ScaffoldTransposedLinear", "Scaffolded", "advance",
     "attention_output_rows", "betas", "channel_rows", "conv_rows", "count_parameters", "effective_weight",
