@@ -5,7 +5,7 @@ a LayerType entry: the Scaffolded class that replaces it (a ScaffoldLayer declar
 fan-in axis, base and adapter ops and how it merges back into the same class; a container such as
 ScaffoldMultiheadAttention holds several), whether "all-linear" takes it, and how spectra read its
 input and output rows. Registered: nn.Linear, transformers' Conv1D, nn.Conv1d, nn.Conv2d,
-nn.Embedding, nn.MultiheadAttention; register_layer_type() adds one.
+nn.Embedding, nn.MultiheadAttention, nn.RNN, nn.GRU, nn.LSTM; register_layer_type() adds one.
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ from torch import nn
 
 from .attention import ScaffoldMultiheadAttention, attention_output_rows
 from .base import ScaffoldLayer, Scaffolded
+from .recurrent import ScaffoldRecurrent
 from .layers import (ScaffoldConv1d, ScaffoldConv2d, ScaffoldEmbedding, ScaffoldLinear, ScaffoldTransposedLinear,
                      affine_probe, channel_rows, conv_rows, feature_rows, one_hot_rows)
 
@@ -84,6 +85,8 @@ register_layer_type(LayerType(nn.Conv2d, ScaffoldConv2d, rows=conv_rows, output_
 register_layer_type(LayerType(nn.Embedding, ScaffoldEmbedding, rows=one_hot_rows))
 register_layer_type(LayerType(nn.MultiheadAttention, ScaffoldMultiheadAttention, linear=True, container=True,
                               output_rows=attention_output_rows))
+for _rnn in (nn.RNN, nn.GRU, nn.LSTM):  # one scaffold layer per gate matrix; spectra read none of them
+    register_layer_type(LayerType(_rnn, ScaffoldRecurrent, linear=True, container=True, rows=None, output_rows=None))
 
 
 def layer_type(module: nn.Module) -> LayerType | None:
