@@ -14,7 +14,8 @@ ROOT = Path(__file__).resolve().parent.parent
 MODULES = [
     "reservoir_depth.distributions", "reservoir_depth.scaffold", "reservoir_depth.scaffold.config",
     "reservoir_depth.scaffold.base", "reservoir_depth.scaffold.fused", "reservoir_depth.scaffold.layers",
-    "reservoir_depth.scaffold.attention", "reservoir_depth.scaffold.registry", "reservoir_depth.scaffold.apply",
+    "reservoir_depth.scaffold.attention", "reservoir_depth.scaffold.recurrent", "reservoir_depth.scaffold.registry",
+    "reservoir_depth.scaffold.survey", "reservoir_depth.scaffold.apply",
     "reservoir_depth.io", "reservoir_depth.train",
     "reservoir_depth.models", "reservoir_depth.models.mlp", "reservoir_depth.models.plain",
     "reservoir_depth.models.linear", "reservoir_depth.models.llama", "reservoir_depth.models.encoder",

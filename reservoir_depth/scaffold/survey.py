@@ -111,4 +111,5 @@ def passed_over(model: nn.Module, config: ScaffoldConfig, targets: Sequence[str]
 
 
 def describe(report: Sequence[tuple[str, str]]) -> str:
+    """A report [(name, reason), ...] as one line: "name: reason; name: reason"."""
     return "; ".join(f"{n}: {why}" for n, why in report)
