@@ -242,12 +242,12 @@ def save(model: nn.Module, path: str | os.PathLike, arch: dict[str, Any] | None 
     meta["config_sha256"] = config_hashes(meta)
     text = json.dumps(meta, sort_keys=True, indent=1, allow_nan=False) + "\n"
     _verify_config(path / CONFIG, json.loads(text))  # never write what load would refuse
+    merged, _ = _saved_state(merge(model))  # everything that can fail runs before the first byte is written
+    full, encoded = len(to_bytes(merged)), text.encode()
     path.mkdir(parents=True, exist_ok=True)
     _atomic_write(path / TENSORS, data)
-    _atomic_write(path / CONFIG, text.encode())
-    merged, _ = _saved_state(merge(model))
-    full = len(to_bytes(merged))
-    return SaveReport(path, (path / TENSORS).stat().st_size + (path / CONFIG).stat().st_size, full)
+    _atomic_write(path / CONFIG, encoded)
+    return SaveReport(path, len(data) + len(encoded), full)
 
 
 # -- verifying a file -----------------------------------------------------------------------------

@@ -94,6 +94,26 @@ EXAMPLES = [
 ]
 
 
+def _rnn_call(m, x):
+    return m(x)[0]
+
+
+def _rnn_fan_in(m):
+    """One fan-in per gate matrix, in module order: weight_ih (d_in of its layer) then weight_hh (H)."""
+    gates = {"RNN_TANH": 1, "RNN_RELU": 1, "GRU": 3, "LSTM": 4}[m.mode]
+    return [getattr(m, n).shape[1] for n in m._flat_weights_names if n.startswith("weight_") for _ in range(gates)]
+
+
+EXAMPLES += [
+    Example("GRU", lambda d: nn.GRU(d, d + 1, batch_first=True), _randn(lambda m: (3, 4, m.input_size)), _rnn_fan_in,
+            call=_rnn_call),
+    Example("LSTM", lambda d: nn.LSTM(d, d - 1, num_layers=2, bidirectional=True), _randn(lambda m: (4, 3, m.input_size)),
+            _rnn_fan_in, call=_rnn_call, id="LSTM-seq-first-bidirectional", batch_dim=1),
+    Example("RNN", lambda d: nn.RNN(d, d + 2, nonlinearity="relu", bias=False, batch_first=True),
+            _randn(lambda m: (3, 4, m.input_size)), _rnn_fan_in, call=_rnn_call, id="RNN-relu-nobias"),
+]
+
+
 def _param(ex: Example):
     marks = [pytest.mark.skipif(Conv1D is None, reason="transformers is not installed")] if ex.type_name == "Conv1D" else []
     return pytest.param(ex, id=ex.id or ex.type_name, marks=marks)

@@ -137,12 +137,12 @@ def test_failed_scaffold_leaves_the_model_untouched():
     assert all(torch.equal(v, before[k]) for k, v in net.state_dict().items())
 
 
-class WithNormAndRecurrence(nn.Module):
+class WithNormAndConv3d(nn.Module):
     def __init__(self) -> None:
         super().__init__()
         self.fc = nn.Linear(4, 4)
         self.norm = nn.LayerNorm(4)
-        self.gru = nn.GRU(4, 4)
+        self.conv3d = nn.Conv3d(4, 4, 1)  # no layer type handles it
         self.head = nn.Linear(4, 2)
 
     def forward(self, x):
@@ -150,12 +150,12 @@ class WithNormAndRecurrence(nn.Module):
 
 
 def test_matched_unsupported_modules_are_named_with_their_class():
-    model = WithNormAndRecurrence()
+    model = WithNormAndConv3d()
     before = {k: v.clone() for k, v in model.state_dict().items()}
     with pytest.raises(ValueError) as err:
         scaffold(model, ScaffoldConfig(target_modules=".*", trainable="head"))
     msg = str(err.value)
-    assert "norm (LayerNorm)" in msg and "gru (GRU)" in msg and "Conv1D" in msg  # the registry is listed
+    assert "norm (LayerNorm)" in msg and "conv3d (Conv3d)" in msg and "Conv1D" in msg  # the registry is listed
     assert type(model.fc) is nn.Linear  # untouched
     assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())
 

@@ -259,14 +259,14 @@ def test_bad_max_rank_is_refused(bad):
 
 
 def test_b_starts_at_zero_by_default_and_init_b_stays_out_of_the_stored_config():
-    model = scaffold(mlp(), ScaffoldConfig(r=4))
+    model = scaffold(mlp(), ScaffoldConfig(r=2))
     assert all(torch.count_nonzero(m.lora_B) == 0 for _, m in scaffold_layers(model))
-    assert "init_B" not in ScaffoldConfig(r=4).to_dict()  # stored run ids and adapter files keep their form
-    assert ScaffoldConfig(r=4, init_B="kaiming").to_dict()["init_B"] == "kaiming"
+    assert "init_B" not in ScaffoldConfig(r=2).to_dict()  # stored run ids and adapter files keep their form
+    assert ScaffoldConfig(r=2, init_B="kaiming").to_dict()["init_B"] == "kaiming"
 
 
 def test_kaiming_b_is_seeded_bounded_and_round_trips(tmp_path):
-    cfg = ScaffoldConfig(r=4, init_B="kaiming", root_seed=3)
+    cfg = ScaffoldConfig(r=2, init_B="kaiming", root_seed=3)
     a, b = scaffold(mlp(), cfg), scaffold(mlp(), cfg)
     layers = dict(scaffold_layers(a))
     for name, m in scaffold_layers(b):
@@ -275,7 +275,7 @@ def test_kaiming_b_is_seeded_bounded_and_round_trips(tmp_path):
         assert torch.count_nonzero(B) == B.numel() and B.abs().max() <= 1 / math.sqrt(m.r)
     first, second = (m.lora_B.detach() for _, m in list(scaffold_layers(a))[:2])
     assert not torch.equal(first.flatten()[:4], second.flatten()[:4])
-    other = dict(scaffold_layers(scaffold(mlp(), ScaffoldConfig(r=4, init_B="kaiming", root_seed=4))))
+    other = dict(scaffold_layers(scaffold(mlp(), ScaffoldConfig(r=2, init_B="kaiming", root_seed=4))))
     assert not torch.equal(other[name].lora_B, layers[name].lora_B)
     io.save(a, tmp_path)
     x = torch.randn(5, 6)

@@ -18,7 +18,7 @@ from torch import nn
 from reservoir_depth import io
 from reservoir_depth.distributions import DistributionSpec
 from reservoir_depth.scaffold import (ALL_LINEAR, ScaffoldConfig, ScaffoldConv1d, ScaffoldConv2d, ScaffoldEmbedding,
-                                      ScaffoldLayer, ScaffoldMultiheadAttention, Scaffolded, merge, scaffold,
+                                      ScaffoldLayer, ScaffoldMultiheadAttention, ScaffoldRecurrent, Scaffolded, merge, scaffold,
                                       scaffold_layers)
 from reservoir_depth.scaffold.layers import conv_padding
 
@@ -40,6 +40,15 @@ def seed_state(unit: Scaffolded) -> dict[str, torch.Tensor]:
             out[prefix + bias] = layer.bias.detach()
         return out
 
+    if isinstance(unit, ScaffoldRecurrent):  # torch's flat tensors: each gate's beta W_seed, stacked
+        out = {}
+        for wname in unit.flat_names:
+            if wname.startswith("weight_"):
+                gates = unit._gates(wname)
+                out[wname] = torch.cat([g.beta.detach() * g.W_seed for g in gates])
+                if gates[0].bias is not None:
+                    out["bias_" + wname.removeprefix("weight_")] = torch.cat([g.bias.detach() for g in gates])
+        return out
     if isinstance(unit, ScaffoldMultiheadAttention):
         return {**one(unit.in_proj, "", "in_proj_weight", "in_proj_bias"),
                 **one(unit.out_proj, "out_proj.", "weight", "bias")}
@@ -70,6 +79,10 @@ def test_output_at_init_is_beta_w_seed_x_plus_b(ex):
 def test_only_a_b_beta_and_declared_extras_get_gradients(ex, bias):
     if ex.type_name == "Embedding" and bias == "trainable":
         with pytest.raises(ValueError, match=r"layer 'layer': an nn.Embedding has no bias"):
+            scaffolded(ex, bias=bias)
+        return
+    if ex.type_name in RECURRENT and bias == "trainable" and not holder(ex).layer.bias:
+        with pytest.raises(ValueError, match=r"layer 'layer': bias='trainable' would change the bias structure"):
             scaffolded(ex, bias=bias)
         return
     model = scaffolded(ex, bias=bias)
@@ -122,6 +135,10 @@ def test_a_destabilised_scaffold_round_trips_at_its_draw(ex, tmp_path):
 
 @pytest.mark.parametrize("ex", EXAMPLE_PARAMS)
 def test_the_batch_schedule_sends_each_part_of_the_batch_through_its_own_scaffold(ex):
+    if ex.type_name in RECURRENT:  # one sequence runs through one scaffold
+        with pytest.raises(ValueError, match=r"layer 'layer': the 'batch' schedule .* is not supported"):
+            scaffolded(ex, schedule="batch", k=2)
+        return
     model = scaffolded(ex, schedule="batch", k=2).double()  # float64: the split and the whole batch take
     perturb(model)                                            # different kernels, equal only up to rounding
     x = x_for(ex, model)
@@ -175,7 +192,8 @@ def test_rank_above_min_d_in_d_out_is_refused_naming_the_layer(ex):
 
 SIZE_ATTRIBUTES = ("in_features", "out_features", "nf", "nx", "in_channels", "out_channels", "kernel_size", "stride",
                    "padding", "dilation", "num_embeddings", "embedding_dim", "padding_idx", "embed_dim", "num_heads",
-                   "head_dim", "batch_first")
+                   "head_dim", "batch_first", "input_size", "hidden_size", "num_layers", "bidirectional")
+RECURRENT = ("RNN", "GRU", "LSTM")
 
 
 @pytest.mark.parametrize("ex", EXAMPLE_PARAMS)
@@ -319,7 +337,7 @@ def test_conv1d_w_seed_is_the_transpose_of_a_linear_of_the_same_name():
 @needs_transformers
 def test_all_linear_picks_conv1d_layers_but_not_the_output_layer():
     model = nn.Sequential(Conv1D(8, 4), nn.ReLU(), Conv1D(8, 8), nn.ReLU(), nn.Linear(8, 3))
-    scaffold(model, ScaffoldConfig(target_modules=ALL_LINEAR, r=2))
+    scaffold(model, ScaffoldConfig(target_modules=ALL_LINEAR, r=2, trainable="4"))
     assert [n for n, _ in scaffold_layers(model)] == ["0", "2"]
     assert type(model[4]) is nn.Linear
 

@@ -85,8 +85,8 @@ def test_a_user_registered_type_scaffolds_merges_and_round_trips(tmp_path):
     try:
         assert LAYER_TYPES[Affine] is entry and layer_type(Affine(3, 2)) is entry
         torch.manual_seed(0)
-        model = scaffold(nn.Sequential(Affine(5, 4), nn.Tanh(), nn.Linear(4, 2)), ScaffoldConfig(r=2))
-        assert [n for n, _ in scaffold_layers(model)] == ["0"]  # all-linear took it, left the output out
+        model = scaffold(nn.Sequential(Affine(5, 4), nn.Tanh(), nn.Linear(4, 2)), ScaffoldConfig(r=2, trainable="2"))
+        assert [n for n, _ in scaffold_layers(model)] == ["0"]  # all-linear took it, left the trained output out
         perturb(model)
         x = torch.randn(3, 5)
         merged = merge(model)
@@ -113,9 +113,10 @@ def test_a_layer_class_that_is_not_scaffolded_is_refused():
 
 
 def test_a_container_is_declared_in_its_entry_and_a_wrong_declaration_is_refused():
-    """is_container reads the entry's ``container``: nn.MultiheadAttention's scaffold holds two layers, every
-    other registered type is one weight; an entry declaring the other kind than its layer class is refused."""
-    assert [k for k, e in LAYER_TYPES.items() if e.container] == [nn.MultiheadAttention]
+    """is_container reads the entry's ``container``: nn.MultiheadAttention's scaffold holds two layers, a recurrent
+    one a layer per gate matrix, every other registered type is one weight; an entry declaring the other kind than
+    its layer class is refused."""
+    assert [k for k, e in LAYER_TYPES.items() if e.container] == [nn.MultiheadAttention, nn.RNN, nn.GRU, nn.LSTM]
     assert is_container(nn.MultiheadAttention(4, 2)) and not is_container(nn.Linear(2, 2))
     with pytest.raises(ValueError, match="Affine: container=True but ScaffoldAffine is one ScaffoldLayer"):
         register_layer_type(LayerType(Affine, ScaffoldAffine, container=True))

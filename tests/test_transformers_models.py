@@ -243,19 +243,21 @@ def test_any_choice_of_targets_is_the_original_at_init_and_merges_strictly(data,
 @pytest.mark.parametrize("case", [p for p in CASES if p.values[0].targets == ("all-linear",)])
 def test_all_linear_leaves_out_the_output_layer_and_trainable_modules(case):
     model = case.model()
-    get = getattr(model, "get_output_embeddings", lambda: None)()
-    out = get if get is not None else [m for m in model.modules() if isinstance(m, torch.nn.Linear)][-1]
+    out = getattr(model, "get_output_embeddings", lambda: None)()  # the declared output layer, if any
     scaffold(model, case.config())
     names = [n for n, _ in scaffold_layers(model)]
     assert names and all(model.get_submodule(n) is not out for n in names)
+    assert not any(n == t or n.startswith(t + ".") for n in names for t in case.trainable)
 
 
 @pytest.mark.filterwarnings("ignore:fan_in_fan_out is set to False", "ignore:`is_gradient_checkpointing` is deprecated")
 @pytest.mark.parametrize("build, task_type", [(_gpt2, None), (_bert_mlm, None), (_llama, None),
-                                              (_bert_cls, "SEQ_CLS")])
+                                              (_bert_cls, None)])
 def test_all_linear_takes_the_layers_peft_takes(build, task_type):
-    """The reference implementation: peft's LoraConfig(target_modules="all-linear") on the same model (its
-    sequence classifiers leave the head out only with task_type="SEQ_CLS"; ours always leave the last one out)."""
+    """The reference implementation: peft's LoraConfig(target_modules="all-linear") on the same model. Both
+    leave out only the declared output layer (get_output_embeddings()); a sequence classifier's head, which
+    no model declares, is taken by both (peft leaves it out only with task_type="SEQ_CLS"; here, name it in
+    trainable= or exclude=)."""
     peft = pytest.importorskip("peft")
     model = peft.get_peft_model(build(), peft.LoraConfig(target_modules="all-linear", r=2, task_type=task_type))
     theirs = {n.removeprefix("base_model.model.") for n, m in model.named_modules()

@@ -20,6 +20,7 @@ from torch import nn
 from ..distributions import torch_rng
 
 from .encoder import Encoder
+from .gru import GRU
 from .linear import Linear
 from .llama import SIZES as LLAMA_SIZES
 from .llama import Llama, count_llama
@@ -30,7 +31,7 @@ from .vit import ViT
 
 ARCHITECTURES: dict[str, Callable[..., nn.Module]] = {
     "mlp": MLP, "linear": Linear, "plain": Plain,
-    "llama": Llama, "encoder": Encoder, "vit": ViT, "reservoir": Reservoir,
+    "llama": Llama, "encoder": Encoder, "vit": ViT, "reservoir": Reservoir, "gru": GRU,
 }
 
 
@@ -69,5 +70,5 @@ def scaffold_defaults(model: nn.Module) -> dict[str, Any]:
     return out
 
 
-__all__ = ["ARCHITECTURES", "Encoder", "LLAMA_SIZES", "Linear", "Llama", "MLP", "Plain", "Reservoir", "SIZES", "ViT",
+__all__ = ["ARCHITECTURES", "Encoder", "GRU", "LLAMA_SIZES", "Linear", "Llama", "MLP", "Plain", "Reservoir", "SIZES", "ViT",
            "build", "count_llama", "scaffold_defaults"]

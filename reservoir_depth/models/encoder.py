@@ -32,6 +32,7 @@ class Encoder(nn.Module):
 
     scaffold_targets = (BLOCK_LINEAR,)
     scaffold_trainable = ("embed", "pos", BLOCK_NORMS, "norm", "head")
+    scaffold_head = "head"  # the output layer "all-linear" leaves out
 
     def __init__(self, d_in: int, n_out: int, layers: int = 3, d_model: int = 128, heads: int = 4,
                  context: int = 256, pad_id: int | None = 0, pooling: str = "mean", d_ff: int | None = None,

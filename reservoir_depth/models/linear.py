@@ -8,6 +8,7 @@ class Linear(nn.Module):
 
     scaffold_targets = ("layer",)
     scaffold_trainable = ()
+    scaffold_head = "layer"  # the output layer "all-linear" leaves out
 
     def __init__(self, d_in: int, n_out: int) -> None:
         super().__init__()

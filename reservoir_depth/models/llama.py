@@ -102,6 +102,7 @@ class Llama(nn.Module):
 
     scaffold_targets: tuple[str, ...] = (BLOCK_LINEAR,)
     scaffold_trainable: tuple[str, ...] = ("embed", "head", NORMS)
+    scaffold_head = "head"  # the output layer "all-linear" leaves out
     scaffold_max_rank: dict[str, int] = dict(ADAPTERS["attention"])
 
     def __init__(self, d_in: int, n_out: int, size: str | None = "3m", context: int = 256,

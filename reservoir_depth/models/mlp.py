@@ -22,6 +22,7 @@ class MLP(nn.Module):
 
     scaffold_targets = (r"layers\.\d+",)
     scaffold_trainable = ("head",)
+    scaffold_head = "head"  # the output layer "all-linear" leaves out
 
     def __init__(self, d_in: int, n_out: int, hidden: Sequence[int] | str = "medium", dropout: float = 0.1,
                  activation: str = "relu") -> None:

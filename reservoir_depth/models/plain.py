@@ -28,6 +28,7 @@ class Plain(nn.Module):
 
     scaffold_targets = (r".*\.conv",)
     scaffold_trainable = ("head", r".*\.norm")
+    scaffold_head = "head"  # the output layer "all-linear" leaves out
 
     def __init__(self, d_in: int, n_out: int, n: int = 3, channels: tuple[int, ...] = (16, 32, 64),
                  c_in: int = 1) -> None:

@@ -48,6 +48,7 @@ class Reservoir(nn.Module):
 
     scaffold_targets = ("W_in", "W")
     scaffold_trainable = ("readout",)
+    scaffold_head = "readout"  # the output layer "all-linear" leaves out
     scaffold_specs: dict[str, dict[str, Any]] = {"W": spectral_spec(0.9)}
     scaffold_max_rank: dict[str, int] = {}  # an instance's caps W_in at its d_in
 

@@ -32,6 +32,7 @@ class ViT(nn.Module):
 
     scaffold_targets: tuple[str, ...] = (BLOCK_LINEAR, "patch_embed")
     scaffold_trainable: tuple[str, ...] = ("tokens", BLOCK_NORMS, "norm", "head")
+    scaffold_head = "head"  # the output layer "all-linear" leaves out
 
     def __init__(self, d_in: int, n_out: int, image_size: int = 28, channels: int = 1, patch: int = 4,
                  d_model: int = 64, layers: int = 4, heads: int = 4, d_ff: int | None = None,

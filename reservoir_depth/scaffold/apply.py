@@ -7,6 +7,7 @@ layers (betas, set_seed_dtype, advance) and the parameter counts the paper repor
 from __future__ import annotations
 
 import copy
+import warnings
 from dataclasses import dataclass
 from typing import Iterator, Sequence
 
@@ -16,6 +17,7 @@ from torch import nn
 from .base import ScaffoldLayer, Scaffolded
 from .config import ALL_LINEAR, ScaffoldConfig, matches
 from .registry import _type_names, is_container, layer_type
+from .survey import PassedOverWarning, describe, output_layers, passed_over, refusal
 
 def _outermost(targets: list[tuple[str, nn.Module]]) -> list[tuple[str, nn.Module]]:
     """Targets less those inside a targeted container (an nn.MultiheadAttention scaffolds its out_proj)."""
@@ -43,16 +45,6 @@ def _describe(pairs: Sequence[tuple[str, nn.Module]]) -> str:
     return ", ".join(f"{n} ({type(m).__name__})" for n, m in pairs)
 
 
-def _output_layer(model: nn.Module, linear: Sequence[tuple[str, nn.Module]]) -> nn.Module | None:
-    """The output layer "all-linear" leaves out: get_output_embeddings() where the model has
-    it (transformers), else the last linear-like module in registration order."""
-    get = getattr(model, "get_output_embeddings", None)
-    out = get() if callable(get) else None
-    if isinstance(out, nn.Module):
-        return out
-    return linear[-1][1] if linear else None
-
-
 def _unmatched(patterns: Sequence[str], names: Sequence[str]) -> list[str]:
     return [p for p in patterns if not any(matches(n, (p,)) for n in names)]
 
@@ -72,26 +64,37 @@ def _select_targets(model: nn.Module, config: ScaffoldConfig) -> list[tuple[str,
     missing = _unmatched(config.trainable, all_names)
     if missing:
         raise ValueError(f"trainable patterns {missing} match no module; modules: {names}")
+    missing = _unmatched(config.exclude, all_names)
+    if missing:
+        raise ValueError(f"exclude patterns {missing} match no module; modules: {names}")
+    heads = dict(output_layers(model, config))
     if config.target_modules == (ALL_LINEAR,):
-        linear = [(n, m) for n, m in named if (t := layer_type(m)) is not None and t.linear]
-        out = _output_layer(model, linear)
-        targets = _outermost([(n, m) for n, m in linear if m is not out and not _trainable_owner(n, config.trainable)])
+        linear = [(n, m) for n, m in named if (t := layer_type(m)) is not None and t.linear and refusal(m) is None]
+        targets = _outermost([(n, m) for n, m in linear if n not in heads and not _trainable_owner(n, config.trainable)])
         if not targets:
-            raise ValueError(f"target_modules='all-linear' finds no linear layer besides the output layer; modules: "
+            report = passed_over(model, config, [])
+            raise ValueError(f"target_modules='all-linear' finds no layer it can scaffold besides the output layers "
+                             f"{sorted(heads)}{'; passed over: ' + describe(report) if report else ''}; modules: "
                              f"{_describe(named)}")
     else:
         missing = _unmatched(config.target_modules, all_names)
         if missing:
             raise ValueError(f"target_modules patterns {missing} match no module; modules: {names}")
         matched = [(n, m) for n, m in model.named_modules(remove_duplicate=False) if n and matches(n, config.target_modules)]
-        unsupported = [(n, m) for n, m in matched if layer_type(m) is None and any(True for _ in m.parameters(recurse=False))]
+        unsupported = [(n, m) for n, m in matched if refusal(m) is not None
+                       or (layer_type(m) is None and any(True for _ in m.parameters(recurse=False)))]
         if unsupported:
+            why = {n: r for n, m in unsupported if (r := refusal(m)) is not None}
+            named_why = ", ".join(f"{n} ({type(m).__name__}){': ' + why[n] if n in why else ''}" for n, m in unsupported)
             raise ValueError(f"target_modules {list(config.target_modules)} match modules that cannot be scaffolded: "
-                             f"{_describe(unsupported)}; scaffoldable types: "
+                             f"{named_why}; scaffoldable types: "
                              f"{_type_names()} (register_layer_type adds one). "
                              f"Narrow the patterns, e.g. to the names above that should stay as they are.")
         targets = [(n, m) for n, m in matched if layer_type(m) is not None]
         targets = _outermost(targets)
+        both = [n for n, _ in targets if n in heads and matches(n, config.exclude)]
+        if both:
+            raise ValueError(f"layers {both} are both scaffold targets and in exclude={list(config.exclude)}")
         if not targets:
             raise ValueError(f"target_modules {list(config.target_modules)} match no scaffoldable layer "
                              f"({_type_names()}); modules: {_describe(named)}")
@@ -125,14 +128,24 @@ def _select_targets(model: nn.Module, config: ScaffoldConfig) -> list[tuple[str,
     return targets
 
 
-def scaffold(model: nn.Module, config: ScaffoldConfig) -> nn.Module:
+def scaffold(model: nn.Module, config: ScaffoldConfig, strict: bool = False) -> nn.Module:
     """Replace the target layers of ``model`` (in place) by frozen scaffold layers, eq. (1).
 
     Every other parameter is frozen unless its module matches ``config.trainable``.
     Each new layer takes the replaced layer's dtype and device. Nothing is changed when
     a check fails. Returns the model, with ``model.scaffold_config`` set.
+
+    What it passes over (survey.py: an output layer neither adapted nor trainable; under "all-linear",
+    every linear-like module it cannot take, with the reason) is one PassedOverWarning, or with
+    ``strict=True`` a ValueError raised before anything changes.
     """
+    if not isinstance(strict, bool):
+        raise ValueError(f"strict must be True or False, got {strict!r}")
     targets = _select_targets(model, config)
+    report = passed_over(model, config, [n for n, _ in targets])
+    if report and strict:
+        raise ValueError(f"scaffold(strict=True): these modules would stay frozen at their own init: "
+                         f"{describe(report)}")
     wrapped = [(n, layer_type(m).layer.from_module(m, n, config)) for n, m in targets]
     layers = [layer for _, unit in wrapped for layer in unit.modules() if isinstance(layer, ScaffoldLayer)]
     for what, attr in (("specs", "spec_pattern"), ("max_rank", "rank_pattern")):
@@ -148,6 +161,9 @@ def scaffold(model: nn.Module, config: ScaffoldConfig) -> nn.Module:
     for n, layer in wrapped:
         _set_submodule(model, n, layer)
     model.scaffold_config = config
+    if report:
+        warnings.warn(f"scaffold() leaves {len(report)} module(s) frozen at their own init: {describe(report)}",
+                      PassedOverWarning, stacklevel=2)
     return model
 
 

@@ -53,9 +53,11 @@ def _patterns(value: Any, what: str) -> tuple[str, ...]:
 class ScaffoldConfig:
     """Everything that turns a torch model into a LottaLoRA model.
 
-    target_modules: the layers to replace: "all-linear" (the default: every linear-like
-        layer except the output layer, as peft: the LayerType entries with linear=True,
-        nn.Linear, transformers' Conv1D and nn.MultiheadAttention) or names / regexes, peft's rule: exact
+    target_modules: the layers to replace: "all-linear" (the default: every layer of a LayerType entry with
+        linear=True: nn.Linear (and a subclass whose forward is the plain affine map), transformers' Conv1D,
+        nn.MultiheadAttention, nn.RNN / nn.GRU / nn.LSTM) except the model's declared output layers (its
+        get_output_embeddings(), a family's ``scaffold_head``, ``exclude``); scaffold() warns, naming each
+        linear-like module it passes over and why (strict=True: an error), or names / regexes, peft's rule: exact
         name, name suffix after a dot, or regex full match. A str is one pattern. Every
         pattern must match; a matched module of a type no LAYER_TYPES entry handles is an
         error, never a silent skip.
@@ -85,6 +87,8 @@ class ScaffoldConfig:
         (no order-dependent "first wins": the adapter file stores the patterns sorted). Layers
         no pattern matches take ``spec``. Empty by default and then left out of to_dict(),
         so configs without overrides keep their stored form and run ids.
+    exclude: names or regexes of output layers "all-linear" leaves out (besides the declared ones); each must
+        match a module. Empty by default and then left out of to_dict().
     max_rank: per-layer rank caps {pattern: r_max} (r_max an int >= 0), matched exactly as ``specs``
         (same rules, same errors): a matched layer has rank r_layer = min(r, r_max), which sets the
         shapes of its A (r_layer, d_in) and B (d_out, r_layer), its scale s, what an adapter file
@@ -106,6 +110,7 @@ class ScaffoldConfig:
     specs: Mapping[str, DistributionSpec] = field(default_factory=dict, metadata=added({}))
     max_rank: Mapping[str, int] = field(default_factory=dict, metadata=added({}))
     init_B: str = field(default="zeros", metadata=added("zeros"))
+    exclude: Sequence[str] | str = field(default=(), metadata=added(()))
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "spec", as_spec(self.spec))
@@ -117,6 +122,7 @@ class ScaffoldConfig:
         object.__setattr__(self, "max_rank", {p: int(v) for p, v in caps})
         object.__setattr__(self, "target_modules", _patterns(self.target_modules, "target_modules"))
         object.__setattr__(self, "trainable", _patterns(self.trainable, "trainable"))
+        object.__setattr__(self, "exclude", _patterns(self.exclude, "exclude"))
         if not self.target_modules:
             raise ValueError("target_modules is empty: give 'all-linear' or at least one pattern")
         if not _is_size(self.r):
@@ -163,7 +169,7 @@ class ScaffoldConfig:
 
     def to_dict(self) -> dict[str, Any]:
         return identity(self, spec=DistributionSpec.to_dict, target_modules=list, trainable=list, max_rank=dict,
-                        specs=lambda specs: {p: v.to_dict() for p, v in specs.items()})  # specs, max_rank: when set
+                        exclude=list, specs=lambda specs: {p: v.to_dict() for p, v in specs.items()})
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> "ScaffoldConfig":

@@ -7,6 +7,7 @@ convolution; ScaffoldConv1d is nn.Conv1d's.
 
 from __future__ import annotations
 
+import weakref
 from typing import Any
 
 import torch
@@ -50,6 +51,31 @@ class ScaffoldLinear(ScaffoldLayer):
         y = _LottaLinear.apply(x.reshape(-1, shape[-1]), self.to_map(self.W_seed), self.beta, self.lora_A,
                                self.lora_B, self.bias, self.s)
         return y.reshape(*shape[:-1], self.out_features)
+
+
+_PROBED: "weakref.WeakKeyDictionary[nn.Module, bool]" = weakref.WeakKeyDictionary()
+
+
+def affine_probe(module: nn.Module) -> bool:
+    """True when ``module``'s own forward (an nn.Linear subclass's) is the plain affine map F.linear(x, W, b):
+    checked once per instance on a fixed probe batch (3, in_features), up to rounding, without its hooks."""
+    if module in _PROBED:
+        return _PROBED[module]
+    w, b = module.weight, module.bias
+    ok = False
+    if w.device.type != "meta" and w.is_floating_point() and w.dim() == 2:
+        x = torch.randn(3, w.shape[1], generator=torch.Generator().manual_seed(0)).to(w.dtype).to(w.device)
+        with torch.no_grad():
+            try:
+                y = type(module).forward(module, x)
+            except Exception:  # noqa: BLE001  a forward that cannot take a plain batch is not the affine map
+                y = None
+            ref = F.linear(x, w, b)
+        eps = torch.finfo(w.dtype).eps
+        ok = (isinstance(y, torch.Tensor) and y.shape == ref.shape and y.dtype == ref.dtype
+              and bool(torch.allclose(y, ref, rtol=64 * eps, atol=64 * eps * float(ref.abs().max().clamp_min(1)))))
+    _PROBED[module] = ok
+    return ok
 
 
 class ScaffoldTransposedLinear(ScaffoldLinear):

@@ -5,7 +5,7 @@ a LayerType entry: the Scaffolded class that replaces it (a ScaffoldLayer declar
 fan-in axis, base and adapter ops and how it merges back into the same class; a container such as
 ScaffoldMultiheadAttention holds several), whether "all-linear" takes it, and how spectra read its
 input and output rows. Registered: nn.Linear, transformers' Conv1D, nn.Conv1d, nn.Conv2d,
-nn.Embedding, nn.MultiheadAttention; register_layer_type() adds one.
+nn.Embedding, nn.MultiheadAttention, nn.RNN, nn.GRU, nn.LSTM; register_layer_type() adds one.
 """
 
 from __future__ import annotations
@@ -18,8 +18,9 @@ from torch import nn
 
 from .attention import ScaffoldMultiheadAttention, attention_output_rows
 from .base import ScaffoldLayer, Scaffolded
+from .recurrent import ScaffoldRecurrent
 from .layers import (ScaffoldConv1d, ScaffoldConv2d, ScaffoldEmbedding, ScaffoldLinear, ScaffoldTransposedLinear,
-                     channel_rows, conv_rows, feature_rows, one_hot_rows)
+                     affine_probe, channel_rows, conv_rows, feature_rows, one_hot_rows)
 
 @dataclass(frozen=True)
 class LayerType:
@@ -34,6 +35,9 @@ class LayerType:
     linear: part of target_modules="all-linear".
     container: ``layer`` holds several ScaffoldLayers (it is not one) and reads the plain module's own
         weights directly (``layer.plain_weights``): no layer inside the module is scaffolded on its own.
+    same_map: for a subclass of ``module`` with its own forward: ``same_map(instance)`` is True when that
+        forward still computes the registered class's map (checked on a probe input), so the subclass is
+        scaffolded like its base (transformers' FalconLinear); None: such a subclass is never taken.
     rows: how spectra read the module's input as the (rows, d_in) its A sees: ``rows(module, x)``;
         None: not read. output_rows: the same for its output (rows, d_out).
     """
@@ -42,6 +46,7 @@ class LayerType:
     layer: type[Scaffolded]
     linear: bool = False
     container: bool = False
+    same_map: Callable[[nn.Module], bool] | None = None
     rows: Callable[[nn.Module, torch.Tensor], torch.Tensor] | None = feature_rows
     output_rows: Callable[[nn.Module, torch.Tensor], torch.Tensor] | None = feature_rows
 
@@ -73,22 +78,26 @@ def register_layer_type(entry: LayerType) -> LayerType:
     return entry
 
 
-register_layer_type(LayerType(nn.Linear, ScaffoldLinear, linear=True))
+register_layer_type(LayerType(nn.Linear, ScaffoldLinear, linear=True, same_map=affine_probe))
 register_layer_type(LayerType("transformers.pytorch_utils.Conv1D", ScaffoldTransposedLinear, linear=True))
 register_layer_type(LayerType(nn.Conv1d, ScaffoldConv1d, rows=conv_rows, output_rows=channel_rows))
 register_layer_type(LayerType(nn.Conv2d, ScaffoldConv2d, rows=conv_rows, output_rows=channel_rows))
 register_layer_type(LayerType(nn.Embedding, ScaffoldEmbedding, rows=one_hot_rows))
 register_layer_type(LayerType(nn.MultiheadAttention, ScaffoldMultiheadAttention, linear=True, container=True,
                               output_rows=attention_output_rows))
+for _rnn in (nn.RNN, nn.GRU, nn.LSTM):  # one scaffold layer per gate matrix; spectra read none of them
+    register_layer_type(LayerType(_rnn, ScaffoldRecurrent, linear=True, container=True, rows=None, output_rows=None))
 
 
 def layer_type(module: nn.Module) -> LayerType | None:
-    """The registry entry for ``module``, or None. A subclass counts only if it keeps its
-    registered base's forward (a subclass with its own forward computes something else)."""
+    """The registry entry for ``module``, or None. A subclass counts if it keeps its registered base's
+    forward, or if its own forward passes the entry's ``same_map`` probe (else it computes something else)."""
     for cls in type(module).__mro__:
         entry = LAYER_TYPES.get(cls) or LAYER_TYPES.get(_key(cls))
         if entry is not None:
-            return entry if type(module).forward is cls.forward else None
+            if type(module).forward is cls.forward:
+                return entry
+            return entry if entry.same_map is not None and entry.same_map(module) else None
     return None
 
 
