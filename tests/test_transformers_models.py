@@ -410,10 +410,11 @@ def test_readme_gpt2_example_runs(tmp_path, monkeypatch):
     exec(compile(marked_block(ROOT / "README.md", "example: gpt2"), "README.md (gpt2)", "exec"), scope)
     assert type(scope["plain"]) is transformers.GPT2LMHeadModel
     meta = json.loads((tmp_path / "runs" / "gpt2-r4" / io.CONFIG).read_text())
-    assert meta["ties"] == GPT2_TIES  # what its comment says: the tied lm_head / wte stored once
+    assert meta["ties"] == {}  # untied (tie_word_embeddings=False), so wte and lm_head are scaffolded apart
     assert {n for n, _ in scaffold_layers(scope["same"])} == {f"transformer.h.{i}.{m}" for i in range(2)
                                                               for m in ("attn.c_attn", "attn.c_proj", "mlp.c_fc",
-                                                                        "mlp.c_proj")}
+                                                                        "mlp.c_proj")} | \
+        {"transformer.wte", "transformer.wpe", "lm_head"}
     ids = scope["ids"]
     with torch.no_grad():
         torch.testing.assert_close(scope["plain"].eval()(ids).logits, scope["model"].eval()(ids).logits)
