@@ -67,7 +67,7 @@ def fan_in_families() -> list[str]:
 def studies() -> dict[str, dict]:
     out = {f"schedule {s}": variant(s if s == "static" else f"{s}_k{k}", full=(s == "static"), schedule=s, k=k)
            for s, k in SCHEDULES}
-    out["no scaffold"] = variant("zeros", spec={"name": "zeros"})
+    out["no scaffold"] = variant("zeros", spec={"name": "zeros", "version": 1})  # the draw these stored runs used
     out["seeds"] = variant("seed_sweep", ranks=[8], seeds=SEED_SWEEP)
     for f in fan_in_families():
         out[f"family {f}"] = variant(f"family_{f}", ranks=[8], spec={"name": f, "version": 2})

@@ -39,7 +39,7 @@ def study(family: str, k: int) -> dict:
     arch, ds, train, _, ranks, _ = FAMILIES[family]
     return {"study": f"planted_{family}_k{k}", "dataset": {"name": "planted", "k": k, **ds}, "arch": arch,
             "seeds": SEEDS, "full": False, "twin": True, "spectra": True, "ranks": ranks, "train": train,
-            "scaffold": {"bias": "frozen", "spec": {"name": "normal"}}}  # the legacy bias and draw these runs used
+            "scaffold": {"bias": "frozen", "spec": {"name": "normal", "version": 1}}}  # the legacy bias and draw
 
 
 def main() -> None:

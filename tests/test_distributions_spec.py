@@ -124,7 +124,7 @@ def test_version_in_the_spec_dict():
     legacy = {"name": "normal", "params": {}, "scaling": "fan_in", "gain": 1.0, "rho": 0.95}
     old = DistributionSpec.from_dict(legacy)
     assert old.version == 1 and old.to_dict() == legacy  # stored run ids and hashes do not change
-    assert as_spec(dict(legacy)).version == 1
+    assert as_spec(dict(legacy)).version == 2  # what a user writes without a version is the current draw
     new = DistributionSpec("normal")
     assert new.to_dict() == {**legacy, "version": 2} and DistributionSpec.from_dict(new.to_dict()) == new
     assert not np.array_equal(sample(old, (5, 5), 1), sample(new, (5, 5), 1))
@@ -134,3 +134,28 @@ def test_version_in_the_spec_dict():
 def test_unknown_draw_version(bad):
     with pytest.raises(ValueError, match=r"draw version must be one of \(1, 2\)"):
         DistributionSpec("normal", version=bad)
+
+
+def test_what_a_user_writes_without_a_version_is_the_current_draw_and_a_stored_dict_is_version_1():
+    from reservoir_depth.distributions import DEFAULT_VERSION, as_spec
+    from reservoir_depth.scaffold import ScaffoldConfig
+    from reservoir_depth.study import Study
+
+    assert DEFAULT_VERSION == 2
+    assert as_spec({"name": "normal"}).version == DEFAULT_VERSION
+    assert ScaffoldConfig(spec={"name": "normal"}).spec.version == DEFAULT_VERSION
+    assert ScaffoldConfig(specs={"x": {"name": "normal"}}).specs["x"].version == DEFAULT_VERSION
+    study = Study.from_dict({"study": "s", "dataset": "digits", "seeds": [0], "arch": {"name": "mlp"}, "ranks": [1],
+                             "scaffold": {"spec": {"name": "normal"}}})
+    assert study.runs()[0].scaffold_config().spec.version == DEFAULT_VERSION
+    # the stored form omits version 1: reading it back keeps the draw the file was made with
+    assert DistributionSpec.from_dict({"name": "normal"}).version == 1
+    assert DistributionSpec.from_dict(DistributionSpec("normal", version=1).to_dict()).version == 1
+    assert as_spec({"name": "normal", "version": 1}).version == 1
+
+
+def test_as_spec_refuses_what_is_not_a_spec():
+    from reservoir_depth.distributions import as_spec
+
+    with pytest.raises(TypeError, match="family name or a dict"):
+        as_spec(3)

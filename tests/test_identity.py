@@ -57,9 +57,9 @@ def script_studies(name: str) -> list[dict]:
     out += [m.study(f, center=True) for f in sorted(DISTRIBUTIONS) if m.nonzero_mean(f)]
     out.append({**m.study("normal", ranks=[8], seeds=m.SEED_SWEEP), "study": "families_seed_sweep"})
     legacy = lambda s: {**s, "seeds": [0, 1], "scaffold": {**s["scaffold"], "spec": {
-        k: v for k, v in s["scaffold"]["spec"].items() if k != "version"}}}  # no version: the draw of version 1
+        **s["scaffold"]["spec"], "version": 1}}}  # the draw of version 1
     return out + [legacy(s) for s in out[:-1]] + [{**out[-1], "scaffold": {**out[-1]["scaffold"],
-                                                                           "spec": {"name": "normal"}}}]
+                                                                           "spec": {"name": "normal", "version": 1}}}]
 
 
 def _check(name: str, studies: list[Study]) -> None:

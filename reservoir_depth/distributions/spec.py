@@ -59,8 +59,11 @@ class DistributionSpec:
     non-zero mean otherwise add a rank-one component that grows like sqrt(N):
     theory/02_signal_propagation.md; truncated_normal with a != -b is one).
     ``version`` selects the draw (module docstring): 2, the default, draws each
-    family from its own counter-based stream; 1 is the legacy numpy draw, and a
-    dict without "version" (``from_dict``) is version 1.
+    family from its own counter-based stream; 1 is the legacy numpy draw. The
+    stored form (``to_dict`` / ``from_dict``: adapter files, results stores) omits
+    version 1, so a stored dict without "version" is version 1; anything a user
+    writes (``as_spec``: a study file, ScaffoldConfig(spec={...})) without
+    "version" means the current draw, DEFAULT_VERSION.
     """
 
     name: str = "normal"
@@ -122,10 +125,12 @@ class DistributionSpec:
 
 
 def as_spec(spec: "DistributionSpec | str | Mapping[str, Any]") -> DistributionSpec:
-    """A DistributionSpec from a spec, a family name (the default version, 2) or a dict (``from_dict``: version 1
-    unless the dict says otherwise)."""
+    """A DistributionSpec from what a user writes: a spec, a family name or a dict; without "version" the current
+    draw (DEFAULT_VERSION). A stored dict, whose form omits version 1, is read by ``DistributionSpec.from_dict``."""
     if isinstance(spec, DistributionSpec):
         return spec
     if isinstance(spec, str):
         return DistributionSpec(spec)
-    return DistributionSpec.from_dict(spec)
+    if not isinstance(spec, Mapping):
+        raise TypeError(f"a distribution spec must be a DistributionSpec, a family name or a dict, got {spec!r}")
+    return DistributionSpec.from_dict({"version": DEFAULT_VERSION, **spec})
