@@ -59,7 +59,8 @@ METRICS = ("nrmse", "nrmse_free")
 # the shared grid; ridge is solved for every lambda from one pass over the states
 GRID: dict[str, list[float]] = {"rho": [0.6, 0.9, 1.2], "leak": [0.1, 0.3, 0.6], "input_scaling": [0.1, 0.3, 1.0],
                                 "bias": [0.0, 0.3, 1.0], "ridge": [1e-10, 1e-8, 1e-6, 1e-4]}
-DOMAIN = {"leak": (0.0, 1.0), "bias": (0.0, math.inf)}  # a chosen value at these bounds cannot be extended
+DOMAIN = {"leak": (0.0, 1.0), "bias": (0.0, math.inf), "r": (1, math.inf)}  # a choice at these bounds is final
+INTEGER = ("r",)  # axes of whole numbers
 LORA_GRID: dict[str, list[float]] = {"r": [1, 4], "lr": [1e-3, 3e-3]}
 LORA = {"epochs": 2, "batch_size": 8, "alpha": 16.0}
 UNITS = 200
@@ -210,7 +211,7 @@ def extend(axis: str, values: list[float], i: int) -> list[float] | None:
     if a in (lo, hi):
         return None
     new = a * a / b if a > 0 and b > 0 else 2 * a - b
-    new = min(max(new, lo), hi)
+    new = min(max(round(new) if axis in INTEGER else new, lo), hi)
     return sorted({*values, new}) if new not in values else None
 
 

@@ -222,6 +222,8 @@ def test_grid_edges_extend_and_domain_bounds_do_not(compare):
     assert compare.extend("bias", [0.0, 0.3, 1.0], 0) is None  # 0 is the bias's bound
     assert compare.extend("leak", [0.3, 0.6, 1.0], 2) is None  # 1 is the leak's bound
     assert compare.extend("leak", [0.1, 0.3, 0.6], 2) == [0.1, 0.3, 0.6, 1.0]  # 1.2, held at the bound
+    assert compare.extend("r", [1, 4], 0) is None and compare.extend("r", [1, 4], 1) == [1, 4, 16]  # ranks: whole, >= 1
+    assert compare.extend("r", [2, 3], 0) == [1, 2, 3]
 
 
 def test_search_extends_until_the_choice_is_inside(compare):
