@@ -24,7 +24,7 @@ MODULES = [
     "reservoir_depth.models", "reservoir_depth.models.mlp", "reservoir_depth.models.plain",
     "reservoir_depth.models.linear", "reservoir_depth.models.llama", "reservoir_depth.models.encoder",
     "reservoir_depth.models.vit", "reservoir_depth.models.reservoir", "reservoir_depth.models.transformer",
-    "reservoir_depth.data", "reservoir_depth.data.dataset", "reservoir_depth.data.planted",
+    "reservoir_depth.data", "reservoir_depth.data.dataset", "reservoir_depth.planted",
     "reservoir_depth.data.text", "reservoir_depth.data.series", "reservoir_depth.spectra",
     "reservoir_depth.spectra.measures", "reservoir_depth.spectra.probes",
     "reservoir_depth.rank", "reservoir_depth.identity", "reservoir_depth.study", "reservoir_depth.results", "reservoir_depth.sweep",

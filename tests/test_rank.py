@@ -241,7 +241,7 @@ def test_adaptive_sweep_needs_fewer_runs_than_the_grid(tmp_path):
 
 
 def test_planted_teacher_shares_the_students_scaffold():
-    from reservoir_depth.data.planted import teacher
+    from reservoir_depth.planted import teacher
     from reservoir_depth.models import build
     from reservoir_depth.scaffold import ScaffoldConfig, scaffold
 
