@@ -27,7 +27,8 @@ import torch
 from reservoir_depth import data
 from reservoir_depth.data import text
 from reservoir_depth.results import Columns, ResultsStore
-from reservoir_depth.study import Study, _dataset
+from reservoir_depth.run import _dataset
+from reservoir_depth.study import Study
 from reservoir_depth.sweep import run_study
 from reservoir_depth.train import TASKS
 

@@ -39,8 +39,8 @@ WORKER = textwrap.dedent("""
 @pytest.fixture(autouse=True)
 def _blobs(monkeypatch):
     monkeypatch.setitem(data.DATASETS, "blobs", make_blobs)
-    from reservoir_depth import study as study_mod
-    study_mod._dataset.cache_clear()
+    from reservoir_depth import run as run_mod
+    run_mod._dataset.cache_clear()
 
 
 def worker_script(tmp_path, n=256, study=STUDY):

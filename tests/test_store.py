@@ -34,8 +34,8 @@ finished REAL)"""
 @pytest.fixture(autouse=True)
 def _blobs(monkeypatch):
     monkeypatch.setitem(data.DATASETS, "blobs", make_blobs)
-    from reservoir_depth import study as study_mod
-    study_mod._dataset.cache_clear()
+    from reservoir_depth import run as run_mod
+    run_mod._dataset.cache_clear()
 
 
 def columns(path) -> list[str]:
