@@ -1,4 +1,4 @@
-"""Issue 10's benchmark study files (experiments/*.toml) and the reservoirpy comparison.
+"""The benchmark study files (experiments/*.toml) and the reservoirpy comparison.
 
 - every study file parses (Study.load) and every one of its runs resolves (config, run id, scaffold);
 - each new study's smallest profile runs end to end: the study dict with one seed, full training and

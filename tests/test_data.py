@@ -182,7 +182,7 @@ def test_train_refuses_a_test_loss_that_turns_non_finite_after_an_epoch():
         train(model, make_blobs(), TrainConfig(epochs=2, progress=False))
 
 
-# ----------------------------------------------------------------------------- tasks of issue 9: tokens, lm, forecasting
+# ----------------------------------------------------------------------------- token, lm and forecasting tasks
 
 
 def tokens(n=6, T=5, vocab=7, task="lm", **override) -> dict:

@@ -1,4 +1,4 @@
-"""Tied weights: stored once, retied on load, the tie structure checked (issue: tied weights)."""
+"""Tied weights: stored once, retied on load, the tie structure checked."""
 
 import json
 
