@@ -382,3 +382,11 @@ def test_mnist1d_without_the_package_names_the_install_command(monkeypatch):
     monkeypatch.setitem(sys.modules, "mnist1d.data", None)
     with pytest.raises(ImportError, match=r"MNIST-1D needs the mnist1d package: `pip install mnist1d`"):
         data.load("mnist1d")
+
+
+def test_register_dataset_refuses_a_name_taken_by_another_loader(monkeypatch):
+    monkeypatch.setattr(data, "DATASETS", dict(data.DATASETS))
+    with pytest.raises(ValueError, match=r"dataset 'digits' is already registered .*digits"):
+        data.register_dataset("digits", lambda: None)
+    data.register_dataset("digits", data.DATASETS["digits"])  # the same loader again: nothing changes
+    assert data.DATASETS["digits"] is data.digits and data.digits.seeded_by_run is False

@@ -153,7 +153,11 @@ DATASETS: dict[str, Callable[..., Dataset]] = {
 
 
 def register_dataset(name: str, loader: Callable[..., Dataset], *, seeded_by_run: bool = False) -> None:
-    """Add ``loader`` to ``DATASETS`` under ``name``; ``seeded_by_run``: a sweep passes it the run's seed."""
+    """Add ``loader`` to ``DATASETS`` under ``name``; ``seeded_by_run``: a sweep passes it the run's seed.
+    A name already registered to another loader is refused, naming both."""
+    if DATASETS.get(name, loader) is not loader:
+        raise ValueError(f"dataset {name!r} is already registered (to {DATASETS[name].__qualname__}); "
+                         f"pick another name for {getattr(loader, '__qualname__', loader)!r}")
     loader.seeded_by_run = seeded_by_run
     DATASETS[name] = loader
 
