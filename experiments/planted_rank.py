@@ -2,7 +2,7 @@
 many runs does the adaptive search need against the full rank grid?
 
 Teacher = the student's own scaffold + a rank-k update (strength 1) in every layer
-(reservoir_depth.data.planted). Reference loss = the Bayes risk (noise = 0, so 0):
+(reservoir_depth.planted). Reference loss = the Bayes risk (noise = 0, so 0):
 full training from the usual init is *not* a ceiling here (it does not share the
 scaffold), so r*(eps) = min{r : L(r) <= eps}.
 

@@ -7,6 +7,7 @@ from ._version import __version__
 from .distributions import DISTRIBUTIONS, DistributionSpec, Family, draw, layer_seed, register, sample
 from .io import load, save
 from .models import scaffold_defaults
+from . import planted  # registers the data set "planted" (data/ sits below the teacher's scaffold)
 from .scaffold import (LAYER_TYPES, LayerType, ScaffoldConfig, ScaffoldConv1d, ScaffoldConv2d, Scaffolded,
                        ScaffoldEmbedding, ScaffoldLayer, ScaffoldLinear, ScaffoldMultiheadAttention,
                        ScaffoldTransposedLinear, advance, betas, count_parameters, layer_type, merge,

@@ -1,4 +1,4 @@
-"""Issue 10's benchmark study files (experiments/*.toml) and the reservoirpy comparison.
+"""The benchmark study files (experiments/*.toml) and the reservoirpy comparison.
 
 - every study file parses (Study.load) and every one of its runs resolves (config, run id, scaffold);
 - each new study's smallest profile runs end to end: the study dict with one seed, full training and
@@ -27,7 +27,8 @@ import torch
 from reservoir_depth import data
 from reservoir_depth.data import text
 from reservoir_depth.results import Columns, ResultsStore
-from reservoir_depth.study import Study, _dataset
+from reservoir_depth.run import _dataset
+from reservoir_depth.study import Study
 from reservoir_depth.sweep import run_study
 from reservoir_depth.train import TASKS
 

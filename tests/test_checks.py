@@ -94,7 +94,7 @@ def test_the_ground_floor_imports_nothing_of_the_package(module):
     assert _package_imports(module) == set()
 
 
-@pytest.mark.parametrize("name", ["io", "results", "ray_sweep"])
+@pytest.mark.parametrize("name", ["adapter_format", "results", "ray_sweep"])
 def test_modules_below_the_face_read_the_version_from_version_py(name):
     module = importlib.import_module(f"reservoir_depth.{name}")
     assert "._version" in _package_imports(module) and "." not in _package_imports(module)

@@ -131,7 +131,7 @@ def _factory_file(tmp_path):
 
 
 def test_spectra_of_a_users_own_model(tmp_path, capsys):
-    """Issue 13.3: `spectra --model FILE.py:FACTORY` reads a user's model (no adapter file needed)."""
+    """`spectra --model FILE.py:FACTORY` reads a user's model (no adapter file needed)."""
     f = _factory_file(tmp_path)
     assert main(["spectra", "--data", "digits", "--model", f"{f}:make", "--rows", "200"]) == 0
     out = capsys.readouterr().out

@@ -3,9 +3,11 @@ train()'s refusal of non-finite data and of a non-finite test loss."""
 
 from __future__ import annotations
 
+import ast
 import importlib
 import subprocess
 import sys
+from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
@@ -36,12 +38,29 @@ def regression(n=8, d=3, n_out=2, **override) -> dict:
 
 def test_dataset_lives_in_its_own_module():
     assert data.Dataset is dataset_module.Dataset
-    planted_module = importlib.import_module("reservoir_depth.data.planted")
+    planted_module = importlib.import_module("reservoir_depth.planted")
     assert planted_module.Dataset is dataset_module.Dataset  # imported at the top, not inside planted()
 
 
 def test_planted_imports_first_without_a_cycle():
-    subprocess.run([sys.executable, "-c", "import reservoir_depth.data.planted"], check=True)
+    subprocess.run([sys.executable, "-c", "import reservoir_depth.planted"], check=True)
+
+
+def test_the_data_floor_imports_nothing_above_it():
+    """data/ sits below scaffold/ and models/: the planted teacher, which needs both, registers from above."""
+    floor = Path(data.__file__).parent
+    for path in sorted(floor.glob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and node.level == 2:
+                assert node.module in ("checks", "distributions"), f"{path.name} imports ..{node.module}"
+
+
+@pytest.mark.parametrize("how", ["import reservoir_depth.data as d", "from reservoir_depth.data import load as _, DATASETS"])
+def test_planted_is_registered_with_its_metadata_whatever_is_imported_first(how):
+    code = (f"{how}\nimport reservoir_depth.data as d\n"
+            "assert d.DATASETS['planted'].seeded_by_run is True\n"
+            "assert d.load('planted', k=1, d=4, n_out=3, n_train=8, n_test=4).name == 'planted-k1'")
+    subprocess.run([sys.executable, "-c", code], check=True)
 
 
 # ----------------------------------------------------------------------------- Dataset checks
@@ -163,7 +182,7 @@ def test_train_refuses_a_test_loss_that_turns_non_finite_after_an_epoch():
         train(model, make_blobs(), TrainConfig(epochs=2, progress=False))
 
 
-# ----------------------------------------------------------------------------- tasks of issue 9: tokens, lm, forecasting
+# ----------------------------------------------------------------------------- token, lm and forecasting tasks
 
 
 def tokens(n=6, T=5, vocab=7, task="lm", **override) -> dict:
@@ -363,3 +382,11 @@ def test_mnist1d_without_the_package_names_the_install_command(monkeypatch):
     monkeypatch.setitem(sys.modules, "mnist1d.data", None)
     with pytest.raises(ImportError, match=r"MNIST-1D needs the mnist1d package: `pip install mnist1d`"):
         data.load("mnist1d")
+
+
+def test_register_dataset_refuses_a_name_taken_by_another_loader(monkeypatch):
+    monkeypatch.setattr(data, "DATASETS", dict(data.DATASETS))
+    with pytest.raises(ValueError, match=r"dataset 'digits' is already registered .*digits"):
+        data.register_dataset("digits", lambda: None)
+    data.register_dataset("digits", data.DATASETS["digits"])  # the same loader again: nothing changes
+    assert data.DATASETS["digits"] is data.digits and data.digits.seeded_by_run is False

@@ -1,4 +1,4 @@
-"""Training under torchrun (issue 12.2): 2 gloo processes on the CPU take the same steps as one
+"""Training under torchrun: 2 gloo processes on the CPU take the same steps as one
 process with the same global batch; only trainable tensors are all-reduced; rank 0 writes."""
 
 import json

@@ -1,4 +1,4 @@
-"""Every code block of README.md and docs/*.md runs as written and prints what it says (issue 13.1).
+"""Every code block of README.md and docs/*.md runs as written and prints what it says.
 
 docs/api.md (generated) and docs/tutorials/ (tests/test_tutorials.py) are left out.
 

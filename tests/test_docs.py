@@ -48,7 +48,7 @@ def test_every_public_function_has_a_docstring():
 
 
 def test_api_reference_quotes_string_defaults():
-    """Issue 13.10: string defaults keep their quotes (``bias: str = 'keep'``, not ``bias: str = keep``)."""
+    """String defaults keep their quotes (``bias: str = 'keep'``, not ``bias: str = keep``)."""
     spec = importlib.util.spec_from_file_location("render_api", ROOT / "docs" / "render_api.py")
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
@@ -64,7 +64,7 @@ def test_api_reference_quotes_string_defaults():
 
 
 def test_citation_file_names_the_toolkit_version_and_the_paper():
-    """Issue 13.8: CITATION.cff is valid YAML with CFF 1.2.0's required keys, the package's own
+    """CITATION.cff is valid YAML with CFF 1.2.0's required keys, the package's own
     version, and the paper (arXiv 2604.08749) as the preferred citation."""
     yaml = pytest.importorskip("yaml")
     import reservoir_depth
@@ -98,3 +98,23 @@ def test_torch_is_a_tested_lower_bound_and_installs_pin_the_cpu_build():
     test_cmd = _readme_block_after("Test suite:")
     assert "-c constraints-cpu.txt" in test_cmd and "-c constraints-cpu.txt" in _readme_block_after("Main job")
     assert test_cmd in (ROOT / ".ci" / "run").read_text()
+
+
+def test_the_readme_names_every_module_of_the_package():
+    """README's "What is in it" is the layout map: every module and package of reservoir_depth/ is in it."""
+    text = (ROOT / "README.md").read_text()
+    table = text[text.index("## What is in it"):]
+    table = table[:table.index("\n## ", 1)] if "\n## " in table[1:] else table
+    package = ROOT / "reservoir_depth"
+    names = [p.name + ("/" if p.is_dir() else "") for p in sorted(package.iterdir())
+             if p.name != "__init__.py" and (p.suffix == ".py" or (p.is_dir() and not p.name.startswith("__")))]
+    missing = [n for n in names if f"`{n}`" not in table and f"`reservoir_depth/{n}`" not in table]
+    assert not missing, f"README's 'What is in it' does not name {missing}"
+
+
+def test_every_module_says_its_job_in_a_docstring():
+    import ast
+
+    missing = [str(p.relative_to(ROOT)) for p in sorted((ROOT / "reservoir_depth").rglob("*.py"))
+               if not ast.get_docstring(ast.parse(p.read_text()))]
+    assert not missing, f"modules without a docstring: {missing}"

@@ -15,17 +15,14 @@ from reservoir_depth.distributions import DistributionSpec
 from reservoir_depth.models import build
 from reservoir_depth.scaffold import ScaffoldConfig, advance, merge, scaffold, scaffold_layers
 
+from helpers import nudge_trainable
+
 
 def trained_mlp(seed=3, r=4, spec="normal", bias="frozen", **config):
     m = build("mlp", d_in=20, n_out=5, hidden="tiny")
     m = scaffold(m, ScaffoldConfig(target_modules=m.scaffold_targets, trainable=m.scaffold_trainable, r=r,
                                    root_seed=seed, spec=DistributionSpec(spec), bias=bias, **config))
-    g = torch.Generator().manual_seed(1)
-    with torch.no_grad():  # stand-in for training: every trainable tensor moves
-        for p in m.parameters():
-            if p.requires_grad:
-                p.add_(0.1 * torch.randn(p.shape, generator=g))
-    return m.eval()
+    return nudge_trainable(m, 0.1, seed=1).eval()
 
 
 def sha(data: bytes) -> str:

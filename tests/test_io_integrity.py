@@ -1,4 +1,4 @@
-"""Adapter files that cannot be vouched for are refused, naming the file and the key (issue: adapter-file integrity)."""
+"""Adapter files that cannot be vouched for are refused, naming the file and the key."""
 
 import json
 import math

@@ -1,4 +1,4 @@
-"""Tied weights: stored once, retied on load, the tie structure checked (issue: tied weights)."""
+"""Tied weights: stored once, retied on load, the tie structure checked."""
 
 import json
 
@@ -9,6 +9,8 @@ from torch import nn
 
 from reservoir_depth import io
 from reservoir_depth.scaffold import ScaffoldConfig, scaffold
+
+from helpers import nudge_trainable
 
 
 class TiedNet(nn.Module):
@@ -28,10 +30,7 @@ class TiedNet(nn.Module):
 
 def trained_tied(tie=True):
     m = scaffold(TiedNet(tie), ScaffoldConfig(target_modules=["body"], trainable=["emb", "out"], r=2, root_seed=5))
-    with torch.no_grad():
-        for p in m.parameters():
-            if p.requires_grad:
-                p.add_(0.1 * torch.randn(p.shape, generator=torch.Generator().manual_seed(2)))
+    nudge_trainable(m, 0.1, seed=2)
     return m.eval()
 
 
@@ -81,10 +80,7 @@ def test_tiny_bert_for_masked_lm_round_trips(tmp_path):
 
     m = scaffold(fresh(), ScaffoldConfig(target_modules=[r".*attention\.self\.(query|key|value)"], r=2,
                                          trainable=["cls", "word_embeddings"], root_seed=1))
-    with torch.no_grad():
-        for p in m.parameters():
-            if p.requires_grad:
-                p.add_(0.05 * torch.randn(p.shape, generator=torch.Generator().manual_seed(3)))
+    nudge_trainable(m, 0.05, seed=3)
     io.save(m, tmp_path)
     ties = json.loads((tmp_path / io.CONFIG).read_text())["ties"]
     assert ties["cls.predictions.decoder.weight"] == "bert.embeddings.word_embeddings.weight"

@@ -1,4 +1,4 @@
-"""TensorBoard logging (issue 13.6): TrainConfig(log_dir=...), the study runner and --log-dir.
+"""TensorBoard logging: TrainConfig(log_dir=...), the study runner and --log-dir.
 
 Event files are read back with tensorboard's EventAccumulator and compared with the History's
 numbers; without log_dir nothing is written, tensorboard is not imported and run ids are unchanged.

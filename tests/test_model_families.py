@@ -16,6 +16,8 @@ from reservoir_depth.models.llama import FFN, resolve_size
 from reservoir_depth.models.transformer import Rotary
 from reservoir_depth.scaffold import ScaffoldConfig, ScaffoldLinear, merge, scaffold, scaffold_layers
 
+from helpers import nudge_trainable, scaffolded
+
 TINY_LLAMA = dict(d_in=11, n_out=11, size=None, d_model=16, layers=2, heads=2, context=12)
 TINY = {
     "llama": TINY_LLAMA,
@@ -23,11 +25,6 @@ TINY = {
     "vit": dict(d_in=64, n_out=3, image_size=8, patch=4, d_model=16, layers=2, heads=2, dropout=0.0),
     "reservoir": dict(d_in=2, n_out=2, units=12, leak=0.5, rho=0.8),
 }
-
-
-def scaffolded(model, r=2, **kw):
-    """Scaffold by the model's own declared targets, trainable extras and specs (scaffold_defaults)."""
-    return scaffold(model, ScaffoldConfig(**scaffold_defaults(model), r=r, **kw))
 
 
 def test_scaffold_defaults():
@@ -342,12 +339,7 @@ def test_build_round_trip(name, kw, tmp_path):
     torch.manual_seed(0)
     m = scaffolded(build(name, **kw), r=2)
     assert m.arch_config == {"name": name, **kw}
-    g = torch.Generator().manual_seed(1)
-    with torch.no_grad():
-        for p in m.parameters():
-            if p.requires_grad:
-                p.add_(0.05 * torch.randn(p.shape, generator=g))
-    m.eval()
+    nudge_trainable(m, 0.05, seed=1).eval()
     x, _, _ = data(name, n=3)
     io.save(m, tmp_path)
     torch.testing.assert_close(io.load(tmp_path).eval()(x), m(x), rtol=0, atol=0)

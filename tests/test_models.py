@@ -5,6 +5,8 @@ from reservoir_depth import io
 from reservoir_depth.models import build
 from reservoir_depth.scaffold import ScaffoldConfig, ScaffoldConv2d, count_parameters, merge, scaffold, scaffold_layers
 
+from helpers import nudge_trainable
+
 
 def plain(r=2, n=1):
     m = build("plain", d_in=784, n_out=10, n=n)
@@ -33,11 +35,7 @@ def test_plain_depth_and_shapes():
 def test_plain_merge_and_round_trip(tmp_path):
     m = plain(r=2)
     g = torch.Generator().manual_seed(0)
-    with torch.no_grad():
-        for p in m.parameters():
-            if p.requires_grad:
-                p.add_(0.1 * torch.randn(p.shape, generator=g))
-    m.eval()
+    nudge_trainable(m, 0.1, seed=0).eval()
     x = torch.randn(3, 784, generator=g)
     torch.testing.assert_close(merge(m).eval()(x), m(x), rtol=1e-4, atol=1e-5)
     io.save(m, tmp_path)

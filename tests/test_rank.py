@@ -105,8 +105,8 @@ def test_full_training_is_resampled_with_its_seed():
 
 
 def test_bootstrap_resamples_whole_curves_with_the_right_frequencies():
-    """Two seeds: a resample is {0,0}, {1,1} (1/4 each) or {0,1} (1/2). The digits MLP study (issue
-    numbers, test_acc at eps = 0.01): seed 0 alone saturates at r = 4, seed 1 and the pair at r = 8."""
+    """Two seeds: a resample is {0,0}, {1,1} (1/4 each) or {0,1} (1/2). The digits MLP study (its
+    stored numbers, test_acc at eps = 0.01): seed 0 alone saturates at r = 4, seed 1 and the pair at r = 8."""
     ranks = [0, 1, 2, 4, 8, 16, 32]
     values = [[0.900000, 0.936111, 0.977778, 0.986111, 0.977778, 0.980556, 0.977778],
               [0.852778, 0.955556, 0.963889, 0.966667, 0.977778, 0.980556, 0.986111]]
@@ -241,7 +241,7 @@ def test_adaptive_sweep_needs_fewer_runs_than_the_grid(tmp_path):
 
 
 def test_planted_teacher_shares_the_students_scaffold():
-    from reservoir_depth.data.planted import teacher
+    from reservoir_depth.planted import teacher
     from reservoir_depth.models import build
     from reservoir_depth.scaffold import ScaffoldConfig, scaffold
 

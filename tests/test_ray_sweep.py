@@ -1,5 +1,5 @@
 """Sweeps on a local Ray instance (2 CPUs): the same store rows as the local path, failures
-recorded, a killed driver resumed without redoing finished runs (issue 12.1, 12.4)."""
+recorded, a killed driver resumed without redoing finished runs."""
 
 import json
 import os

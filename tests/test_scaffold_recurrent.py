@@ -134,7 +134,7 @@ def test_what_is_not_supported_is_refused_by_name():
 
 @pytest.mark.parametrize("kind", ["GRU", "LSTM"])
 def test_all_linear_takes_recurrent_layers(kind):
-    """Issue 19: "all-linear" passed GRU / LSTM over with no word; now each gate is a scaffold."""
+    """"all-linear" scaffolds each gate of a GRU / LSTM (it once passed them over with no word)."""
     class Forecaster(nn.Module):
         scaffold_head = "readout"
 

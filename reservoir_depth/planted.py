@@ -8,6 +8,10 @@ layer, s B A = strength * U V^T with orthonormal U, V (Prop. 4 of theory/):
 
 A student on the same scaffold represents the teacher exactly iff r >= k, so
 r*(eps) = k for every eps below the loss of one missing direction.
+
+The teacher needs scaffold/ and models/, which sit above data/, so this module registers
+the data set "planted" from here (``data.register_dataset``); the package imports it, so
+``data.load("planted", ...)`` works whichever module is imported first.
 """
 
 from __future__ import annotations
@@ -17,10 +21,11 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
-from ..distributions import DistributionSpec, layer_seed, rng_for
-from ..models import build, scaffold_defaults
-from ..scaffold import ScaffoldConfig, scaffold, scaffold_layers
-from .dataset import Dataset
+from .data import register_dataset
+from .data.dataset import Dataset
+from .distributions import DistributionSpec, layer_seed, rng_for
+from .models import build, scaffold_defaults
+from .scaffold import ScaffoldConfig, scaffold, scaffold_layers
 
 
 def _orthonormal(rng: np.random.Generator, n: int, k: int) -> np.ndarray:
@@ -60,4 +65,4 @@ def planted(k: int = 4, d: int = 32, n_out: int = 32, hidden: Sequence[int] = ()
     return Dataset(f"planted-k{k}", X[:n_train], Y[:n_train], X[n_train:], Y[n_train:], 0, task="regression")
 
 
-planted.seeded_by_run = True  # a sweep passes the run's seed: the teacher shares the student's scaffold
+register_dataset("planted", planted, seeded_by_run=True)  # the teacher shares the student's scaffold
