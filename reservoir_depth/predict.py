@@ -53,7 +53,7 @@ MEASURE_OF: dict[str, Callable[[Spectrum], float]] = {  # spectrum -> a number r
     "k_0.9": lambda s: float(s.k_tau(0.9)),
     "k_0.99": lambda s: float(s.k_tau(0.99)),
 }
-ROWS = 2000  # at most this many training inputs for the activation / data spectra
+ROWS = 1000  # at most this many training inputs for the activation / data spectra
 
 
 def _check_measure(measure: str) -> None:
@@ -227,14 +227,28 @@ class ProbeSpectrum(_Predictor):
         return self._finish(WeightSpectra("adapter").fit(probe).spectra_, t0)
 
 
-def _per_sample(rows: torch.Tensor, n: int, n_targets: int) -> torch.Tensor:
-    """Align a layer's (rows, features) with the targets: as is when there is one row per target,
-    else the mean of each sample's rows (n samples, rows sample-major)."""
-    if rows.shape[0] == n_targets:
-        return rows
-    if rows.shape[0] % n:
-        raise ValueError(f"{rows.shape[0]} rows for {n} samples: cannot align them with the targets")
-    return rows.reshape(n, -1, rows.shape[1]).mean(1)
+def _reducer(n: int, n_targets: int, batch_size: int, max_rows: int):
+    """(on_rows, seen) for _hooked_pass over n samples in batches of ``batch_size``: each layer's
+    (rows, features) is kept as is when it has one row per target, else averaged per sample (conv
+    patches, positions of a sequence with one target); at most ``max_rows`` rows per layer."""
+    per = n_targets // n
+    seen: dict[str, list[torch.Tensor]] = {}
+    done: dict[str, int] = {}
+
+    def on_rows(name: str, rows: torch.Tensor) -> None:
+        start = done.get(name, 0)
+        b = min(batch_size, n - start)
+        done[name] = start + b
+        if rows.shape[0] != b * per:
+            if rows.shape[0] % b:
+                raise ValueError(f"layer {name!r}: {rows.shape[0]} rows for {b} samples; cannot align them "
+                                 f"with the targets")
+            rows = rows.reshape(b, -1, rows.shape[1]).mean(1)
+        kept = sum(len(r) for r in seen.get(name, []))
+        if kept < max_rows:
+            seen.setdefault(name, []).append(rows[:max_rows - kept].detach().double().cpu())
+
+    return on_rows, seen
 
 
 def _task_spectrum(X: np.ndarray, y: torch.Tensor) -> Spectrum:
@@ -257,25 +271,26 @@ class LayerTaskSpectrum(_Predictor):
     inputs at init, over ``n_rows`` training samples (a layer seeing several rows per sample, conv
     patches or sequence positions, is averaged per sample unless each row has its own target)."""
 
-    def __init__(self, n_rows: int = ROWS, measure: str = "participation_ratio") -> None:
-        self.n_rows, self.measure = n_rows, measure
+    def __init__(self, n_rows: int = ROWS, max_rows: int = 20000, measure: str = "participation_ratio") -> None:
+        self.n_rows, self.max_rows, self.measure = n_rows, max_rows, measure
 
     def fit(self, model: nn.Module, data) -> "LayerTaskSpectrum":
         _check_int("n_rows", self.n_rows)
+        _check_int("max_rows", self.max_rows)
         _check_measure(self.measure)
         t0 = time.perf_counter()
         n = min(self.n_rows, len(data.X_train))
         y = _targets_of(data, n)
+        if data.task == "forecasting":
+            raise ValueError("forecasting: a layer's inputs per time step include the washout steps the loss "
+                             "leaves out; use DataSpectrum(kind='task') for Cov(x, y) of the series")
         chosen = _select_layers(model, None)
-        seen: dict[str, list[torch.Tensor]] = {name: [] for name, _ in chosen}
-        _hooked_pass(model, data.X_train[:n], chosen, "input",
-                     lambda name, rows: seen[name].append(rows.detach().double().cpu()), 256, torch.device("cpu"))
+        on_rows, seen = _reducer(n, len(y), 256, self.max_rows)
+        _hooked_pass(model, data.X_train[:n], chosen, "input", on_rows, 256, torch.device("cpu"))
         spectra = {}
-        for name, parts in seen.items():
-            rows = torch.cat(parts)
-            if data.task == "forecasting":  # drop the washout steps, as the loss does
-                rows = rows.reshape(n, -1, rows.shape[1])[:, data.washout:].reshape(-1, rows.shape[1])
-            spectra[name] = _task_spectrum(_per_sample(rows, n, len(y)).numpy(), y)
+        for name, parts in seen.items():  # a layer its container calls without its forward (nn.GRU's gates)
+            rows = torch.cat(parts)       # is never seen, and has no entry
+            spectra[name] = _task_spectrum(rows.numpy(), y[:len(rows)])
         return self._finish(spectra, t0)
 
 
