@@ -403,3 +403,18 @@ def evaluate(table: pd.DataFrame, constants: bool = True) -> tuple[pd.DataFrame,
                         "median seconds": float(g["seconds"].median()),
                         "median cost fraction": float(g["cost_fraction"].median())})
     return out, pd.DataFrame(summary)
+
+
+# ----------------------------------------------------------------------------- use
+
+def predict_study(study: Study, estimator: _Predictor | None = None, scale: float = 1.0):
+    """(per-layer frame, predicted r*) of ``study`` at init, before anything trains: ``estimator``
+    (default GradientSpectrum()) fit on its model at rank 0 (first seed), each layer's value times
+    ``scale`` (the calibration: docs/results/predict/evaluation.csv holds each predictor's), and
+    the max over layers. The prediction is for r* at the headline tolerance of the study's metric."""
+    if not (isinstance(scale, (int, float)) and math.isfinite(scale) and scale > 0):
+        raise ValueError(f"scale must be a finite number > 0, got {scale!r}")
+    est = (estimator or GradientSpectrum()).fit(*init_model(study))
+    rows = pd.DataFrame({"layer": list(est.per_layer_), "raw": list(est.per_layer_.values())})
+    rows["predicted r*"] = rows["raw"] * scale
+    return rows, est.r_ * scale, est.seconds_

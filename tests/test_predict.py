@@ -139,3 +139,16 @@ def test_target_is_the_reports_r_star():
     sr = saturation(study.frame(ResultsStore(folder / "runs.sqlite")), study, "test_acc", m.headline_eps)
     assert (row["metric"], row["eps"], row["tolerance"]) == ("test_acc", 0.01, "absolute")
     assert row["r_star"] == sr.r_star_ and row["max_rank"] == sr.max_rank_
+
+
+def test_cli_predict_prints_per_layer_and_the_max(capsys):
+    from reservoir_depth.cli import main
+
+    assert main(["predict", "--scale", "2", "--measure", "stable_rank"]) == 0
+    out = capsys.readouterr().out
+    assert "layers.0.weight" in out and "nothing trained" in out
+    rows = [line.split("|") for line in out.splitlines() if line.startswith("| layers.")]
+    raw, pred = float(rows[0][2]), float(rows[0][3])
+    assert pred == pytest.approx(2 * raw, rel=1e-3)
+    assert main(["predict", "--scale", "0"]) != 0
+    assert "scale must be a finite number > 0, got 0.0" in capsys.readouterr().err
