@@ -34,6 +34,7 @@ from .report import NoResults, markdown, summary, write_report
 from .results import ResultsStore
 from .scaffold import ScaffoldConfig, count_parameters, scaffold
 from .spectra import ActivationSpectra, WeightSpectra
+from .predict import MEASURE_OF, GradientSpectrum, predict_study
 from .readout import READOUTS
 from .study import Study
 from .sweep import backfill, dataset_rows, run_study
@@ -231,6 +232,15 @@ def cmd_spectra(args: argparse.Namespace) -> None:
         print(f"wrote {args.csv}")
 
 
+def cmd_predict(args: argparse.Namespace) -> None:
+    """r* predicted at init (predict.predict_study: the first gradient's spectrum per target weight)."""
+    study = _study(args.study)
+    rows, r, seconds = predict_study(study, GradientSpectrum(measure=args.measure), scale=args.scale)
+    print(markdown(rows))
+    print(f"predicted r* (headline tolerance of {study.study!r}, max over layers): {r:.3g}, "
+          f"{args.measure} x {args.scale:g}, in {seconds:.2f} s; nothing trained")
+
+
 def cmd_distributions() -> None:
     for name, f in sorted(DISTRIBUTIONS.items()):
         params = ", ".join(f"{k}={v}" for k, v in f.defaults.items())
@@ -323,6 +333,11 @@ def parser() -> argparse.ArgumentParser:
     sp.add_argument("--layers", nargs="*", help="layer names or regexes (default: the scaffold layers)")
     sp.add_argument("--rows", type=positive_int, default=10000, help="training inputs used for activation spectra")
     sp.add_argument("--csv", help="also write the table to this CSV file")
+    pr = sub.add_parser("predict", help="predict r* at init, per layer, before anything trains", formatter_class=D)
+    pr.add_argument("study", nargs="?", help="a study TOML (default: the digits study)")
+    pr.add_argument("--measure", choices=list(MEASURE_OF), default="participation_ratio")
+    pr.add_argument("--scale", type=float, default=1.0,
+                    help="calibration factor (docs/results/predict/evaluation.csv, column scale)")
     sub.add_parser("distributions", help="list the registered random-matrix families")
     return p
 
@@ -351,6 +366,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             cmd_train(args)
         elif args.cmd == "spectra":
             cmd_spectra(args)
+        elif args.cmd == "predict":
+            cmd_predict(args)
         else:
             cmd_distributions()
     except NoResults as e:
