@@ -279,7 +279,7 @@ def test_studies_vary_one_setting_each_over_the_width_medium_profile(fm_studies)
             assert extra == ({} if sched == "static" else {"schedule": sched, **({"k": k} if k > 1 else {})})
             assert s.full == (sched == "static") and list(s.ranks) == [2, 4, 8] and list(s.seeds) == [0, 1, 2]
         elif name == "no scaffold":
-            assert extra == {"spec": {"name": "zeros"}}
+            assert extra == {"spec": {"name": "zeros", "version": 1}}  # the draw its stored runs used
         elif name.startswith("family"):
             assert extra == {"spec": {"name": name.split()[1], "version": 2}} and list(s.ranks) == [8]
     assert {n.split()[1] for n in studies if n.startswith("schedule")} == {"static", "epoch", "step", "batch"}
