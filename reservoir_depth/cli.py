@@ -60,7 +60,7 @@ def cmd_sweep(study: Study, out: Path, progress: bool = True, workers: int = 1, 
               gpus: float | None = None, log_dir: str | None = None, threads: int = 1):
     """Run what is not done yet, record what old runs lack (sweep.backfill); RunsFailed if any run failed.
     ``backend="ray"`` sends each run to a Ray cluster (ray_sweep.run_study_ray). ``log_dir``: each run's
-    TensorBoard events under log_dir/<study>/<run_id> (local backend). ``threads``: torch threads per run
+    TensorBoard events under log_dir/<study>/<method>-r<r>-seed<seed>-<id> (sweep.log_dir_of; local backend). ``threads``: torch threads per run
     (local backend)."""
     if log_dir is not None:
         if backend == "ray":
@@ -270,7 +270,7 @@ def parser() -> argparse.ArgumentParser:
                            help="GPUs Ray reserves for each run (default: the study's [resources] gpus, else 0)")
             s.add_argument("--log-dir", metavar="DIR", default=None,
                            help="write each run's TensorBoard events (per-step loss, epoch metrics, beta, spectra) "
-                                "under DIR/<study>/<run_id>; needs `pip install tensorboard` "
+                                "under DIR/<study>/<method>-r<r>-seed<seed>-<id>, with its hyperparameters; needs `pip install tensorboard` "
                                 "(default: no logging)%(default).0s")
     t = sub.add_parser("train", help="train one LottaLoRA model and optionally save its adapter file",
                        description="Train one LottaLoRA model (frozen scaffold + A, B, beta, trainable head).",

@@ -14,11 +14,12 @@ washout, teacher-forced and free-running NRMSE).
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import time
-from dataclasses import asdict, dataclass, field
-from typing import Any, Mapping
+from dataclasses import asdict, dataclass, field, fields
+from typing import Any, Mapping, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -153,6 +154,16 @@ class TensorBoardLog:
     def epoch(self, row: Mapping[str, Any]) -> None:
         self.scalars("epoch", {k: v for k, v in row.items() if k != "epoch"}, row["epoch"])
 
+    def hparams(self, values: Mapping[str, Any], metrics: Sequence[str]) -> None:
+        """The run's hyperparameters (TensorBoard's HParams tab), judged by the scalar tags ``metrics``;
+        a value other than a number, bool or str is written as its JSON text."""
+        from torch.utils.tensorboard.summary import hparams  # tensorboard is optional (check())
+
+        plain = {k: v if isinstance(v, (bool, int, float, str)) else json.dumps(v, sort_keys=True)
+                 for k, v in values.items()}
+        for summary in hparams(plain, dict.fromkeys(metrics, 0.0)):
+            self.writer.file_writer.add_summary(summary)
+
     def close(self) -> None:
         self.writer.close()
 
@@ -172,8 +183,19 @@ class NoLog(TensorBoardLog):
     def scalars(self, prefix: str, values: Mapping[str, Any], step: int) -> None:
         pass
 
+    def hparams(self, values: Mapping[str, Any], metrics: Sequence[str]) -> None:
+        pass
+
     def close(self) -> None:
         pass
+
+
+def hparams_of(config: TrainConfig, model: nn.Module) -> dict[str, Any]:
+    """A run's hyperparameters: the TrainConfig's fields (less progress and log_dir) and the model's
+    ScaffoldConfig (r, alpha, the spec of W_seed, ...) when it is scaffolded."""
+    out = {f.name: getattr(config, f.name) for f in fields(config) if f.name not in ("progress", "log_dir")}
+    scaffolded = getattr(model, "scaffold_config", None)
+    return {**out, **(scaffolded.to_dict() if scaffolded is not None else {})}
 
 
 def resolve_device(device: str = "auto") -> torch.device:
@@ -510,7 +532,8 @@ def input_mismatch(model: nn.Module, data, error: Exception) -> ValueError | Non
     return out
 
 
-def train(model: nn.Module, data, config: TrainConfig = TrainConfig()) -> History:
+def train(model: nn.Module, data, config: TrainConfig = TrainConfig(),
+          hparams: Mapping[str, Any] | None = None) -> History:
     """Train the parameters of ``model`` that require grad on ``data`` (a data.Dataset).
 
     The loss and the test metrics are those of ``data.task`` (TASKS): one row per epoch with
@@ -521,7 +544,8 @@ def train(model: nn.Module, data, config: TrainConfig = TrainConfig()) -> Histor
     Raises FloatingPointError on a NaN or inf training loss, naming the epoch and step, and on a
     NaN or inf test loss (a non-finite test loss is never recorded as a number).
     With ``config.log_dir``, the run is also written as TensorBoard events (TensorBoardLog; under
-    torchrun by rank 0 alone).
+    torchrun by rank 0 alone) with its hyperparameters (hparams_of, and ``hparams``: a sweep's study,
+    method, ...), judged by the epoch rows' train_loss and test metrics.
     """
     check_dataset(data)
     t = task_of(getattr(data, "task", "classification"))
@@ -574,6 +598,8 @@ def train(model: nn.Module, data, config: TrainConfig = TrainConfig()) -> Histor
             record(0, float("nan"), 0.0)  # the model's first forward
         except RuntimeError as e:
             raise input_mismatch(model, data, e) or e
+        log.hparams({**hparams_of(config, model), **(hparams or {})},
+                    [f"epoch/{k}" for k in hist.epochs[0] if k == "train_loss" or k.startswith("test_")])
         bar = tqdm(total=config.epochs * math.ceil(n / config.batch_size), disable=not config.progress or rank > 0,
                    desc="train", leave=False, dynamic_ncols=True)
         for epoch in range(1, config.epochs + 1 if params else 1):
