@@ -172,7 +172,8 @@ def cmd_train(args: argparse.Namespace) -> None:
         model = build(args.arch, seed=args.seed, d_in=d.d_in, n_out=d.n_out, **arch)
     except TypeError as e:  # an --arch-kw the family does not take
         raise ValueError(f"--arch {args.arch}: {e}") from None
-    model = scaffold(model, ScaffoldConfig(**scaffold_defaults(model), r=args.rank, alpha=args.alpha,
+    chosen = {k: v for k, v in (("target_modules", args.target), ("trainable", args.trainable)) if v is not None}
+    model = scaffold(model, ScaffoldConfig(**{**scaffold_defaults(model), **chosen}, r=args.rank, alpha=args.alpha,
                                            rslora=args.rslora, root_seed=args.seed, spec=DistributionSpec(args.dist)))
     main = distributed.is_main()  # under torchrun, rank 0 alone prints and writes
     if main:
@@ -283,6 +284,12 @@ def parser() -> argparse.ArgumentParser:
     t.add_argument("--rank", type=int, default=4, help="LoRA rank r (0: beta and head only)")
     t.add_argument("--alpha", type=float, default=16.0, help="LoRA alpha; s = alpha / r")
     t.add_argument("--rslora", action="store_true", help="s = alpha / sqrt(r) instead of alpha / r")
+    t.add_argument("--target", metavar="PATTERN", nargs="+", default=None,
+                   help="the layers to scaffold (ScaffoldConfig.target_modules): names or regexes matched in full, "
+                        "or all-linear (default: what the architecture declares)%(default).0s")
+    t.add_argument("--trainable", metavar="PATTERN", nargs="+", default=None,
+                   help="modules trained in full beside A, B and beta (ScaffoldConfig.trainable; default: what the "
+                        "architecture declares, e.g. the head)%(default).0s")
     t.add_argument("--dist", default="normal",
                    help="family of W_seed, with its default scaling rule (`reservoir-depth distributions` lists them)")
     t.add_argument("--epochs", type=positive_int, default=TrainConfig.epochs, help="training epochs")
@@ -309,8 +316,11 @@ def parser() -> argparse.ArgumentParser:
     t.add_argument("--log-dir", metavar="DIR", default=None,
                    help="write TensorBoard events (per-step loss, epoch metrics, beta per layer) to DIR; needs "
                         "`pip install tensorboard`; view with `tensorboard --logdir DIR` (default: no logging)%(default).0s")
-    sp = sub.add_parser("spectra", help="PCA / task / adapter spectra of a dataset and a saved model",
-                        formatter_class=D)
+    text = "PCA / task / adapter spectra of a dataset and a saved model"
+    sp = sub.add_parser("spectra", help=text, formatter_class=D,
+                        description=f"{text}: the data set's inputs, between-class scatter (or Cov(x, y)) and "
+                                    "intrinsic dimension; with --adapter or --model, each layer's inputs; with "
+                                    "--adapter, each adapter s B A.")
     sp.add_argument("--data", default=None, choices=sorted(DATASETS),
                     help="dataset (default: the one the --adapter folder was trained on, else digits)%(default).0s")
     sp.add_argument("--data-kw", metavar="KEY=VALUE", type=_keyword("--data-kw"), action="append", default=[],
@@ -323,7 +333,9 @@ def parser() -> argparse.ArgumentParser:
     sp.add_argument("--layers", nargs="*", help="layer names or regexes (default: the scaffold layers)")
     sp.add_argument("--rows", type=positive_int, default=10000, help="training inputs used for activation spectra")
     sp.add_argument("--csv", help="also write the table to this CSV file")
-    sub.add_parser("distributions", help="list the registered random-matrix families")
+    sub.add_parser("distributions", help="list the registered random-matrix families",
+                   description="List the registered random-matrix families of W_seed: name, default scaling rule, "
+                               "parameters with their defaults, and what each draws (use one with train --dist).")
     return p
 
 

@@ -198,9 +198,19 @@ class SaveReport:
                 f"({100 * self.ratio:.2f}%)")
 
 
+def _umask() -> int:
+    """The process's umask (read by setting it and setting it back)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
 def _atomic_write(path: Path, data: bytes) -> None:
+    """``data`` to ``path`` through a temporary file in the same folder and a rename; the file gets the mode
+    a plain ``open(path, "wb")`` would give it (0o666 less the umask), not mkstemp's 0o600."""
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
     try:
+        os.fchmod(fd, 0o666 & ~_umask())
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()
@@ -503,7 +513,8 @@ def load(path: str | os.PathLike, model: nn.Module | None = None, build: Builder
     ``model``: a fresh, unscaffolded instance of the architecture; needed when the
     file records no architecture (a user's own torch model). Otherwise the recorded
     ``arch`` is rebuilt with ``build(name, **kwargs)`` (default: the architecture
-    registry's, models.build).
+    registry's, models.build). The model is returned in eval mode (dropout off); call
+    ``model.train()`` before training it further.
     """
     path = Path(path)
     meta, tensors = verify(path)
@@ -523,4 +534,4 @@ def load(path: str | os.PathLike, model: nn.Module | None = None, build: Builder
     _check_model(path, meta, model, tensors)
     ties = meta.get("ties", {})
     model.load_state_dict({**tensors, **{alias: tensors[name] for alias, name in ties.items()}}, strict=False)
-    return model
+    return model.eval()
