@@ -167,6 +167,8 @@ def cmd_train(args: argparse.Namespace) -> None:
     tc = TrainConfig(epochs=args.epochs, lr=args.lr, batch_size=args.batch_size, seed=args.seed,
                      progress=not args.no_progress, log_dir=args.log_dir, compile=args.compile,
                      seed_dtype=args.seed_dtype, readout=args.readout, ridge=args.ridge)
+    if args.save and distributed.is_main():  # rank 0 alone writes
+        io.check_writable(args.save)  # before the first epoch: a run is not trained to be lost
     d = data.load(args.data, **dict(args.data_kw))
     try:
         model = build(args.arch, seed=args.seed, d_in=d.d_in, n_out=d.n_out, **arch)

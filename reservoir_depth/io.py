@@ -221,6 +221,34 @@ def _atomic_write(path: Path, data: bytes) -> None:
         raise
 
 
+def check_writable(path: str | os.PathLike) -> None:
+    """Refuse, before any work is done, a folder ``save`` could not write (a path under a regular file, a
+    regular file, a folder it may not write in): a ValueError naming the path and the reason. It creates
+    the folder and a temporary file in it, and removes both; nothing is left behind."""
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise ValueError(f"cannot save to {path}: it is a file, and an adapter file is a folder "
+                         f"(adapter.safetensors + adapter.json); choose a folder path")
+    created = [p for p in (path, *path.parents) if not p.exists()]  # innermost first
+    above = next((p for p in path.parents if p.exists()), None)
+    if above is not None and not above.is_dir():
+        raise ValueError(f"cannot save to {path}: {above} is a file, not a folder; choose a folder path")
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=path):
+            pass
+    except OSError as e:
+        raise ValueError(f"cannot save to {path}: {e.strerror or e}"
+                         f"{f' ({e.filename})' if e.filename and str(e.filename) != str(path) else ''}; "
+                         f"choose a folder that can be created and written") from None
+    finally:
+        for p in created:
+            try:
+                p.rmdir()
+            except OSError:
+                break
+
+
 def save(model: nn.Module, path: str | os.PathLike, arch: dict[str, Any] | None = None) -> SaveReport:
     """Write ``path``/adapter.safetensors and ``path``/adapter.json (each atomically; format in the module doc).
 
