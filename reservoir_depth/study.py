@@ -397,9 +397,12 @@ class Study:
         return out
 
     def frame(self, store) -> Any:
-        """The store's finished runs of this study, restricted to the study's current configs."""
+        """The store's finished runs of this study, restricted to the study's current configs. It always has
+        a rank column (NaN for 'full'), also when no scaffolded run finished (every rank run failed, or none)."""
         ids = {r.run_id for r in self.runs()}
         df = store.frame(self.study)
+        if len(df) and Columns.RANK not in df:
+            df = df.assign(**{Columns.RANK: np.nan})
         return df[df[Columns.RUN_ID].isin(ids)] if len(df) else df
 
 
