@@ -280,6 +280,9 @@ class Study:
                     resources={**RESOURCE_KEYS, **resources}, source=source)
         try:  # the settings' own checks (values in range, known families, ...), with the source named
             TrainConfig(**train)
+        except (ValueError, TypeError) as e:
+            raise StudyError(f"{source}: [train] {e}") from e
+        try:
             Run(study.study, ds, arch, "lotta", seeds[0], train, {**scaffold, "r": 0}).scaffold_config()
         except (ValueError, TypeError) as e:
             raise StudyError(f"{source}: {e}") from e

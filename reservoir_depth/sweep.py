@@ -35,7 +35,7 @@ from .models import build, scaffold_defaults
 from .results import Columns, ResultsStore, SweepCounts
 from .scaffold import ScaffoldConfig, merge, scaffold
 from .spectra import ActivationSpectra, IntrinsicDimension, TaskSpectrum, WeightSpectra
-from .study import Run, Study
+from .study import Run, Study, StudyError
 from .rank import adaptive_search
 from .train import TensorBoardLog, TrainConfig, metric_of, task_of, train
 
@@ -57,6 +57,27 @@ def build_model(run: Run, d: data.Dataset):
     if run.method == "twin":
         model = merge(model)  # W = beta W_seed + s B A = W_seed at init, every weight trainable
     return model
+
+
+def check_study(study: Study | Mapping[str, Any]) -> None:
+    """Refuse, before any run, a [scaffold] table that would fail every run: the study's model is built once
+    (on the meta device; its data set loaded for d_in and n_out) and scaffolded with the study's config at
+    r = 0 (a rank too large for a layer stays one run's failure). A StudyError names the file and the key
+    (a target_modules or max_rank pattern that matches nothing, a module no layer type handles, ...)."""
+    study = Study.of(study)
+    run = next((r for r in study.runs() if r.method in ("lotta", "twin")), None)
+    if run is None:
+        return
+    run = Run(**{**run.__dict__, "scaffold": {**run.scaffold, "r": 0}})
+    d = run.data()
+    try:
+        try:
+            with torch.device("meta"):
+                build_model(run, d)
+        except (RuntimeError, NotImplementedError):  # a family that cannot be built without storage
+            build_model(run, d)
+    except (ValueError, TypeError) as e:
+        raise StudyError(f"{study.source}: [scaffold] {e} (in {run.arch['name']!r} built for {d.name!r})") from None
 
 
 def log_dir_of(run: Run, log_dir: str | os.PathLike) -> Path:
@@ -309,6 +330,7 @@ def run_study(study: Mapping[str, Any], store: ResultsStore, workers: int = 1, p
     for name, v in (("workers", workers), ("threads", threads)):
         if not isinstance(v, int) or isinstance(v, bool) or v < 1:
             raise ValueError(f"{name} must be a positive integer, got {v!r}")
+    check_study(study)
     runs = Study.of(study).runs()
     if workers == 1:
         with torch_threads(threads):

@@ -92,6 +92,12 @@ class TrainConfig:
         check_ridge(self.ridge)
         if self.seed_dtype not in SEED_DTYPES:
             raise ValueError(f"seed_dtype must be one of {SEED_DTYPES}, got {self.seed_dtype!r}")
+        if self.device != "auto":
+            try:
+                torch.device(self.device)
+            except (RuntimeError, TypeError):
+                raise ValueError(f"device must be 'auto' or a torch device ('cpu', 'cuda', 'cuda:1', 'mps', ...), "
+                                 f"got {self.device!r}") from None
         if self.log_dir is not None and (not isinstance(self.log_dir, (str, os.PathLike)) or not str(self.log_dir)):
             raise ValueError(f"log_dir must be a folder path (str or os.PathLike) or None (no logging), "
                              f"got {self.log_dir!r}")
