@@ -26,7 +26,7 @@ import pandas as pd
 from torch import nn
 
 from . import __version__, data, distributed, io, ray_sweep
-from .checks import positive_int
+from .checks import check_folder, positive_int
 from .data import DATASETS
 from .distributions import DISTRIBUTIONS, DistributionSpec
 from .models import ARCHITECTURES, SIZES, build, scaffold_defaults
@@ -52,7 +52,9 @@ def _study(path: str | None) -> Study:
 
 
 def _out(study: Study, out: str | None) -> Path:
-    return Path(out) if out else Path("results") / study.study
+    path = Path(out) if out else Path("results") / study.study
+    check_folder(path, "--out")
+    return path
 
 
 def cmd_sweep(study: Study, out: Path, progress: bool = True, workers: int = 1, retry_failed: bool = False,
@@ -66,6 +68,7 @@ def cmd_sweep(study: Study, out: Path, progress: bool = True, workers: int = 1, 
         if backend == "ray":
             raise ValueError("--log-dir is for the local backend; Ray runs its tasks on other machines")
         TensorBoardLog.check()  # a missing tensorboard is reported before any run starts
+        check_folder(log_dir, "--log-dir")
     if backend == "ray":
         ray_sweep._ray()  # a missing ray is reported before the store is created
         if workers != 1:
@@ -370,8 +373,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except NoResults as e:
         print(f"reservoir-depth: {e}", file=sys.stderr)
         return FAILED
-    except (ValueError, FileNotFoundError, ImportError) as e:
-        print(f"reservoir-depth: error: {e}", file=sys.stderr)
+    except (ValueError, FileNotFoundError, ImportError, FloatingPointError) as e:  # FloatingPointError: a run
+        print(f"reservoir-depth: error: {e}", file=sys.stderr)                    # diverged (its lr, mostly)
         return BAD_INPUT
     return 0
 

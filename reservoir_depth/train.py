@@ -26,6 +26,7 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
+from .checks import check_folder
 from .data.dataset import check_dataset
 from .distributions import torch_rng
 from .identity import NOT_IDENTITY, added
@@ -101,6 +102,8 @@ class TrainConfig:
         if self.log_dir is not None and (not isinstance(self.log_dir, (str, os.PathLike)) or not str(self.log_dir)):
             raise ValueError(f"log_dir must be a folder path (str or os.PathLike) or None (no logging), "
                              f"got {self.log_dir!r}")
+        if self.log_dir is not None:
+            check_folder(self.log_dir, "log_dir")
 
 
 @dataclass
