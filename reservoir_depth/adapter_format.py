@@ -10,6 +10,7 @@ import json
 import math
 import os
 import re
+import struct
 from dataclasses import fields
 from pathlib import Path
 from typing import Any, Callable, Mapping
@@ -35,6 +36,8 @@ KEYS = {  # top-level keys of adapter.json, by format major version
     2: ("arch", "config_sha256", "draws", "fingerprints", "format", "scaffold", "tensors", "tensors_sha256", "ties",
         "versions"),
 }
+FORMAT_1_SCAFFOLD = ("alpha", "bias", "k", "r", "root_seed", "rslora", "schedule", "spec", "target_modules", "trainable")
+FORMAT_1_SPEC = ("center", "gain", "name", "params", "rho", "scaling")  # what format 1 could write, and nothing else
 FINGERPRINT_KEYS = ("frobenius", "probes", "sha256", "shape", "sum")
 VERSIONED = ("numpy", "scipy", "torch", "safetensors", "reservoir_depth")
 
@@ -198,10 +201,32 @@ def _verify_draw(file: Path, key: str, draw: Any) -> None:
         raise _error(file, key, f"expected 0 or [schedule, index], got {draw!r:.60}")
 
 
+def _relabelled(file: Path, key: str) -> ValueError:
+    return _error(file, key, "a format-2 field in a file labelled format 1: format 1 (reservoir-depth 0.1.0) "
+                             "carries no hashes, so a file is read as format 1 only as that version wrote it; "
+                             "this one was relabelled and is refused (reservoir-depth writes format 2 only)")
+
+
+def _verify_format_1(file: Path, meta: dict[str, Any]) -> None:
+    """A file labelled format 1 carries nothing format 1 did not write (a relabelled format-2 file would
+    switch every hash check off)."""
+    for k in sorted(set(meta) & (set(KEYS[2]) - set(KEYS[1]))):
+        raise _relabelled(file, k)
+    scaffold = meta.get("scaffold")
+    if isinstance(scaffold, dict):
+        for k in sorted(set(scaffold) - set(FORMAT_1_SCAFFOLD)):
+            raise _relabelled(file, f"scaffold/{k}")
+        if isinstance(scaffold.get("spec"), dict):
+            for k in sorted(set(scaffold["spec"]) - set(FORMAT_1_SPEC)):
+                raise _relabelled(file, f"scaffold/spec/{k}")
+
+
 def _verify_config(file: Path, meta: Any) -> int:
     """Every check of adapter.json that needs no model: keys, types, finite fingerprints, hashes. Returns the major."""
     _object(file, "", meta)
     major = _format_version(file, meta)
+    if major == 1:
+        _verify_format_1(file, meta)
     _object(file, "", meta, KEYS[major])
     if meta["arch"] is not None:
         _of_type(file, "arch/name", _object(file, "arch", meta["arch"]).get("name"), "str")
@@ -259,8 +284,22 @@ def read_config(path: str | os.PathLike) -> dict[str, Any]:
     return meta
 
 
+def _header_format(data: bytes) -> str | None:
+    """The format a safetensors file's own header records (save writes it there too), or None."""
+    try:
+        (n,) = struct.unpack("<Q", data[:8])
+        written = json.loads(data[8:8 + n]).get("__metadata__", {}).get("format")
+    except (struct.error, ValueError, AttributeError):  # a damaged header: _verify_tensors says so
+        return None
+    return written if isinstance(written, str) else None
+
+
 def _verify_tensors(file: Path, data: bytes, meta: dict[str, Any]) -> dict[str, torch.Tensor]:
     """adapter.safetensors against adapter.json: hashes (format 2), names, shapes, dtypes, finite values."""
+    written = _header_format(data)  # format 2's header is covered by tensors_sha256; format 1 has only this
+    if meta["format"] == f"{FORMAT_NAME}/1" and written is not None and written != meta["format"]:
+        raise _error(file, "format", f"the tensors were written as {written!r} but {CONFIG} says "
+                                     f"{meta['format']!r}: the label was changed")
     damaged = "tensors_sha256" in meta and _sha256(data) != meta["tensors_sha256"]
     try:
         tensors = from_bytes(data)

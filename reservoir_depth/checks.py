@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import math
 import numbers
+import os
+from pathlib import Path
 from typing import Any
 
 
@@ -22,6 +24,17 @@ def require(cond: bool, msg: str) -> None:
     """Raise ValueError(msg) unless ``cond``: msg names the value and what is allowed."""
     if not cond:
         raise ValueError(msg)
+
+
+def check_folder(path: str | os.PathLike, what: str) -> None:
+    """A folder path that can be a folder: neither ``path`` nor any folder above it is a regular file
+    (ValueError naming ``what``, the path and the file in the way). It need not exist yet."""
+    path = Path(path)
+    for p in (path, *path.parents):
+        if p.exists():
+            if not p.is_dir():
+                raise ValueError(f"{what} {str(path)!r}: {p} is a file, not a folder; give a folder path")
+            return
 
 
 def positive_int(text: str) -> int:

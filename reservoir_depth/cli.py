@@ -26,7 +26,7 @@ import pandas as pd
 from torch import nn
 
 from . import __version__, data, distributed, io, ray_sweep
-from .checks import positive_int
+from .checks import check_folder, positive_int
 from .data import DATASETS
 from .distributions import DISTRIBUTIONS, DistributionSpec
 from .models import ARCHITECTURES, SIZES, build, scaffold_defaults
@@ -53,7 +53,9 @@ def _study(path: str | None) -> Study:
 
 
 def _out(study: Study, out: str | None) -> Path:
-    return Path(out) if out else Path("results") / study.study
+    path = Path(out) if out else Path("results") / study.study
+    check_folder(path, "--out")
+    return path
 
 
 def cmd_sweep(study: Study, out: Path, progress: bool = True, workers: int = 1, retry_failed: bool = False,
@@ -61,12 +63,13 @@ def cmd_sweep(study: Study, out: Path, progress: bool = True, workers: int = 1, 
               gpus: float | None = None, log_dir: str | None = None, threads: int = 1):
     """Run what is not done yet, record what old runs lack (sweep.backfill); RunsFailed if any run failed.
     ``backend="ray"`` sends each run to a Ray cluster (ray_sweep.run_study_ray). ``log_dir``: each run's
-    TensorBoard events under log_dir/<study>/<run_id> (local backend). ``threads``: torch threads per run
+    TensorBoard events under log_dir/<study>/<method>-r<r>-seed<seed>-<id> (sweep.log_dir_of; local backend). ``threads``: torch threads per run
     (local backend)."""
     if log_dir is not None:
         if backend == "ray":
             raise ValueError("--log-dir is for the local backend; Ray runs its tasks on other machines")
         TensorBoardLog.check()  # a missing tensorboard is reported before any run starts
+        check_folder(log_dir, "--log-dir")
     if backend == "ray":
         ray_sweep._ray()  # a missing ray is reported before the store is created
         if workers != 1:
@@ -168,12 +171,15 @@ def cmd_train(args: argparse.Namespace) -> None:
     tc = TrainConfig(epochs=args.epochs, lr=args.lr, batch_size=args.batch_size, seed=args.seed,
                      progress=not args.no_progress, log_dir=args.log_dir, compile=args.compile,
                      seed_dtype=args.seed_dtype, readout=args.readout, ridge=args.ridge)
+    if args.save and distributed.is_main():  # rank 0 alone writes
+        io.check_writable(args.save)  # before the first epoch: a run is not trained to be lost
     d = data.load(args.data, **dict(args.data_kw))
     try:
         model = build(args.arch, seed=args.seed, d_in=d.d_in, n_out=d.n_out, **arch)
     except TypeError as e:  # an --arch-kw the family does not take
         raise ValueError(f"--arch {args.arch}: {e}") from None
-    model = scaffold(model, ScaffoldConfig(**scaffold_defaults(model), r=args.rank, alpha=args.alpha,
+    chosen = {k: v for k, v in (("target_modules", args.target), ("trainable", args.trainable)) if v is not None}
+    model = scaffold(model, ScaffoldConfig(**{**scaffold_defaults(model), **chosen}, r=args.rank, alpha=args.alpha,
                                            rslora=args.rslora, root_seed=args.seed, spec=DistributionSpec(args.dist)))
     main = distributed.is_main()  # under torchrun, rank 0 alone prints and writes
     if main:
@@ -280,7 +286,7 @@ def parser() -> argparse.ArgumentParser:
                            help="GPUs Ray reserves for each run (default: the study's [resources] gpus, else 0)")
             s.add_argument("--log-dir", metavar="DIR", default=None,
                            help="write each run's TensorBoard events (per-step loss, epoch metrics, beta, spectra) "
-                                "under DIR/<study>/<run_id>; needs `pip install tensorboard` "
+                                "under DIR/<study>/<method>-r<r>-seed<seed>-<id>, with its hyperparameters; needs `pip install tensorboard` "
                                 "(default: no logging)%(default).0s")
     t = sub.add_parser("train", help="train one LottaLoRA model and optionally save its adapter file",
                        description="Train one LottaLoRA model (frozen scaffold + A, B, beta, trainable head).",
@@ -293,6 +299,12 @@ def parser() -> argparse.ArgumentParser:
     t.add_argument("--rank", type=int, default=4, help="LoRA rank r (0: beta and head only)")
     t.add_argument("--alpha", type=float, default=16.0, help="LoRA alpha; s = alpha / r")
     t.add_argument("--rslora", action="store_true", help="s = alpha / sqrt(r) instead of alpha / r")
+    t.add_argument("--target", metavar="PATTERN", nargs="+", default=None,
+                   help="the layers to scaffold (ScaffoldConfig.target_modules): names or regexes matched in full, "
+                        "or all-linear (default: what the architecture declares)%(default).0s")
+    t.add_argument("--trainable", metavar="PATTERN", nargs="+", default=None,
+                   help="modules trained in full beside A, B and beta (ScaffoldConfig.trainable; default: what the "
+                        "architecture declares, e.g. the head)%(default).0s")
     t.add_argument("--dist", default="normal",
                    help="family of W_seed, with its default scaling rule (`reservoir-depth distributions` lists them)")
     t.add_argument("--epochs", type=positive_int, default=TrainConfig.epochs, help="training epochs")
@@ -319,8 +331,11 @@ def parser() -> argparse.ArgumentParser:
     t.add_argument("--log-dir", metavar="DIR", default=None,
                    help="write TensorBoard events (per-step loss, epoch metrics, beta per layer) to DIR; needs "
                         "`pip install tensorboard`; view with `tensorboard --logdir DIR` (default: no logging)%(default).0s")
-    sp = sub.add_parser("spectra", help="PCA / task / adapter spectra of a dataset and a saved model",
-                        formatter_class=D)
+    text = "PCA / task / adapter spectra of a dataset and a saved model"
+    sp = sub.add_parser("spectra", help=text, formatter_class=D,
+                        description=f"{text}: the data set's inputs, between-class scatter (or Cov(x, y)) and "
+                                    "intrinsic dimension; with --adapter or --model, each layer's inputs; with "
+                                    "--adapter, each adapter s B A.")
     sp.add_argument("--data", default=None, choices=sorted(DATASETS),
                     help="dataset (default: the one the --adapter folder was trained on, else digits)%(default).0s")
     sp.add_argument("--data-kw", metavar="KEY=VALUE", type=_keyword("--data-kw"), action="append", default=[],
@@ -338,7 +353,9 @@ def parser() -> argparse.ArgumentParser:
     pr.add_argument("--measure", choices=list(MEASURE_OF), default="participation_ratio")
     pr.add_argument("--scale", type=float, default=1.0,
                     help="calibration factor (docs/results/predict/evaluation.csv, column scale)")
-    sub.add_parser("distributions", help="list the registered random-matrix families")
+    sub.add_parser("distributions", help="list the registered random-matrix families",
+                   description="List the registered random-matrix families of W_seed: name, default scaling rule, "
+                               "parameters with their defaults, and what each draws (use one with train --dist).")
     return p
 
 
@@ -373,8 +390,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except NoResults as e:
         print(f"reservoir-depth: {e}", file=sys.stderr)
         return FAILED
-    except (ValueError, FileNotFoundError, ImportError) as e:
-        print(f"reservoir-depth: error: {e}", file=sys.stderr)
+    except (ValueError, FileNotFoundError, ImportError, FloatingPointError) as e:  # FloatingPointError: a run
+        print(f"reservoir-depth: error: {e}", file=sys.stderr)                    # diverged (its lr, mostly)
         return BAD_INPUT
     return 0
 

@@ -32,7 +32,9 @@ tensor, a regenerated tensor whose fingerprint differs beyond float rounding (no
 library versions that differ from the writer's), a model whose tensor names, shapes,
 dtypes or ties differ from the file's. Format 1 files (written by reservoir-depth
 0.1.0: no hashes, draws, frozen-tensor fingerprints, ties or versions) still load,
-with the checks they support. No pickle.
+with the checks they support, but only as written: a file labelled format 1 that carries
+anything of format 2 is refused (save writes format 2 only). The hashes are integrity,
+not authentication: whoever can edit a file can recompute them. No pickle.
 
 This module saves and loads models; ``adapter_format.py`` owns the format's constants,
 fingerprints, hashes and the checks that need no model (its names are re-exported here).
@@ -118,9 +120,19 @@ class SaveReport:
                 f"({100 * self.ratio:.2f}%)")
 
 
+def _umask() -> int:
+    """The process's umask (read by setting it and setting it back)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
 def _atomic_write(path: Path, data: bytes) -> None:
+    """``data`` to ``path`` through a temporary file in the same folder and a rename; the file gets the mode
+    a plain ``open(path, "wb")`` would give it (0o666 less the umask), not mkstemp's 0o600."""
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
     try:
+        os.fchmod(fd, 0o666 & ~_umask())
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()
@@ -129,6 +141,34 @@ def _atomic_write(path: Path, data: bytes) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def check_writable(path: str | os.PathLike) -> None:
+    """Refuse, before any work is done, a folder ``save`` could not write (a path under a regular file, a
+    regular file, a folder it may not write in): a ValueError naming the path and the reason. It creates
+    the folder and a temporary file in it, and removes both; nothing is left behind."""
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise ValueError(f"cannot save to {path}: it is a file, and an adapter file is a folder "
+                         f"(adapter.safetensors + adapter.json); choose a folder path")
+    created = [p for p in (path, *path.parents) if not p.exists()]  # innermost first
+    above = next((p for p in path.parents if p.exists()), None)
+    if above is not None and not above.is_dir():
+        raise ValueError(f"cannot save to {path}: {above} is a file, not a folder; choose a folder path")
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=path):
+            pass
+    except OSError as e:
+        raise ValueError(f"cannot save to {path}: {e.strerror or e}"
+                         f"{f' ({e.filename})' if e.filename and str(e.filename) != str(path) else ''}; "
+                         f"choose a folder that can be created and written") from None
+    finally:
+        for p in created:
+            try:
+                p.rmdir()
+            except OSError:
+                break
 
 
 def save(model: nn.Module, path: str | os.PathLike, arch: dict[str, Any] | None = None) -> SaveReport:
@@ -228,7 +268,8 @@ def load(path: str | os.PathLike, model: nn.Module | None = None, build: Builder
     ``model``: a fresh, unscaffolded instance of the architecture; needed when the
     file records no architecture (a user's own torch model). Otherwise the recorded
     ``arch`` is rebuilt with ``build(name, **kwargs)`` (default: the architecture
-    registry's, models.build).
+    registry's, models.build). The model is returned in eval mode (dropout off); call
+    ``model.train()`` before training it further.
     """
     path = Path(path)
     meta, tensors = verify(path)
@@ -248,4 +289,4 @@ def load(path: str | os.PathLike, model: nn.Module | None = None, build: Builder
     _check_model(path, meta, model, tensors)
     ties = meta.get("ties", {})
     model.load_state_dict({**tensors, **{alias: tensors[name] for alias, name in ties.items()}}, strict=False)
-    return model
+    return model.eval()

@@ -13,6 +13,7 @@ Ray is an optional extra (``pip install -e '.[ray]'``), imported only here.
 
 from __future__ import annotations
 
+import socket
 import time
 import traceback
 import uuid
@@ -33,6 +34,23 @@ def _ray():
     except ImportError as e:
         raise ImportError(f"the Ray backend needs ray, which is not installed: {INSTALL}") from e
     return ray
+
+
+NO_CLUSTER = "start one with `ray start --head` (it prints the address), or leave --address out to start a local one"
+
+
+def _probe(address: str | None, timeout: float = 3.0) -> None:
+    """A HOST:PORT address (or ray://HOST:PORT) with nothing listening is refused at once, as a ValueError,
+    instead of after Ray's own connection timeout; None and "auto" are left to ray.init."""
+    if address is None or address == "auto":
+        return
+    host, colon, port = address.removeprefix("ray://").rpartition(":")
+    if not colon or not port.isdigit():
+        raise ValueError(f"--address {address}: expected HOST:PORT, ray://HOST:PORT or auto")
+    try:
+        socket.create_connection((host or "127.0.0.1", int(port)), timeout=timeout).close()
+    except OSError as e:
+        raise ValueError(f"--address {address}: nothing answers there ({e.strerror or e}); {NO_CLUSTER}") from None
 
 
 def _execute(run: Run, threads: int) -> tuple[dict[str, Any], dict[str, Any], float]:
@@ -64,8 +82,10 @@ def run_study_ray(study: Mapping[str, Any], store: ResultsStore, address: str | 
     ``address``: a running cluster (``ray start --head`` prints it; "auto" finds the local one);
     None starts a local Ray instance for this sweep and shuts it down after. Counts as ``sweep``."""
     from .study import Study
+    from .sweep import check_study
 
     study = Study.of(study)
+    check_study(study)  # a [scaffold] that fails every run is refused before Ray starts
     cpus = study.resources["cpus"] if cpus is None else cpus
     gpus = study.resources["gpus"] if gpus is None else gpus
 
@@ -78,7 +98,11 @@ def run_study_ray(study: Mapping[str, Any], store: ResultsStore, address: str | 
     runs = study.runs()
     started = not ray.is_initialized()
     if started:
-        ray.init(address=address, include_dashboard=False, log_to_driver=False, configure_logging=False)
+        _probe(address)
+        try:
+            ray.init(address=address, include_dashboard=False, log_to_driver=False, configure_logging=False)
+        except ConnectionError as e:
+            raise ValueError(f"--address {address}: no Ray cluster could be reached ({e}); {NO_CLUSTER}") from None
     task = ray.remote(num_cpus=cpus, num_gpus=gpus, max_retries=0)(_execute)
     threads = max(1, int(cpus))
     invocation, outcomes = uuid.uuid4().hex, {}

@@ -137,7 +137,8 @@ def plot_rank(df, path: str | os.PathLike, metric: str = "test_acc", title: str 
     bx.set_xlabel("LoRA rank r")
     bx.set_ylabel("learned beta (final)")
     bx.set_title("beta per layer")
-    bx.legend(fontsize=8)
+    if bx.get_legend_handles_labels()[0]:  # no finished scaffolded run: no beta to name
+        bx.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)

@@ -176,6 +176,9 @@ class Study:
                     resources={**RESOURCE_KEYS, **resources}, source=source)
         try:  # the settings' own checks (values in range, known families, ...), with the source named
             TrainConfig(**train)
+        except (ValueError, TypeError) as e:
+            raise StudyError(f"{source}: [train] {e}") from e
+        try:
             Run(study.study, ds, arch, "lotta", seeds[0], train, {**scaffold, "r": 0}).scaffold_config()
         except (ValueError, TypeError) as e:
             raise StudyError(f"{source}: {e}") from e
@@ -293,9 +296,12 @@ class Study:
         return out
 
     def frame(self, store) -> Any:
-        """The store's finished runs of this study, restricted to the study's current configs."""
+        """The store's finished runs of this study, restricted to the study's current configs. It always has
+        a rank column (NaN for 'full'), also when no scaffolded run finished (every rank run failed, or none)."""
         ids = {r.run_id for r in self.runs()}
         df = store.frame(self.study)
+        if len(df) and Columns.RANK not in df:
+            df = df.assign(**{Columns.RANK: np.nan})
         return df[df[Columns.RUN_ID].isin(ids)] if len(df) else df
 
 

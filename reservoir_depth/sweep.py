@@ -35,7 +35,7 @@ from .models import build, scaffold_defaults
 from .results import Columns, ResultsStore, SweepCounts
 from .scaffold import ScaffoldConfig, merge, scaffold
 from .spectra import ActivationSpectra, IntrinsicDimension, TaskSpectrum, WeightSpectra
-from .study import Run, Study
+from .study import Run, Study, StudyError
 from .rank import adaptive_search
 from .train import TensorBoardLog, TrainConfig, metric_of, task_of, train
 
@@ -59,27 +59,55 @@ def build_model(run: Run, d: data.Dataset):
     return model
 
 
+def check_study(study: Study | Mapping[str, Any]) -> None:
+    """Refuse, before any run, a [scaffold] table that would fail every run: the study's model is built once
+    (on the meta device; its data set loaded for d_in and n_out) and scaffolded with the study's config at
+    r = 0 (a rank too large for a layer stays one run's failure). A StudyError names the file and the key
+    (a target_modules or max_rank pattern that matches nothing, a module no layer type handles, ...)."""
+    study = Study.of(study)
+    run = next((r for r in study.runs() if r.method in ("lotta", "twin")), None)
+    if run is None:
+        return
+    run = Run(**{**run.__dict__, "scaffold": {**run.scaffold, "r": 0}})
+    try:
+        d = run.data()
+    except (FileNotFoundError, ImportError):  # a data set not installed here: each run records it, with the fix
+        return
+    try:
+        try:
+            with torch.device("meta"):
+                build_model(run, d)
+        except (RuntimeError, NotImplementedError):  # a family that cannot be built without storage
+            build_model(run, d)
+    except (ValueError, TypeError) as e:
+        raise StudyError(f"{study.source}: [scaffold] {e} (in {run.arch['name']!r} built for {d.name!r})") from None
+
+
 def log_dir_of(run: Run, log_dir: str | os.PathLike) -> Path:
-    """Where a run's TensorBoard events go: ``log_dir/<study>/<run_id>``."""
-    return Path(log_dir) / run.study / run.run_id
+    """Where a run's TensorBoard events go: ``log_dir/<study>/<method>-r<r>-seed<seed>-<id>`` (no ``-r<r>``
+    for 'full'; ``<id>``: the run id's first 8 characters, which tell apart runs differing elsewhere)."""
+    rank = f"-r{run.scaffold_config().r}" if run.method in ("lotta", "twin") else ""
+    return Path(log_dir) / run.study / f"{run.method}{rank}-seed{run.seed}-{run.run_id[:8]}"
 
 
 def execute(run: Run, progress: bool = False,
             log_dir: str | os.PathLike | None = None) -> tuple[dict[str, Any], dict[str, Any]]:
     """Train one run; returns (metrics, history), including everything its report needs
     that training does not measure (``records``: file sizes, spectra at init, the data set's spectra).
-    With ``log_dir``, the run is written as TensorBoard events under ``log_dir/<study>/<run_id>``
+    With ``log_dir``, the run is written as TensorBoard events under ``log_dir_of(run, log_dir)``
     (train.TensorBoardLog), with its spectra measures (``spectra/<measure>``) when it measures them;
     the run's config and id do not change."""
     if "log_dir" in run.train:  # one folder for every run of a study would mix their events
         raise ValueError(f"study {run.study!r}: log_dir is not a [train] setting of a study; pass --log-dir DIR "
-                         f"(or run_study(..., log_dir=DIR)), which logs each run under DIR/<study>/<run_id>")
+                         f"(or run_study(..., log_dir=DIR)), which logs each run under DIR/<study>/<method>-r<r>-seed<seed>-<id>")
     d = run.data()
     model = build_model(run, d)
     init = copy.deepcopy(model) if run.spectra and run.method == "twin" else None
     rec_metrics, rec_history = records(run, model, d)
     logs = {} if log_dir is None else {"log_dir": str(log_dir_of(run, log_dir))}
-    hist = train(model, d, TrainConfig(**{**run.train, "seed": run.seed, "progress": progress, **logs}))
+    hist = train(model, d, TrainConfig(**{**run.train, "seed": run.seed, "progress": progress, **logs}),
+                 hparams={"study": run.study, "method": run.method, "run_id": run.run_id, "dataset": run.dataset,
+                          "arch": dict(run.arch)})
     final = hist.final
     metrics = {k: final[k] for k in FINAL_METRICS if k in final}
     if "test_acc" in final:
@@ -190,7 +218,7 @@ def sweep(runs: Iterable[Run], store: ResultsStore, progress: bool = True, retry
 
     A run that raises is recorded as failed with its error, and the sweep goes on. Runs that failed
     in an earlier sweep are retried only with ``retry_failed``. With ``log_dir``, each run trained
-    is logged as TensorBoard events under ``log_dir/<study>/<run_id>`` (see execute)."""
+    is logged as TensorBoard events under ``log_dir_of(run, log_dir)`` (see execute)."""
     runs = list(runs)
     return SweepCounts.of([r.run_id for r in runs],
                           [_sweep(runs, store, progress, retry_failed, uuid.uuid4().hex, log_dir)])
@@ -301,10 +329,11 @@ def run_study(study: Mapping[str, Any], store: ResultsStore, workers: int = 1, p
     (each claims a run before running it, so none is run twice; each exits if this process dies).
     ``threads``: torch's intra-op threads per run (default 1: the small runs of a study gain little
     from a second thread and lose much when the cores are busy; use workers = cores to fill a machine).
-    ``log_dir``: TensorBoard events of each run under ``log_dir/<study>/<run_id>`` (see execute)."""
+    ``log_dir``: TensorBoard events of each run under ``log_dir_of(run, log_dir)`` (see execute)."""
     for name, v in (("workers", workers), ("threads", threads)):
         if not isinstance(v, int) or isinstance(v, bool) or v < 1:
             raise ValueError(f"{name} must be a positive integer, got {v!r}")
+    check_study(study)
     runs = Study.of(study).runs()
     if workers == 1:
         with torch_threads(threads):

@@ -14,16 +14,18 @@ tokens/s) and forecasting (MSE after the washout, teacher-forced and free-runnin
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import time
-from dataclasses import asdict, dataclass, field
-from typing import Any, Mapping
+from dataclasses import asdict, dataclass, field, fields
+from typing import Any, Mapping, Sequence
 
 import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from .checks import check_folder
 from .data.dataset import check_dataset
 from .distributions import torch_rng
 from .identity import NOT_IDENTITY, added
@@ -93,9 +95,17 @@ class TrainConfig:
         check_ridge(self.ridge)
         if self.seed_dtype not in SEED_DTYPES:
             raise ValueError(f"seed_dtype must be one of {SEED_DTYPES}, got {self.seed_dtype!r}")
+        if self.device != "auto":
+            try:
+                torch.device(self.device)
+            except (RuntimeError, TypeError):
+                raise ValueError(f"device must be 'auto' or a torch device ('cpu', 'cuda', 'cuda:1', 'mps', ...), "
+                                 f"got {self.device!r}") from None
         if self.log_dir is not None and (not isinstance(self.log_dir, (str, os.PathLike)) or not str(self.log_dir)):
             raise ValueError(f"log_dir must be a folder path (str or os.PathLike) or None (no logging), "
                              f"got {self.log_dir!r}")
+        if self.log_dir is not None:
+            check_folder(self.log_dir, "log_dir")
 
 
 @dataclass
@@ -155,6 +165,16 @@ class TensorBoardLog:
     def epoch(self, row: Mapping[str, Any]) -> None:
         self.scalars("epoch", {k: v for k, v in row.items() if k != "epoch"}, row["epoch"])
 
+    def hparams(self, values: Mapping[str, Any], metrics: Sequence[str]) -> None:
+        """The run's hyperparameters (TensorBoard's HParams tab), judged by the scalar tags ``metrics``;
+        a value other than a number, bool or str is written as its JSON text."""
+        from torch.utils.tensorboard.summary import hparams  # tensorboard is optional (check())
+
+        plain = {k: v if isinstance(v, (bool, int, float, str)) else json.dumps(v, sort_keys=True)
+                 for k, v in values.items()}
+        for summary in hparams(plain, dict.fromkeys(metrics, 0.0)):
+            self.writer.file_writer.add_summary(summary)
+
     def close(self) -> None:
         self.writer.close()
 
@@ -174,8 +194,19 @@ class NoLog(TensorBoardLog):
     def scalars(self, prefix: str, values: Mapping[str, Any], step: int) -> None:
         pass
 
+    def hparams(self, values: Mapping[str, Any], metrics: Sequence[str]) -> None:
+        pass
+
     def close(self) -> None:
         pass
+
+
+def hparams_of(config: TrainConfig, model: nn.Module) -> dict[str, Any]:
+    """A run's hyperparameters: the TrainConfig's fields (less progress and log_dir) and the model's
+    ScaffoldConfig (r, alpha, the spec of W_seed, ...) when it is scaffolded."""
+    out = {f.name: getattr(config, f.name) for f in fields(config) if f.name not in ("progress", "log_dir")}
+    scaffolded = getattr(model, "scaffold_config", None)
+    return {**out, **(scaffolded.to_dict() if scaffolded is not None else {})}
 
 
 def resolve_device(device: str = "auto") -> torch.device:
@@ -292,7 +323,8 @@ def input_mismatch(model: nn.Module, data, error: Exception) -> ValueError | Non
     return out
 
 
-def train(model: nn.Module, data, config: TrainConfig = TrainConfig()) -> History:
+def train(model: nn.Module, data, config: TrainConfig = TrainConfig(),
+          hparams: Mapping[str, Any] | None = None) -> History:
     """Train the parameters of ``model`` that require grad on ``data`` (a data.Dataset).
 
     The loss and the test metrics are those of ``data.task`` (TASKS): one row per epoch with
@@ -303,7 +335,8 @@ def train(model: nn.Module, data, config: TrainConfig = TrainConfig()) -> Histor
     Raises FloatingPointError on a NaN or inf training loss, naming the epoch and step, and on a
     NaN or inf test loss (a non-finite test loss is never recorded as a number).
     With ``config.log_dir``, the run is also written as TensorBoard events (TensorBoardLog; under
-    torchrun by rank 0 alone).
+    torchrun by rank 0 alone) with its hyperparameters (hparams_of, and ``hparams``: a sweep's study,
+    method, ...), judged by the epoch rows' train_loss and test metrics.
     """
     check_dataset(data)
     t = task_of(getattr(data, "task", "classification"))
@@ -356,6 +389,8 @@ def train(model: nn.Module, data, config: TrainConfig = TrainConfig()) -> Histor
             record(0, float("nan"), 0.0)  # the model's first forward
         except RuntimeError as e:
             raise input_mismatch(model, data, e) or e
+        log.hparams({**hparams_of(config, model), **(hparams or {})},
+                    [f"epoch/{k}" for k in hist.epochs[0] if k == "train_loss" or k.startswith("test_")])
         bar = tqdm(total=config.epochs * math.ceil(n / config.batch_size), disable=not config.progress or rank > 0,
                    desc="train", leave=False, dynamic_ncols=True)
         for epoch in range(1, config.epochs + 1 if params else 1):

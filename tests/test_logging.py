@@ -126,11 +126,11 @@ def test_only_the_main_process_writes(blobs, tmp_path, monkeypatch):
     assert not (tmp_path / "tb").exists()
 
 
-def test_a_study_run_is_logged_under_its_run_id_with_its_spectra(tmp_path):
+def test_a_study_run_is_logged_under_its_name_with_its_spectra(tmp_path):
     run = Study.from_dict(TINY).runs()[0]
     metrics, history = execute(run, log_dir=tmp_path)
     folder = log_dir_of(run, tmp_path)
-    assert folder == tmp_path / "tiny_log" / run.run_id
+    assert folder.parent == tmp_path / "tiny_log" and folder.name.endswith(run.run_id[:8])
     got = scalars(folder)
     assert same(got["epoch/test_acc"], [(e["epoch"], e["test_acc"]) for e in history["epochs"]])
     spectra = {k: v for k, v in metrics.items() if k.split("/")[0] in ("act", "adapter", "init")}
@@ -159,7 +159,7 @@ def test_cli_log_dir_for_train_and_sweep(tmp_path, capsys):
     assert cli.main(["sweep", str(study), "--out", str(tmp_path / "out"), "--no-progress",
                      "--log-dir", str(tmp_path / "tb")]) == 0
     (run,) = Study.load(study).runs()
-    assert "step/train_loss" in scalars(tmp_path / "tb" / "tiny_cli" / run.run_id)
+    assert "step/train_loss" in scalars(log_dir_of(run, tmp_path / "tb"))
     assert cli.main(["sweep", str(study), "--backend", "ray", "--log-dir", str(tmp_path / "tb")]) == cli.BAD_INPUT
     assert "--log-dir is for the local backend" in capsys.readouterr().err
 

@@ -47,7 +47,7 @@ def test_tutorial_runs_at_small_size_and_draws_its_figures(name, tmp_path):
 def test_committed_page_is_rendered_from_the_current_script(name):
     script = TUTORIALS_DIR / f"{name}.py"
     page = (TUTORIALS_DIR / f"{name}.md").read_text()
-    rerender = f"python docs/tutorials/render.py {name}"
+    rerender = f"python docs/tutorials/render.py {name} --in-place"
     assert render.rendered_digest(page) == render.sha256(script), f"{name}.md is stale: run `{rerender}`"
     cells = render.parse(script.read_text(), script.name)
     assert render.code_blocks(page) == [c.source for c in cells if c.kind == "code"], f"run `{rerender}`"

@@ -99,3 +99,11 @@ print(per_epoch.iloc[:: max(EPOCHS[SIZE] // 6, 1)].round(3).to_string())
 # (docs/results/beta_resampling: 100 epochs, 5 seeds, r = 8), finds the same ordering:
 # `epoch` takes layers.0 to about 0.01, `step` with k = 8 to about 0.5, and `batch` with
 # k = 4 leaves it near 0.9.
+
+# %%
+# Run as a script (`python docs/tutorials/destabilised_scaffolds_and_beta.py`), the figures drawn above are still open here
+# and are saved in the current folder; docs/tutorials/render.py saves each cell's figures with the page
+# and closes them, so there this cell writes nothing.
+for k in plt.get_fignums():
+    plt.figure(k).savefig(f"destabilised_scaffolds_and_beta_figure_{k}.png", dpi=100, bbox_inches="tight")
+    print(f"wrote destabilised_scaffolds_and_beta_figure_{k}.png")

@@ -139,3 +139,11 @@ print(f"one test image moves a run's accuracy by {100 / n_test:.2f} pp and the m
 # So quote r* only with its eps, its interval and the interval's kind, and its margin.
 # The published study (`reservoir-depth run`, docs/results/digits_mlp: 30 epochs,
 # 2 seeds, ranks up to 32) finds r*(0.01) = 8 with a margin of 0.03 pp and r*(0.02) = 2.
+
+# %%
+# Run as a script (`python docs/tutorials/is_my_task_low_rank.py`), the figures drawn above are still open here
+# and are saved in the current folder; docs/tutorials/render.py saves each cell's figures with the page
+# and closes them, so there this cell writes nothing.
+for k in plt.get_fignums():
+    plt.figure(k).savefig(f"is_my_task_low_rank_figure_{k}.png", dpi=100, bbox_inches="tight")
+    print(f"wrote is_my_task_low_rank_figure_{k}.png")

@@ -1,13 +1,16 @@
 """Run the tutorials cell by cell and render each to markdown with its output and figures.
 
-    python docs/tutorials/render.py                          # every tutorial, size small
-    python docs/tutorials/render.py is_my_task_low_rank --size full
+    python docs/tutorials/render.py --out /tmp/pages           # every tutorial, size small, into /tmp/pages
+    python docs/tutorials/render.py is_my_task_low_rank --size full --in-place   # the tracked page and PNGs
 
 A tutorial is a script in the percent format that Jupyter (jupytext), VS Code and
 Spyder open as a notebook: ``# %%`` starts a code cell, ``# %% [markdown]`` a prose
 cell whose lines are ``# text``. Each code cell runs in one shared namespace; what it
 prints is captured, and every matplotlib figure it leaves open is saved as
-``<name>_<k>.png`` next to the script and closed. ``<name>.md`` gets the prose, the
+``<name>_<k>.png`` beside the page and closed. The page and its PNGs go where ``--out DIR``
+says, or, with ``--in-place``, over the tracked ones next to the script (one of the two is
+required, so a trial run never rewrites the docs). Run directly (``python <name>.py``), a
+tutorial's last cell saves the figures it drew as ``<name>_figure_<k>.png`` in the current folder. ``<name>.md`` gets the prose, the
 code, the printed output and the figure links, a header naming the size it ran at,
 and the sha256 of the script it was rendered from (tests/test_tutorials.py checks it,
 so a rendered page cannot drift from its script).
@@ -138,7 +141,7 @@ def to_markdown(name: str, cells: list[Cell], size: str, seconds: float, digest:
               f"on a shared 2-core CPU; CI runs it at `small`, and `{SIZE_ENV}={other[0]}` runs the "
               f"{'larger' if size == 'small' else 'smaller'} settings. The script runs as it is "
               f"(`python docs/tutorials/{name}.py`) or opens as a notebook (percent format).")
-    command = f"python docs/tutorials/render.py {name}" + ("" if size == "small" else f" --size {size}")
+    command = f"python docs/tutorials/render.py {name}" + ("" if size == "small" else f" --size {size}") + " --in-place"
     parts = [f"<!-- rendered by docs/tutorials/render.py from {name}.py (sha256 {digest}); do not edit: "
              f"edit the script and run `{command}` -->"]
     for index, cell in enumerate(cells):
@@ -185,12 +188,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("names", nargs="*", metavar="NAME",
                         help=f"tutorials to render (default: all of {', '.join(TUTORIALS)})")
     parser.add_argument("--size", choices=SIZES, default="small", help="settings to run at (default: small)")
+    where = parser.add_mutually_exclusive_group()
+    where.add_argument("--out", metavar="DIR", type=Path, help="write the pages and their PNGs to DIR")
+    where.add_argument("--in-place", action="store_true",
+                       help=f"write them over the tracked pages and PNGs in {HERE}")
     args = parser.parse_args(argv)
+    if args.out is None and not args.in_place:
+        parser.error(f"say where to write: --out DIR, or --in-place to rewrite the tracked pages in {HERE}")
     unknown = [name for name in args.names if name not in TUTORIALS]
     if unknown:
         parser.error(f"unknown tutorial(s) {unknown}; tutorials: {', '.join(TUTORIALS)}")
     for name in args.names or TUTORIALS:
-        page, seconds = render(name, args.size)
+        page, seconds = render(name, args.size, HERE if args.in_place else args.out)
         print(f"{page.relative_to(Path.cwd()) if page.is_relative_to(Path.cwd()) else page}: {seconds:.1f} s")
     return 0
 

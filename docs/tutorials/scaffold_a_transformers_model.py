@@ -155,3 +155,11 @@ print(repr("".join(vocab[i] for i in prompt[0].tolist())))
 # words but not yet the grammar; after 400 (full) it writes sentences of the corpus. The
 # file to ship is the adapter folder, about a sixteenth of the checkpoint at the full size,
 # and `load` rebuilds the whole model from it and the seed.
+
+# %%
+# Run as a script (`python docs/tutorials/scaffold_a_transformers_model.py`), the figures drawn above are still open here
+# and are saved in the current folder; docs/tutorials/render.py saves each cell's figures with the page
+# and closes them, so there this cell writes nothing.
+for k in plt.get_fignums():
+    plt.figure(k).savefig(f"scaffold_a_transformers_model_figure_{k}.png", dpi=100, bbox_inches="tight")
+    print(f"wrote scaffold_a_transformers_model_figure_{k}.png")

@@ -22,6 +22,7 @@ across a sweep's seeds unless the dataset table sets ``seed``.
 from __future__ import annotations
 
 import gzip
+import inspect
 import os
 import random
 from pathlib import Path
@@ -166,4 +167,9 @@ def load(name: str, **kwargs) -> Dataset:
     """A registered dataset by name; kwargs go to its loader (e.g. planted(k=4, seed=0))."""
     if name not in DATASETS:
         raise ValueError(f"unknown dataset {name!r}; allowed: {', '.join(sorted(DATASETS))}")
+    params = inspect.signature(DATASETS[name]).parameters
+    unknown = sorted(set(kwargs) - set(params))
+    if unknown and not any(p.kind is p.VAR_KEYWORD for p in params.values()):
+        raise ValueError(f"{name}() takes no keyword {', '.join(map(repr, unknown))}; allowed: "
+                         f"{', '.join(params) or 'none'} (--data-kw KEY=VALUE on the command line)")
     return DATASETS[name](**kwargs)

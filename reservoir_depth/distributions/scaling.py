@@ -14,6 +14,7 @@ from typing import Callable
 
 import numpy as np
 import torch
+from threadpoolctl import threadpool_limits
 
 from .seeds import rng_for
 
@@ -69,12 +70,16 @@ def _radius_is_trustworthy(m: Array, r: float, norm: float) -> bool:
 
 
 def _spectral_rule(w, spec, family, params, fan_in, fan_out):
-    """Rescale so that the spectral radius is exactly rho (post-processing, as reservoirpy)."""
+    """Rescale so that the spectral radius is exactly rho (post-processing, as reservoirpy). The eigenvalues
+    (singular values) are computed on one BLAS thread: LAPACK's blocked paths sum in another order with more
+    threads, which moved the last bits of r, and so of every float64 entry of W_seed, with the thread count."""
     m = _numpy(w)
     if not np.any(m):
         return w
-    r, norm = spectral_radius(m), float(np.linalg.norm(m.reshape(m.shape[0], -1), 2))
-    if r <= NILPOTENT_RTOL * norm or not _radius_is_trustworthy(m, r, norm):  # rounding noise, not a radius
+    with threadpool_limits(limits=1, user_api="blas"):
+        r, norm = spectral_radius(m), float(np.linalg.norm(m.reshape(m.shape[0], -1), 2))
+        trustworthy = r > NILPOTENT_RTOL * norm and _radius_is_trustworthy(m, r, norm)
+    if not trustworthy:  # rounding noise, not a radius
         raise ValueError(f"a {family.name} draw of shape {w.shape} is nilpotent (spectral radius {r:.3g} against "
                          f"norm {norm:.3g}): it cannot be rescaled to rho={spec.rho}; use a denser family or a "
                          f"larger matrix")

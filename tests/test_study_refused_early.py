@@ -1,0 +1,67 @@
+"""Settings that would fail in every run are refused before anything runs (issue 20.13):
+[train] device = "tpu" at load; a [scaffold] target_modules or max_rank pattern that matches nothing
+in the study's model when the sweep starts (the model built once, on the meta device), naming the
+file and the key, with no run stored."""
+
+import pytest
+
+from reservoir_depth import cli, sweep
+from reservoir_depth.results import ResultsStore
+from reservoir_depth.study import Study, StudyError
+from reservoir_depth.train import TrainConfig
+
+STUDY = '''study = "refused"
+dataset = "digits"
+seeds = [0]
+ranks = [2]
+full = true
+arch = {{name = "mlp", hidden = [8]}}
+train = {{epochs = 1, batch_size = 512{train}}}
+{scaffold}
+'''
+
+
+def write(tmp_path, train="", scaffold=""):
+    path = tmp_path / "s.toml"
+    path.write_text(STUDY.format(train=train, scaffold=scaffold))
+    return path
+
+
+@pytest.fixture
+def nothing_runs(monkeypatch):
+    def execute(*args, **kwargs):
+        raise AssertionError("a run started")
+    monkeypatch.setattr(sweep, "execute", execute)
+
+
+@pytest.mark.parametrize("device", ["tpu", "gpu", "cuda:x"])
+def test_an_unknown_device_is_refused_at_load_naming_file_and_key(device, tmp_path):
+    path = write(tmp_path, train=f', device = "{device}"')
+    with pytest.raises(StudyError, match=rf"{path}: \[train\] device must be 'auto' or a torch device .* got "
+                                         rf"'{device}'"):
+        Study.load(path)
+
+
+def test_train_config_refuses_an_unknown_device():
+    with pytest.raises(ValueError, match="device must be 'auto' or a torch device"):
+        TrainConfig(device="tpu")
+    for ok in ("auto", "cpu", "cuda", "cuda:1", "mps", "meta"):
+        TrainConfig(device=ok)
+
+
+@pytest.mark.parametrize("scaffold, key", [('scaffold = {target_modules = "layerz"}', "target_modules"),
+                                           ("scaffold = {max_rank = {nope = 0}}", "max_rank")])
+def test_scaffold_patterns_matching_nothing_are_refused_before_any_run(scaffold, key, tmp_path, nothing_runs,
+                                                                        capsys):
+    path = write(tmp_path, scaffold=scaffold)
+    store = ResultsStore(tmp_path / "runs.sqlite", create=True)
+    with pytest.raises(StudyError, match=rf"{path}: \[scaffold\] {key} patterns .*match no"):
+        sweep.run_study(Study.load(path), store, progress=False)
+    assert store.rows("refused") == []
+    assert cli.main(["run", str(path), "--out", str(tmp_path / "out"), "--no-progress"]) == cli.BAD_INPUT
+    err = capsys.readouterr().err
+    assert str(path) in err and key in err and "Traceback" not in err
+
+
+def test_a_study_that_fits_its_model_is_not_refused(tmp_path):
+    sweep.check_study(Study.load(write(tmp_path, scaffold='scaffold = {max_rank = {"layers.0" = 1}}')))
