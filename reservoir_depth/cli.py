@@ -37,7 +37,7 @@ from .spectra import ActivationSpectra, WeightSpectra
 from .predict import MEASURE_OF, GradientSpectrum, predict_study
 from .readout import READOUTS
 from .study import Study
-from .sweep import backfill, dataset_rows, run_study
+from .sweep import backfill, check_study, dataset_rows, run_study
 from .train import TensorBoardLog, TrainConfig, train
 
 FAILED = 1  # exit status: runs failed, or nothing to report
@@ -65,6 +65,7 @@ def cmd_sweep(study: Study, out: Path, progress: bool = True, workers: int = 1, 
     ``backend="ray"`` sends each run to a Ray cluster (ray_sweep.run_study_ray). ``log_dir``: each run's
     TensorBoard events under log_dir/<study>/<method>-r<r>-seed<seed>-<id> (sweep.log_dir_of; local backend). ``threads``: torch threads per run
     (local backend)."""
+    check_study(study)  # a [scaffold] that would fail every run is refused before the store is created
     if log_dir is not None:
         if backend == "ray":
             raise ValueError("--log-dir is for the local backend; Ray runs its tasks on other machines")

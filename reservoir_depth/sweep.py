@@ -60,7 +60,8 @@ def build_model(run: Run, d: data.Dataset):
 
 
 def check_study(study: Study | Mapping[str, Any]) -> None:
-    """Refuse, before any run, a [scaffold] table that would fail every run: the study's model is built once
+    """Refuse, before any run (`reservoir-depth run` / `sweep` call it first; so can a caller of run_study),
+    a [scaffold] table that would fail every run: the study's model is built once
     (on the meta device; its data set loaded for d_in and n_out) and scaffolded with the study's config at
     r = 0 (a rank too large for a layer stays one run's failure). A StudyError names the file and the key
     (a target_modules or max_rank pattern that matches nothing, a module no layer type handles, ...)."""
@@ -333,7 +334,6 @@ def run_study(study: Mapping[str, Any], store: ResultsStore, workers: int = 1, p
     for name, v in (("workers", workers), ("threads", threads)):
         if not isinstance(v, int) or isinstance(v, bool) or v < 1:
             raise ValueError(f"{name} must be a positive integer, got {v!r}")
-    check_study(study)
     runs = Study.of(study).runs()
     if workers == 1:
         with torch_threads(threads):

@@ -1,12 +1,11 @@
 """Settings that would fail in every run are refused before anything runs (issue 20.13):
 [train] device = "tpu" at load; a [scaffold] target_modules or max_rank pattern that matches nothing
-in the study's model when the sweep starts (the model built once, on the meta device), naming the
+in the study's model when `run` / `sweep` start (the model built once, on the meta device), naming the
 file and the key, with no run stored."""
 
 import pytest
 
 from reservoir_depth import cli, sweep
-from reservoir_depth.results import ResultsStore
 from reservoir_depth.study import Study, StudyError
 from reservoir_depth.train import TrainConfig
 
@@ -54,13 +53,12 @@ def test_train_config_refuses_an_unknown_device():
 def test_scaffold_patterns_matching_nothing_are_refused_before_any_run(scaffold, key, tmp_path, nothing_runs,
                                                                         capsys):
     path = write(tmp_path, scaffold=scaffold)
-    store = ResultsStore(tmp_path / "runs.sqlite", create=True)
     with pytest.raises(StudyError, match=rf"{path}: \[scaffold\] {key} patterns .*match no"):
-        sweep.run_study(Study.load(path), store, progress=False)
-    assert store.rows("refused") == []
+        sweep.check_study(Study.load(path))
     assert cli.main(["run", str(path), "--out", str(tmp_path / "out"), "--no-progress"]) == cli.BAD_INPUT
     err = capsys.readouterr().err
     assert str(path) in err and key in err and "Traceback" not in err
+    assert not (tmp_path / "out").exists()  # no store: nothing ran
 
 
 def test_a_study_that_fits_its_model_is_not_refused(tmp_path):
