@@ -185,12 +185,17 @@ def cmd_train(args: argparse.Namespace) -> None:
     main = distributed.is_main()  # under torchrun, rank 0 alone prints and writes
     if main:
         print(f"{d}\n{count_parameters(model)}")
-    hist = train(model, d, tc)
-    if main:
-        print(hist.to_frame().to_string(index=False, float_format=lambda v: f"{v:.4f}"))
-        if args.save:
-            print(io.save(model, args.save))
-            _record_data(args.save, args.data, dict(args.data_kw))
+    try:
+        hist = train(model, d, tc)
+        if main:
+            print(hist.to_frame().to_string(index=False, float_format=lambda v: f"{v:.4f}"))
+            if args.save:
+                print(io.save(model, args.save))
+                _record_data(args.save, args.data, dict(args.data_kw))
+    except BaseException:
+        distributed.finish(wait=False)
+        raise
+    distributed.finish()  # every rank waits for rank 0's writes, then the group goes down
 
 
 DATA_FILE = "data.json"  # in an adapter folder written by `train --save`: the data set it was trained on

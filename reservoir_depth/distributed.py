@@ -9,7 +9,8 @@ A, B, beta and the declared extras. Each optimiser step takes one global batch o
 ``batch_size`` examples; rank k trains on rows k, k + N, k + 2N, ... of it, and its loss is
 weighted by its share of the batch, so the averaged gradient is the gradient of the global
 batch's mean loss: the same step as one process with the same global batch (tested).
-Gloo on the CPU, NCCL on CUDA. Rank 0 alone prints and writes files.
+Gloo on the CPU, NCCL on CUDA. Rank 0 alone prints and writes files. A script that calls
+``train`` under torchrun ends with ``distributed.finish()`` (the CLI does it for you).
 """
 
 from __future__ import annotations
@@ -44,6 +45,17 @@ def init_from_env(device: torch.device) -> bool:
     if not dist.is_initialized():
         dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
     return True
+
+
+def finish(wait: bool = True) -> None:
+    """Wait for every rank (``wait``), then take the process group down (nothing outside a group).
+
+    A gloo group still up when the interpreter exits can abort its threads at teardown
+    ("terminate called without an active exception"), failing a run that trained fine."""
+    if dist.is_available() and dist.is_initialized():
+        if wait:  # not after a failure: the other ranks may never reach the barrier
+            dist.barrier()
+        dist.destroy_process_group()
 
 
 def local_device(device: torch.device) -> torch.device:

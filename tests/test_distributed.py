@@ -32,6 +32,7 @@ SCRIPT = textwrap.dedent("""
     out = {"rank": rank, "size": size, "state": state, "final": hist.final, "reduced": distributed.trainable_bytes(model)}
     with open(sys.argv[1] + f".{rank}.json", "w") as f:
         json.dump(out, f)
+    distributed.finish()
 """)
 
 
@@ -83,3 +84,34 @@ def test_cli_train_under_torchrun_writes_once(tmp_path):
     """`torchrun -m reservoir_depth train --save DIR`: both processes train, rank 0 alone prints and saves."""
     res = torchrun([*TRAIN_TINY, "--save", tmp_path / "adapter"], cwd=tmp_path)
     assert res.stdout.count("trainable") == 1 and (tmp_path / "adapter" / "adapter.json").exists()
+
+
+def test_finish_waits_for_every_rank_then_takes_the_group_down():
+    """A process group left up at exit aborts gloo's threads at interpreter teardown ("terminate called without
+    an active exception", seen on CI under torchrun): finish() closes it; outside a group it does nothing."""
+    import torch.distributed as dist
+
+    distributed.finish()  # no group: nothing to do, no error
+    dist.init_process_group("gloo", store=dist.HashStore(), rank=0, world_size=1)
+    assert dist.is_initialized()
+    distributed.finish()
+    assert not dist.is_initialized()
+    dist.init_process_group("gloo", store=dist.HashStore(), rank=0, world_size=1)
+    distributed.finish(wait=False)
+    assert not dist.is_initialized()
+
+
+def test_cli_train_finishes_the_process_group_also_when_training_fails(monkeypatch):
+    from reservoir_depth import cli
+
+    calls = []
+    monkeypatch.setattr(distributed, "finish", lambda wait=True: calls.append(wait))
+    assert cli.main(["train", "--epochs", "1", "--hidden", "tiny", "--no-progress"]) == 0
+    assert calls == [True]
+
+    def broken(*args, **kwargs):
+        raise FloatingPointError("the model's loss is nan")
+
+    monkeypatch.setattr(cli, "train", broken)
+    assert cli.main(["train", "--epochs", "1", "--hidden", "tiny", "--no-progress"]) != 0
+    assert calls == [True, False]  # after a failure the group goes down without waiting for the others
