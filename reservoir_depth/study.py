@@ -104,7 +104,9 @@ class Study:
     eps_relative (with eps: also report r* with eps as a fraction of the full-training metric),
     and the tables [arch], [train], [scaffold] (with scaffold.spec) and [resources] (what a
     Ray backend reserves for each run: cpus, default 1, and gpus, default 0; not part of a run's
-    config, so it never changes a run id).
+    config, so it never changes a run id), and rank_caps {pattern: cap} (a layer narrower than the
+    largest ranks, capped at its full rank min(d_in, d_out): a run at rank r gets scaffold.max_rank
+    {pattern: cap} for the caps below r only, so its runs at r <= cap keep their ids).
 
     ``to_dict()`` gives the resolved keys as plain values.
     """
@@ -122,6 +124,7 @@ class Study:
     eps: tuple[float, ...] | None = None  # None: the metric's own (tolerances)
     eps_relative: bool = False
     resources: Mapping[str, Any] = field(default_factory=dict)
+    rank_caps: Mapping[str, int] = field(default_factory=dict)
     source: str = field(default="<dict>", compare=False)
 
     # -------------------------------------------------------------- construction
@@ -165,6 +168,14 @@ class Study:
         if bad or resources and not any(resources.values()):
             raise StudyError(f"{source}: [resources] cpus and gpus per run must be finite numbers >= 0, not both "
                              f"0, got {resources!r}")
+        caps = d.get("rank_caps", {})
+        if not (isinstance(caps, MappingABC) and all(isinstance(c, int) and not isinstance(c, bool) and c >= 1
+                                                     for c in caps.values())):
+            raise StudyError(f"{source}: rank_caps must be a table {{pattern: cap}} of ints >= 1, got {caps!r}")
+        both = sorted(set(caps) & set(scaffold.get("max_rank", {})))
+        if both:
+            raise StudyError(f"{source}: rank_caps and [scaffold] max_rank both cap {both[0]!r}: give each layer's "
+                             f"cap once (max_rank: every run; rank_caps: the runs it binds)")
         if "spec" in scaffold and not isinstance(scaffold["spec"], str):
             _check_keys(scaffold["spec"], list(SPEC_KEYS), "[scaffold.spec]", source, "scaffold.spec.")
             for k, v in scaffold["spec"].items():
@@ -173,13 +184,15 @@ class Study:
                     twin=d.get("twin", False), spectra=spectra, train=train, scaffold=scaffold,
                     eps=None if eps is None else tuple(float(e) for e in eps),
                     eps_relative=d.get("eps_relative", False),
-                    resources={**RESOURCE_KEYS, **resources}, source=source)
+                    resources={**RESOURCE_KEYS, **resources}, rank_caps=dict(sorted(caps.items())), source=source)
         try:  # the settings' own checks (values in range, known families, ...), with the source named
             TrainConfig(**train)
         except (ValueError, TypeError) as e:
             raise StudyError(f"{source}: [train] {e}") from e
         try:
             Run(study.study, ds, arch, "lotta", seeds[0], train, {**scaffold, "r": 0}).scaffold_config()
+            if caps:
+                study.runs(ranks=[max(caps.values()) + 1], baselines=False)[0].scaffold_config()
         except (ValueError, TypeError) as e:
             raise StudyError(f"{source}: {e}") from e
         return study
@@ -254,6 +267,10 @@ class Study:
         d.update(seeds=list(self.seeds), ranks=list(self.ranks), arch=dict(self.arch),
                  train=dict(self.train), scaffold=dict(self.scaffold), resources=dict(self.resources),
                  spectra=list(self.spectra) if isinstance(self.spectra, tuple) else self.spectra)
+        if not self.rank_caps:
+            del d["rank_caps"]  # none: studies without caps keep their resolved form
+        else:
+            d["rank_caps"] = dict(self.rank_caps)
         if self.eps is None:
             del d["eps"]  # the metric's own: no TOML value says "none"
         else:
@@ -291,9 +308,19 @@ class Study:
                 out.append(Run(method="twin", seed=seed, scaffold={**self.scaffold, "r": 0},
                                spectra="twin" in self.measured, **common))
             for r in self.ranks if ranks is None else ranks:
-                out.append(Run(method="lotta", seed=seed, scaffold={**self.scaffold, "r": int(r)},
+                out.append(Run(method="lotta", seed=seed, scaffold=self._scaffold_at(int(r), seed),
                                spectra="lotta" in self.measured, **common))
         return out
+
+    def _scaffold_at(self, r: int, seed: int) -> dict[str, Any]:
+        """The [scaffold] table of a run at rank r: with the rank_caps below r added to the caps the run has
+        otherwise (the study's max_rank, else the family's declared one, which a run's own table replaces)."""
+        table = {**self.scaffold, "r": r}
+        binding = {p: c for p, c in self.rank_caps.items() if c < r}
+        if not binding:
+            return table
+        caps = Run(self.study, self.dataset, self.arch, "lotta", seed, self.train, table).scaffold_config().max_rank
+        return {**table, "max_rank": dict(sorted({**caps, **binding}.items()))}
 
     def frame(self, store) -> Any:
         """The store's finished runs of this study, restricted to the study's current configs. It always has

@@ -170,3 +170,46 @@ def test_a_study_without_eps_takes_its_metrics_tolerance_and_an_explicit_eps_sta
     assert Study.from_dict({**BASE, "eps": [0.01], "eps_relative": True}).tolerances(metric_of("test_bpc")) == \
         [(0.01, False), (0.01, True)]
     assert Study.from_dict(explicit.to_dict()) == explicit and Study.from_dict(s.to_dict()) == s
+
+
+# ----------------------------------------------------------------------------- rank_caps: ranks past a narrow layer
+
+def test_rank_caps_enter_a_run_only_where_they_bind():
+    """rank_caps {pattern: cap}: a run at rank r gets max_rank {pattern: cap} for the caps below r only, so
+    a study can extend its ranks past a narrow layer's full rank while its runs at r <= cap keep their ids."""
+    plain = Study.from_dict({**BASE, "ranks": [0, 2, 4, 8]})
+    capped = Study.from_dict({**BASE, "ranks": [0, 2, 4, 8, 16], "rank_caps": {"layers.1": 4, "layers.0": 8}})
+    ids = {(r.method, r.scaffold.get("r")): r.run_id for r in plain.runs()}
+    by_rank = {(r.method, r.scaffold.get("r")): r for r in capped.runs()}
+    for (method, r), run_id in ids.items():  # the runs no cap binds keep their ids; the others change
+        assert (by_rank[(method, r)].run_id == run_id) == (r is None or r <= 4), (method, r)
+    assert "max_rank" not in by_rank[("lotta", 4)].scaffold
+    assert by_rank[("lotta", 8)].scaffold["max_rank"] == {"layers.1": 4}
+    assert by_rank[("lotta", 16)].scaffold["max_rank"] == {"layers.0": 8, "layers.1": 4}
+    assert by_rank[("lotta", 16)].scaffold_config().rank_for("layers.1") == ("layers.1", 4)
+    assert Study.from_dict(capped.to_dict()) == capped and "rank_caps" not in plain.to_dict()
+
+
+@pytest.mark.parametrize("patch, match", [
+    ({"rank_caps": {"layers.1": 0}}, r"rank_caps must be a table \{pattern: cap\} of ints >= 1"),
+    ({"rank_caps": {"layers.1": "4"}}, r"rank_caps must be a table"),
+    ({"rank_caps": [4]}, r"rank_caps must be a table"),
+    ({"rank_caps": {"layers.1": 4}, "scaffold": {"max_rank": {"layers.1": 2}}},
+     r"rank_caps and \[scaffold\] max_rank both cap 'layers.1'"),
+    ({"rank_caps": {"(": 4}, "ranks": [8]}, r"max_rank: pattern '\(' is not a valid regular expression"),
+])
+def test_bad_rank_caps_are_refused(patch, match):
+    with pytest.raises(StudyError, match=match):
+        Study.from_dict({**BASE, **patch}, source="my.toml")
+
+
+def test_rank_caps_keep_the_familys_declared_caps():
+    """A run's own max_rank replaces the family's declared one whole, so the binding caps are added to it:
+    the reservoir's W_in stays capped at d_in when the recurrent W's cap is added."""
+    study = Study.from_dict({"study": "res", "dataset": {"name": "mackey-glass", "n_train": 400, "n_test": 200, "window": 50, "washout": 10},
+                             "seeds": [0], "full": False, "ranks": [2, 64],
+                             "arch": {"name": "reservoir", "units": 32}, "rank_caps": {"W": 32}})
+    low, high = study.runs()
+    assert "max_rank" not in low.scaffold
+    assert high.scaffold["max_rank"] == {"W": 32, "W_in": 1}
+    assert high.scaffold_config().rank_for("W_in") == ("W_in", 1)
