@@ -4,8 +4,9 @@ families. Every study uses the width-family profile of experiments/fashion_mnist
 (MLP 512-256-128-64, the first 20,000 training images, all 10,000 test images, 10 epochs, AdamW
 1e-3, batch 128, alpha = 16), root seeds 0-2 unless said, so runs pair by seed.
 
-  7. schedules static / epoch / step (k = 2) / batch (k = 4) at r in {2, 4, 8}, with beta per
-     layer per epoch (full training runs beside the static study);
+  7. schedules static / epoch / step (k = 2 and k = 4) / batch (k = 4) / fresh (a new W_seed at
+     every step, the paper's per-step case) at r in {2, 4, 8}, with beta per layer per epoch (full
+     training runs beside the static study);
   8. no scaffold: W_seed = 0 (the zeros family) at r in {2, 4, 8};
   9. seeds: r = 8 on root seeds 0-9; then the r = 8 models of seeds 0-2 are trained again in this
      process with the workers' thread count (checked against the stored accuracy) and each is
@@ -30,6 +31,7 @@ import torch
 from _common import parser, write_provenance
 
 from reservoir_depth.distributions import DISTRIBUTIONS, DistributionSpec
+from reservoir_depth.rank import tost_paired
 from reservoir_depth.report import markdown
 from reservoir_depth.results import Columns, ResultsStore
 from reservoir_depth.study import Study
@@ -40,10 +42,16 @@ BASE_FILE = Path(__file__).parent / "fashion_mnist_mlp_width_medium.toml"
 RANKS = [2, 4, 8]
 SEEDS = [0, 1, 2]
 SEED_SWEEP = list(range(10))
-SCHEDULES = [("static", 1), ("epoch", 1), ("step", 2), ("batch", 4)]
-PAPER = {  # MNIST medium, test accuracy %, r = 2 / 4 / 8 (the paper's Sec. 4 table)
-    "static": (92.61, 95.53, 96.80), "epoch": (67.96, 89.00, 95.53), "step": (42.46, 54.94, 91.19),
+SCHEDULES = [("static", 1), ("epoch", 1), ("step", 2), ("step", 4), ("fresh", 1), ("batch", 4)]
+PAPER = {  # MNIST medium, test accuracy %, r = 2 / 4 / 8 (the paper's Sec. 4 table); its per-step
+    # scaffold is a new draw at every step: our "fresh" (a pool of k scaffolds, "step", is our own variant)
+    "static": (92.61, 95.53, 96.80), "epoch": (67.96, 89.00, 95.53), "fresh": (42.46, 54.94, 91.19),
     "batch": (41.49, 47.67, 56.29), "zeros": (91.0, None, 96.3)}
+
+
+def label(s: str, k: int) -> str:
+    """A schedule's name in the tables: "step k=2", "batch k=4", "fresh", ..."""
+    return s if s in ("static", "epoch", "fresh") else f"{s} k={k}"
 
 
 def base() -> dict:
@@ -65,8 +73,8 @@ def fan_in_families() -> list[str]:
 
 
 def studies() -> dict[str, dict]:
-    out = {f"schedule {s}": variant(s if s == "static" else f"{s}_k{k}", full=(s == "static"), schedule=s, k=k)
-           for s, k in SCHEDULES}
+    out = {f"schedule {label(s, k)}": variant(s if s == "static" else f"{s}_k{k}", full=(s == "static"),
+                                              schedule=s, k=k) for s, k in SCHEDULES}
     out["no scaffold"] = variant("zeros", spec={"name": "zeros", "version": 1})  # the draw these stored runs used
     out["seeds"] = variant("seed_sweep", ranks=[8], seeds=SEED_SWEEP)
     for f in fan_in_families():
@@ -95,9 +103,26 @@ def beta_trajectories(store: ResultsStore, frames: dict[str, pd.DataFrame]) -> p
             continue
         for _, run in df[df[Columns.METHOD] == "lotta"].iterrows():
             for e in store.history(run["run_id"])["epochs"]:
-                rows.extend({"schedule": name.split()[1], "r": int(run[Columns.RANK]), "seed": int(run[Columns.SEED]),
+                rows.extend({"schedule": name.removeprefix("schedule "), "r": int(run[Columns.RANK]), "seed": int(run[Columns.SEED]),
                              "epoch": e["epoch"], "layer": k[len(Columns.BETA):], "beta": v}
                             for k, v in e.items() if k.startswith(Columns.BETA))
+    return pd.DataFrame(rows)
+
+
+def family_equivalence(frames: dict[str, pd.DataFrame], reference: str = "normal",
+                       margin: float = 0.3) -> pd.DataFrame:
+    """Each family against ``reference`` at r = 8, paired by root seed: the mean difference (pp), a
+    paired TOST at ``margin`` pp (the paper's claim) and the smallest margin it would call equivalent."""
+    acc = {name.split()[1]: 100 * df.set_index(Columns.SEED)["test_acc"].sort_index()
+           for name, df in frames.items() if name.startswith("family")}
+    ref = acc[reference]
+    rows = []
+    for fam, a in acc.items():
+        if fam == reference:
+            continue
+        e = tost_paired(a.loc[ref.index].to_numpy(), ref.to_numpy(), margin)
+        rows.append({"family": fam, "seeds": e.n, "mean diff (pp)": e.diff, "TOST p (margin 0.3 pp)": e.p,
+                     "equivalent at (pp)": e.equivalent_at})
     return pd.DataFrame(rows)
 
 
@@ -134,15 +159,18 @@ def plot(traj: pd.DataFrame, path: Path) -> None:
     import matplotlib.pyplot as plt
 
     layers = sorted(traj["layer"].unique())
-    fig, axes = plt.subplots(1, len(SCHEDULES), figsize=(4 * len(SCHEDULES), 3.4), sharey=True)
+    fig, axes = plt.subplots(2, (len(SCHEDULES) + 1) // 2, figsize=(2 * (len(SCHEDULES) + 1), 6.8), sharey=True)
+    axes = axes.flat
     for ax, (s, k) in zip(axes, SCHEDULES):
-        g = traj[(traj["schedule"] == s) & (traj["r"] == 8)].groupby(["layer", "epoch"])["beta"].mean()
+        g = traj[(traj["schedule"] == label(s, k)) & (traj["r"] == 8)].groupby(["layer", "epoch"])["beta"].mean()
         for i, layer in enumerate(layers):
             ax.plot(g[layer].index, g[layer].to_numpy(), marker=".", color=f"C{i}", label=layer)
         ax.axhline(0, color="grey", lw=0.6)
-        ax.set(title=f"{s}" + (f" (k = {k})" if k > 1 else "") + ", r = 8", xlabel="epoch")
+        ax.set(title=f"{label(s, k)}, r = 8", xlabel="epoch")
     axes[0].set_ylabel("beta (mean over seeds)")
     axes[0].legend(fontsize=7)
+    for ax in list(axes)[len(SCHEDULES):]:
+        ax.set_visible(False)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
@@ -174,14 +202,16 @@ def main() -> None:
     other = swap[~swap["own"]]["test_acc"]
     full = 100 * static[static[Columns.METHOD] == "full"]["test_acc"]
     fam = table[table["study"].str.startswith("family")].set_index("study")["test_acc mean"]
+    equiv = family_equivalence(frames)
+    equiv.to_csv(out / "family_equivalence.csv", index=False)
     f = lambda v: "n/a" if v is None or v != v else f"{v:.2f}"
     rows = []
-    for key, name in [(s, f"schedule {s}") for s, _ in SCHEDULES] + [("zeros", "no scaffold")]:
+    for key, name in [(s, f"schedule {label(s, k)}") for s, k in SCHEDULES] + [("zeros", "no scaffold")]:
         t = table[table["study"] == name].set_index("r")
         rows.append({"scaffold": name, **{f"r = {r}": f"{t.loc[r, 'test_acc mean']:.2f} +- {t.loc[r, 'sd']:.2f}"
                                           for r in RANKS},
                      "beta median (r = 8)": f"{t.loc[8, 'beta median']:.3f}",
-                     "paper, MNIST (r = 2 / 4 / 8)": " / ".join(f(v) for v in PAPER[key])})
+                     "paper, MNIST (r = 2 / 4 / 8)": " / ".join(f(v) for v in PAPER.get(key, (None,) * 3))})
     text = "\n".join([
         "# Fashion-MNIST medium MLP: destabilised scaffolds, no scaffold, seeds, families", "",
         "Regenerate: `python experiments/fashion_mnist_mlp_studies.py --out docs/results/fashion_mnist_mlp_studies "
@@ -201,7 +231,16 @@ def main() -> None:
         f"(min {other.min():.2f}, max {other.max():.2f}; {len(other)} pairs).", "",
         f"Families (r = 8, draw v2, fan-in rule, {len(fam)} zero-mean finite-variance families): "
         f"{fam.min():.2f} % ({fam.idxmin().split()[1]}) to {fam.max():.2f} % ({fam.idxmax().split()[1]}), "
-        f"spread {fam.max() - fam.min():.2f} pp (the paper: <= 0.3 pp on MNIST at r = 8).", "",
+        f"spread {fam.max() - fam.min():.2f} pp (the paper: <= 0.3 pp on MNIST at r = 8). Paired with the normal "
+        f"family by seed ({len(SEEDS)} seeds), no family is shown equivalent at 0.3 pp by a TOST (alpha 0.05): "
+        if not (equiv["TOST p (margin 0.3 pp)"] < 0.05).any() else
+        f"spread {fam.max() - fam.min():.2f} pp (the paper: <= 0.3 pp on MNIST at r = 8). Paired with the normal "
+        f"family by seed ({len(SEEDS)} seeds), some families are equivalent at 0.3 pp by a TOST (alpha 0.05): ",
+        f"the smallest margins the data call equivalent run from {equiv['equivalent at (pp)'].min():.2f} to "
+        f"{equiv['equivalent at (pp)'].max():.2f} pp, so these seeds neither confirm nor refute a 0.3 pp claim "
+        "for the others (family_equivalence.csv).", "",
+        markdown(equiv, {"mean diff (pp)": "{:+.2f}", "TOST p (margin 0.3 pp)": "{:.3f}",
+                         "equivalent at (pp)": "{:.2f}"}),
         "All studies:", "",
         markdown(table, {c: "{:.2f}" for c in ("test_acc mean", "sd", "min", "max")}
                  | {"beta min": "{:.3f}", "beta median": "{:.3f}"}),
@@ -210,7 +249,8 @@ def main() -> None:
     (out / "studies.md").write_text(text)
     write_provenance(out, config={"studies": all_studies}, seeds=SEEDS,
                      metrics={"accuracy": table.to_dict("records"), "swap_other_mean": float(other.mean()),
-                              "family_spread_pp": float(fam.max() - fam.min())})
+                              "family_spread_pp": float(fam.max() - fam.min()),
+                              "family_equivalence": equiv.to_dict("records")})
     print(text)
 
 

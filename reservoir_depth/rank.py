@@ -23,6 +23,7 @@ seeds, and ``paired_t_power`` the power of a paired t-test to see a given effect
 
 from __future__ import annotations
 
+import bisect
 import math
 import numbers
 import warnings
@@ -218,15 +219,21 @@ class SearchResult:
 
 
 def adaptive_search(evaluate: Callable[[int], float], full: float, eps: float, r_max: int,
-                    higher_is_better: bool = True, r_min: int = 0, relative: bool = False) -> SearchResult:
-    """Doubling (r_min, 1, 2, 4, ... r_max) to bracket r*, then bisection inside the bracket.
+                    higher_is_better: bool = True, r_min: int = 0, relative: bool = False,
+                    r_start: float | None = None, grid: Sequence[int] | None = None) -> SearchResult:
+    """r*(eps) by bracketing, then bisection inside the bracket; each rank is evaluated at most once.
 
     ``evaluate(r)`` returns the mean metric at rank r (e.g. by running the seeds); ``full``
-    the full-training mean; eps and ``relative`` as in the module docstring.
-    Each rank is evaluated at most once.
-    """
+    the full-training mean; eps and ``relative`` as in the module docstring. The ranks searched are
+    ``grid`` (a study's ranks) or every integer in [r_min, r_max]. Without ``r_start``: r_min, then
+    doubling (1, 2, 4, ... r_max; on a grid, its 1st, 2nd, 4th, ... rank) to bracket r*. With
+    ``r_start`` (a predicted r*): the first rank >= r_start, then galloping down while saturated or
+    up while not (steps 1, 2, 4, ... ranks): a good prediction needs about two evaluations. Assumes
+    saturation is monotone in r (as a grid scan reads it)."""
     if r_max < r_min or r_min < 0:
         raise ValueError(f"need 0 <= r_min <= r_max, got r_min={r_min}, r_max={r_max}")
+    if r_start is not None and not (isinstance(r_start, numbers.Real) and r_start >= 0):
+        raise ValueError(f"r_start must be a number >= 0, got {r_start!r}")
     level = threshold(full, eps, higher_is_better, relative)
     seen: dict[int, float] = {}
 
@@ -235,6 +242,48 @@ def adaptive_search(evaluate: Callable[[int], float], full: float, eps: float, r
             seen[r] = float(evaluate(r))
         return bool(_saturated(seen[r], level, higher_is_better))
 
+    if grid is not None:
+        ranks = sorted(int(r) for r in grid)
+        if not ranks or len(set(ranks)) != len(ranks) or ranks[0] < r_min or ranks[-1] > r_max:
+            raise ValueError(f"grid must be distinct ranks >= r_min = {r_min} and <= r_max = {r_max}, "
+                             f"got {list(grid)!r}")
+    elif r_start is None:
+        return _doubling(sat, r_min, r_max, seen)
+    else:
+        ranks = range(r_min, r_max + 1)
+    n = len(ranks)
+    i = 0 if r_start is None else min(bisect.bisect_left(ranks, math.ceil(r_start)), n - 1)
+    lo, hi = -1, None  # indices: lo the largest known unsaturated (-1: none), hi the smallest saturated
+    step = 1
+    if sat(ranks[i]):
+        hi = i
+        while hi > 0:  # gallop down
+            j = max(hi - step, 0)
+            if not sat(ranks[j]):
+                lo = j
+                break
+            hi, step = j, 2 * step
+    else:
+        lo = i
+        while lo < n - 1:  # gallop up
+            j = min(lo + step, n - 1)
+            if sat(ranks[j]):
+                hi = j
+                break
+            lo, step = j, 2 * step
+        if hi is None:
+            return SearchResult(math.inf, seen)
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        if sat(ranks[mid]):
+            hi = mid
+        else:
+            lo = mid
+    return SearchResult(float(ranks[hi]), seen)
+
+
+def _doubling(sat: Callable[[int], bool], r_min: int, r_max: int, seen: dict[int, float]) -> SearchResult:
+    """r_min, then 1, 2, 4, ... r_max to bracket r*, then bisection on the integers (the search from r_min)."""
     if sat(r_min):
         return SearchResult(float(r_min), seen)
     lo, r = r_min, max(1, r_min)  # lo: largest rank known unsaturated

@@ -348,9 +348,12 @@ def run_study(study: Mapping[str, Any], store: ResultsStore, workers: int = 1, p
 
 
 def adaptive_sweep(study: Study | Mapping[str, Any], store: ResultsStore, eps: float, r_max: int,
-                   metric: str | None = None, progress: bool = False, relative: bool | None = None):
-    """r*(eps) by doubling + bisection over ranks (rank.adaptive_search), each rank run
-    over the study's seeds through the store (so finished runs are reused). ``metric``: by default
+                   metric: str | None = None, progress: bool = False, relative: bool | None = None,
+                   r_start: float | None = None, grid: Sequence[int] | None = None):
+    """r*(eps) by bracketing + bisection over ranks (rank.adaptive_search), each rank run
+    over the study's seeds through the store (so finished runs are reused). ``r_start``: start the
+    search at a predicted r* (``predict.predict_study(study)[1]``) instead of doubling from 0;
+    ``grid``: search only these ranks (e.g. the study's own). ``metric``: by default
     the headline metric of the study's task (train.Task.headline), with its direction. ``relative``
     (eps as a fraction of full training): by default the kind the study's report uses
     (Study.tolerances: the metric's own unless the study sets eps, which is absolute).
@@ -371,5 +374,6 @@ def adaptive_sweep(study: Study | Mapping[str, Any], store: ResultsStore, eps: f
         df = store.frame(study.study)
         return float(df[df[Columns.RUN_ID].isin({x.run_id for x in runs})][metric.name].mean())
 
-    res = adaptive_search(evaluate, full, eps, r_max, higher_is_better=metric.higher_is_better, relative=relative)
+    res = adaptive_search(evaluate, full, eps, r_max, higher_is_better=metric.higher_is_better, relative=relative,
+                          r_start=r_start, grid=grid)
     return res, res.n_evaluated * len(study.seeds)

@@ -201,6 +201,34 @@ def test_adaptive_search_matches_grid_with_fewer_evaluations(k, r_max):
     assert len(set(res.evaluated)) == res.n_evaluated
 
 
+@settings(max_examples=200, deadline=None)
+@given(grid=st.lists(st.integers(0, 600), min_size=1, max_size=12, unique=True).map(sorted),
+       k=st.integers(0, 700), start=st.integers(0, 700))
+def test_a_search_over_a_grid_from_any_start_finds_the_grid_scan_r_star(grid, k, start):
+    """On a rank grid (a study's ranks) with a monotone curve, the search started at any rank (a prediction)
+    finds the r* a full scan of the grid finds, evaluates only grid ranks, each at most once, and never more
+    than the grid; started at the true r*, it needs at most 2 evaluations."""
+    curve = lambda r: 1.0 if r >= k else 0.5
+    scan = r_star({r: curve(r) for r in grid}, 1.0, 0.01)
+    res = adaptive_search(curve, 1.0, 0.01, max(grid), grid=grid, r_start=start)
+    assert res.r_star == scan
+    assert set(res.evaluated) <= set(grid) and res.n_evaluated <= len(grid)
+    if math.isfinite(scan):
+        assert adaptive_search(curve, 1.0, 0.01, max(grid), grid=grid, r_start=int(scan)).n_evaluated <= 2
+
+
+def test_a_search_from_a_start_on_integers_and_its_errors():
+    curve = lambda r: 1.0 if r >= 37 else 0.5
+    for start in (1, 36, 37, 38, 200, 256):
+        res = adaptive_search(curve, 1.0, 0.01, 256, r_start=start)
+        assert res.r_star == 37 and all(0 <= r <= 256 for r in res.evaluated)
+    assert adaptive_search(curve, 1.0, 0.01, 36, r_start=20).r_star == math.inf
+    with pytest.raises(ValueError, match=r"r_start must be a number >= 0, got -1"):
+        adaptive_search(curve, 1.0, 0.01, 64, r_start=-1)
+    with pytest.raises(ValueError, match=r"grid must be distinct ranks >= r_min = 0 and <= r_max = 8, got \[4, 16\]"):
+        adaptive_search(curve, 1.0, 0.01, 8, grid=[4, 16])
+
+
 def test_adaptive_search_loss_direction_and_errors():
     res = adaptive_search(lambda r: max(0.0, 5 - r), 0.0, 0.5, 16, higher_is_better=False)
     assert res.r_star == 5
@@ -238,6 +266,18 @@ def test_adaptive_sweep_needs_fewer_runs_than_the_grid(tmp_path):
     res, n_runs = adaptive_sweep(study, store, eps=0.25, r_max=12)
     assert res.r_star == 3 and n_runs < 13
     assert len(store.frame("planted")) == n_runs + 1  # + the full-training baseline
+
+
+def test_adaptive_sweep_from_a_prediction_runs_fewer_ranks(tmp_path):
+    """Started at the (here: exact) predicted r*, the sweep runs r* and r* - 1 only, and finds the same r*."""
+    study = {**PLANTED, "dataset": {**PLANTED["dataset"], "k": 3}}
+    plain = adaptive_sweep(study, ResultsStore(tmp_path / "a.sqlite", create=True), eps=0.25, r_max=12)
+    store = ResultsStore(tmp_path / "b.sqlite", create=True)
+    res, n_runs = adaptive_sweep(study, store, eps=0.25, r_max=12, r_start=3)
+    assert res.r_star == plain[0].r_star == 3 and sorted(res.evaluated) == [2, 3]
+    assert n_runs == 2 < plain[1]
+    on_grid, _ = adaptive_sweep(study, store, eps=0.25, r_max=12, r_start=5, grid=[0, 1, 2, 3, 4, 8, 12])
+    assert on_grid.r_star == 3 and set(on_grid.evaluated) <= {0, 1, 2, 3, 4, 8, 12}
 
 
 def test_planted_teacher_shares_the_students_scaffold():
