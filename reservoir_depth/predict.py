@@ -38,9 +38,10 @@ import torch
 from scipy import stats
 from torch import nn
 
+from .rank import adaptive_search
 from .report import metric_of_frame, saturation
 from .results import Columns, ResultsStore
-from .scaffold import merge
+from .scaffold import merge, scaffold_layers
 from .spectra import ActivationSpectra, Spectrum, TaskSpectrum, WeightSpectra
 from .spectra.probes import _hooked_pass, _select_layers
 from .study import Run, Study
@@ -100,8 +101,29 @@ def target(folder: str | Path, experiments: str | Path = "experiments") -> dict[
     top = lotta[lotta[Columns.RANK] == lotta[Columns.RANK].max()]
     return {"benchmark": folder.name, "arch": study.arch["name"], "metric": metric, "eps": m.headline_eps,
             "tolerance": m.tolerance, "r_star": sr.r_star_, "lo": sr.ci_[0], "hi": sr.ci_[1],
-            "interval": sr.ci_kind_, "n_seeds": sr.n_seeds_, "max_rank": sr.max_rank_,
+            "interval": sr.ci_kind_, "n_seeds": sr.n_seeds_, "max_rank": sr.max_rank_, "full_rank": full_rank(study),
             "censored": not math.isfinite(sr.r_star_), "run_seconds": float(top["seconds"].median())}
+
+
+def search_replay(folder: str | Path, r_start: float | None, experiments: str | Path = "experiments") -> dict[str, Any]:
+    """How many runs the adaptive search would have needed on ``folder``'s study, replayed on its stored
+    curve (the mean over seeds at each complete rank, at the headline tolerance): from ``r_start`` (a
+    prediction) and from the grid's start (doubling), against the whole grid; with the r* each finds
+    beside the grid scan's. A run is one rank on one seed (the full-training baseline is not counted)."""
+    folder = Path(folder)
+    study = study_of(folder, experiments)
+    df = study.frame(ResultsStore(folder / "runs.sqlite"))
+    metric = metric_of_frame(df)
+    m = metric_of(metric)
+    sr = saturation(df, study, metric, m.headline_eps, m.tolerance == "relative")
+    grid = sorted(sr.curve_)
+    search = lambda start: adaptive_search(sr.curve_.__getitem__, sr.full_, sr.eps, grid[-1], m.higher_is_better,
+                                           r_min=grid[0], relative=sr.relative, r_start=start, grid=grid)
+    doubling, predicted = search(None), search(r_start)
+    return {"benchmark": folder.name, "seeds": sr.n_seeds_, "grid": grid, "r_star": sr.r_star_,
+            "runs, grid": len(grid) * sr.n_seeds_, "runs, doubling": doubling.n_evaluated * sr.n_seeds_,
+            "r_star, doubling": doubling.r_star, "r_start": r_start,
+            "runs, from prediction": predicted.n_evaluated * sr.n_seeds_, "r_star, from prediction": predicted.r_star}
 
 
 def targets(root: str | Path = "docs/results", experiments: str | Path = "experiments",
@@ -122,13 +144,24 @@ def targets(root: str | Path = "docs/results", experiments: str | Path = "experi
 # ----------------------------------------------------------------------------- the model at init
 
 def init_model(study: Study, rank: int = 0, seed: int | None = None, max_rank: Mapping[str, int] | None = None):
-    """(model, data) of a LottaLoRA run of ``study`` at ``rank`` on ``seed`` (default: its first seed), at init."""
-    scaffold_cfg = {**study.scaffold, "r": int(rank), **({"max_rank": dict(max_rank)} if max_rank else {})}
-    run = Run(method="lotta", seed=study.seeds[0] if seed is None else seed, study=study.study,
-              dataset=study.dataset, arch=study.arch, train=study.train, scaffold=scaffold_cfg)
+    """(model, data) of a LottaLoRA run of ``study`` at ``rank`` on ``seed`` (default: its first seed), at init,
+    with the study's caps at that rank (Study.scaffold_at: rank_caps included) or ``max_rank`` instead."""
+    seed = study.seeds[0] if seed is None else seed
+    scaffold_cfg = {**study.scaffold_at(int(rank), seed), **({"max_rank": dict(max_rank)} if max_rank else {})}
+    run = Run(method="lotta", seed=seed, study=study.study, dataset=study.dataset, arch=study.arch,
+              train=study.train, scaffold=scaffold_cfg)
     d = run.data()
     torch.manual_seed(run.seed)
     return build_model(run, d), d
+
+
+def full_rank(study: Study) -> int:
+    """The largest rank any target layer of ``study`` can hold: max over its scaffold layers of
+    min(d_in, d_out), under the caps the study or the family sets for every run (llama's SwiGLU at 0).
+    At r >= full_rank, s B A can represent any Delta W of every target."""
+    model, _ = init_model(study)
+    return max((min(*layer.map_shape, *([layer.config.max_rank[layer.rank_pattern]] if layer.rank_pattern else []))
+                for _, layer in scaffold_layers(model)), default=0)
 
 
 def _batches(d, batch_size: int, k: int, seed: int):

@@ -308,11 +308,11 @@ class Study:
                 out.append(Run(method="twin", seed=seed, scaffold={**self.scaffold, "r": 0},
                                spectra="twin" in self.measured, **common))
             for r in self.ranks if ranks is None else ranks:
-                out.append(Run(method="lotta", seed=seed, scaffold=self._scaffold_at(int(r), seed),
+                out.append(Run(method="lotta", seed=seed, scaffold=self.scaffold_at(int(r), seed),
                                spectra="lotta" in self.measured, **common))
         return out
 
-    def _scaffold_at(self, r: int, seed: int) -> dict[str, Any]:
+    def scaffold_at(self, r: int, seed: int) -> dict[str, Any]:
         """The [scaffold] table of a run at rank r: with the rank_caps below r added to the caps the run has
         otherwise (the study's max_rank, else the family's declared one, which a run's own table replaces)."""
         table = {**self.scaffold, "r": r}

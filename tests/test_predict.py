@@ -152,3 +152,32 @@ def test_cli_predict_prints_per_layer_and_the_max(capsys):
     assert pred == pytest.approx(2 * raw, rel=1e-3)
     assert main(["predict", "--scale", "0"]) != 0
     assert "scale must be a finite number > 0, got 0.0" in capsys.readouterr().err
+
+
+def test_init_model_takes_the_studys_rank_caps_and_full_rank_reads_the_targets():
+    """A model at a rank past a narrow layer is built with the study's binding caps (Study.rank_caps);
+    full_rank is the largest rank any target can hold (min(d_in, d_out), under the family's caps)."""
+    from reservoir_depth.predict import full_rank, init_model
+    from reservoir_depth.study import Study
+
+    study = Study.from_dict({"study": "s", "dataset": "digits", "seeds": [0], "ranks": [0, 64],
+                             "arch": {"name": "mlp", "hidden": [48, 32]}, "rank_caps": {"layers.1": 32}})
+    model, _ = init_model(study, rank=48)
+    assert {n: layer.r for n, layer in scaffold_layers(model)} == {"layers.0": 48, "layers.1": 32}
+    assert full_rank(study) == 48  # layers.0 is 48 x 64, layers.1 32 x 48
+    llama = Study.from_dict({"study": "l", "dataset": {"name": "shakespeare-char", "context": 32, "n_train": 4096,
+                                                       "n_test": 1024}, "seeds": [0], "ranks": [0],
+                             "arch": {"name": "llama", "size": "3m", "context": 32, "adapters": "attention"}})
+    assert full_rank(llama) == 256  # q, k, v, o are 256 x 256; the SwiGLU layers are capped at 0
+
+
+def test_search_replay_on_a_store_finds_the_grid_r_star_and_counts_runs():
+    from reservoir_depth.predict import search_replay
+
+    folder = ROOT / "docs/results/digits_mlp"
+    row = target(folder, ROOT / "experiments")
+    exact = search_replay(folder, row["r_star"], ROOT / "experiments")
+    assert exact["r_star, from prediction"] == exact["r_star, doubling"] == exact["r_star"] == row["r_star"]
+    assert exact["runs, from prediction"] <= 2 * exact["seeds"] < exact["runs, grid"]
+    far = search_replay(folder, 10_000, ROOT / "experiments")  # a prediction past the grid starts at its top
+    assert far["r_star, from prediction"] == row["r_star"] and far["runs, from prediction"] <= far["runs, grid"]
