@@ -102,7 +102,9 @@ def target(folder: str | Path, experiments: str | Path = "experiments") -> dict[
     return {"benchmark": folder.name, "arch": study.arch["name"], "metric": metric, "eps": m.headline_eps,
             "tolerance": m.tolerance, "r_star": sr.r_star_, "lo": sr.ci_[0], "hi": sr.ci_[1],
             "interval": sr.ci_kind_, "n_seeds": sr.n_seeds_, "max_rank": sr.max_rank_, "full_rank": full_rank(study),
-            "censored": not math.isfinite(sr.r_star_), "run_seconds": float(top["seconds"].median())}
+            "censored": not math.isfinite(sr.r_star_), "margin": sr.margin_,
+            "n_test": int(df["n_test"].dropna().iloc[0]) if "n_test" in df and df["n_test"].notna().any() else None,
+            "run_seconds": float(top["seconds"].median())}
 
 
 def search_replay(folder: str | Path, r_start: float | None, experiments: str | Path = "experiments") -> dict[str, Any]:

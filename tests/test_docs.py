@@ -117,3 +117,12 @@ def test_every_module_says_its_job_in_a_docstring():
     missing = [str(p.relative_to(ROOT)) for p in sorted((ROOT / "reservoir_depth").rglob("*.py"))
                if not ast.get_docstring(ast.parse(p.read_text()))]
     assert not missing, f"modules without a docstring: {missing}"
+
+
+def test_results_headline_table_is_the_generated_one():
+    """docs/results.md carries the table experiments/headline.py writes from the stores, unedited."""
+    text = (ROOT / "docs" / "results.md").read_text()
+    block = re.search(r"<!-- headline: start.*?-->\n(.*?)<!-- headline: end -->", text, re.S)
+    assert block, "docs/results.md has no <!-- headline: start --> ... <!-- headline: end --> block"
+    generated = (ROOT / "docs" / "results" / "headline" / "headline.md").read_text()
+    assert block.group(1).strip() == generated.strip(), "run: python experiments/headline.py, then paste"
