@@ -274,16 +274,17 @@ def test_studies_vary_one_setting_each_over_the_width_medium_profile(fm_studies)
         default = {"schedule": "static", "k": 1}
         extra = {k: v for k, v in s.scaffold.items() if base.scaffold.get(k, default.get(k)) != v}
         if name.startswith("schedule"):
-            sched = name.split()[1]
-            k = dict(fm_studies.SCHEDULES)[sched]
+            sched, k = s.scaffold.get("schedule", "static"), s.scaffold.get("k", 1)
+            assert name == f"schedule {fm_studies.label(sched, k)}"
             assert extra == ({} if sched == "static" else {"schedule": sched, **({"k": k} if k > 1 else {})})
             assert s.full == (sched == "static") and list(s.ranks) == [2, 4, 8] and list(s.seeds) == [0, 1, 2]
         elif name == "no scaffold":
             assert extra == {"spec": {"name": "zeros", "version": 1}}  # the draw its stored runs used
         elif name.startswith("family"):
             assert extra == {"spec": {"name": name.split()[1], "version": 2}} and list(s.ranks) == [8]
-    assert {n.split()[1] for n in studies if n.startswith("schedule")} == {"static", "epoch", "step", "batch"}
-    assert dict(fm_studies.SCHEDULES) == {"static": 1, "epoch": 1, "step": 2, "batch": 4}  # the paper's k
+    assert [n for n in studies if n.startswith("schedule")] == [
+        "schedule static", "schedule epoch", "schedule step k=2", "schedule step k=4", "schedule fresh",
+        "schedule batch k=4"]  # the paper's k, k = 4 for a pool of steps, and a new draw at every step
 
 
 def test_families_are_the_zero_mean_fan_in_ones(fm_studies):
@@ -354,7 +355,8 @@ def test_width_family_reads_recovery_and_r_star_from_the_stores(tmp_path, monkey
     assert "small" in capsys.readouterr().out  # large and medium: no store, named with the command to make one
     t = __import__("pandas").read_csv(tmp_path / "out" / "width.csv").set_index("width")
     tiny, small = t.loc["tiny (128-64)"], t.loc["small (256-128-64)"]
-    assert tiny["runs"] == "27 of 27" and tiny["full %"] == pytest.approx(90.0)
+    n = len(Study.load(EXPERIMENTS / "fashion_mnist_mlp_width_tiny.toml").runs())
+    assert tiny["runs"] == f"{n} of {n}" and tiny["full %"] == pytest.approx(90.0)
     assert tiny["recovery r = 8"] == pytest.approx((0.9 - 0.095 / 9) / 0.9)
     assert tiny["r*(0.01)"].startswith("16 [16, 16]") and tiny["r*(0.02)"].startswith("4 [4, 4]")  # gap/(r+1) <= eps
     assert small["r*(0.01)"].startswith("1 [1, 1]") and small["r*(0.02)"].startswith("0 [0, 0]")
