@@ -86,8 +86,9 @@ def test_char_lm_study_resolves_its_runs():
     assert study.arch["name"] == "llama" and study.arch["size"] == "3m"
     runs = study.runs()
     assert [(r.method, r.scaffold.get("r"), r.seed) for r in runs] == [
-        (m, r, s) for s in (0, 1) for m, r in [("full", None), *[("lotta", r) for r in (0, 1, 2, 4, 8, 16, 32)]]]
-    assert len({r.run_id for r in runs}) == len(runs) == 16
+        (m, r, s) for s in (0, 1) for m, r in [("full", None), *[("lotta", r) for r in (0, 1, 2, 4, 8, 16, 32, 64, 128,
+                                                                                         256)]]]
+    assert len({r.run_id for r in runs}) == len(runs) == 22
     declared = scaffold_defaults(build("llama", d_in=65, n_out=65, **{k: v for k, v in study.arch.items()
                                                                        if k != "name"}))
     for r in runs[1:8]:
