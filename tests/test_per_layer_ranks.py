@@ -6,6 +6,7 @@ from __future__ import annotations
 import importlib.util
 import math
 import re
+import sys
 from pathlib import Path
 
 import pytest
@@ -104,7 +105,7 @@ def test_bad_input_is_named(per_layer, dims, r, message):
 
 def _mlp(seed=0, r=0, **cfg):
     model = build("mlp", seed=seed, d_in=12, n_out=3, hidden=(8, 6))
-    return scaffold(model, ScaffoldConfig(**{**cfg, "r": r, "root_seed": seed}))
+    return scaffold(model, ScaffoldConfig(**{"trainable": "head", **cfg, "r": r, "root_seed": seed}))
 
 
 def test_layer_dims_are_keyed_like_the_gradient_spectrum():
@@ -117,7 +118,7 @@ def test_layer_dims_are_keyed_like_the_gradient_spectrum():
 
 
 def test_ranks_config_sets_each_layers_rank_and_scale():
-    cfg = ranks_config({"layers.0.weight": 5, "layers.1.weight": 2}, {"alpha": 16.0, "root_seed": 0})
+    cfg = ranks_config({"layers.0.weight": 5, "layers.1.weight": 2}, {"alpha": 16.0, "trainable": "head"})
     assert cfg.r == 5 and cfg.max_rank == {re.escape("layers.0"): 5, re.escape("layers.1"): 2}
     model = scaffold(build("mlp", seed=0, d_in=12, n_out=3, hidden=(8, 6)), cfg)
     got = {n: (layer.lora_A.shape[0], layer.s) for n, layer in scaffold_layers(model)}
@@ -135,9 +136,14 @@ def test_ranks_config_refuses_a_name_that_is_not_a_weight():
 # ----------------------------------------------------------------------------- the experiment's AdaLoRA baseline
 
 def _experiment():
-    spec = importlib.util.spec_from_file_location("per_layer_ranks", ROOT / "experiments" / "per_layer_ranks.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
+    """experiments/per_layer_ranks.py as a module (it imports _common as `python experiments/x.py` does)."""
+    sys.path.insert(0, str(ROOT / "experiments"))
+    try:
+        spec = importlib.util.spec_from_file_location("per_layer_ranks", ROOT / "experiments" / "per_layer_ranks.py")
+        mod = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(mod)
+    finally:
+        sys.path.remove(str(ROOT / "experiments"))
     return mod
 
 
@@ -147,11 +153,12 @@ def test_adalora_starts_from_the_frozen_reservoir_and_trains_only_adapters_and_h
     model = _mlp(seed=3, bias="frozen")
     plain = merge(model)
     net = exp.adalora(model, r=2, total_step=100, alpha=16.0)
-    base = {n: p for n, p in net.named_parameters() if "base_layer" in n}
+    base = {n: p for n, p in net.net.named_parameters() if "base_layer" in n}
     assert set(base) == {f"layers.{i}.base_layer.{w}" for i in (0, 1) for w in ("weight", "bias")}
     for n, p in base.items():
         assert torch.equal(p, plain.get_parameter(n.replace(".base_layer", ""))) and not p.requires_grad
-    trained = {n for n, p in net.named_parameters() if p.requires_grad}
+    trained = {n for n, p in net.net.named_parameters() if p.requires_grad}
+    assert trained == {n.removeprefix("peft.base_model.model.net.") for n, p in net.named_parameters() if p.requires_grad}
     assert trained == {f"layers.{i}.lora_{m}.default" for i in (0, 1) for m in "ABE"} | {"head.weight", "head.bias"}
     x = torch.randn(5, 12)
     net.eval(), plain.eval()
@@ -163,9 +170,10 @@ def test_adalora_loss_adds_peft_orthogonality_term():
     exp = _experiment()
     net = exp.adalora(_mlp(), r=2, total_step=100, alpha=16.0)
     x, y = torch.randn(5, 12), torch.tensor([0, 1, 2, 0, 1])
+    net.eval()  # no dropout: the two forwards see the same network
     task_loss = torch.nn.functional.cross_entropy(net(x), y)
     reg = [torch.linalg.matrix_norm(p @ p.T - torch.eye(p.shape[0])) if "lora_A" in n
            else torch.linalg.matrix_norm(p.T @ p - torch.eye(p.shape[1]))
-           for n, p in net.named_parameters() if "lora_A" in n or "lora_B" in n]
+           for n, p in net.net.named_parameters() if "lora_A" in n or "lora_B" in n]
     want = task_loss + 0.5 * sum(reg) / len(reg)  # peft's default orth_reg_weight
-    assert math.isclose(float(exp.adalora_loss(net, x, y)), float(want), rel_tol=1e-5)
+    assert math.isclose(exp.adalora_loss(net, x, y).item(), want.item(), rel_tol=1e-5)
