@@ -54,7 +54,7 @@ from reservoir_depth.train import TrainConfig, evaluate, task_of, train
 ROOT = Path(__file__).resolve().parent
 BENCHMARKS = ("digits_mlp", "mnist1d_mlp", "mnist5k_mlp", "fashion_mnist_mlp_width_small")
 SEEDS = (0, 1, 2)
-RANKS = (4,)
+RANKS = (4, 8)
 TINIT, TFINAL, DELTA_T = 0.1, 0.2, 10  # AdaLoRA's schedule: warm-up and final fractions of the steps
 MARGIN = 0.01  # TOST margin: the accuracy tolerance of r* (train.METRICS, absolute eps = 0.01)
 
@@ -208,6 +208,8 @@ def paired(a: np.ndarray, b: np.ndarray) -> dict:
     """b - a over the seeds: mean, 95% t-interval (paired, n - 1 df), p of the paired t-test, TOST p at
     MARGIN and the power of the paired t-test at an effect of MARGIN."""
     diff = np.asarray(b, float) - np.asarray(a, float)
+    if len(diff) < 2:
+        raise ValueError(f"a paired comparison needs >= 2 seeds, got {len(diff)}")
     n, m, sd = len(diff), float(diff.mean()), float(diff.std(ddof=1))
     half = float(stats.t.ppf(0.975, n - 1)) * sd / math.sqrt(n)
     p = float(stats.ttest_rel(b, a).pvalue) if sd > 0 else (1.0 if m == 0 else 0.0)
@@ -314,7 +316,7 @@ def main() -> None:
     table["ranks"] = [json.dumps(v) for v in table["ranks"]]
     table["prediction"] = [json.dumps(v) if isinstance(v, dict) else "" for v in table.get("prediction", "")]
     table.to_csv(args.out / "table.csv", index=False)
-    summary = summarise(table)
+    summary = summarise(table) if len(args.seeds) >= 2 else pd.DataFrame()
     summary.to_csv(args.out / "summary.csv", index=False)
     seconds = float(table["seconds"].sum())
     (args.out / "per_layer_ranks.md").write_text(page(table, summary, seconds))

@@ -504,7 +504,7 @@ def ranks_config(ranks: Mapping[str, int], base: ScaffoldConfig | Mapping[str, A
     names, "<module>.weight"): ``base`` (a ScaffoldConfig or its fields; default: the defaults) with
     r = max_l r_l and max_rank = {re.escape(module): r_l}, one exact pattern per layer. Each layer's
     scale is then s = alpha / r_l (alpha / sqrt(r_l) with rsLoRA): a layer given fewer ranks gets a
-    larger s, as any capped layer does."""
+    larger s, as any capped layer does. A ``base`` with its own max_rank is refused."""
     caps = {}
     for name, v in ranks.items():
         if not (isinstance(name, str) and name.endswith(".weight")):
@@ -515,4 +515,7 @@ def ranks_config(ranks: Mapping[str, int], base: ScaffoldConfig | Mapping[str, A
     fields = base.to_dict() if isinstance(base, ScaffoldConfig) else dict(base or {})
     if isinstance(base, ScaffoldConfig):
         fields = {**fields, "spec": base.spec, "specs": dict(base.specs)}
+    if fields.get("max_rank"):  # replacing them would drop a cap silently; keeping them, a layer has two
+        raise ValueError(f"base already caps layers (max_rank={dict(fields['max_rank'])!r}): the allocated ranks "
+                         f"set every layer's rank; give a base without max_rank")
     return ScaffoldConfig(**{**fields, "r": max(caps.values(), default=0), "max_rank": caps})

@@ -124,6 +124,10 @@ def test_ranks_config_sets_each_layers_rank_and_scale():
     got = {n: (layer.lora_A.shape[0], layer.s) for n, layer in scaffold_layers(model)}
     assert got == {"layers.0": (5, 16.0 / 5), "layers.1": (2, 16.0 / 2)}  # s = alpha / r_layer
     assert ranks_config({"a.weight": 0}).r == 0
+    base = ScaffoldConfig(alpha=8.0, trainable="head", bias="frozen", rslora=True)
+    got = ranks_config({"layers.0.weight": 3}, base)
+    assert got == ScaffoldConfig(alpha=8.0, trainable="head", bias="frozen", rslora=True, r=3,
+                                 max_rank={re.escape("layers.0"): 3})
 
 
 def test_ranks_config_refuses_a_name_that_is_not_a_weight():
@@ -131,6 +135,8 @@ def test_ranks_config_refuses_a_name_that_is_not_a_weight():
         ranks_config({"layers.0.bias": 2})
     with pytest.raises(ValueError, match="-1"):
         ranks_config({"layers.0.weight": -1})
+    with pytest.raises(ValueError, match=re.escape("max_rank={'x': 1}")):  # replacing it would drop the cap
+        ranks_config({"layers.0.weight": 2}, ScaffoldConfig(max_rank={"x": 1}))
 
 
 # ----------------------------------------------------------------------------- the experiment's AdaLoRA baseline
