@@ -219,23 +219,50 @@ def paired(a: np.ndarray, b: np.ndarray) -> dict:
             "equivalent_at": tost.equivalent_at, "power_at_margin": power}
 
 
+def _span(v) -> str:
+    lo, hi = int(min(v)), int(max(v))
+    return str(lo) if lo == hi else f"{lo}-{hi}"
+
+
+def _counts(g: pd.DataFrame, method: str) -> dict:
+    """Parameter counts over the seeds (min-max) of uniform and ``method``, and method / uniform in % per
+    seed (min-max): trainable (what the optimiser holds) and adapter (in use at the end)."""
+    u, m = g[g["method"] == "uniform"].set_index("seed"), g[g["method"] == method].set_index("seed")
+    out = {}
+    for col, label in (("trainable", "trainable"), ("adapter_params", "adapter")):
+        ratio = 100 * m[col] / u.loc[m.index, col]
+        out |= {f"{label} uniform": _span(u[col]), label: _span(m[col]),
+                f"{label} % of uniform": f"{ratio.min():.1f}" if ratio.min() == ratio.max()
+                else f"{ratio.min():.1f}-{ratio.max():.1f}"}
+    return out
+
+
+def _same_ranks(g: pd.DataFrame, method: str) -> int:
+    """Seeds where ``method`` ended with the uniform ranks r_l = r on every layer (allocated: then the run
+    is the uniform run itself, and the difference is 0 by construction)."""
+    u = g[g["method"] == "uniform"].set_index("seed")["ranks"]
+    m = g[g["method"] == method].set_index("seed")["ranks"]
+    return int((m == u.loc[m.index]).sum())
+
+
 def summarise(table: pd.DataFrame) -> pd.DataFrame:
+    """One row per (benchmark, r, comparison), paired by seed; then per r, every benchmark pooled
+    ("all": pairs by (benchmark, seed))."""
+    pooled = table.assign(seed=table["benchmark"] + ":" + table["seed"].astype(str), benchmark="all")
     rows = []
-    for (bench, r), g in table.groupby(["benchmark", "r"], sort=False):
+    for (bench, r), g in pd.concat([table, pooled]).groupby(["benchmark", "r"], sort=False):
         acc = g.pivot(index="seed", columns="method", values="test_acc")
-        params = g.groupby("method")[["trainable", "adapter_params"]].median()
         for method in ("allocated", "adalora"):
             rows.append({"benchmark": bench, "r": r, "comparison": f"{method} - uniform",
-                         "uniform acc": float(acc["uniform"].mean()), f"acc": float(acc[method].mean()),
-                         "trainable uniform": int(params.loc["uniform", "trainable"]),
-                         "trainable": int(params.loc[method, "trainable"]),
-                         "adapter uniform": int(params.loc["uniform", "adapter_params"]),
-                         "adapter": int(params.loc[method, "adapter_params"]),
-                         **paired(acc["uniform"].to_numpy(), acc[method].to_numpy())})
+                         "uniform acc": float(acc["uniform"].mean()), "acc": float(acc[method].mean()),
+                         "same ranks": _same_ranks(g, method),
+                         **_counts(g, method), **paired(acc["uniform"].to_numpy(), acc[method].to_numpy())})
     return pd.DataFrame(rows)
 
 
 def verdict(row) -> str:
+    if row["same ranks"] == row["n"]:
+        return "the uniform ranks on every seed: the same runs"
     if row["lo"] > 0:
         return "better"
     if row["hi"] < 0:
@@ -261,20 +288,28 @@ def page(table: pd.DataFrame, summary: pd.DataFrame, seconds: float) -> str:
              f"{TINIT:g} / {TFINAL:g} of the steps, deltaT = {DELTA_T}, lora_alpha = the study's alpha, peft's "
              "orthogonality term (weight 0.5) in the loss, the head trainable; same AdamW, lr, epochs, batch "
              "size, batch order. It has no beta.", "",
-             "Differences are paired by seed (3 seeds): mean and 95% t-interval (2 df). Where the interval holds "
+             "Differences are paired by seed (3 seeds; \"all\": 12 or fewer pairs, by benchmark and seed, taken as "
+             "independent): mean and 95% t-interval (n - 1 df). `same ranks`: pairs whose method ended with "
+             "r_l = r on every layer. Where the interval holds "
              f"0, a TOST at a margin of {MARGIN:g} (1 pp, the r* tolerance of accuracy) and the paired t-test's "
              "power at that margin say how much a \"no difference\" means.", "",
              "Parameter counts: `trainable` is what the optimiser holds (adapters, beta, head; AdaLoRA: its "
              "init_r triplets and the head); `adapter` the adapter parameters in use at the end (AdaLoRA: kept "
              "triplets x (d_in + d_out + 1)).", "",
              "## Paired differences", "",
-             "| benchmark | r | comparison | uniform acc | acc | mean diff | 95% CI (paired, 3 seeds) | TOST p | "
-             "verdict | trainable (uniform / method) | adapter (uniform / method) |",
-             "|---|---|---|---|---|---|---|---|---|---|---|"]
+             "| benchmark | r | comparison | pairs | same ranks | uniform acc | acc | mean diff | 95% CI (paired t) | "
+             "TOST p | verdict | trainable (uniform / method, % of uniform) | adapter (uniform / method, % of uniform) |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for _, s in summary.iterrows():
-        lines.append(f"| {s['benchmark']} | {s['r']} | {s['comparison']} | {s['uniform acc']:.4f} | {s['acc']:.4f} | "
+        lines.append(f"| {s['benchmark']} | {s['r']} | {s['comparison']} | {s['n']} | {s['same ranks']} | "
+                     f"{s['uniform acc']:.4f} | {s['acc']:.4f} | "
                      f"{s['mean']:+.4f} | [{s['lo']:+.4f}, {s['hi']:+.4f}] | {s['tost_p']:.3f} | {verdict(s)} | "
-                     f"{s['trainable uniform']} / {s['trainable']} | {s['adapter uniform']} / {s['adapter']} |")
+                     f"{s['trainable uniform']} / {s['trainable']} ({s['trainable % of uniform']} %) | "
+                     f"{s['adapter uniform']} / {s['adapter']} ({s['adapter % of uniform']} %) |")
+    same = table[table["method"] == "allocated"]["ranks"].to_numpy() == table[table["method"] == "uniform"]["ranks"].to_numpy()
+    lines += ["", f"The allocated ranks equal the uniform ones in {int(same.sum())} of {len(same)} (benchmark, r, seed): "
+              "the layers' participation ratios at init are close, and proportional ranks at the uniform budget "
+              "then round back to r. \"all\" pools the benchmarks (pairs by benchmark and seed)."]
     lines += ["", "## Per run", "", "| benchmark | r | method | seed | test acc | trainable | adapter | ranks |",
               "|---|---|---|---|---|---|---|---|"]
     for _, t in table.iterrows():
