@@ -27,7 +27,7 @@ MODULES = [
     "reservoir_depth.data", "reservoir_depth.data.dataset", "reservoir_depth.planted",
     "reservoir_depth.data.text", "reservoir_depth.data.series", "reservoir_depth.spectra",
     "reservoir_depth.spectra.measures", "reservoir_depth.spectra.probes",
-    "reservoir_depth.rank", "reservoir_depth.identity", "reservoir_depth.run", "reservoir_depth.study", "reservoir_depth.results", "reservoir_depth.sweep",
+    "reservoir_depth.rank", "reservoir_depth.predict", "reservoir_depth.identity", "reservoir_depth.run", "reservoir_depth.study", "reservoir_depth.results", "reservoir_depth.sweep",
     "reservoir_depth.report", "reservoir_depth.ray_sweep", "reservoir_depth.distributed",
     "reservoir_depth.theory.activations", "reservoir_depth.theory.unfolding",
     "reservoir_depth.theory.signal_propagation", "reservoir_depth.theory.scaffold_spectra",
