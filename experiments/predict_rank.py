@@ -4,7 +4,8 @@ Reads r* at each study's headline tolerance from its committed store (predict.ta
 report.saturation), builds each study's model at init (first seed), runs each predictor on it
 (seconds; the probe trains a copy at the grid's largest rank for 2 % of one run's steps), and
 evaluates them leaving one benchmark out (predict.evaluate: one scale factor fit on the others).
-Writes targets.csv, evaluation.csv (one row per benchmark and predictor), summary.csv, search.csv (the
+Writes targets.csv, evaluation.csv (one row per benchmark and predictor), summary.csv, calibration.csv
+and levels.csv (the gradient predictors at each tolerance level: their scale, leave-one-out), search.csv (the
 adaptive search replayed on each stored curve from the best predictor's leave-one-out prediction, from
 the grid's start, and the whole grid: runs needed and r* found), predict.md, predict.png (log-log,
 predicted vs measured) and provenance.json.
@@ -25,8 +26,9 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 import torch  # noqa: E402
 
-from reservoir_depth.predict import (DataSpectrum, GradientSpectrum, LayerTaskSpectrum, ProbeSpectrum,  # noqa: E402
-                                     evaluate, init_model, search_replay, study_of, targets)
+from reservoir_depth.predict import (LEVELS, DataSpectrum, GradientSpectrum, LayerTaskSpectrum,  # noqa: E402
+                                     ProbeSpectrum, calibrate, evaluate, init_model, search_replay, study_of,
+                                     targets)
 from reservoir_depth.report import markdown  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).parent))
@@ -92,6 +94,24 @@ def figure(ev: pd.DataFrame, path: Path, chosen: list[str]) -> None:
     plt.close(fig)
 
 
+def per_level(table: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """The gradient predictors at each tolerance level: (calibration: one scale per measure and level, fit
+    on every benchmark with a finite r* at that level, what predict.CALIBRATION holds; the leave-one-out
+    summary of the gradient predictors and the constants at that level)."""
+    grad = table[table["predictor"].str.startswith("gradient")].drop(columns=["per_layer"])
+    cal, summaries = [], []
+    for i, level in enumerate(LEVELS):
+        t = targets(level=i).set_index("benchmark")
+        g = grad[grad["benchmark"].isin(t.index)].copy()
+        for col in ("r_star", "max_rank", "eps", "censored"):
+            g[col] = t.loc[g["benchmark"], col].to_numpy()
+        for name, gm in g.groupby("predictor"):
+            cal.append({"measure": name[len("gradient ("):-1], "level": level, "scale": float(f"{calibrate(gm['raw'], gm['r_star']):.3g}"),
+                        "finite r*": int(np.isfinite(gm["r_star"]).sum()), "benchmarks": len(gm)})
+        summaries.append(evaluate(g)[1].assign(level=level))
+    return pd.DataFrame(cal), pd.concat(summaries, ignore_index=True)
+
+
 def main() -> None:
     p = parser(__doc__, out="docs/results/predict")
     p.add_argument("--only", nargs="*", help="benchmarks to measure (default: all with a store)")
@@ -109,6 +129,9 @@ def main() -> None:
     summary = summary.sort_values(["fraction within 2x", "rho"], ascending=False)
     summary.to_csv(out / "summary.csv", index=False)
     table[["benchmark", "predictor", "per_layer"]].to_json(out / "per_layer.json", orient="records", indent=1)
+    calibration, levels = per_level(table)
+    calibration.to_csv(out / "calibration.csv", index=False)
+    levels.to_csv(out / "levels.csv", index=False)
     best = [n for n in summary["predictor"] if not n.startswith("constant")][:2]
     preds = ev[ev["predictor"] == best[0]].set_index("benchmark")["pred"]
     search = pd.DataFrame([search_replay(Path("docs/results") / b, float(preds[b]) if np.isfinite(preds[b]) else None)
@@ -130,7 +153,17 @@ def main() -> None:
             f"for the search from the grid's start and {int(search['runs, grid'].sum())} for the whole grid; it finds "
             f"the grid scan's r* on {same} of {len(search)} benchmarks (the search assumes saturation is monotone in r; "
             "where a curve is not, it may stop at another rank).", "",
-            markdown(search.drop(columns=["grid"]))]
+            markdown(search.drop(columns=["grid"])), "",
+            "**Per tolerance.** `reservoir-depth predict` prints r* at each of the metric's tolerances (tight, "
+            "headline, loose: accuracy 0.5 / 1 / 2 pp absolute; losses, bpc, NRMSE 2 / 5 / 10 % relative), the "
+            "gradient's max over layers times that level's scale (calibration.csv, fit on every benchmark with a "
+            "finite r* at that level; predict.CALIBRATION holds the same numbers). Leave one out at each level "
+            "(levels.csv):", "",
+            markdown(levels[levels["predictor"].isin(["gradient (participation_ratio)", "constant: C - 1",
+                                                      "constant: median r* of the others"])]
+                     [["level", "predictor", "finite r*", "within 2x of finite r*", "fraction within 2x",
+                       "censored hits", "rho", "p"]]),
+            "", markdown(calibration)]
     (out / "predict.md").write_text("\n".join(text) + "\n")
     write_provenance(out, config={"probe_fraction": PROBE_FRACTION, "benchmarks": list(tgt["benchmark"])},
                      seeds=[0], metrics={"summary": summary.to_dict("records"), "search": search.to_dict("records")})

@@ -34,7 +34,7 @@ from .report import NoResults, markdown, summary, write_report
 from .results import ResultsStore
 from .scaffold import ScaffoldConfig, count_parameters, scaffold
 from .spectra import ActivationSpectra, WeightSpectra
-from .predict import MEASURE_OF, GradientSpectrum, predict_study
+from .predict import CALIBRATION, MEASURE_OF, GradientSpectrum, per_tolerance, predict_study
 from .readout import READOUTS
 from .study import Study
 from .sweep import backfill, check_study, dataset_rows, run_study
@@ -247,10 +247,18 @@ def cmd_spectra(args: argparse.Namespace) -> None:
 def cmd_predict(args: argparse.Namespace) -> None:
     """r* predicted at init (predict.predict_study: the first gradient's spectrum per target weight)."""
     study = _study(args.study)
-    rows, r, seconds = predict_study(study, GradientSpectrum(measure=args.measure), scale=args.scale)
+    scale = 1.0 if args.scale is None else args.scale
+    rows, r, seconds = predict_study(study, GradientSpectrum(measure=args.measure), scale=scale)
+    if args.scale is None and args.measure in CALIBRATION:  # per tolerance, each with its own calibration
+        print(markdown(rows.drop(columns=["predicted r*"])))
+        print(markdown(per_tolerance(study, r, args.measure), {"scale": "{:.3g}", "predicted r*": "{:.3g}"}))
+        print(f"predicted r* of {study.study!r} per tolerance: the max over layers of {args.measure} ({r:.3g}) "
+              f"x each tolerance's calibration (docs/results/predict/calibration.csv), in {seconds:.2f} s; "
+              "nothing trained")
+        return
     print(markdown(rows))
     print(f"predicted r* (headline tolerance of {study.study!r}, max over layers): {r:.3g}, "
-          f"{args.measure} x {args.scale:g}, in {seconds:.2f} s; nothing trained")
+          f"{args.measure} x {scale:g}, in {seconds:.2f} s; nothing trained")
 
 
 def cmd_distributions() -> None:
@@ -357,8 +365,9 @@ def parser() -> argparse.ArgumentParser:
     pr = sub.add_parser("predict", help="predict r* at init, per layer, before anything trains", formatter_class=D)
     pr.add_argument("study", nargs="?", help="a study TOML (default: the digits study)")
     pr.add_argument("--measure", choices=list(MEASURE_OF), default="participation_ratio")
-    pr.add_argument("--scale", type=float, default=1.0,
-                    help="calibration factor (docs/results/predict/evaluation.csv, column scale)")
+    pr.add_argument("--scale", type=float, default=None,
+                    help="one calibration factor for the headline tolerance (default: the committed calibration "
+                         "of the measure at each tolerance, predict.CALIBRATION; 1 for an uncalibrated measure)")
     sub.add_parser("distributions", help="list the registered random-matrix families",
                    description="List the registered random-matrix families of W_seed: name, default scaling rule, "
                                "parameters with their defaults, and what each draws (use one with train --dist).")

@@ -57,6 +57,11 @@ MEASURE_OF: dict[str, Callable[[Spectrum], float]] = {  # spectrum -> a number r
     "k_0.99": lambda s: float(s.k_tau(0.99)),
 }
 ROWS = 1000  # at most this many training inputs for the activation / data spectra
+LEVELS = ("tight", "headline", "loose")  # a metric's tolerances, tasks.Metric.eps[0], [1], [2]
+CALIBRATION: dict[str, tuple[float, float, float]] = {  # measure -> scale at each level (predicted r* = scale x raw)
+    # the gradient spectrum's calibration on every committed benchmark with a finite r* at that level:
+    # docs/results/predict/calibration.csv, written by experiments/predict_rank.py (a test checks they agree)
+}
 
 
 def _check_measure(measure: str) -> None:
@@ -84,9 +89,12 @@ def study_of(folder: str | Path, experiments: str | Path = "experiments") -> Stu
     return recorded
 
 
-def target(folder: str | Path, experiments: str | Path = "experiments") -> dict[str, Any] | None:
-    """One row of ``targets``: r* at the headline tolerance of ``folder``'s study (None without a rank
-    sweep and full training)."""
+def target(folder: str | Path, experiments: str | Path = "experiments", level: int | None = None) -> dict[str, Any] | None:
+    """One row of ``targets``: r* at the headline tolerance of ``folder``'s study, or at its metric's
+    tolerance number ``level`` (0, 1, 2: tasks.Metric.eps, tight to loose; 1 is the headline) (None
+    without a rank sweep and full training)."""
+    if level is not None and level not in range(len(LEVELS)):
+        raise ValueError(f"level must be one of {list(range(len(LEVELS)))} ({', '.join(LEVELS)}), got {level!r}")
     folder = Path(folder)
     study = study_of(folder, experiments)
     if not study.ranks or not study.full:
@@ -96,12 +104,13 @@ def target(folder: str | Path, experiments: str | Path = "experiments") -> dict[
         return None
     metric = metric_of_frame(df)
     m = metric_of(metric)
-    sr = saturation(df, study, metric, m.headline_eps, m.tolerance == "relative")
+    eps = m.headline_eps if level is None else m.eps[level]
+    sr = saturation(df, study, metric, eps, m.tolerance == "relative")
     if sr is None:
         return None
     lotta = df[df[Columns.METHOD] == "lotta"]
     top = lotta[lotta[Columns.RANK] == lotta[Columns.RANK].max()]
-    return {"benchmark": folder.name, "arch": study.arch["name"], "metric": metric, "eps": m.headline_eps,
+    return {"benchmark": folder.name, "arch": study.arch["name"], "metric": metric, "eps": eps,
             "tolerance": m.tolerance, "r_star": sr.r_star_, "lo": sr.ci_[0], "hi": sr.ci_[1],
             "interval": sr.ci_kind_, "n_seeds": sr.n_seeds_, "max_rank": sr.max_rank_, "full_rank": full_rank(study),
             "censored": not math.isfinite(sr.r_star_), "margin": sr.margin_,
@@ -131,7 +140,7 @@ def search_replay(folder: str | Path, r_start: float | None, experiments: str | 
 
 
 def targets(root: str | Path = "docs/results", experiments: str | Path = "experiments",
-            exclude: Sequence[str] = ("planted",)) -> pd.DataFrame:
+            exclude: Sequence[str] = ("planted",), level: int | None = None) -> pd.DataFrame:
     """r* at the headline tolerance for every results folder under ``root`` holding a store of a study
     with ranks and full training (one row each; ``run_seconds``: median seconds of a run at the largest
     rank, one full run's cost). Planted tasks are left out (their own sanity check)."""
@@ -139,7 +148,7 @@ def targets(root: str | Path = "docs/results", experiments: str | Path = "experi
     for folder in sorted(Path(root).iterdir()):
         if folder.name in exclude or not (folder / "runs.sqlite").exists() or not (folder / "study.json").exists():
             continue
-        row = target(folder, experiments)
+        row = target(folder, experiments, level)
         if row is not None:
             rows.append(row)
     return pd.DataFrame(rows)
@@ -443,6 +452,19 @@ def evaluate(table: pd.DataFrame, constants: bool = True) -> tuple[pd.DataFrame,
 
 
 # ----------------------------------------------------------------------------- use
+
+def per_tolerance(study: Study, raw: float, measure: str = "participation_ratio") -> pd.DataFrame:
+    """The predicted r* at each of the study's headline metric's tolerances (tight, headline, loose):
+    ``raw`` (the max over layers of ``measure`` of the first gradient) times CALIBRATION[measure] at that
+    level. One row per tolerance: level, eps (as reports state it), scale, predicted r*."""
+    if measure not in CALIBRATION:
+        raise ValueError(f"no calibration for measure {measure!r}; calibrated: {sorted(CALIBRATION)} "
+                         "(pass an explicit scale instead)")
+    m = metric_of(task_of(study.runs()[0].data().task).headline)
+    return pd.DataFrame([{"level": level, "eps": m.eps_text(eps, m.tolerance == "relative"), "scale": scale,
+                          "predicted r*": raw * scale}
+                         for level, eps, scale in zip(LEVELS, m.eps, CALIBRATION[measure])])
+
 
 def predict_study(study: Study, estimator: _Predictor | None = None, scale: float = 1.0):
     """(per-layer frame, predicted r*) of ``study`` at init, before anything trains: ``estimator``

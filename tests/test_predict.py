@@ -181,3 +181,45 @@ def test_search_replay_on_a_store_finds_the_grid_r_star_and_counts_runs():
     assert exact["runs, from prediction"] <= 2 * exact["seeds"] < exact["runs, grid"]
     far = search_replay(folder, 10_000, ROOT / "experiments")  # a prediction past the grid starts at its top
     assert far["r_star, from prediction"] == row["r_star"] and far["runs, from prediction"] <= far["runs, grid"]
+
+
+def test_cli_predict_prints_each_tolerance_with_its_calibration(capsys, monkeypatch):
+    """Without --scale, a calibrated measure prints the predicted r* at each of the metric's tolerances:
+    the max over layers times that tolerance's own scale (predict.CALIBRATION)."""
+    from reservoir_depth import cli, predict
+
+    monkeypatch.setitem(predict.CALIBRATION, "participation_ratio", (1.0, 2.0, 4.0))
+    assert cli.main(["predict"]) == 0
+    out = capsys.readouterr().out
+    rows = {line.split("|")[1].strip(): line.split("|") for line in out.splitlines()
+            if line.startswith(("| tight", "| headline", "| loose"))}
+    assert [rows[k][2].strip() for k in ("tight", "headline", "loose")] == [
+        "0.005 (0.50 pp, absolute)", "0.01 (1.00 pp, absolute)", "0.02 (2.00 pp, absolute)"]
+    pred = {k: float(v[4]) for k, v in rows.items()}
+    assert pred["headline"] == pytest.approx(2 * pred["tight"], rel=1e-2)
+    assert pred["loose"] == pytest.approx(4 * pred["tight"], rel=1e-2)
+    monkeypatch.delitem(predict.CALIBRATION, "participation_ratio")
+    assert cli.main(["predict"]) == 0 and "x 1, in" in capsys.readouterr().out  # uncalibrated: the raw value
+    with pytest.raises(ValueError, match=r"no calibration for measure 'participation_ratio'"):
+        predict.per_tolerance(predict.study_of(ROOT / "docs/results/digits_mlp", ROOT / "experiments"), 3.0)
+
+
+def test_target_at_each_tolerance_level():
+    folder = ROOT / "docs/results/digits_mlp"
+    rows = [target(folder, ROOT / "experiments", level) for level in (0, 1, 2)]
+    assert [r["eps"] for r in rows] == [0.005, 0.01, 0.02]
+    assert rows[1] == target(folder, ROOT / "experiments")
+    assert rows[0]["r_star"] >= rows[1]["r_star"] >= rows[2]["r_star"]  # a looser tolerance never needs more rank
+    with pytest.raises(ValueError, match=r"level must be one of \[0, 1, 2\]"):
+        target(folder, ROOT / "experiments", 3)
+
+
+def test_the_packaged_calibration_is_the_committed_one():
+    """predict.CALIBRATION (what `reservoir-depth predict` uses) holds the scales experiments/predict_rank.py
+    fit and committed in docs/results/predict/calibration.csv."""
+    from reservoir_depth.predict import CALIBRATION, LEVELS
+
+    cal = pd.read_csv(ROOT / "docs/results/predict/calibration.csv")
+    assert set(CALIBRATION) == set(cal["measure"])
+    for row in cal.itertuples():
+        assert CALIBRATION[row.measure][LEVELS.index(row.level)] == pytest.approx(row.scale, rel=1e-3), row
