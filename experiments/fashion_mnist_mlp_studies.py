@@ -237,8 +237,8 @@ def main() -> None:
         f"spread {fam.max() - fam.min():.2f} pp (the paper: <= 0.3 pp on MNIST at r = 8). Paired with the normal "
         f"family by seed ({len(SEEDS)} seeds), some families are equivalent at 0.3 pp by a TOST (alpha 0.05): ",
         f"the smallest margins the data call equivalent run from {equiv['equivalent at (pp)'].min():.2f} to "
-        f"{equiv['equivalent at (pp)'].max():.2f} pp, so these seeds neither confirm nor refute a 0.3 pp claim "
-        "for the others (family_equivalence.csv).", "",
+        f"{equiv['equivalent at (pp)'].max():.2f} pp, so these seeds neither confirm nor refute the 0.3 pp claim "
+        "(family_equivalence.csv).", "",
         markdown(equiv, {"mean diff (pp)": "{:+.2f}", "TOST p (margin 0.3 pp)": "{:.3f}",
                          "equivalent at (pp)": "{:.2f}"}),
         "All studies:", "",
