@@ -46,6 +46,17 @@ def betas(results: Path) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+def identifiable(b: pd.DataFrame) -> pd.DataFrame:
+    """One row per identifiable beta: within a run, betas of one module (the layer name less its last part)
+    that are exactly equal are one value counted once ("tied": how many layers share it). At r = 0, q and k,
+    v and o, up and down enter the model only through their products, so their betas stay equal; counting
+    each as its own value would count one number twice."""
+    parent = b["layer"].str.rsplit(".", n=1).str[0].where(b["layer"].str.contains(r"\."), "")
+    keys = [b["run_id"], parent, b["beta"]]
+    tied = b.groupby(keys)["layer"].transform("size")
+    return b.assign(tied=tied)[~b.assign(parent=parent).duplicated(["run_id", "parent", "beta"])]
+
+
 def summary(b: pd.DataFrame) -> pd.DataFrame:
     g = b.groupby(["store", "study"])
     out = pd.DataFrame({"runs": g["run_id"].nunique(), "(run, layer) pairs": g.size(),
@@ -59,23 +70,29 @@ def main() -> None:
     p.add_argument("--results", type=Path, default=Path("docs/results"), help="folder of results stores")
     a = p.parse_args()
     a.out.mkdir(parents=True, exist_ok=True)
-    b = betas(a.results)
-    b.to_csv(a.out / "beta.csv", index=False)
-    s = summary(b)
+    every = betas(a.results)
+    every.to_csv(a.out / "beta.csv", index=False)
+    b = identifiable(every)
+    ties = b[b["tied"] > 1]
+    s = summary(b).rename(columns={"(run, layer) pairs": "identifiable betas"})
     by_rank = b.pivot_table(index="store", columns="r", values="beta", aggfunc="median")
     by_rank.columns = [f"r = {c}" for c in by_rank.columns]
     text = "\n".join([
         "# Learned beta under a static scaffold, every benchmark", "",
         f"Regenerate: `python experiments/beta_summary.py --out {a.out}` (reads the committed stores; trains "
-        f"nothing). {len(b)} (run, layer) betas from {b['run_id'].nunique()} LottaLoRA runs in "
-        f"{b['store'].nunique()} stores; final epoch. Overall: min {b['beta'].min():.3f}, median "
+        f"nothing). {len(every)} (run, layer) betas from {b['run_id'].nunique()} LottaLoRA runs in "
+        f"{b['store'].nunique()} stores, final epoch; {len(b)} identifiable values after counting once the "
+        f"{len(ties)} groups of exactly equal betas within one module ({int(ties['tied'].sum())} betas: at r = 0 q and "
+        "k, v and o, up and down enter the model only through their products). Every figure below counts each "
+        f"identifiable value once. Overall: min {b['beta'].min():.3f}, median "
         f"{b['beta'].median():.3f}, max {b['beta'].max():.3f}; {int((b['beta'] <= 0).sum())} are <= 0.", "",
         markdown(s, {"min": "{:.3f}", "median": "{:.3f}", "max": "{:.3f}"}),
         "Median by rank:", "",
         markdown(by_rank.reset_index(), {c: "{:.3f}" for c in by_rank.columns}), ""])
     (a.out / "beta.md").write_text(text)
     write_provenance(a.out, config={"results": str(a.results)}, seeds=sorted(b["seed"].unique().tolist()),
-                     metrics={"min": float(b["beta"].min()), "median": float(b["beta"].median()),
+                     metrics={"betas": len(every), "identifiable": len(b),
+                              "min": float(b["beta"].min()), "median": float(b["beta"].median()),
                               "nonpositive": int((b["beta"] <= 0).sum()), "stores": sorted(b["store"].unique())})
     print(text)
 
