@@ -28,7 +28,7 @@ from reservoir_depth.train import TrainConfig
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS, EXPERIMENTS = ROOT / "docs" / "results", ROOT / "experiments"
 TOML_STORES = sorted(p.parent.name for p in RESULTS.glob("*/runs.sqlite") if (EXPERIMENTS / f"{p.parent.name}.toml").exists())
-SCRIPT_STORES = ("distribution_families", "fashion_mnist_mlp_studies", "planted")
+SCRIPT_STORES = ("distribution_families", "fashion_mnist_mlp_studies", "full_rank_gap", "planted")
 
 
 def stored(name: str) -> dict[str, dict]:
@@ -52,6 +52,9 @@ def script_studies(name: str) -> list[dict]:
         return [m.study(f, k) for f, v in m.FAMILIES.items() for k in v[3]]
     if name == "fashion_mnist_mlp_studies":
         return list(experiment("fashion_mnist_mlp_studies").studies().values())
+    if name == "full_rank_gap":
+        m = experiment("full_rank_gap")
+        return [m.variant(b, v) for b in m.BENCHMARKS for v in m.VARIANTS]
     m = experiment("distribution_families")
     out = [m.study(f, full=(f == "normal")) for f in sorted(DISTRIBUTIONS)]
     out += [m.study(f, center=True) for f in sorted(DISTRIBUTIONS) if m.nonzero_mean(f)]
