@@ -61,6 +61,9 @@ LEVELS = ("tight", "headline", "loose")  # a metric's tolerances, tasks.Metric.e
 CALIBRATION: dict[str, tuple[float, float, float]] = {  # measure -> scale at each level (predicted r* = scale x raw)
     # the gradient spectrum's calibration on every committed benchmark with a finite r* at that level:
     # docs/results/predict/calibration.csv, written by experiments/predict_rank.py (a test checks they agree)
+    "k_0.9": (1.32, 1.6, 0.908),
+    "participation_ratio": (1.99, 2.83, 1.71),
+    "stable_rank": (2.88, 4.63, 3.0),
 }
 
 
