@@ -41,7 +41,7 @@ from scipy import stats
 from torch import nn
 
 from .rank import adaptive_search
-from .report import metric_of_frame, saturation
+from .report import metric_of_frame, n_test_of, saturation
 from .results import Columns, ResultsStore
 from .scaffold import ScaffoldConfig, merge, scaffold_layers
 from .spectra import ActivationSpectra, Spectrum, TaskSpectrum, WeightSpectra
@@ -92,13 +92,10 @@ def study_of(folder: str | Path, experiments: str | Path = "experiments") -> Stu
     return recorded
 
 
-def target(folder: str | Path, experiments: str | Path = "experiments", level: int | None = None) -> dict[str, Any] | None:
-    """One row of ``targets``: r* at the headline tolerance of ``folder``'s study, or at its metric's
-    tolerance number ``level`` (0, 1, 2: tasks.Metric.eps, tight to loose; 1 is the headline) (None
-    without a rank sweep and full training)."""
-    if level is not None and level not in range(len(LEVELS)):
-        raise ValueError(f"level must be one of {list(range(len(LEVELS)))} ({', '.join(LEVELS)}), got {level!r}")
-    folder = Path(folder)
+def _saturation(folder: Path, experiments: str | Path, level: int | None = None):
+    """(study, frame, metric name, SaturationRank) of ``folder``'s store at its metric's tolerance number
+    ``level`` (default: the headline eps), with the metric's own tolerance kind; None without a rank sweep
+    and full training, or when no r* can be stated."""
     study = study_of(folder, experiments)
     if not study.ranks or not study.full:
         return None
@@ -107,17 +104,28 @@ def target(folder: str | Path, experiments: str | Path = "experiments", level: i
         return None
     metric = metric_of_frame(df)
     m = metric_of(metric)
-    eps = m.headline_eps if level is None else m.eps[level]
-    sr = saturation(df, study, metric, eps, m.tolerance == "relative")
-    if sr is None:
+    sr = saturation(df, study, metric, m.headline_eps if level is None else m.eps[level], m.tolerance == "relative")
+    return None if sr is None else (study, df, metric, sr)
+
+
+def target(folder: str | Path, experiments: str | Path = "experiments", level: int | None = None) -> dict[str, Any] | None:
+    """One row of ``targets``: r* at the headline tolerance of ``folder``'s study, or at its metric's
+    tolerance number ``level`` (0, 1, 2: tasks.Metric.eps, tight to loose; 1 is the headline) (None
+    without a rank sweep and full training)."""
+    if level is not None and level not in range(len(LEVELS)):
+        raise ValueError(f"level must be one of {list(range(len(LEVELS)))} ({', '.join(LEVELS)}), got {level!r}")
+    folder = Path(folder)
+    found = _saturation(folder, experiments, level)
+    if found is None:
         return None
+    study, df, metric, sr = found
+    m = metric_of(metric)
     lotta = df[df[Columns.METHOD] == "lotta"]
     top = lotta[lotta[Columns.RANK] == lotta[Columns.RANK].max()]
-    return {"benchmark": folder.name, "arch": study.arch["name"], "metric": metric, "eps": eps,
+    return {"benchmark": folder.name, "arch": study.arch["name"], "metric": metric, "eps": sr.eps,
             "tolerance": m.tolerance, "r_star": sr.r_star_, "lo": sr.ci_[0], "hi": sr.ci_[1],
             "interval": sr.ci_kind_, "n_seeds": sr.n_seeds_, "max_rank": sr.max_rank_, "full_rank": full_rank(study),
-            "censored": not math.isfinite(sr.r_star_), "margin": sr.margin_,
-            "n_test": int(df["n_test"].dropna().iloc[0]) if "n_test" in df and df["n_test"].notna().any() else None,
+            "censored": not math.isfinite(sr.r_star_), "margin": sr.margin_, "n_test": n_test_of(df),
             "run_seconds": float(top["seconds"].median())}
 
 
@@ -127,13 +135,13 @@ def search_replay(folder: str | Path, r_start: float | None, experiments: str | 
     prediction) and from the grid's start (doubling), against the whole grid; with the r* each finds
     beside the grid scan's. A run is one rank on one seed (the full-training baseline is not counted)."""
     folder = Path(folder)
-    study = study_of(folder, experiments)
-    df = study.frame(ResultsStore(folder / "runs.sqlite"))
-    metric = metric_of_frame(df)
-    m = metric_of(metric)
-    sr = saturation(df, study, metric, m.headline_eps, m.tolerance == "relative")
+    found = _saturation(folder, experiments)
+    if found is None:
+        raise ValueError(f"{folder}: no r* to search for (the study needs ranks, full training and a rank "
+                         "that ran for every seed)")
+    sr = found[3]
     grid = sorted(sr.curve_)
-    search = lambda start: adaptive_search(sr.curve_.__getitem__, sr.full_, sr.eps, grid[-1], m.higher_is_better,
+    search = lambda start: adaptive_search(sr.curve_.__getitem__, sr.full_, sr.eps, grid[-1], sr.higher_is_better,
                                            r_min=grid[0], relative=sr.relative, r_start=start, grid=grid)
     doubling, predicted = search(None), search(r_start)
     return {"benchmark": folder.name, "seeds": sr.n_seeds_, "grid": grid, "r_star": sr.r_star_,

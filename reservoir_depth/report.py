@@ -255,6 +255,17 @@ def fmt_rank(r: float, max_rank: int | None = None) -> str:
     return str(int(r))
 
 
+def n_test_of(df) -> int | None:
+    """The test-set size the runs of ``df`` recorded (None where none did)."""
+    return int(df["n_test"].dropna().iloc[0]) if "n_test" in df and df["n_test"].notna().any() else None
+
+
+def is_tie(m: Metric, margin: float, n_test: int | None) -> bool:
+    """Whether an accuracy r* clears its threshold by less than one test example per seed (margin <
+    1 / n_test): a tie, not a saturation. Only accuracy with n_test recorded can be a tie."""
+    return m.name == "test_acc" and n_test is not None and math.isfinite(margin) and margin < 1 / n_test
+
+
 def _r_star_cell(sr: SaturationRank, m: Metric, n_test: int | None) -> tuple[str, str, bool]:
     """(r* cell, margin cell, tie) of one r*(eps). For accuracy with n_test recorded, the margin is also
     given in test examples (margin x n_test per seed), and an r* whose margin is below one test example
@@ -268,7 +279,7 @@ def _r_star_cell(sr: SaturationRank, m: Metric, n_test: int | None) -> tuple[str
     def by(margin: float) -> str:
         return m.points(margin) + (f", {margin * n_test:.2g} test examples per seed" if examples else "")
 
-    tie = examples and sr.margin_ < 1 / n_test
+    tie = is_tie(m, sr.margin_, n_test)
     if tie:
         later = [q for q in sorted(sr.curve_) if sr.r_star_ < q <= sr.max_rank_]
         if later:
@@ -287,7 +298,7 @@ def rank_section(df, study: Study, metric: str) -> tuple[list[str], dict[float, 
     rank that ran for every seed, and the test-set resolution. Returns (markdown lines, {eps: r*} of
     the first table's kind for the figures, a JSON summary)."""
     m = metric_of(metric)
-    n_test = int(df["n_test"].dropna().iloc[0]) if "n_test" in df and df["n_test"].notna().any() else None
+    n_test = n_test_of(df)
     tables: dict[bool, list[str]] = {}
     r_stars, summary = {}, []
     for eps, relative in study.tolerances(m):
