@@ -40,7 +40,7 @@ def sgd_beta(schedule: str, seed: int, p=SGD) -> tuple[np.ndarray, float]:
     k = p["steps"] + 2 if schedule == "step" else 1
     cfg = ScaffoldConfig(target_modules=["fc"], r=p["r"], root_seed=seed, bias="none", schedule=schedule, k=k,
                          spec={"name": "normal", "scaling": "fan_in", "gain": p["gain"]})
-    layer = ScaffoldLinear(p["d"], p["d_out"], "fc", cfg).double()
+    layer = ScaffoldLinear(p["d"], p["d_out"], "fc", cfg.settings_for("fc")).double()
     g = torch.Generator().manual_seed(seed)
     X = torch.randn(p["n"], p["d"], generator=g, dtype=torch.float64)
     W_other = torch.randn(p["d_out"], p["d"], generator=g, dtype=torch.float64) / p["d"] ** 0.5

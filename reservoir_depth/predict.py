@@ -184,7 +184,7 @@ def full_rank(study: Study) -> int:
     min(d_in, d_out), under the caps the study or the family sets for every run (llama's SwiGLU at 0).
     At r >= full_rank, s B A can represent any Delta W of every target."""
     model, _ = init_model(study)
-    return max((min(*layer.map_shape, *([layer.config.max_rank[layer.rank_pattern]] if layer.rank_pattern else []))
+    return max((min(*layer.map_shape, *(() if layer.settings.r_max is None else (layer.settings.r_max,)))
                 for _, layer in scaffold_layers(model)), default=0)
 
 

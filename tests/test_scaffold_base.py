@@ -52,7 +52,7 @@ def linear_case(draw_):
 def test_linear_at_init_is_the_reservoir(case, beta):
     d_in, d_out, r, rslora, root = case
     config = ScaffoldConfig(r=r, rslora=rslora, root_seed=root)
-    layer = ScaffoldLinear(d_in, d_out, "layers.0", config)
+    layer = ScaffoldLinear(d_in, d_out, "layers.0", config.settings_for("layers.0"))
     assert layer.W_seed.shape == (d_out, d_in) and not layer.W_seed.requires_grad
     assert torch.equal(layer.W_seed, canonical(config, (d_out, d_in), "layers.0"))
     assert float(layer.beta.detach()) == 1.0 and not layer.lora_B.any()
@@ -72,7 +72,7 @@ def test_linear_at_init_is_the_reservoir(case, beta):
 def test_linear_forward_is_equation_1(case, alpha):
     """y = beta W_seed x + s B (A x) + b with s = alpha / r (rsLoRA: alpha / sqrt(r))."""
     d_in, d_out, r, rslora, root = case
-    layer = ScaffoldLinear(d_in, d_out, "fc", ScaffoldConfig(r=r, alpha=alpha, rslora=rslora, root_seed=root))
+    layer = ScaffoldLinear(d_in, d_out, "fc", ScaffoldConfig(r=r, alpha=alpha, rslora=rslora, root_seed=root).settings_for("fc"))
     perturb_adapters(layer, seed=root % 1000)
     s = 0.0 if r == 0 else alpha / (math.sqrt(r) if rslora else r)
     x = torch.randn(4, d_in, generator=gen(1))
@@ -82,7 +82,7 @@ def test_linear_forward_is_equation_1(case, alpha):
 
 
 def test_bias_none_drops_the_bias():
-    layer = ScaffoldLinear(4, 3, "fc", ScaffoldConfig(r=2, bias="none"))
+    layer = ScaffoldLinear(4, 3, "fc", ScaffoldConfig(r=2, bias="none").settings_for("fc"))
     assert layer.bias is None and "bias" not in dict(layer.named_parameters())
     x = torch.randn(5, 4, generator=gen(0))
     torch.testing.assert_close(layer(x), F.linear(x, layer.W_seed))
@@ -95,10 +95,10 @@ def test_w_seed_is_not_in_state_dict():
 
 def test_rank_too_large():
     with pytest.raises(ValueError) as err:
-        ScaffoldLinear(7, 3, "fc", ScaffoldConfig(r=4))
+        ScaffoldLinear(7, 3, "fc", ScaffoldConfig(r=4).settings_for("fc"))
     assert "4" in str(err.value) and "[0, 3]" in str(err.value)
     with pytest.raises(ValueError, match=r"\[0, 2\]"):
-        ScaffoldConv2d(nn.Conv2d(2, 5, 1), "conv", ScaffoldConfig(r=3))
+        ScaffoldConv2d(nn.Conv2d(2, 5, 1), "conv", ScaffoldConfig(r=3).settings_for("conv"))
     with pytest.raises(ValueError, match="r=9"):
         scaffold(Net(), ScaffoldConfig(target_modules=(r"body\.\d+",), trainable=("head",), r=9))
 
@@ -134,7 +134,7 @@ class Single(nn.Module):
 def test_w_seed_same_via_scaffold_or_direct():
     config = ScaffoldConfig(target_modules=("x",), trainable=("head",), r=3, root_seed=5)
     via = scaffold(Single(), config).x
-    direct = ScaffoldLinear(5, 4, "x", config)
+    direct = ScaffoldLinear(5, 4, "x", config.settings_for("x"))
     assert isinstance(via, ScaffoldLinear)
     assert torch.equal(via.W_seed, direct.W_seed)
     assert torch.equal(via.lora_A, direct.lora_A) and torch.equal(via.bias, direct.bias)
@@ -148,7 +148,7 @@ def expected_bias(root_seed, name, d_in, d_out):
 
 @pytest.mark.parametrize("mode", ["keep", "frozen", "trainable"])
 def test_bias_is_drawn_from_its_own_stream(mode):
-    layer = ScaffoldLinear(6, 4, "enc.fc", ScaffoldConfig(r=2, root_seed=9, bias=mode))
+    layer = ScaffoldLinear(6, 4, "enc.fc", ScaffoldConfig(r=2, root_seed=9, bias=mode).settings_for("enc.fc"))
     assert torch.equal(layer.bias.detach(), expected_bias(9, "enc.fc", 6, 4))
 
 
@@ -168,7 +168,7 @@ def test_scaffold_layers_take_the_replaced_layers_dtype(dtype):
 
 def test_float64_scaffold_holds_the_float64_draw():
     model = scaffold(nn.Sequential(nn.Linear(7, 5).double()), ScaffoldConfig(target_modules="0", r=1, root_seed=3))
-    expected = torch.from_numpy(sample(model[0].config.spec, (5, 7), layer_seed(3, "0", "W_seed")))
+    expected = torch.from_numpy(sample(model[0].settings.spec, (5, 7), layer_seed(3, "0", "W_seed")))
     assert torch.equal(model[0].W_seed, expected)
 
 
@@ -320,3 +320,48 @@ def test_bf16_held_seed_saves_and_loads(tmp_path):
     assert [layer.draw_id for _, layer in scaffold_layers(loaded)] == [["epoch", 3]] * 2
     set_seed_dtype(loaded, BF16)
     torch.testing.assert_close(loaded(X), model(X), rtol=0, atol=0)
+
+
+# ----------------------------------------------------------------------------- a layer from its own settings
+
+
+def test_a_layer_is_built_from_its_settings_alone_with_no_config():
+    """LayerSettings is all a layer reads: r, s, spec, bias, schedule, seed; no pattern, no config."""
+    from reservoir_depth.distributions import DistributionSpec
+    from reservoir_depth.scaffold import LayerSettings
+
+    st_ = LayerSettings(spec=DistributionSpec("orthogonal"), r=2, s=3.0, seed=5, bias="trainable")
+    layer = ScaffoldLinear(6, 4, "fc", st_)
+    assert not hasattr(layer, "config") and layer.settings is st_
+    assert (layer.r, layer.s, layer.spec.name) == (2, 3.0, "orthogonal")
+    assert layer.lora_A.shape == (2, 6) and layer.bias.requires_grad
+    # the same settings resolved from a config give the same draw
+    via = ScaffoldConfig(r=2, alpha=6.0, spec=DistributionSpec("orthogonal"), root_seed=5, bias="trainable")
+    assert via.settings_for("fc") == st_
+    assert torch.equal(ScaffoldLinear(6, 4, "fc", via.settings_for("fc")).W_seed, layer.W_seed)
+    assert "r=2" in repr(layer) and "s=3" in repr(layer) and "spec=orthogonal" in repr(layer) and "seed=5" in repr(layer)
+    with pytest.raises(TypeError, match="settings must be a LayerSettings"):
+        ScaffoldLinear(6, 4, "fc", via)
+
+
+def test_settings_resolve_per_layer_overrides_once():
+    from reservoir_depth.distributions import DistributionSpec
+
+    config = ScaffoldConfig(r=8, max_rank={"attn": 2}, specs={r".*\.in_proj": DistributionSpec("uniform")})
+    s = config.settings_for("enc.attn.in_proj", target="enc.attn")
+    assert (s.r, s.r_max, s.rank_pattern, s.spec.name, s.spec_pattern) == (2, 2, "attn", "uniform", r".*\.in_proj")
+    assert s.s == config.scale(2)
+    plain = config.settings_for("enc.fc")
+    assert (plain.r, plain.r_max, plain.rank_pattern, plain.spec_pattern) == (8, None, None, None)
+    model = scaffold(nn.Sequential(nn.Linear(4, 4), nn.Linear(4, 2)), ScaffoldConfig(r=3, max_rank={"1": 1}, trainable=()),
+                     strict=False)
+    assert "max_rank['1'] = 1" in repr(model[1]) and "r=3" in repr(model[0])
+
+
+@pytest.mark.parametrize("bad", [dict(r=-1), dict(s=float("nan")), dict(r=2, s=0.0), dict(bias="x"), dict(k=0),
+                                 dict(schedule="step", k=0), dict(r_max=-1), dict(seed=1.5), dict(init_B="ones")])
+def test_layer_settings_refuse_what_no_layer_can_honour(bad):
+    from reservoir_depth.scaffold import LayerSettings
+
+    with pytest.raises(ValueError):
+        LayerSettings(**bad)

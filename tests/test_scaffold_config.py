@@ -186,7 +186,7 @@ def test_max_rank_gives_the_matching_layer_rank_min_r_r_max_and_its_own_scale(r,
     assert tuple(layers["0"].lora_A.shape) == (r, 6)
     scale = 0.0 if r2 == 0 else 3.0 / (math.sqrt(r2) if rslora else r2)
     assert layers["2"].s == scale and layers["0"].s == config.s
-    assert layers["2"].rank_pattern == "2" and layers["0"].rank_pattern is None
+    assert layers["2"].settings.rank_pattern == "2" and layers["0"].settings.rank_pattern is None
 
 
 def test_max_rank_matches_a_container_or_its_layers():

@@ -48,7 +48,7 @@ def test_fused_linear_agrees_with_plain_autograd_in_float64(d_in, d_out, n, r, b
     sides of n = d_in, with and without an input gradient, strided inputs, (n, d_in) and (n, 2, d_in) inputs,
     each bias mode, nn.Linear and transformers' Conv1D layout, any beta (0 included)."""
     cls, r = ScaffoldTransposedLinear if conv1d else ScaffoldLinear, min(r, d_in, d_out)
-    layer = cls(d_in, d_out, "fc", ScaffoldConfig(r=r, bias=bias, root_seed=seed % 7)).double()
+    layer = cls(d_in, d_out, "fc", ScaffoldConfig(r=r, bias=bias, root_seed=seed % 7).settings_for("fc")).double()
     g = gen(seed)
     with torch.no_grad():
         layer.lora_B.normal_(generator=g)
@@ -68,7 +68,7 @@ def test_fused_linear_agrees_with_plain_autograd_in_float64(d_in, d_out, n, r, b
 
 
 def test_fused_linear_passes_gradcheck_and_runs_under_autocast():
-    layer = ScaffoldLinear(6, 4, "fc", ScaffoldConfig(r=2, bias="trainable")).double()
+    layer = ScaffoldLinear(6, 4, "fc", ScaffoldConfig(r=2, bias="trainable").settings_for("fc")).double()
     with torch.no_grad():
         layer.lora_B.normal_(generator=gen(1))
         layer.bias.normal_(generator=gen(4))
@@ -78,7 +78,7 @@ def test_fused_linear_passes_gradcheck_and_runs_under_autocast():
         assert torch.autograd.gradcheck(fn, (x, layer.beta, layer.lora_A, layer.lora_B, layer.bias))
         torch.testing.assert_close(fn(x, layer.beta, layer.lora_A, layer.lora_B, layer.bias),
                                    ScaffoldLayer.forward(layer, x), rtol=1e-12, atol=1e-12)
-    lf = ScaffoldLinear(6, 4, "fc", ScaffoldConfig(r=2))
+    lf = ScaffoldLinear(6, 4, "fc", ScaffoldConfig(r=2).settings_for("fc"))
     xf = torch.randn(5, 6, requires_grad=True, generator=gen(3))
     with torch.autocast("cpu", torch.bfloat16):
         y = lf(xf)
@@ -93,7 +93,7 @@ def test_fused_linear_passes_gradcheck_and_runs_under_autocast():
 @pytest.mark.parametrize("three_d", [False, True])
 def test_fused_linear_without_an_input_gradient_matches_plain_autograd(three_d):
     """A first layer (x needs no gradient) keeps W x for beta's gradient instead of forming g W."""
-    layer = ScaffoldLinear(7, 5, "fc", ScaffoldConfig(r=2, bias="trainable")).double()
+    layer = ScaffoldLinear(7, 5, "fc", ScaffoldConfig(r=2, bias="trainable").settings_for("fc")).double()
     with torch.no_grad():
         layer.lora_B.normal_(generator=gen(8))
         layer.beta.fill_(0.4)
@@ -245,7 +245,7 @@ def test_generic_and_fused_paths_return_the_same_dtype_under_autocast():
     x = torch.randn(4, 6)
     outs = {}
     for r, schedule, k in ((0, "static", 1), (2, "static", 1), (2, "batch", 2)):
-        layer = ScaffoldLinear(6, 5, "fc", ScaffoldConfig(r=r, schedule=schedule, k=k)).train()
+        layer = ScaffoldLinear(6, 5, "fc", ScaffoldConfig(r=r, schedule=schedule, k=k).settings_for("fc")).train()
         with torch.autocast("cpu", torch.bfloat16):
             outs[(r, schedule)] = layer(x).dtype
     assert set(outs.values()) == {torch.bfloat16}, outs

@@ -285,7 +285,7 @@ def conv_case(draw_):
 def test_conv_at_init_is_the_reservoir(case, beta):
     cin, cout, k, stride, padding, r, rslora, hw = case
     config = ScaffoldConfig(r=r, rslora=rslora, root_seed=3)
-    layer = ScaffoldConv2d(nn.Conv2d(cin, cout, k, stride, padding), "conv", config)
+    layer = ScaffoldConv2d(nn.Conv2d(cin, cout, k, stride, padding), "conv", config.settings_for("conv"))
     assert layer.W_seed.shape == (cout, cin, k, k)
     assert torch.equal(layer.W_seed, canonical(config, (cout, cin, k, k), "conv"))
 
@@ -299,7 +299,7 @@ def test_conv_at_init_is_the_reservoir(case, beta):
 
 def test_grouped_conv_rejected():
     with pytest.raises(ValueError, match="group"):
-        ScaffoldConv2d(nn.Conv2d(4, 4, 3, groups=2), "conv", ScaffoldConfig(r=2))
+        ScaffoldConv2d(nn.Conv2d(4, 4, 3, groups=2), "conv", ScaffoldConfig(r=2).settings_for("conv"))
     with pytest.raises(ValueError, match="group"):
         scaffold(nn.Sequential(nn.Conv2d(4, 4, 3, groups=4)), ScaffoldConfig(target_modules="0", r=1))
 
@@ -316,7 +316,7 @@ def test_one_padding_reader_gives_torchs_padding_to_the_fused_path_and_to_the_ro
     padded = F.pad(x, [p for side in reversed(sides) for p in side])
     conv_op = F.conv1d if nd == 1 else F.conv2d
     torch.testing.assert_close(conv_op(padded, conv.weight, conv.bias, dilation=conv.dilation), conv(x))
-    layer = (ScaffoldConv1d if nd == 1 else ScaffoldConv2d)(conv, "conv", ScaffoldConfig(r=1))
+    layer = (ScaffoldConv1d if nd == 1 else ScaffoldConv2d)(conv, "conv", ScaffoldConfig(r=1).settings_for("conv"))
     symmetric = all(a == b for a, b in sides)
     assert layer._fused_padding() == (tuple(a for a, _ in sides) if symmetric else None)
 

@@ -115,7 +115,7 @@ def test_the_spectral_radius_rule_reaches_weight_hh_through_specs():
             radius = float(torch.linalg.eigvals(layer.W_seed.double()).abs().max())
             assert radius == pytest.approx(0.9, rel=1e-5), n
         else:
-            assert layer.spec_pattern is None
+            assert layer.settings.spec_pattern is None
 
 
 def test_a_family_may_cap_the_recurrent_rank():

@@ -76,8 +76,8 @@ class Affine(nn.Module):
 
 class ScaffoldAffine(ScaffoldLinear):
     @classmethod
-    def from_module(cls, module, name, config):
-        return cls(module.weight.shape[1], module.weight.shape[0], name, config, template=module)
+    def from_module(cls, module, name, resolve):
+        return cls(module.weight.shape[1], module.weight.shape[0], name, resolve(name), template=module)
 
 
 def test_a_user_registered_type_scaffolds_merges_and_round_trips(tmp_path):

@@ -79,7 +79,7 @@ def test_static_schedule_ignores_advance():
 @pytest.mark.parametrize("n", [1, 3])
 def test_batch_schedule_splits_the_batch(n):
     config = ScaffoldConfig(r=2, schedule="batch", k=2, root_seed=4)
-    layer = ScaffoldLinear(5, 4, "fc", config)
+    layer = ScaffoldLinear(5, 4, "fc", config.settings_for("fc"))
     perturb_adapters(layer, seed=1)
     w0 = canonical(config, (4, 5), "fc")
     stack = layer._stack
@@ -100,7 +100,7 @@ def test_batch_schedule_splits_the_batch(n):
 
 
 def test_batch_schedule_uses_all_k_scaffolds():
-    layer = ScaffoldLinear(5, 4, "fc", ScaffoldConfig(r=1, schedule="batch", k=4)).train()
+    layer = ScaffoldLinear(5, 4, "fc", ScaffoldConfig(r=1, schedule="batch", k=4).settings_for("fc")).train()
     x = torch.randn(6, 5, generator=gen(0))
     parts = x.tensor_split(4)  # sizes 2, 2, 1, 1
     expected = torch.cat([F.linear(p, layer._stack[i]) + layer.bias for i, p in enumerate(parts)])
@@ -136,7 +136,7 @@ def test_draw_id_follows_the_schedule_and_set_draw_regenerates_it():
 
 @pytest.mark.parametrize("bad", [["epoch", -1], ["cycle", 3], ["moon", 1], "x", 1.5, ["epoch", True]])
 def test_set_draw_refuses_ids_the_schedule_cannot_produce(bad):
-    layer = ScaffoldLinear(4, 3, "fc", ScaffoldConfig(r=1, schedule="step", k=3))
+    layer = ScaffoldLinear(4, 3, "fc", ScaffoldConfig(r=1, schedule="step", k=3).settings_for("fc"))
     with pytest.raises(ValueError, match="draw"):
         layer.set_draw(bad)
 

@@ -79,7 +79,7 @@ def beta_after_sgd(schedule, steps, lr, gain, seed, d=8, d_out=8, n=64):
     k = steps + 2 if schedule == "step" else 1
     cfg = ScaffoldConfig(target_modules=["fc"], r=2, root_seed=seed, bias="none", schedule=schedule, k=k,
                          spec={"name": "normal", "scaling": "fan_in", "gain": gain})
-    layer = ScaffoldLinear(d, d_out, "fc", cfg)
+    layer = ScaffoldLinear(d, d_out, "fc", cfg.settings_for("fc"))
     g = torch.Generator().manual_seed(seed)
     X = torch.randn(n, d, generator=g, dtype=torch.float64)
     layer = layer.double()

@@ -7,6 +7,7 @@ layers (betas, set_seed_dtype, advance) and the parameter counts the paper repor
 from __future__ import annotations
 
 import copy
+import functools
 import warnings
 from dataclasses import dataclass
 from typing import Iterator, Sequence
@@ -146,10 +147,12 @@ def scaffold(model: nn.Module, config: ScaffoldConfig, strict: bool = False) -> 
     if report and strict:
         raise ValueError(f"scaffold(strict=True): these modules would stay frozen at their own init: "
                          f"{describe(report)}")
-    wrapped = [(n, layer_type(m).layer.from_module(m, n, config)) for n, m in targets]
+    # each target's layers get their settings resolved here, once (the layer types see no config, no pattern)
+    wrapped = [(n, layer_type(m).layer.from_module(m, n, functools.partial(config.settings_for, target=n)))
+               for n, m in targets]
     layers = [layer for _, unit in wrapped for layer in unit.modules() if isinstance(layer, ScaffoldLayer)]
     for what, attr in (("specs", "spec_pattern"), ("max_rank", "rank_pattern")):
-        unused = [p for p in getattr(config, what) if p not in {getattr(layer, attr) for layer in layers}]
+        unused = [p for p in getattr(config, what) if p not in {getattr(layer.settings, attr) for layer in layers}]
         if unused:
             raise ValueError(f"{what} patterns {unused} match no scaffold layer; layers: {[l.name for l in layers]}")
     for p in model.parameters():

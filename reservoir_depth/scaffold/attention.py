@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .base import Scaffolded, _skeleton
-from .config import ScaffoldConfig
+from .config import Resolve
 from .layers import ScaffoldLinear, feature_rows
 
 class ScaffoldMultiheadAttention(Scaffolded):
@@ -24,7 +24,7 @@ class ScaffoldMultiheadAttention(Scaffolded):
     add_zero_attn are refused. Dropout on the attention weights draws its own mask (not torch's).
     """
 
-    def __init__(self, mha: nn.MultiheadAttention, name: str, config: ScaffoldConfig) -> None:
+    def __init__(self, mha: nn.MultiheadAttention, name: str, resolve: Resolve) -> None:
         bad = [f"{k}={v!r}" for k, v, ok in (
             ("kdim", mha.kdim, mha.embed_dim), ("vdim", mha.vdim, mha.embed_dim),
             ("add_bias_kv", mha.bias_k is not None, False), ("add_zero_attn", mha.add_zero_attn, False)) if v != ok]
@@ -35,15 +35,15 @@ class ScaffoldMultiheadAttention(Scaffolded):
         object.__setattr__(self, "_template", _skeleton(mha))
         E, w = mha.embed_dim, mha.in_proj_weight
         packed = nn.Linear(E, 3 * E, bias=mha.in_proj_bias is not None, device="meta", dtype=w.dtype)
-        self.in_proj = ScaffoldLinear(E, 3 * E, f"{name}.in_proj", config, template=packed, dtype=w.dtype,
-                                      device=w.device, target=name)
-        self.out_proj = ScaffoldLinear(E, E, f"{name}.out_proj", config, template=mha.out_proj, target=name)
+        self.in_proj = ScaffoldLinear(E, 3 * E, f"{name}.in_proj", resolve(f"{name}.in_proj"), template=packed,
+                                      dtype=w.dtype, device=w.device)
+        self.out_proj = ScaffoldLinear(E, E, f"{name}.out_proj", resolve(f"{name}.out_proj"), template=mha.out_proj)
         self.name, self.embed_dim, self.num_heads, self.head_dim = name, E, mha.num_heads, mha.head_dim
         self.dropout, self.batch_first = mha.dropout, mha.batch_first
 
     @classmethod
-    def from_module(cls, module: nn.MultiheadAttention, name: str, config: ScaffoldConfig) -> "ScaffoldMultiheadAttention":
-        return cls(module, name, config)
+    def from_module(cls, module: nn.MultiheadAttention, name: str, resolve: Resolve) -> "ScaffoldMultiheadAttention":
+        return cls(module, name, resolve)
 
     @staticmethod
     def _float_mask(mask: torch.Tensor, dtype: torch.dtype, what: str) -> torch.Tensor:

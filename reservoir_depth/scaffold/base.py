@@ -23,7 +23,7 @@ import torch
 from torch import nn
 
 from ..distributions import draw, layer_seed, rng_for
-from .config import ScaffoldConfig
+from .config import LayerSettings
 from .fused import _frozen_for
 
 def _skeleton(module: nn.Module) -> nn.Module:
@@ -70,28 +70,31 @@ class ScaffoldLayer(Scaffolded):
     transposed: bool = False
     fan_in_axis: int = 1
 
-    def __init__(self, weight_shape: tuple[int, ...], name: str, config: ScaffoldConfig, template: nn.Module,
-                 has_bias: bool = True, dtype: torch.dtype | None = None, device: torch.device | str | None = None,
-                 target: str | None = None) -> None:
-        """``target``: the name of the replaced module holding this layer, if it is not the layer itself
-        (``specs`` patterns match either name)."""
+    def __init__(self, weight_shape: tuple[int, ...], name: str, settings: LayerSettings, template: nn.Module,
+                 has_bias: bool = True, dtype: torch.dtype | None = None,
+                 device: torch.device | str | None = None) -> None:
+        """``settings``: the layer's own resolved settings (ScaffoldConfig.settings_for); ``name`` seeds its
+        draws (sha256(settings.seed, name))."""
         super().__init__()
-        self.name, self.config, self.weight_shape = name, config, tuple(int(n) for n in weight_shape)
+        if not isinstance(settings, LayerSettings):
+            raise TypeError(f"layer {name!r}: settings must be a LayerSettings, got {type(settings).__name__}; a layer "
+                            f"type's from_module(module, name, resolve) passes resolve(name), and "
+                            f"ScaffoldConfig.settings_for(name) resolves one outside scaffold()")
+        self.name, self.settings, self.weight_shape = name, settings, tuple(int(n) for n in weight_shape)
         if (self.transposed or self.fan_in_axis != 1) and len(self.weight_shape) != 2:
             raise ValueError(f"layer {name!r}: a transposed layout needs a 2-D weight, got {self.weight_shape}")
-        names = (name, *(() if target is None else (target,)))
-        self.spec_pattern, self.spec = config.spec_for(*names)
-        self.rank_pattern, r = config.rank_for(*names)
+        self.spec, r = settings.spec, settings.r
         dtype = template.weight.dtype if dtype is None else dtype
         device = template.weight.device if device is None else device
         object.__setattr__(self, "_template", _skeleton(template))  # not a submodule: no state
         d_out, d_in = self.map_shape
         if r > min(d_in, d_out):
-            capped = f" (r={config.r} capped by max_rank[{self.rank_pattern!r}])" if self.rank_pattern else ""
+            capped = f" (capped by max_rank[{settings.rank_pattern!r}] = {settings.r_max})" if settings.rank_pattern \
+                else ""
             raise ValueError(f"rank r={r} for layer {name!r} must lie in [0, min(d_in, d_out)] = "
                              f"[0, {min(d_in, d_out)}]{capped}; cap this layer with max_rank={{{name!r}: "
                              f"{min(d_in, d_out)}}} or lower r")
-        self.r, self.s = r, config.scale(r)  # eq. (1) with the layer's own rank
+        self.r, self.s = r, settings.s  # eq. (1) with the layer's own rank
         self.register_buffer("W_seed", self._draw(0, dtype, device), persistent=False)
         self.register_buffer("_stack", None, persistent=False)
         self.seed_dtype: torch.dtype | None = None  # W_seed held in the parameter dtype (set_seed_dtype)
@@ -99,19 +102,19 @@ class ScaffoldLayer(Scaffolded):
         self.beta = nn.Parameter(torch.ones((), dtype=dtype, device=device))
         # at r = 0, A and B are empty: they ask for no gradient (none ever reaches them)
         self.lora_A = nn.Parameter(self._uniform("lora_A", (r, d_in), self.a_bound(), dtype).to(device), r > 0)
-        B = torch.zeros(d_out, r, dtype=dtype) if config.init_B == "zeros" or r == 0 else \
+        B = torch.zeros(d_out, r, dtype=dtype) if settings.init_B == "zeros" or r == 0 else \
             self._uniform("lora_B", (d_out, r), 1.0 / math.sqrt(r), dtype)
         self.lora_B = nn.Parameter(B.to(device), r > 0)
-        if config.bias == "none" or (config.bias == "keep" and not has_bias):
+        if settings.bias == "none" or (settings.bias == "keep" and not has_bias):
             self.bias = None
         else:
             b = self._uniform("bias", (d_out,), 1.0 / math.sqrt(d_in), dtype).to(device)
-            self.bias = nn.Parameter(b, requires_grad=config.bias == "trainable")
-            if config.bias == "trainable":
+            self.bias = nn.Parameter(b, requires_grad=settings.bias == "trainable")
+            if settings.bias == "trainable":
                 self.trained = (*type(self).trained, "bias")
-        if config.schedule in ("step", "batch") and config.k > 1:
+        if settings.schedule in ("step", "batch") and settings.k > 1:
             self._stack = torch.stack([self.W_seed] + [self._draw(("cycle", i), dtype, device)
-                                                       for i in range(1, config.k)])
+                                                       for i in range(1, settings.k)])
 
     @property
     def map_shape(self) -> tuple[int, int]:
@@ -134,7 +137,7 @@ class ScaffoldLayer(Scaffolded):
 
     # -- seeded draws -------------------------------------------------------------------
     def seed(self, *salt: Any) -> int:
-        return layer_seed(self.config.root_seed, self.name, *salt)
+        return layer_seed(self.settings.seed, self.name, *salt)
 
     def _draw(self, which: Any, dtype: torch.dtype, device: torch.device | str) -> torch.Tensor:
         """Scaffold 0 is the canonical W_seed; others are seeded by (schedule, index). Drawn on
@@ -187,7 +190,7 @@ class ScaffoldLayer(Scaffolded):
         else:  # widen by drawing again, never from the rounded values
             if self._stack is not None:
                 self._stack = torch.stack([self._held(0, device)] + [self._held(("cycle", i), device)
-                                                                     for i in range(1, self.config.k)])
+                                                                     for i in range(1, self.settings.k)])
             else:
                 self.W_seed = self._held(0 if self.draw_id == 0 else tuple(self.draw_id), device)
         if self._stack is not None:
@@ -200,7 +203,7 @@ class ScaffoldLayer(Scaffolded):
     # -- destabilised schedules -----------------------------------------------------------
     def _check_draw_id(self, draw_id: Any) -> Any:
         """``draw_id`` in canonical form (0 or [kind, index]) if this layer's schedule produces it."""
-        sched, k = self.config.schedule, self.config.k
+        sched, k = self.settings.schedule, self.settings.k
         if isinstance(draw_id, numbers.Integral) and not isinstance(draw_id, bool) and draw_id == 0:
             return 0
         if isinstance(draw_id, (list, tuple)) and len(draw_id) == 2:
@@ -232,11 +235,11 @@ class ScaffoldLayer(Scaffolded):
 
     def advance(self, epoch: int | None = None, step: int | None = None) -> None:
         """Point W_seed at the scaffold of this epoch / step (no-op when static)."""
-        sched = self.config.schedule
+        sched = self.settings.schedule
         if sched == "epoch" and epoch is not None:
             self.set_draw(["epoch", epoch])
         elif sched == "step" and step is not None and self._stack is not None:
-            self.set_draw(["cycle", step % self.config.k])
+            self.set_draw(["cycle", step % self.settings.k])
         elif sched == "fresh" and step is not None:
             self.set_draw(["step", step])
 
@@ -254,12 +257,12 @@ class ScaffoldLayer(Scaffolded):
     def splits_batch(self) -> bool:
         """True while training under the 'batch' schedule with k > 1 scaffolds: each of the k parts of a
         batch goes through its own W_seed (only the generic forward does that; fused paths step aside)."""
-        return self.config.schedule == "batch" and self.training and self._stack is not None
+        return self.settings.schedule == "batch" and self.training and self._stack is not None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Eq. (1), computed in the dtype of beta W_seed x (autocast's choice), as the fused path."""
         if self.splits_batch:
-            parts = x.tensor_split(self.config.k, dim=0)  # always k parts (some empty if batch < k)
+            parts = x.tensor_split(self.settings.k, dim=0)  # always k parts (some empty if batch < k)
             h = torch.cat([self.base(p, _frozen_for(self._stack[i], p)) for i, p in enumerate(parts)])
         else:
             h = self.base(x, _frozen_for(self.W_seed, x))
@@ -300,6 +303,5 @@ class ScaffoldLayer(Scaffolded):
         return m
 
     def extra_repr(self) -> str:
-        return (f"{self.name!r}, shape={self.weight_shape}, r={self.r}, s={self.s:g}, spec={self.spec.name}, "
-                f"schedule={self.config.schedule}")
+        return f"{self.name!r}, shape={self.weight_shape}, {self.settings}"
 

@@ -15,7 +15,7 @@ import math
 import numbers
 import re
 from dataclasses import dataclass, field
-from typing import Any, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 from ..checks import is_number
 from ..identity import added, identity
@@ -133,16 +133,7 @@ class ScaffoldConfig:
         object.__setattr__(self, "alpha", float(self.alpha))
         if not isinstance(self.rslora, bool):
             raise ValueError(f"rslora must be True or False, got {self.rslora!r}")
-        if self.bias not in BIAS_MODES:
-            raise ValueError(f"bias must be one of {BIAS_MODES}, got {self.bias!r}")
-        if self.schedule not in SCHEDULES:
-            raise ValueError(f"schedule must be one of {SCHEDULES}, got {self.schedule!r}")
-        if not isinstance(self.k, numbers.Integral) or isinstance(self.k, bool) or self.k < 1:
-            raise ValueError(f"k (number of scaffolds) must be an int >= 1, got {self.k!r}")
-        if self.schedule in ("static", "epoch", "fresh") and self.k != 1:
-            raise ValueError(f"k={self.k} needs a schedule of k scaffolds ('step' or 'batch'), got {self.schedule!r}")
-        if not isinstance(self.init_B, str) or self.init_B not in INIT_B:
-            raise ValueError(f"init_B must be one of {INIT_B}, got {self.init_B!r}")
+        _check_choices(self.bias, self.init_B, self.schedule, self.k)
 
     @property
     def s(self) -> float:
@@ -167,6 +158,17 @@ class ScaffoldConfig:
         p = _layer_pattern(self.max_rank, "max_rank", names)
         return (p, self.r if p is None else min(self.r, self.max_rank[p]))
 
+    def settings_for(self, name: str, target: str | None = None) -> "LayerSettings":
+        """The LayerSettings of the scaffold layer ``name`` (held by the target ``target``, if it is not
+        the layer itself): the per-layer overrides resolved once, by the pattern rule of ``specs``."""
+        names = (name, *(() if target in (None, name) else (target,)))
+        spec_pattern, spec = self.spec_for(*names)
+        rank_pattern, r = self.rank_for(*names)
+        return LayerSettings(spec=spec, r=r, s=self.scale(r), seed=self.root_seed, bias=self.bias,
+                             init_B=self.init_B, schedule=self.schedule, k=self.k,
+                             r_max=None if rank_pattern is None else self.max_rank[rank_pattern],
+                             spec_pattern=spec_pattern, rank_pattern=rank_pattern)
+
     def to_dict(self) -> dict[str, Any]:
         return identity(self, spec=DistributionSpec.to_dict, target_modules=list, trainable=list, max_rank=dict,
                         exclude=list, specs=lambda specs: {p: v.to_dict() for p, v in specs.items()})
@@ -177,6 +179,70 @@ class ScaffoldConfig:
         return cls(**{**d, "spec": DistributionSpec.from_dict(d["spec"]), "specs": specs})
 
 
+
+
+@dataclass(frozen=True)
+class LayerSettings:
+    """What one scaffold layer is built from (eq. (1) for one weight), with no pattern left to resolve.
+
+    spec: the law of W_seed; r: the layer's rank (min(r, r_max)); s: the LoRA scale of that rank; seed: the
+    root seed (the layer's own seed is sha256(seed, layer name)); bias, init_B, schedule, k: as in
+    ScaffoldConfig; r_max: the cap that applied (None: none); spec_pattern / rank_pattern: the ``specs`` /
+    ``max_rank`` pattern that chose spec / r_max (None: the config-wide value). ScaffoldConfig.settings_for
+    resolves them per layer; a layer type can be built from its shapes, a LayerSettings and its name alone.
+    """
+
+    spec: DistributionSpec = field(default_factory=DistributionSpec)
+    r: int = 8
+    s: float = 2.0
+    seed: int = 0
+    bias: str = "keep"
+    init_B: str = "zeros"
+    schedule: str = "static"
+    k: int = 1
+    r_max: int | None = None
+    spec_pattern: str | None = None
+    rank_pattern: str | None = None
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "spec", as_spec(self.spec))
+        if not _is_size(self.r):
+            raise ValueError(f"rank r must be an int >= 0, got {self.r!r}")
+        if not (is_number(self.s) and math.isfinite(self.s) and (self.s > 0 or (self.s == 0 and self.r == 0))):
+            raise ValueError(f"the LoRA scale s must be a finite number > 0 (0 only at r = 0), got {self.s!r}")
+        if self.r_max is not None and not _is_size(self.r_max):
+            raise ValueError(f"r_max must be an int >= 0 or None, got {self.r_max!r}")
+        if not isinstance(self.seed, numbers.Integral) or isinstance(self.seed, bool):
+            raise ValueError(f"seed (the root seed) must be an int, got {self.seed!r}")
+        _check_choices(self.bias, self.init_B, self.schedule, self.k)
+        object.__setattr__(self, "r", int(self.r))
+        object.__setattr__(self, "s", float(self.s))
+
+    def __str__(self) -> str:
+        capped = "" if self.r_max is None else f" (max_rank[{self.rank_pattern!r}] = {self.r_max})"
+        spec = self.spec.name + ("" if self.spec_pattern is None else f" (specs[{self.spec_pattern!r}])")
+        return (f"r={self.r}{capped}, s={self.s:g}, spec={spec}, bias={self.bias}, init_B={self.init_B}, "
+                f"schedule={self.schedule}" + ("" if self.k == 1 else f", k={self.k}") + f", seed={self.seed}")
+
+
+Resolve = Callable[[str], LayerSettings]
+"""``resolve(layer_name)``: the LayerSettings of a scaffold layer of one target, by the layer's name (scaffold()
+binds the target's name: ScaffoldConfig.settings_for(layer_name, target)). A layer type's ``from_module``
+takes one, so a container (attention, recurrent) resolves each of the layers it holds."""
+
+
+def _check_choices(bias: Any, init_B: Any, schedule: Any, k: Any) -> None:
+    """The settings ScaffoldConfig and LayerSettings share: bias mode, init of B, schedule and its k."""
+    if bias not in BIAS_MODES:
+        raise ValueError(f"bias must be one of {BIAS_MODES}, got {bias!r}")
+    if schedule not in SCHEDULES:
+        raise ValueError(f"schedule must be one of {SCHEDULES}, got {schedule!r}")
+    if not isinstance(k, numbers.Integral) or isinstance(k, bool) or k < 1:
+        raise ValueError(f"k (number of scaffolds) must be an int >= 1, got {k!r}")
+    if schedule in ("static", "epoch", "fresh") and k != 1:
+        raise ValueError(f"k={k} needs a schedule of k scaffolds ('step' or 'batch'), got {schedule!r}")
+    if not isinstance(init_B, str) or init_B not in INIT_B:
+        raise ValueError(f"init_B must be one of {INIT_B}, got {init_B!r}")
 
 
 def _is_size(v: Any) -> bool:

@@ -15,28 +15,28 @@ import torch.nn.functional as F
 from torch import nn
 
 from .base import ScaffoldLayer
-from .config import ScaffoldConfig
+from .config import LayerSettings, Resolve
 from .fused import _CONV_OPS, _LottaConv, _LottaLinear
 
 class ScaffoldLinear(ScaffoldLayer):
     """nn.Linear geometry: W_seed (d_out, d_in), A (r, d_in), B (d_out, r)."""
 
-    def __init__(self, in_features: int, out_features: int, name: str, config: ScaffoldConfig,
+    def __init__(self, in_features: int, out_features: int, name: str, settings: LayerSettings,
                  template: nn.Module | None = None, dtype: torch.dtype | None = None,
-                 device: torch.device | str | None = None, target: str | None = None) -> None:
+                 device: torch.device | str | None = None) -> None:
         """``template``: the nn.Linear replaced (its class, bias structure, dtype and device);
         without one, a float32 CPU nn.Linear with a bias (or ``dtype`` / ``device``)."""
         if template is None:
             template = nn.Linear(in_features, out_features, device="meta", dtype=dtype)
             device = "cpu" if device is None else device
         shape = (in_features, out_features) if self.transposed else (out_features, in_features)
-        super().__init__(shape, name, config, template, has_bias=template.bias is not None,
-                         dtype=dtype, device=device, target=target)
+        super().__init__(shape, name, settings, template, has_bias=template.bias is not None,
+                         dtype=dtype, device=device)
         self.in_features, self.out_features = in_features, out_features
 
     @classmethod
-    def from_module(cls, module: nn.Linear, name: str, config: ScaffoldConfig) -> "ScaffoldLinear":
-        return cls(module.in_features, module.out_features, name, config, template=module)
+    def from_module(cls, module: nn.Linear, name: str, resolve: Resolve) -> "ScaffoldLinear":
+        return cls(module.in_features, module.out_features, name, resolve(name), template=module)
 
     def base(self, x, w):
         return F.linear(x, self.to_map(w))
@@ -86,8 +86,8 @@ class ScaffoldTransposedLinear(ScaffoldLinear):
     transposed, fan_in_axis = True, 0
 
     @classmethod
-    def from_module(cls, module: nn.Module, name: str, config: ScaffoldConfig) -> "ScaffoldTransposedLinear":
-        layer = cls(module.nx, module.nf, name, config, template=module)
+    def from_module(cls, module: nn.Module, name: str, resolve: Resolve) -> "ScaffoldTransposedLinear":
+        layer = cls(module.nx, module.nf, name, resolve(name), template=module)
         layer.nf, layer.nx = module.nf, module.nx  # Conv1D's own names, read by transformers
         return layer
 
@@ -99,7 +99,7 @@ class ScaffoldConv(ScaffoldLayer):
 
     nd: int = 2
 
-    def __init__(self, conv: nn.Module, name: str, config: ScaffoldConfig) -> None:
+    def __init__(self, conv: nn.Module, name: str, settings: LayerSettings) -> None:
         if conv.weight.dim() != self.nd + 2:
             raise ValueError(f"layer {name!r}: {type(self).__name__} takes a {self.nd}-D convolution, "
                              f"got weight shape {tuple(conv.weight.shape)}")
@@ -107,13 +107,13 @@ class ScaffoldConv(ScaffoldLayer):
             raise ValueError(f"layer {name!r}: grouped convolutions (groups={conv.groups}) are not supported")
         if conv.padding_mode != "zeros":
             raise ValueError(f"layer {name!r}: padding_mode={conv.padding_mode!r}; only 'zeros' is supported")
-        super().__init__(tuple(conv.weight.shape), name, config, conv, has_bias=conv.bias is not None)
+        super().__init__(tuple(conv.weight.shape), name, settings, conv, has_bias=conv.bias is not None)
         self.stride, self.padding, self.dilation = conv.stride, conv.padding, conv.dilation
         self.in_channels, self.out_channels, self.kernel_size = conv.in_channels, conv.out_channels, conv.kernel_size
 
     @classmethod
-    def from_module(cls, module: nn.Module, name: str, config: ScaffoldConfig) -> "ScaffoldConv":
-        return cls(module, name, config)
+    def from_module(cls, module: nn.Module, name: str, resolve: Resolve) -> "ScaffoldConv":
+        return cls(module, name, resolve(name))
 
     def _conv(self, x, w):
         return _CONV_OPS[self.nd](x, w, None, self.stride, self.padding, self.dilation)
@@ -171,24 +171,24 @@ class ScaffoldEmbedding(ScaffoldLayer):
 
     transposed = True
 
-    def __init__(self, emb: nn.Embedding, name: str, config: ScaffoldConfig) -> None:
+    def __init__(self, emb: nn.Embedding, name: str, settings: LayerSettings) -> None:
         for attr, ok in (("max_norm", None), ("scale_grad_by_freq", False), ("sparse", False)):
             if getattr(emb, attr) != ok:
                 raise ValueError(f"layer {name!r}: nn.Embedding with {attr}={getattr(emb, attr)!r} cannot be "
                                  f"scaffolded (allowed: {attr}={ok!r})")
-        if config.bias in ("frozen", "trainable"):
-            raise ValueError(f"layer {name!r}: an nn.Embedding has no bias; bias={config.bias!r} would add one "
+        if settings.bias in ("frozen", "trainable"):
+            raise ValueError(f"layer {name!r}: an nn.Embedding has no bias; bias={settings.bias!r} would add one "
                              f"its class cannot hold (use 'keep' or 'none')")
         object.__setattr__(self, "padding_idx", emb.padding_idx)  # _draw needs it during __init__
-        super().__init__(tuple(emb.weight.shape), name, config, emb, has_bias=False)
+        super().__init__(tuple(emb.weight.shape), name, settings, emb, has_bias=False)
         self.num_embeddings, self.embedding_dim = emb.num_embeddings, emb.embedding_dim
         if self.padding_idx is not None:
             with torch.no_grad():
                 self.lora_A[:, self.padding_idx] = 0
 
     @classmethod
-    def from_module(cls, module: nn.Embedding, name: str, config: ScaffoldConfig) -> "ScaffoldEmbedding":
-        return cls(module, name, config)
+    def from_module(cls, module: nn.Embedding, name: str, resolve: Resolve) -> "ScaffoldEmbedding":
+        return cls(module, name, resolve(name))
 
     def a_bound(self) -> float:
         return 1.0

@@ -25,7 +25,7 @@ from torch import nn
 from torch.func import functional_call
 
 from .base import Scaffolded, _skeleton
-from .config import ScaffoldConfig
+from .config import Resolve
 from .layers import ScaffoldLinear
 
 GATES: dict[str, tuple[str, ...]] = {"RNN_TANH": ("",), "RNN_RELU": ("",), "GRU": ("r", "z", "n"),
@@ -35,15 +35,16 @@ GATES: dict[str, tuple[str, ...]] = {"RNN_TANH": ("",), "RNN_RELU": ("",), "GRU"
 class ScaffoldRecurrent(Scaffolded):
     """An nn.RNN / nn.GRU / nn.LSTM whose every gate matrix is a ScaffoldLinear (see the module doc)."""
 
-    def __init__(self, rnn: nn.RNNBase, name: str, config: ScaffoldConfig) -> None:
+    def __init__(self, rnn: nn.RNNBase, name: str, resolve: Resolve) -> None:
+        settings = resolve(name)  # bias and schedule are model-wide: every gate's settings share them
         if rnn.proj_size:
             raise ValueError(f"layer {name!r}: {type(rnn).__name__} with proj_size={rnn.proj_size} cannot be "
                              f"scaffolded (allowed: proj_size=0)")
-        if (config.bias == "none" and rnn.bias) or (config.bias in ("frozen", "trainable") and not rnn.bias):
-            raise ValueError(f"layer {name!r}: bias={config.bias!r} would change the bias structure of "
+        if (settings.bias == "none" and rnn.bias) or (settings.bias in ("frozen", "trainable") and not rnn.bias):
+            raise ValueError(f"layer {name!r}: bias={settings.bias!r} would change the bias structure of "
                              f"{type(rnn).__name__}(bias={rnn.bias}), which its class cannot hold (use 'keep')")
-        if config.schedule == "batch" and config.k > 1:
-            raise ValueError(f"layer {name!r}: the 'batch' schedule (k={config.k} scaffolds within a batch) is not "
+        if settings.schedule == "batch" and settings.k > 1:
+            raise ValueError(f"layer {name!r}: the 'batch' schedule (k={settings.k} scaffolds within a batch) is not "
                              f"supported for {type(rnn).__name__}; use 'static', 'epoch' or 'step'")
         super().__init__()
         object.__setattr__(self, "_template", _skeleton(rnn))
@@ -58,14 +59,14 @@ class ScaffoldRecurrent(Scaffolded):
             d_in = getattr(rnn, wname).shape[1]
             template = nn.Linear(d_in, H, bias=rnn.bias, device="meta", dtype=w.dtype)
             unit = wname.removeprefix("weight_")
-            layers = {g: ScaffoldLinear(d_in, H, f"{name}.{unit}" + (f".{g}" if g else ""), config,
-                                        template=template, dtype=w.dtype, device=w.device, target=name)
-                      for g in self.gates}
+            names = {g: f"{name}.{unit}" + (f".{g}" if g else "") for g in self.gates}
+            layers = {g: ScaffoldLinear(d_in, H, n, resolve(n), template=template, dtype=w.dtype, device=w.device)
+                      for g, n in names.items()}
             self.add_module(unit, layers[""] if "" in layers else nn.ModuleDict(layers))
 
     @classmethod
-    def from_module(cls, module: nn.RNNBase, name: str, config: ScaffoldConfig) -> "ScaffoldRecurrent":
-        return cls(module, name, config)
+    def from_module(cls, module: nn.RNNBase, name: str, resolve: Resolve) -> "ScaffoldRecurrent":
+        return cls(module, name, resolve)
 
     def __getattr__(self, name: str) -> Any:
         if name in self.__dict__.get("flat_names", ()):  # torch's weight_ih_l0 etc.: the merged tensors, read-only
