@@ -18,7 +18,7 @@ from pathlib import Path
 import pandas as pd
 
 from reservoir_depth.predict import study_of, target
-from reservoir_depth.report import is_tie, markdown
+from reservoir_depth.report import markdown
 from reservoir_depth.results import Columns, ResultsStore
 from reservoir_depth.train import metric_of
 
@@ -60,7 +60,7 @@ def r_star_cell(t: dict) -> str:
                                        f" (full rank {t['full_rank']} not run)")
     else:
         cell = f"{int(t['r_star'])}"
-        if is_tie(metric_of(t["metric"]), t["margin"], t["n_test"]):
+        if metric_of(t["metric"]).is_tie(t["margin"], t["n_test"]):
             cell += " (a tie: its margin is below one test example per seed)"
     lo, hi = (("> %d" % t["max_rank"]) if math.isinf(v) else "%d" % v for v in (t["lo"], t["hi"]))
     kind = "paired bootstrap" if t["interval"] == "bootstrap" else "seed range"

@@ -65,4 +65,4 @@ def planted(k: int = 4, d: int = 32, n_out: int = 32, hidden: Sequence[int] = ()
     return Dataset(f"planted-k{k}", X[:n_train], Y[:n_train], X[n_train:], Y[n_train:], 0, task="regression")
 
 
-register_dataset("planted", planted, seeded_by_run=True)  # the teacher shares the student's scaffold
+register_dataset("planted", planted, seeded_by_run=True, task="regression")  # the teacher shares the student's scaffold

@@ -41,14 +41,14 @@ from scipy import stats
 from torch import nn
 
 from .rank import adaptive_search
-from .report import metric_of_frame, n_test_of, saturation
+from .report import n_test_of, saturation
 from .results import Columns, ResultsStore
 from .scaffold import ScaffoldConfig, merge, scaffold_layers
 from .spectra import ActivationSpectra, Spectrum, TaskSpectrum, WeightSpectra
 from .spectra.probes import _hooked_pass, _select_layers
 from .study import Run, Study
 from .sweep import build_model
-from .train import metric_of, task_of
+from .tasks import metric_of, task_of
 
 MEASURE_OF: dict[str, Callable[[Spectrum], float]] = {  # spectrum -> a number read as a rank
     "participation_ratio": lambda s: s.participation_ratio,
@@ -102,8 +102,8 @@ def _saturation(folder: Path, experiments: str | Path, level: int | None = None)
     df = study.frame(ResultsStore(folder / "runs.sqlite"))
     if df.empty:
         return None
-    metric = metric_of_frame(df)
-    m = metric_of(metric)
+    m = study.metric
+    metric = m.name
     sr = saturation(df, study, metric, m.headline_eps if level is None else m.eps[level], m.tolerance == "relative")
     return None if sr is None else (study, df, metric, sr)
 
@@ -471,7 +471,7 @@ def per_tolerance(study: Study, raw: float, measure: str = "participation_ratio"
     if measure not in CALIBRATION:
         raise ValueError(f"no calibration for measure {measure!r}; calibrated: {sorted(CALIBRATION)} "
                          "(pass an explicit scale instead)")
-    m = metric_of(task_of(study.runs()[0].data().task).headline)
+    m = study.metric
     return pd.DataFrame([{"level": level, "eps": m.eps_text(eps, m.tolerance == "relative"), "scale": scale,
                           "predicted r*": raw * scale}
                          for level, eps, scale in zip(LEVELS, m.eps, CALIBRATION[measure])])

@@ -24,7 +24,7 @@ import numpy as np
 from .rank import MIN_BOOTSTRAP_SEEDS, SaturationRank
 from .results import Columns, ResultsStore, error_head
 from .study import Run, Study, curves, provenance
-from .train import METRICS, TOLERANCES, Metric, metric_of, task_of_columns
+from .tasks import METRICS, TOLERANCES, Metric, metric_of
 
 C = Columns
 NOT_RECORDED = "not recorded"
@@ -33,12 +33,6 @@ NOT_RECORDED = "not recorded"
 def natural(name: str) -> list:
     """Sort key: stages.2 before stages.10."""
     return [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", name)]
-
-
-def metric_of_frame(df) -> str:
-    """The study's headline metric (train.Task.headline) of the task whose metrics its runs recorded
-    (train.task_of_columns): a report never loads the data set to ask it."""
-    return task_of_columns([c for c in METRICS if c in df.columns and df[c].notna().any()]).headline
 
 
 def _label(method: str, rank: Any) -> Any:
@@ -260,12 +254,6 @@ def n_test_of(df) -> int | None:
     return int(df["n_test"].dropna().iloc[0]) if "n_test" in df and df["n_test"].notna().any() else None
 
 
-def is_tie(m: Metric, margin: float, n_test: int | None) -> bool:
-    """Whether an accuracy r* clears its threshold by less than one test example per seed (margin <
-    1 / n_test): a tie, not a saturation. Only accuracy with n_test recorded can be a tie."""
-    return m.name == "test_acc" and n_test is not None and math.isfinite(margin) and margin < 1 / n_test
-
-
 def _r_star_cell(sr: SaturationRank, m: Metric, n_test: int | None) -> tuple[str, str, bool]:
     """(r* cell, margin cell, tie) of one r*(eps). For accuracy with n_test recorded, the margin is also
     given in test examples (margin x n_test per seed), and an r* whose margin is below one test example
@@ -274,12 +262,12 @@ def _r_star_cell(sr: SaturationRank, m: Metric, n_test: int | None) -> tuple[str
     r = fmt_rank(sr.r_star_, sr.max_rank_)
     if not math.isfinite(sr.margin_):
         return r, "", False
-    examples = m.name == "test_acc" and n_test is not None
+    examples = m.counted and n_test is not None
 
     def by(margin: float) -> str:
         return m.points(margin) + (f", {margin * n_test:.2g} test examples per seed" if examples else "")
 
-    tie = is_tie(m, sr.margin_, n_test)
+    tie = m.is_tie(sr.margin_, n_test)
     if tie:
         later = [q for q in sorted(sr.curve_) if sr.r_star_ < q <= sr.max_rank_]
         if later:
@@ -332,14 +320,14 @@ def rank_section(df, study: Study, metric: str) -> tuple[list[str], dict[float, 
              "; a study's `eps` is absolute (`eps_relative = true` adds relative rows). The recovery column above "
              "is relative (for a loss-like metric, recovery = metric at r / full, so above 1 is worse). The margin "
              "is how far the mean at r* clears its threshold" + (" (also in test examples per seed; below one "
-             "example per seed, r* is a tie and the next rank is shown)" if metric == "test_acc" else "") +
+             "example per seed, r* is a tie and the next rank is shown)" if m.counted else "") +
              "; the seed range is that of each seed's own r*; r* is never stated beyond the largest rank that "
              "ran for every seed.", ""]
     for relative, rows in tables.items():
         lines += [f"r*(eps), eps {TOLERANCES['relative' if relative else 'absolute']}:", "",
                   "| eps | r* | interval | interval kind | seed range | margin | largest complete rank |",
                   "|---|---|---|---|---|---|---|", *rows, ""]
-    if metric == "test_acc":
+    if m.counted:
         if n_test is not None:
             S = len(study.seeds)
             lines += [f"Test-set resolution: {n_test} test images, so one image moves a run's accuracy by "
@@ -492,7 +480,7 @@ def write_report(study: Study | Mapping[str, Any], out: str | Path) -> str:
     df = study.frame(store)
     if df.empty:
         raise NoResults(no_results_message(study, out / "runs.sqlite", status))
-    metric = metric_of_frame(df)
+    metric = study.metric.name
     table = rank_table(df, metric=metric, seeds=study.seeds)
     table.to_csv(out / "table.csv", index=False)
     df.to_csv(out / "runs.csv", index=False)

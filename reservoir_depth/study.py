@@ -36,7 +36,8 @@ from .models import ARCHITECTURES
 from .results import Columns
 from .run import METHODS, Run, declared_scaffold  # re-exported: a study's runs
 from .scaffold import ScaffoldConfig
-from .train import Metric, TrainConfig
+from .tasks import Metric, metric_of, task_of
+from .train import TrainConfig
 
 
 # ----------------------------------------------------------------------------- the study schema
@@ -288,6 +289,23 @@ class Study:
         return [(e, False) for e in self.eps] + ([(e, True) for e in self.eps] if self.eps_relative else [])
 
     __hash__ = None  # compared by value; its tables are dicts, so not hashable
+
+    @property
+    def task(self) -> str:
+        """The study's task (tasks.TASKS): the one its data set's loader declares (data.register_dataset(task=)),
+        else read from the data set (loaded once, as its first run loads it)."""
+        name = self.dataset if isinstance(self.dataset, str) else self.dataset["name"]
+        declared = getattr(DATASETS.get(name), "task", None)
+        if declared is not None:
+            return declared
+        return Run(study=self.study, dataset=self.dataset, arch=self.arch, method="full", seed=self.seeds[0],
+                   train=self.train).data().task
+
+    @property
+    def metric(self) -> Metric:
+        """The one metric this study ranks by (r*, reports, the adaptive search, predict): the headline
+        metric of its task (tasks.Task.headline)."""
+        return metric_of(task_of(self.task).headline)
 
     @property
     def measured(self) -> set[str]:

@@ -35,9 +35,11 @@ from .models import build, scaffold_defaults
 from .results import Columns, ResultsStore, SweepCounts
 from .scaffold import ScaffoldConfig, merge, scaffold
 from .spectra import ActivationSpectra, IntrinsicDimension, TaskSpectrum, WeightSpectra
-from .study import Run, Study, StudyError
+from .study import Study, StudyError
 from .rank import adaptive_search
-from .train import TensorBoardLog, TrainConfig, metric_of, task_of, train
+from .run import Run
+from .tasks import metric_of, stored_metrics
+from .train import TensorBoardLog, TrainConfig, train
 
 
 def build_model(run: Run, d: data.Dataset):
@@ -110,7 +112,7 @@ def execute(run: Run, progress: bool = False,
                  hparams={"study": run.study, "method": run.method, "run_id": run.run_id, "dataset": run.dataset,
                           "arch": dict(run.arch)})
     final = hist.final
-    metrics = {k: final[k] for k in FINAL_METRICS if k in final}
+    metrics = {k: final[k] for k in stored_metrics() if k in final}
     if "test_acc" in final:
         metrics["best_test_acc"] = max(e["test_acc"] for e in hist.epochs)
     metrics.update({"trainable": hist.trainable, "total": hist.total,
@@ -127,9 +129,6 @@ def execute(run: Run, progress: bool = False,
                 log.scalars("spectra", measures, final["epoch"])
     return metrics, history
 
-
-FINAL_METRICS = ("test_acc", "test_loss", "train_loss", "test_bpc", "tokens_per_s", "test_nrmse", "test_nrmse_free")
-"""The final epoch's metrics a run records (those its task measures, see train.TASKS)."""
 
 RECORDED = ("n_test", Columns.ADAPTER_BYTES)  # metrics every run written since records() existed carries
 
@@ -360,7 +359,7 @@ def adaptive_sweep(study: Study | Mapping[str, Any], store: ResultsStore, eps: f
 
     Returns (SearchResult, number of LottaLoRA runs it needed)."""
     study = Study.of(study)
-    metric = metric_of(metric or task_of(study.runs()[0].data().task).headline)
+    metric = metric_of(metric) if metric else study.metric
     relative = study.tolerances(metric)[0][1] if relative is None else relative
     base = study.runs(ranks=[])
     sweep(base, store, progress=progress)

@@ -25,6 +25,8 @@ class Metric:
     unit (``unit``, and ``fmt`` / ``scale`` to write a difference in it: accuracy in points, pp), and
     the tolerance of r*(eps) it is read with: ``tolerance`` (a TOLERANCES kind), the default eps
     values a study reports (``eps``) and the headline one (``headline_eps``, among them).
+    ``counted``: the metric is a fraction of test examples (accuracy), so a difference can be stated in
+    examples and a margin below one example per seed is a tie (``is_tie``).
 
     Accuracy takes an absolute eps (0.01 = 1 accuracy point: a number of test examples); a loss,
     bits per character or NRMSE has no natural absolute scale across tasks, so it takes a relative
@@ -38,6 +40,7 @@ class Metric:
     tolerance: str = "relative"
     eps: tuple[float, ...] = (0.02, 0.05, 0.1)
     headline_eps: float = 0.05
+    counted: bool = False
 
     def __post_init__(self) -> None:
         if self.tolerance not in TOLERANCES:
@@ -50,6 +53,11 @@ class Metric:
         """A difference ``v`` in the metric's units, as reports write it ("1.00 pp", "0.05 loss units")."""
         return self.fmt.format(self.scale * v)
 
+    def is_tie(self, margin: float, n_test: int | None) -> bool:
+        """Whether r* clears its threshold by less than one test example per seed (margin < 1 / n_test): a
+        tie, not a saturation. Only a counted metric (accuracy) with n_test recorded can be a tie."""
+        return self.counted and n_test is not None and math.isfinite(margin) and margin < 1 / n_test
+
     def eps_text(self, eps: float, relative: bool) -> str:
         """eps as a report states it: "0.01 (1.00 pp, absolute)", "0.05 (5% of full training, relative)"."""
         if relative:
@@ -59,7 +67,7 @@ class Metric:
 
 METRICS: dict[str, Metric] = {m.name: m for m in (
     Metric("test_acc", True, "accuracy as a fraction: 0.01 = 1 accuracy point (pp)", "{:.2f} pp", 100.0,
-           tolerance="absolute", eps=(0.005, 0.01, 0.02), headline_eps=0.01),
+           tolerance="absolute", eps=(0.005, 0.01, 0.02), headline_eps=0.01, counted=True),
     Metric("test_bpc", False, "bits per character", "{:.4g} bits per character"),
     Metric("test_nrmse", False, "NRMSE, teacher-forced (RMSE / std of the target)", "{:.4g} NRMSE"),
     Metric("test_nrmse_free", False, "NRMSE, free-running (RMSE / std of the target)", "{:.4g} NRMSE"),
@@ -89,6 +97,7 @@ class Task:
     name: str = ""
     headline: str = "test_loss"
     measures: tuple[str, ...] = ("test_loss",)
+    rates: tuple[str, ...] = ()  # the keys ``throughput`` returns
     eval_batch: int | None = 1024  # test windows per evaluation batch (None: the training batch size)
 
     def check(self, out: torch.Tensor, y: torch.Tensor, model: nn.Module) -> None:
@@ -156,6 +165,7 @@ class LanguageModelling(Classification):
 
     name = "lm"
     headline, measures = "test_bpc", ("test_loss", "test_bpc")
+    rates = ("tokens_per_s",)
     eval_batch = None  # logits are (B, T, V): evaluate in batches of the training size, which fit
 
     def loss(self, out, y, reduction="mean", washout=0):
@@ -208,12 +218,11 @@ def task_of(name: str) -> Task:
     return TASKS[name]
 
 
-def task_of_columns(recorded) -> Task:
-    """The task whose runs recorded the metrics ``recorded`` (column names with a value): of the tasks
-    whose ``measures`` all appear, the one that measures the most (regression, which measures only the
-    loss, when no other fits). How a report, which never loads data, knows its study's task."""
-    fits = [t for t in TASKS.values() if set(t.measures) - {"test_nrmse_free"} <= set(recorded)]
-    return max(fits, key=lambda t: len(t.measures), default=TASKS["regression"])
+def stored_metrics() -> tuple[str, ...]:
+    """What a run stores of its final epoch (sweep.execute): every test metric of METRICS, the training loss
+    and every task's training rates, read from the registries at call time (a metric added to METRICS is
+    stored by the next run without another list to update)."""
+    return ("train_loss", *METRICS, *dict.fromkeys(k for t in TASKS.values() for k in t.rates))
 
 
 def loss_fn(task: str, out: torch.Tensor, y: torch.Tensor, reduction: str = "mean", washout: int = 0) -> torch.Tensor:

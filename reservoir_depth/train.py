@@ -34,7 +34,7 @@ from .readout import READOUTS, check_ridge, fit_readout, readout_of
 from .scaffold import advance, betas, count_parameters, set_seed_dtype
 from .tasks import (  # the registry's names stay importable from here
     METRICS, TASKS, TOLERANCES, Classification, Forecasting, LanguageModelling, Metric, Regression, Task, loss_fn,
-    metric_of, target_std, task_of, task_of_columns)
+    metric_of, target_std, task_of)
 
 
 SEED_DTYPES = (None, "bfloat16", "float16")

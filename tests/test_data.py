@@ -388,5 +388,25 @@ def test_register_dataset_refuses_a_name_taken_by_another_loader(monkeypatch):
     monkeypatch.setattr(data, "DATASETS", dict(data.DATASETS))
     with pytest.raises(ValueError, match=r"dataset 'digits' is already registered .*digits"):
         data.register_dataset("digits", lambda: None)
-    data.register_dataset("digits", data.DATASETS["digits"])  # the same loader again: nothing changes
+    data.register_dataset("digits", data.DATASETS["digits"], task="classification")  # the same loader again
     assert data.DATASETS["digits"] is data.digits and data.digits.seeded_by_run is False
+    assert data.digits.task == "classification"
+
+
+def test_a_loader_that_returns_another_task_than_it_declares_is_refused(monkeypatch):
+    monkeypatch.setattr(data, "DATASETS", dict(data.DATASETS))
+    from conftest import make_blobs
+
+    loader = lambda: make_blobs()  # noqa: E731  classification
+    data.register_dataset("blobs-declared", loader, task="regression")
+    with pytest.raises(ValueError, match="registered with task 'regression' but its loader returned .*'classification'"):
+        data.load("blobs-declared")
+
+
+def test_every_built_in_data_set_declares_its_task():
+    """A study knows its metric from the declaration (study.Study.metric) without loading the data."""
+    assert {n: getattr(f, "task", None) for n, f in data.DATASETS.items()} == {
+        "fashion-mnist": "classification", "digits": "classification", "mnist5k": "classification",
+        "mnist1d": "classification", "lorenz": "forecasting", "mackey-glass": "forecasting",
+        "narma10": "forecasting", "shakespeare-char": "lm", "shakespeare-milton": "classification",
+        "planted": "regression"}

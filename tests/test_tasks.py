@@ -19,7 +19,9 @@ from reservoir_depth.models import ARCHITECTURES
 from reservoir_depth.results import ResultsStore
 from reservoir_depth.study import Run, Study
 from reservoir_depth.sweep import dataset_rows, execute, run_study
-from reservoir_depth.train import METRICS, TASKS, TrainConfig, evaluate, free_run, metric_of, task_of_columns, train
+from conftest import make_blobs
+from reservoir_depth.tasks import METRICS, TASKS, Metric, metric_of, stored_metrics
+from reservoir_depth.train import TrainConfig, evaluate, free_run, train
 
 CFG = TrainConfig(epochs=3, batch_size=16, lr=2e-2, progress=False)
 
@@ -157,7 +159,7 @@ def test_lm_loss_is_cross_entropy_over_every_position_and_bpc_its_bits():
                        for i in range(len(d.X_test)) for t in range(d.X_test.shape[1])])
     assert ev["loss"] == pytest.approx(by_hand, rel=1e-6)
     assert ev["bpc"] == pytest.approx(by_hand / math.log(2), rel=1e-6)
-    assert "acc" not in ev  # an lm study's metric is its loss (report.metric_of_frame)
+    assert "acc" not in ev  # an lm study's metric is its bits per character (Study.metric)
 
 
 def test_tiny_lm_trains_and_records_bpc_and_throughput():
@@ -405,12 +407,49 @@ def test_every_task_declares_a_registered_headline_among_what_it_measures():
                                                      "lm": "test_bpc", "forecasting": "test_nrmse"}
 
 
-@pytest.mark.parametrize("recorded, task", [
-    (["test_loss", "test_acc"], "classification"), (["test_loss", "test_bpc"], "lm"),
-    (["test_loss", "test_nrmse"], "forecasting"), (["test_loss", "test_nrmse", "test_nrmse_free"], "forecasting"),
-    (["test_loss"], "regression"), ([], "regression")])
-def test_the_task_of_a_frame_is_the_one_whose_measures_it_recorded(recorded, task):
-    assert task_of_columns(recorded) is TASKS[task]
+@pytest.mark.parametrize("dataset, metric", [
+    ("digits", "test_acc"), ("fashion-mnist", "test_acc"), ("shakespeare-char", "test_bpc"),
+    ("shakespeare-milton", "test_acc"), ("lorenz", "test_nrmse"), ("mackey-glass", "test_nrmse"),
+    ({"name": "planted", "k": 2}, "test_loss")])
+def test_a_study_ranks_by_its_tasks_headline_without_loading_its_data(dataset, metric, monkeypatch):
+    """One answer to "which metric": Study.metric, from the task its data set's loader declares."""
+    import reservoir_depth.run as run_module
+
+    monkeypatch.setattr(run_module, "load", lambda *a, **k: pytest.fail("the data set was loaded"))
+    study = Study.from_dict({"study": "s", "dataset": dataset, "seeds": [0], "arch": {"name": "mlp", "hidden": [4]}})
+    assert study.metric.name == metric
+
+
+def test_a_study_on_an_undeclared_data_set_reads_its_task_from_the_data(monkeypatch):
+    monkeypatch.setitem(data.DATASETS, "blobs-undeclared", lambda: make_blobs())
+    study = Study.from_dict({"study": "s", "dataset": "blobs-undeclared", "seeds": [0], "arch": {"name": "mlp", "hidden": [4]}})
+    assert study.task == "classification" and study.metric.name == "test_acc"
+
+
+def test_a_metric_added_to_the_registry_is_stored_by_the_next_run(monkeypatch):
+    """The stored metrics derive from METRICS: a new metric a task measures reaches the store, never
+    computed every epoch and silently dropped."""
+    monkeypatch.setitem(METRICS, "test_margin", Metric("test_margin", True, "logit margin", "{:.3g}"))
+    cls = type(TASKS["classification"])
+    plain = cls.metrics
+    monkeypatch.setattr(cls, "metrics", lambda self, sums, y, washout=0: {**plain(self, sums, y, washout), "margin": 0.5})
+    monkeypatch.setitem(data.DATASETS, "blobs-margin", lambda: make_blobs())
+    assert "test_margin" in stored_metrics()
+    run = Run(study="s", dataset="blobs-margin", arch={"name": "mlp", "hidden": [4]}, method="full", seed=0,
+              train={"epochs": 1, "batch_size": 64})
+    metrics, _ = execute(run)
+    assert metrics["test_margin"] == 0.5 and "test_acc" in metrics and "train_loss" in metrics
+
+
+def test_every_rate_a_task_returns_is_stored():
+    assert "tokens_per_s" in stored_metrics() and set(METRICS) <= set(stored_metrics())
+
+
+@pytest.mark.parametrize("margin, n_test, tie", [(0.0049, 200, True), (0.005, 200, False), (0.0051, 200, False),
+                                                 (0.0, 200, True), (0.001, None, False), (math.inf, 200, False)])
+def test_a_counted_metric_ties_below_one_test_example_per_seed(margin, n_test, tie):
+    assert metric_of("test_acc").is_tie(margin, n_test) is tie
+    assert metric_of("test_loss").is_tie(margin, n_test) is False  # a loss is not counted in examples
 
 
 @pytest.mark.parametrize("metric, higher", [("test_acc", True), ("test_loss", False), ("test_bpc", False),

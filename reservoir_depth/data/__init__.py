@@ -140,27 +140,30 @@ def mnist1d(seed: int = 42, num_samples: int = 5000, shuffle_seq: bool = False) 
     return _standardise("mnist1d", d["x"][:, None], d["y"], d["x_test"][:, None], d["y_test"], 10)
 
 
-DATASETS: dict[str, Callable[..., Dataset]] = {
-    "fashion-mnist": fashion_mnist,
-    "digits": digits,
-    "mnist5k": mnist5k,
-    "mnist1d": mnist1d,
-    "lorenz": lorenz,
-    "mackey-glass": mackey_glass,
-    "narma10": narma10,
-    "shakespeare-char": shakespeare_char,
-    "shakespeare-milton": shakespeare_milton,
-}
+DATASETS: dict[str, Callable[..., Dataset]] = {}
 
 
-def register_dataset(name: str, loader: Callable[..., Dataset], *, seeded_by_run: bool = False) -> None:
-    """Add ``loader`` to ``DATASETS`` under ``name``; ``seeded_by_run``: a sweep passes it the run's seed.
-    A name already registered to another loader is refused, naming both."""
+def register_dataset(name: str, loader: Callable[..., Dataset], *, seeded_by_run: bool = False,
+                     task: str | None = None) -> None:
+    """Add ``loader`` to ``DATASETS`` under ``name``; ``seeded_by_run``: a sweep passes it the run's seed;
+    ``task``: the task (tasks.TASKS) every data set it returns has, so a study knows its metric without
+    loading the data (study.Study.task; ``load`` checks the declaration; None: a study loads the data to ask). A name already registered to
+    another loader is refused, naming both."""
     if DATASETS.get(name, loader) is not loader:
         raise ValueError(f"dataset {name!r} is already registered (to {DATASETS[name].__qualname__}); "
                          f"pick another name for {getattr(loader, '__qualname__', loader)!r}")
     loader.seeded_by_run = seeded_by_run
+    loader.task = task
     DATASETS[name] = loader
+
+
+for _name, _loader, _task in (
+        ("fashion-mnist", fashion_mnist, "classification"), ("digits", digits, "classification"),
+        ("mnist5k", mnist5k, "classification"), ("mnist1d", mnist1d, "classification"),
+        ("lorenz", lorenz, "forecasting"), ("mackey-glass", mackey_glass, "forecasting"),
+        ("narma10", narma10, "forecasting"), ("shakespeare-char", shakespeare_char, "lm"),
+        ("shakespeare-milton", shakespeare_milton, "classification")):
+    register_dataset(_name, _loader, task=_task)
 
 
 def load(name: str, **kwargs) -> Dataset:
@@ -172,4 +175,9 @@ def load(name: str, **kwargs) -> Dataset:
     if unknown and not any(p.kind is p.VAR_KEYWORD for p in params.values()):
         raise ValueError(f"{name}() takes no keyword {', '.join(map(repr, unknown))}; allowed: "
                          f"{', '.join(params) or 'none'} (--data-kw KEY=VALUE on the command line)")
-    return DATASETS[name](**kwargs)
+    d = DATASETS[name](**kwargs)
+    declared = getattr(DATASETS[name], "task", None)
+    if declared is not None and getattr(d, "task", None) != declared:
+        raise ValueError(f"dataset {name!r} is registered with task {declared!r} but its loader returned a data set "
+                         f"of task {getattr(d, 'task', None)!r}; register it with the task it has")
+    return d
