@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import argparse
+import inspect
 import math
 import numbers
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable, ClassVar, Mapping
 
 
 def is_number(v: Any) -> bool:
@@ -43,3 +44,81 @@ def positive_int(text: str) -> int:
     if v < 1:
         raise argparse.ArgumentTypeError(f"must be an integer >= 1, got {text}")
     return v
+
+
+# ----------------------------------------------------------------------------- the estimator convention
+
+Constraint = Callable[[str, Any], None]
+"""``check(name, value)``: raises ValueError naming the parameter, its value and what is allowed."""
+
+
+def check_int(name: str, v: Any, minimum: int = 1, or_none: bool = False) -> None:
+    """An int >= ``minimum`` (numpy ints included, bools refused), or None where ``or_none``: the one
+    spelling of "an int >= 1" every count shares."""
+    if or_none and v is None:
+        return
+    if isinstance(v, bool) or not isinstance(v, numbers.Integral) or v < minimum:
+        raise ValueError(f"{name} must be an int >= {minimum}{' or None' if or_none else ''}, got {v!r}")
+
+
+def an_int(minimum: int = 1, or_none: bool = False) -> Constraint:
+    return lambda name, v: check_int(name, v, minimum, or_none)
+
+
+def one_of(*options: Any) -> Constraint:
+    def check(name: str, v: Any) -> None:
+        if isinstance(v, bool) or not any(v == o and type(v) is type(o) for o in options):
+            raise ValueError(f"{name} must be one of {options}, got {v!r}")
+    return check
+
+
+def a_bool(name: str, v: Any) -> None:
+    if not isinstance(v, bool) and type(v).__name__ != "bool_":  # numpy's bool_ too
+        raise ValueError(f"{name} must be True or False, got {v!r}")
+
+
+def in_interval(lo: float, hi: float) -> Constraint:
+    """A real number in the open interval (lo, hi) (an infinite end: no bound on that side)."""
+    what = f"be a number > {lo:g}" if math.isinf(hi) else f"be a number < {hi:g}" if math.isinf(lo) \
+        else f"lie in ({lo:g}, {hi:g})"
+
+    def check(name: str, v: Any) -> None:
+        if not (is_number(v) and lo < v < hi):
+            raise ValueError(f"{name} must {what}, got {v!r}")
+    return check
+
+
+class Estimator:
+    """scikit-learn's convention for the analysis objects (rank estimators, spectra, predictors):
+    ``__init__`` stores its arguments as given (no check, nothing derived); ``_constraints`` declares, once,
+    a check per parameter that ``fit`` runs first (``_validate_params``); ``get_params()`` returns the
+    arguments and the repr shows those that differ from their defaults. Fitted attributes end in _."""
+
+    _constraints: ClassVar[Mapping[str, Constraint]] = {}
+
+    @classmethod
+    def _param_names(cls) -> list[str]:
+        return [p.name for p in inspect.signature(cls.__init__).parameters.values()
+                if p.name != "self" and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)]
+
+    def get_params(self) -> dict[str, Any]:
+        """The constructor's arguments, by name, as given."""
+        return {n: getattr(self, n) for n in self._param_names()}
+
+    def _validate_params(self) -> None:
+        """Run every declared constraint; the first that fails raises, naming the parameter."""
+        for name, check in self._constraints.items():
+            check(name, getattr(self, name))
+
+    def __repr__(self) -> str:
+        defaults = {p.name: p.default for p in inspect.signature(type(self).__init__).parameters.values()}
+        shown = [f"{n}={v!r}" for n, v in self.get_params().items()
+                 if not (defaults.get(n, inspect.Parameter.empty) is not inspect.Parameter.empty and _same(v, defaults[n]))]
+        return f"{type(self).__name__}({', '.join(shown)})"
+
+
+def _same(a: Any, b: Any) -> bool:
+    try:
+        return bool(a == b) and type(a) is type(b)
+    except Exception:  # noqa: BLE001  an array-like argument: never "the default"
+        return False

@@ -33,6 +33,8 @@ from typing import Any, Callable, Mapping, Sequence
 import numpy as np
 from scipy import stats
 
+from .checks import Estimator, a_bool, an_int, in_interval
+
 # With n seeds a whole-curve resample is one of C(2n-1, n) multisets: 3 with 2 seeds,
 # 10 with 3, 35 with 4, 126 with 5, so the bootstrap mean at a rank takes that many
 # values at most and a "95%" percentile interval is no such thing below about 5 seeds.
@@ -91,7 +93,7 @@ def _check_ranks(ranks: Any) -> np.ndarray:
     return ranks
 
 
-class SaturationRank:
+class SaturationRank(Estimator):
     """r*(eps) from per-seed rank curves, with an interval from resampling seeds.
 
     Parameters: eps (>= 0; in the metric's units, e.g. 0.01 = one accuracy point, or a
@@ -117,20 +119,13 @@ class SaturationRank:
       n_seeds_, n_full_, paired_
     """
 
+    _constraints = {"eps": lambda name, v: tolerance(1.0, v), "relative": a_bool, "higher_is_better": a_bool,
+                    "n_boot": an_int(0), "ci": in_interval(0, 1)}
+
     def __init__(self, eps: float = 0.01, relative: bool = False, higher_is_better: bool = True,
                  n_boot: int = 1000, ci: float = 0.95, random_state: int = 0) -> None:
         self.eps, self.relative, self.higher_is_better = eps, relative, higher_is_better
         self.n_boot, self.ci, self.random_state = n_boot, ci, random_state
-
-    def _check_params(self) -> None:
-        tolerance(1.0, self.eps)
-        if isinstance(self.n_boot, bool) or not isinstance(self.n_boot, numbers.Integral) or self.n_boot < 0:
-            raise ValueError(f"n_boot must be an int >= 0, got {self.n_boot!r}")
-        if not (isinstance(self.ci, numbers.Real) and 0 < self.ci < 1):
-            raise ValueError(f"ci must lie in (0, 1), got {self.ci!r}")
-        for name in ("relative", "higher_is_better"):
-            if not isinstance(getattr(self, name), (bool, np.bool_)):
-                raise ValueError(f"{name} must be True or False, got {getattr(self, name)!r}")
 
     def fit(self, ranks: Sequence[int], values: Any, full: Sequence[float],
             paired: bool | None = None) -> "SaturationRank":
@@ -141,7 +136,7 @@ class SaturationRank:
         values[s], so a resample draws them together; unpaired, full is resampled on
         its own.
         """
-        self._check_params()
+        self._validate_params()
         ranks = _check_ranks(ranks)
         V = np.asarray(values, dtype=float)
         if V.ndim != 2 or V.shape[1] != len(ranks) or V.shape[0] == 0:

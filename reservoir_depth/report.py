@@ -24,7 +24,7 @@ import numpy as np
 from .rank import MIN_BOOTSTRAP_SEEDS, SaturationRank
 from .results import Columns, ResultsStore, error_head
 from .study import Run, Study, curves, provenance
-from .tasks import METRICS, TOLERANCES, Metric, metric_of
+from .tasks import TOLERANCES, Metric, metric_of
 
 C = Columns
 NOT_RECORDED = "not recorded"

@@ -298,9 +298,9 @@ def test_activation_spectra_layer_selection_and_errors():
     with pytest.raises(ValueError, match=r"match no module; candidates: \['0', '1', '2'\]"):
         ActivationSpectra(layers=["encoder"]).fit(model, X)
     with pytest.raises(ValueError, match="side"):
-        ActivationSpectra(side="both")
+        ActivationSpectra(side="both").fit(model, X)
     with pytest.raises(ValueError, match="batch_size"):
-        ActivationSpectra(batch_size=0)
+        ActivationSpectra(batch_size=0).fit(model, X)
     assert no_hooks(model)
 
 
@@ -427,7 +427,7 @@ def test_regression_spectra():
 
 def test_task_spectrum_errors():
     with pytest.raises(ValueError, match="task must be one of"):
-        TaskSpectrum("ranking")
+        TaskSpectrum("ranking").fit(np.ones((4, 2)), np.zeros(4))
     with pytest.raises(ValueError, match="rows"):
         TaskSpectrum().fit(np.ones((4, 2)), np.zeros(3))
 
@@ -496,7 +496,7 @@ def test_grouped_conv_input_falls_back_to_its_channels():
 def test_weight_spectra_errors():
     plain = nn.Sequential(nn.Linear(3, 2))
     with pytest.raises(ValueError, match="kind must be one of"):
-        WeightSpectra("weights")
+        WeightSpectra("weights").fit(plain)
     with pytest.raises(ValueError, match="no ScaffoldLayer"):
         WeightSpectra().fit(plain)
     with pytest.raises(ValueError, match="needs fit"):
@@ -524,9 +524,9 @@ def test_twonn_finds_a_five_dimensional_subspace():
 
 def test_intrinsic_dimension_rejects_unknown_method():
     with pytest.raises(ValueError, match=r"method must be one of \('twonn', 'mle'\), got 'pca'"):
-        IntrinsicDimension("pca")
+        IntrinsicDimension("pca").fit(np.random.default_rng(0).standard_normal((10, 3)))
     with pytest.raises(ValueError, match="n_samples"):
-        IntrinsicDimension(n_samples=1)
+        IntrinsicDimension(n_samples=1).fit(np.random.default_rng(0).standard_normal((10, 3)))
 
 
 # ----------------------------------------------------------------------------- package layout
@@ -597,4 +597,4 @@ def test_dead_units_refuses_a_bad_batch_size():
     from reservoir_depth.spectra import DeadUnits
 
     with pytest.raises(ValueError, match="batch_size"):
-        DeadUnits(batch_size=0)
+        DeadUnits(batch_size=0).fit(nn.Sequential(nn.Linear(2, 2)), torch.zeros(3, 2))

@@ -43,11 +43,11 @@ parameters and the shape.
 """
 
 from ..checks import is_number
-from .draw import draw, raw_sample, sample
+from .draw import draw, raw_sample, sample, stream_key
 from .families import DISTRIBUTIONS, Family, register
 from .philox import PHILOX_CHUNK, Stream, philox4x32
 from .scaling import SCALINGS, fans, spectral_radius
-from .seeds import layer_seed, rng_for, stream_key, torch_rng
+from .seeds import layer_seed, rng_for, torch_rng
 from .spec import DEFAULT_VERSION, DRAW_VERSIONS, DistributionSpec, as_spec
 
 __all__ = [

@@ -10,17 +10,35 @@ construction (and not a zero gain), is an error naming the family, its parameter
 
 from __future__ import annotations
 
+import hashlib
+import json
 import math
+from typing import Any
 
 import numpy as np
 import torch
 
 from .philox import Stream
 from .scaling import SCALINGS, fans
-from .seeds import rng_for, stream_key
+from .seeds import rng_for
 from .spec import DistributionSpec, as_spec
 
 Array = np.ndarray
+
+
+def stream_key(seed: int, spec: DistributionSpec, shape: tuple[int, ...]) -> int:
+    """The 64-bit version-2 key of one draw: sha256 of (layer seed, family, parameters, shape).
+
+    Parameters enter with their default's type, so df=3 and df=3.0 (one law) give one draw.
+    """
+    def canon(default: Any, v: Any) -> Any:
+        if isinstance(default, (list, tuple)):
+            return [float(x) for x in v]
+        return int(v) if isinstance(default, int) else float(v)
+
+    params = {k: canon(spec.family.defaults[k], v) for k, v in sorted(spec.params.items())}
+    blob = json.dumps([int(seed), spec.name, params, [int(n) for n in shape]], sort_keys=True)
+    return int.from_bytes(hashlib.sha256(f"draw-v2/{blob}".encode()).digest()[:8], "little")
 
 
 def _fans_of(shape: tuple[int, ...]) -> tuple[int, int]:

@@ -1,23 +1,16 @@
-"""Seeds: sha256 of (root seed, layer name, salt), the version-2 key of one draw, numpy's PCG64, and a
-scoped seeding of torch's global RNG.
+"""Seeds: sha256 of (root seed, layer name, salt), numpy's PCG64, and a scoped seeding of torch's global RNG.
 
 Each layer's seed depends only on (root seed, qualified layer name), so adding a layer never changes another
-layer's draw; the version-2 key adds the family, its parameters and the shape, so families (and parameters,
-and widths) draw from independent streams.
+layer's draw (draw.stream_key adds the family, its parameters and the shape for version-2 draws).
 """
 
 from __future__ import annotations
 
 import hashlib
-import json
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 import torch
-
-if TYPE_CHECKING:
-    from .spec import DistributionSpec
-
 
 def layer_seed(root_seed: int, name: str, *salt: Any) -> int:
     """Seed of one draw: sha256 of (root seed, qualified name, salt), 64 bits.
@@ -33,21 +26,6 @@ def layer_seed(root_seed: int, name: str, *salt: Any) -> int:
 def rng_for(seed: int) -> np.random.Generator:
     """numpy's PCG64 generator for one seed: the only source of randomness of every draw."""
     return np.random.Generator(np.random.PCG64(seed))
-
-
-def stream_key(seed: int, spec: DistributionSpec, shape: tuple[int, ...]) -> int:
-    """The 64-bit version-2 key of one draw: sha256 of (layer seed, family, parameters, shape).
-
-    Parameters enter with their default's type, so df=3 and df=3.0 (one law) give one draw.
-    """
-    def canon(default: Any, v: Any) -> Any:
-        if isinstance(default, (list, tuple)):
-            return [float(x) for x in v]
-        return int(v) if isinstance(default, int) else float(v)
-
-    params = {k: canon(spec.family.defaults[k], v) for k, v in sorted(spec.params.items())}
-    blob = json.dumps([int(seed), spec.name, params, [int(n) for n in shape]], sort_keys=True)
-    return int.from_bytes(hashlib.sha256(f"draw-v2/{blob}".encode()).digest()[:8], "little")
 
 
 class torch_rng:

@@ -14,7 +14,6 @@ are read as rows (``scaffold.layer_rows``) and its effective weight (``scaffold.
 from __future__ import annotations
 
 import math
-import numbers
 from typing import Any, Sequence
 
 import numpy as np
@@ -22,6 +21,7 @@ import pandas as pd
 import torch
 from torch import nn
 
+from ..checks import Estimator, an_int, in_interval, one_of
 from ..scaffold import effective_weights, is_container, layer_rows, layer_type, matches, scaffold_layers
 from .measures import DEFAULT_TAUS, Spectrum, StreamingCovariance, _to_numpy
 
@@ -72,7 +72,9 @@ def _registered(named: list[tuple[str, nn.Module]]) -> list[tuple[str, nn.Module
     return [(n, m) for n, m in named if layer_type(m) is not None and not any(n.startswith(c + ".") for c in inside)]
 
 
-def _select_layers(model: nn.Module, layers: Sequence[str] | None) -> list[tuple[str, nn.Module]]:
+def select_layers(model: nn.Module, layers: Sequence[str] | None) -> list[tuple[str, nn.Module]]:
+    """(name, module) of the layers a probe reads: those ``layers`` names / regexes match (peft's rule), by
+    default every ScaffoldLayer, or every module of a registered layer type in a model without one."""
     named = [(n, m) for n, m in model.named_modules() if n]
     if layers is None:
         chosen = list(scaffold_layers(model)) or _registered(named)
@@ -88,8 +90,8 @@ def _select_layers(model: nn.Module, layers: Sequence[str] | None) -> list[tuple
     return chosen
 
 
-def _hooked_pass(model: nn.Module, X: Any, chosen: list[tuple[str, nn.Module]], side: str,
-                 on_rows: Any, batch_size: int, device: torch.device) -> None:
+def hooked_pass(model: nn.Module, X: Any, chosen: list[tuple[str, nn.Module]], side: str,
+                on_rows: Any, batch_size: int, device: torch.device) -> None:
     """Run ``model`` in eval mode without gradients over X in batches; ``on_rows(name, rows)`` receives each
     chosen layer's ``side`` as (rows, features) (_rows). Every module's training flag is restored."""
     X = X if isinstance(X, torch.Tensor) else torch.as_tensor(np.asarray(X))
@@ -131,7 +133,7 @@ def _frame(spectra: dict[str, Spectrum], taus: Sequence[float], **extra: dict[st
     return pd.DataFrame(rows)
 
 
-class ActivationSpectra:
+class ActivationSpectra(Estimator):
     """Covariance spectrum of what each layer sees (side="input": what its A matrix sees) or emits.
 
     layers: names / regexes (peft rule of ``scaffold.matches``) of modules; default every
@@ -150,20 +152,19 @@ class ActivationSpectra:
     Fitted: ``covariances_`` (name -> StreamingCovariance), ``spectra_`` (name -> Spectrum).
     """
 
+    _constraints = {"side": one_of(*SIDES), "batch_size": an_int(1)}
+
     def __init__(self, layers: Sequence[str] | None = None, side: str = "input", batch_size: int = 1024,
                  device: str | torch.device = "auto") -> None:
-        if side not in SIDES:
-            raise ValueError(f"side must be one of {SIDES}, got {side!r}")
-        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-            raise ValueError(f"batch_size must be an int >= 1, got {batch_size!r}")
         self.layers, self.side, self.batch_size, self.device = layers, side, batch_size, device
 
     def fit(self, model: nn.Module, X: Any) -> "ActivationSpectra":
         """Run ``model`` in eval mode without gradients over X in batches, hooking the layers."""
-        chosen = _select_layers(model, self.layers)
+        self._validate_params()
+        chosen = select_layers(model, self.layers)
         device = _model_device(model) if self.device == "auto" else torch.device(self.device)
         covs = {n: StreamingCovariance(device=device) for n, _ in chosen}
-        _hooked_pass(model, X, chosen, self.side, lambda name, rows: covs[name].update(rows), self.batch_size, device)
+        hooked_pass(model, X, chosen, self.side, lambda name, rows: covs[name].update(rows), self.batch_size, device)
         unseen = [n for n, c in covs.items() if c.n_ == 0]
         if unseen:
             raise ValueError(f"layers {unseen} were never called in the forward pass (or X is empty)")
@@ -177,7 +178,7 @@ class ActivationSpectra:
         return _frame(self.spectra_, taus, n={n: c.n_ for n, c in self.covariances_.items()})
 
 
-class DeadUnits:
+class DeadUnits(Estimator):
     """Units of each layer's output that are <= 0 on every row of X: under a ReLU after the layer they emit 0
     and pass no gradient to anything before them ("dead"). With W_seed = 0 and B = 0 (the no-scaffold
     control at init), a unit's output is its frozen bias, so every unit with a negative seeded bias is dead
@@ -188,20 +189,21 @@ class DeadUnits:
     Fitted: ``max_`` (name -> per-unit max over rows), ``fraction_`` (name -> fraction of units with max <= 0).
     """
 
+    _constraints = {"batch_size": an_int(1)}
+
     def __init__(self, layers: Sequence[str] | None = None, batch_size: int = 1024) -> None:
-        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-            raise ValueError(f"batch_size must be an int >= 1, got {batch_size!r}")
         self.layers, self.batch_size = layers, batch_size
 
     def fit(self, model: nn.Module, X: Any) -> "DeadUnits":
-        chosen = _select_layers(model, self.layers)
+        self._validate_params()
+        chosen = select_layers(model, self.layers)
         top: dict[str, torch.Tensor] = {}
 
         def update(name: str, rows: torch.Tensor) -> None:
             m = rows.detach().float().amax(dim=0).cpu()
             top[name] = m if name not in top else torch.maximum(top[name], m)
 
-        _hooked_pass(model, X, chosen, "output", update, self.batch_size, _model_device(model))
+        hooked_pass(model, X, chosen, "output", update, self.batch_size, _model_device(model))
         unseen = [n for n, _ in chosen if n not in top]
         if unseen:
             raise ValueError(f"layers {unseen} were never called in the forward pass (or X is empty)")
@@ -228,7 +230,7 @@ def _covariance_spectrum(X: np.ndarray) -> Spectrum:
     return StreamingCovariance().update(X).spectrum()
 
 
-class TaskSpectrum:
+class TaskSpectrum(Estimator):
     """Spectra of a data set: inputs (PCA), and the task's directions.
 
     classification: between-class scatter (Fisher 1936; Duda, Hart & Stork 2001, sec. 3.8)
@@ -242,14 +244,13 @@ class TaskSpectrum:
     X may be (n, ...); it is flattened to (n, d).
     """
 
+    _constraints = {"task": one_of(*TASKS), "rtol": in_interval(0, math.inf)}
+
     def __init__(self, task: str = "classification", rtol: float = 1e-10) -> None:
-        if task not in TASKS:
-            raise ValueError(f"task must be one of {TASKS}, got {task!r}")
-        if not (isinstance(rtol, numbers.Real) and rtol > 0):
-            raise ValueError(f"rtol must be a number > 0, got {rtol!r}")
         self.task, self.rtol = task, rtol
 
     def fit(self, X: Any, y: Any) -> "TaskSpectrum":
+        self._validate_params()
         X = _flat(X)
         n, d = X.shape
         y = _to_numpy(y) if self.task == "regression" else np.asarray(y.cpu() if isinstance(y, torch.Tensor) else y)
@@ -287,7 +288,7 @@ class TaskSpectrum:
 WEIGHT_KINDS = ("adapter", "delta")
 
 
-class WeightSpectra:
+class WeightSpectra(Estimator):
     """Spectra of weight updates, each reshaped to (d_out, -1).
 
     kind="adapter": s B A (``layer.delta()``) of every ScaffoldLayer of ``model``.
@@ -298,12 +299,13 @@ class WeightSpectra:
     Fitted: ``spectra_`` (name -> Spectrum of squared singular values).
     """
 
+    _constraints = {"kind": one_of(*WEIGHT_KINDS)}
+
     def __init__(self, kind: str = "adapter") -> None:
-        if kind not in WEIGHT_KINDS:
-            raise ValueError(f"kind must be one of {WEIGHT_KINDS}, got {kind!r}")
         self.kind = kind
 
     def fit(self, model: nn.Module, trained: nn.Module | None = None) -> "WeightSpectra":
+        self._validate_params()
         spectra: dict[str, Spectrum] = {}
         if self.kind == "adapter":
             if trained is not None:
@@ -342,7 +344,7 @@ class WeightSpectra:
 ID_METHODS = ("twonn", "mle")
 
 
-class IntrinsicDimension:
+class IntrinsicDimension(Estimator):
     """Intrinsic dimension of a point cloud by scikit-dimension.
 
     method: "twonn" (skdim.id.TwoNN, Facco et al. 2017) or "mle" (skdim.id.MLE,
@@ -351,14 +353,13 @@ class IntrinsicDimension:
     or n_samples is None). TwoNN needs distinct points. Fitted: ``dimension_``, ``n_samples_``.
     """
 
+    _constraints = {"method": one_of(*ID_METHODS), "n_samples": an_int(3, or_none=True)}
+
     def __init__(self, method: str = "twonn", n_samples: int | None = 2000, random_state: int = 0) -> None:
-        if method not in ID_METHODS:
-            raise ValueError(f"method must be one of {ID_METHODS}, got {method!r}")
-        if n_samples is not None and (isinstance(n_samples, bool) or not isinstance(n_samples, int) or n_samples < 3):
-            raise ValueError(f"n_samples must be an int >= 3 or None, got {n_samples!r}")
         self.method, self.n_samples, self.random_state = method, n_samples, random_state
 
     def fit(self, X: Any) -> "IntrinsicDimension":
+        self._validate_params()
         import skdim  # slow import (numba); only when used
 
         X = _flat(X)
