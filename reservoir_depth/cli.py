@@ -15,12 +15,15 @@ Exit status: 0 on success, 1 when runs failed or a report has no finished run, 2
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import importlib
 import importlib.util
+import inspect
 import json
+import re
 import sys
 from pathlib import Path
-from typing import Sequence
+from typing import Mapping, Sequence
 
 import pandas as pd
 from torch import nn
@@ -117,17 +120,100 @@ def _hidden(text: str) -> str | list[int]:
     return widths
 
 
-def _keyword(flag: str):
-    """KEY=VALUE for --arch-kw / --data-kw: VALUE read as JSON where it parses (8, [64, 32], true), else a str."""
+def _keyword(flag: str, identifier: bool = True):
+    """KEY=VALUE for --arch-kw / --data-kw (KEY an identifier) or a per-layer setting such as --max-rank
+    (KEY a module-name pattern, split at the last '='): VALUE read as JSON where it parses (8, [64, 32], true),
+    else a str."""
     def parse(text: str) -> tuple[str, object]:
-        key, eq, value = text.partition("=")
-        if not eq or not key.isidentifier():
-            raise argparse.ArgumentTypeError(f"{flag} takes KEY=VALUE, got {text!r}")
+        key, eq, value = text.partition("=") if identifier else text.rpartition("=")
+        if not eq or not (key.isidentifier() if identifier else key):
+            raise argparse.ArgumentTypeError(f"{flag} takes {'KEY' if identifier else 'PATTERN'}=VALUE, got {text!r}")
         try:
             return key, json.loads(value)
         except json.JSONDecodeError:
             return key, value
     return parse
+
+
+def field_help(cls: type) -> dict[str, str]:
+    """Each field's help text from a settings dataclass's docstring: the paragraphs "    name: text" or
+    "    a, b: text" (continued by deeper-indented lines), whitespace joined."""
+    out: dict[str, str] = {}
+    names: list[str] = []
+    for line in inspect.getdoc(cls).splitlines():
+        head, colon, text = line.partition(": ")
+        keys = [k.strip() for k in head.split(",")]
+        if colon and not line.startswith(" ") and all(k.isidentifier() for k in keys):
+            names = keys
+            for k in names:
+                out[k] = text.strip()
+        elif line.startswith(" ") and names:
+            for k in names:
+                out[k] += " " + line.strip()
+        else:
+            names = []
+    return out
+
+
+def _json_or_str(text: str) -> object:
+    """A flag's VALUE as JSON where it parses (8, [64, 32], true, null), else the string itself."""
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError:
+        return text
+
+
+SETTINGS_FLAGS = {"r": "--rank", "target_modules": "--target", "spec": "--dist"}  # flag names older than the fields
+
+
+def add_settings_flags(p: argparse.ArgumentParser, cls: type, skip: Sequence[str] = ()) -> list[str]:
+    """One flag per field of the settings dataclass ``cls`` (TrainConfig, ScaffoldConfig), with the field's
+    default and the first sentence of its docstring entry as help, so a new field reaches the command line by itself: a bool gives
+    --name / --no-name, a tuple of patterns takes several values, a mapping KEY=VALUE (repeatable), a
+    DistributionSpec a family name or JSON; values in ``cls.CHOICES`` are choices. Returns the field names."""
+    helps = field_help(cls)
+    choices = getattr(cls, "CHOICES", {})
+    g = p.add_argument_group(f"{cls.__name__} (one flag per field)")
+    names = []
+    for f in dataclasses.fields(cls):
+        if f.name in skip:
+            continue
+        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+        flag = SETTINGS_FLAGS.get(f.name, "--" + f.name.replace("_", "-"))
+        kw: dict = {"dest": f.name, "default": default, "help": re.split(r"(?<=\.)\s+(?=[A-Z])", helps.get(f.name, ""))[0]}
+        if isinstance(default, bool):
+            kw["action"] = argparse.BooleanOptionalAction
+        elif isinstance(default, DistributionSpec):  # a family name or a spec as JSON, read by as_spec
+            kw.update(type=_json_or_str, metavar="NAME|JSON")
+        elif isinstance(default, (tuple, list)):
+            kw.update(nargs="+", metavar="PATTERN")
+        elif isinstance(default, Mapping):
+            kw.update(type=_keyword(flag, identifier=False), action="append", metavar="PATTERN=VALUE", default=[])
+        elif f.name in choices:
+            kw.update(choices=[c for c in choices[f.name] if c is not None])
+        elif f.name in getattr(cls, "COUNTS", ()):
+            kw.update(type=positive_int)
+        elif default is None:
+            kw.update(type=str if f.name.endswith("_dir") else _json_or_str, metavar="DIR" if f.name.endswith("_dir") else None)
+        else:
+            kw.update(type=type(default))
+        g.add_argument(flag, **kw)
+        names.append(f.name)
+    return names
+
+
+def _flag_default(cls: type, name: str) -> object:
+    """What the flag of field ``name`` holds when it is not given (add_settings_flags)."""
+    f = next(f for f in dataclasses.fields(cls) if f.name == name)
+    default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+    return [] if isinstance(default, Mapping) else default
+
+
+def settings_of(args: argparse.Namespace, cls: type, names: Sequence[str], **fixed) -> object:
+    """``cls`` from the parsed flags of its fields ``names`` (a mapping's KEY=VALUE pairs as a dict), and
+    ``fixed`` values."""
+    mappings = {f.name for f in dataclasses.fields(cls) if f.default_factory is dict}
+    return cls(**{**{n: dict(getattr(args, n)) if n in mappings else getattr(args, n) for n in names}, **fixed})
 
 
 def _factory(text: str):
@@ -169,9 +255,7 @@ def cmd_train(args: argparse.Namespace) -> None:
         arch["hidden"] = args.hidden
     elif args.arch == "mlp":
         arch.setdefault("hidden", "small")
-    tc = TrainConfig(epochs=args.epochs, lr=args.lr, batch_size=args.batch_size, seed=args.seed,
-                     progress=not args.no_progress, log_dir=args.log_dir, compile=args.compile,
-                     seed_dtype=args.seed_dtype, readout=args.readout, ridge=args.ridge)
+    tc = settings_of(args, TrainConfig, args.train_fields)
     if args.save and distributed.is_main():  # rank 0 alone writes
         io.check_writable(args.save)  # before the first epoch: a run is not trained to be lost
     d = data.load(args.data, **dict(args.data_kw))
@@ -179,9 +263,10 @@ def cmd_train(args: argparse.Namespace) -> None:
         model = build(args.arch, seed=args.seed, d_in=d.d_in, n_out=d.n_out, **arch)
     except TypeError as e:  # an --arch-kw the family does not take
         raise ValueError(f"--arch {args.arch}: {e}") from None
-    chosen = {k: v for k, v in (("target_modules", args.target), ("trainable", args.trainable)) if v is not None}
-    model = scaffold(model, ScaffoldConfig(**{**scaffold_defaults(model), **chosen}, r=args.rank, alpha=args.alpha,
-                                           rslora=args.rslora, root_seed=args.seed, spec=DistributionSpec(args.dist)))
+    declared = scaffold_defaults(model)  # the family's targets, trainable extras, specs and caps, unless given
+    given = {n for n in args.scaffold_fields if getattr(args, n) != _flag_default(ScaffoldConfig, n)}
+    model = scaffold(model, settings_of(args, ScaffoldConfig, args.scaffold_fields, root_seed=args.seed,
+                                        **{k: v for k, v in declared.items() if k not in given}))
     main = distributed.is_main()  # under torchrun, rank 0 alone prints and writes
     if main:
         print(f"{d}\n{count_parameters(model)}")
@@ -310,41 +395,15 @@ def parser() -> argparse.ArgumentParser:
     t.add_argument("--hidden", type=_hidden, default=None,
                    help=f"MLP hidden widths: a size ({', '.join(SIZES)}) or comma-separated widths; "
                         "--arch mlp only (default: small)%(default).0s")
-    t.add_argument("--rank", type=int, default=4, help="LoRA rank r (0: beta and head only)")
-    t.add_argument("--alpha", type=float, default=16.0, help="LoRA alpha; s = alpha / r")
-    t.add_argument("--rslora", action="store_true", help="s = alpha / sqrt(r) instead of alpha / r")
-    t.add_argument("--target", metavar="PATTERN", nargs="+", default=None,
-                   help="the layers to scaffold (ScaffoldConfig.target_modules): names or regexes matched in full, "
-                        "or all-linear (default: what the architecture declares)%(default).0s")
-    t.add_argument("--trainable", metavar="PATTERN", nargs="+", default=None,
-                   help="modules trained in full beside A, B and beta (ScaffoldConfig.trainable; default: what the "
-                        "architecture declares, e.g. the head)%(default).0s")
-    t.add_argument("--dist", default="normal",
-                   help="family of W_seed, with its default scaling rule (`reservoir-depth distributions` lists them)")
-    t.add_argument("--epochs", type=positive_int, default=TrainConfig.epochs, help="training epochs")
-    t.add_argument("--lr", type=float, default=TrainConfig.lr, help="AdamW learning rate")
-    t.add_argument("--batch-size", type=positive_int, default=TrainConfig.batch_size, help="training batch size")
-    t.add_argument("--seed", type=int, default=TrainConfig.seed, help="root seed of W_seed, A's init and the shuffling")
     t.add_argument("--arch-kw", metavar="KEY=VALUE", type=_keyword("--arch-kw"), action="append", default=[],
                    help="a keyword of the architecture family (repeatable; VALUE read as JSON where it parses), "
                         "e.g. --arch-kw size=3m%(default).0s")
     t.add_argument("--data-kw", metavar="KEY=VALUE", type=_keyword("--data-kw"), action="append", default=[],
                    help="a keyword of the dataset loader (repeatable), e.g. --data-kw n_train=512%(default).0s")
-    t.add_argument("--no-progress", action="store_true", help="no progress bar")
-    t.add_argument("--compile", action="store_true",
-                   help="train under torch.compile (needs a compiler; results differ from eager in rounding)")
-    t.add_argument("--seed-dtype", choices=("bfloat16", "float16"), default=None,
-                   help="hold W_seed in this dtype while training (for CUDA's bf16 autocast: no per-step cast)"
-                        "%(default).0s")
-    t.add_argument("--readout", choices=READOUTS, default="gradient",
-                   help="the head: trained by AdamW, or (reservoir family, forecasting) the closed-form ridge "
-                        "readout of the states, refit after every epoch; epoch 0 is then an echo-state network")
-    t.add_argument("--ridge", type=float, default=1e-6, help="lambda of the ridge readout (--readout ridge)")
     t.add_argument("--save", metavar="DIR",
                    help="save the adapter file to DIR (adapter.safetensors + adapter.json)%(default).0s")
-    t.add_argument("--log-dir", metavar="DIR", default=None,
-                   help="write TensorBoard events (per-step loss, epoch metrics, beta per layer) to DIR; needs "
-                        "`pip install tensorboard`; view with `tensorboard --logdir DIR` (default: no logging)%(default).0s")
+    t.set_defaults(train_fields=add_settings_flags(t, TrainConfig),
+                   scaffold_fields=add_settings_flags(t, ScaffoldConfig, skip=("root_seed",)))
     text = "PCA / task / adapter spectra of a dataset and a saved model"
     sp = sub.add_parser("spectra", help=text, formatter_class=D,
                         description=f"{text}: the data set's inputs, between-class scatter (or Cov(x, y)) and "

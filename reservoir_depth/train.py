@@ -19,7 +19,7 @@ import math
 import os
 import time
 from dataclasses import asdict, dataclass, field, fields
-from typing import Any, Mapping, Sequence
+from typing import Any, ClassVar, Mapping, Sequence
 
 import torch
 from torch import nn
@@ -44,12 +44,40 @@ SEED_DTYPES = (None, "bfloat16", "float16")
 class TrainConfig:
     """How ``train`` fits the trainable set (A, B, beta and the declared extras) with AdamW.
 
-    The defaults, the one set every entry point uses (``reservoir-depth train`` takes its flags' defaults
-    from here): epochs=20, lr=0.001, weight_decay=0.01, batch_size=128, seed=0, device="auto" (CUDA when
-    present), amp=True (bf16 autocast, CUDA only). A study's ``[train]`` table overrides fields by name
-    (the default study sets epochs = 30, lr = 1e-3, batch_size = 64); the fields it leaves out take these
-    defaults. A run id hashes the resolved config (study.Run.config, every default filled in), so a
-    change of a default here changes the ids of stored runs that relied on it."""
+    The defaults, the one set every entry point uses (``reservoir-depth train`` generates its flags, their
+    defaults and help from these fields): epochs=20, lr=0.001, weight_decay=0.01, batch_size=128, seed=0,
+    device="auto" (CUDA when present), amp=True (bf16 autocast, CUDA only). A study's ``[train]`` table
+    overrides fields by name (the default study sets epochs = 30, lr = 1e-3, batch_size = 64); the fields it
+    leaves out take these defaults. A run id hashes the resolved config (study.Run.config, every default
+    filled in), so a change of a default here changes the ids of stored runs that relied on it.
+
+    epochs: passes over the training split.
+    lr, weight_decay: AdamW's learning rate and decoupled weight decay.
+    batch_size: training examples per optimiser step.
+    seed: seeds the shuffling and dropout (and, on the command line, the root seed of W_seed and A).
+    device: "auto" (CUDA when present) or a torch device ("cpu", "cuda:1", ...).
+    amp: bf16 autocast, CUDA only.
+    progress: a progress bar per epoch.
+    beta_every: also record beta every n optimiser steps (0: per epoch only).
+    free_run: forecasting: also measure the free-running NRMSE (test_nrmse_free) through model.step; None:
+        when the series is autonomous (its inputs are its own past, X[:, t + 1] = y[:, t]), not for a
+        driven one (NARMA).
+    log_dir: TensorBoard event files (per-step loss, every key of the epoch rows, beta per layer) under this
+        folder; None: no logging and no tensorboard import. Needs `pip install tensorboard`; see TensorBoardLog.
+    seed_dtype: hold every scaffold's W_seed in this dtype while training (scaffold.set_seed_dtype):
+        "bfloat16" under CUDA's bf16 autocast saves the per-step cast of W_seed and half its memory; None:
+        the parameter dtype.
+    compile: run the training forward and backward under torch.compile (evaluation stays eager): on the CPU
+        a LottaLoRA LM step went from 0.85x to 0.78x of full training (docs/guide.md#performance). Needs a
+        working compiler (a C++ toolchain on the CPU, Triton on CUDA); results differ from eager in rounding.
+    readout: "ridge": the model's readout (the reservoir family's) is not trained by AdamW but solved in
+        closed form, lambda = ``ridge`` (readout.fit_readout), before epoch 0 and after every epoch; epoch 0
+        is then an echo-state network. A model with nothing else to train stops there (no epoch loop).
+    ridge: lambda of the ridge readout.
+    """
+
+    CHOICES: ClassVar[dict[str, tuple]] = {"seed_dtype": SEED_DTYPES, "readout": READOUTS}  # the allowed values
+    COUNTS: ClassVar[tuple[str, ...]] = ("epochs", "batch_size")  # ints >= 1
 
     epochs: int = 20
     lr: float = 1e-3
@@ -57,30 +85,18 @@ class TrainConfig:
     batch_size: int = 128
     seed: int = 0
     device: str = "auto"
-    amp: bool = True  # bf16 autocast, CUDA only
+    amp: bool = True
     progress: bool = field(default=True, metadata=NOT_IDENTITY)
-    beta_every: int = 0  # also record beta every n optimiser steps (0: per epoch only)
-    # forecasting: also measure the free-running NRMSE (test_nrmse_free) through model.step; None: when the
-    # series is autonomous (its inputs are its own past, X[:, t + 1] = y[:, t]), not for a driven one (NARMA)
+    beta_every: int = 0
     free_run: bool | None = field(default=None, metadata=added(None))
-    # TensorBoard event files (per-step loss, every key of the epoch rows, beta per layer) under this folder;
-    # None: no logging and no tensorboard import. Needs `pip install tensorboard`; see TensorBoardLog
     log_dir: str | None = field(default=None, metadata=NOT_IDENTITY)
-    # hold every scaffold's W_seed in this dtype while training (scaffold.set_seed_dtype): "bfloat16" under
-    # CUDA's bf16 autocast saves the per-step cast of W_seed and half its memory; None: the parameter dtype
     seed_dtype: str | None = field(default=None, metadata=added(None))
-    # run the training forward and backward under torch.compile (evaluation stays eager): on the CPU a
-    # LottaLoRA LM step went from 0.85x to 0.78x of full training (docs/guide.md#performance). Needs a
-    # working compiler (a C++ toolchain on the CPU, Triton on CUDA); results differ from eager in rounding
     compile: bool = field(default=False, metadata=added(False))
-    # "ridge": the model's readout (the reservoir family's) is not trained by AdamW but solved in closed form,
-    # lambda = ``ridge`` (readout.fit_readout), before epoch 0 and after every epoch; epoch 0 is then an
-    # echo-state network. A model with nothing else to train stops there (no epoch loop)
     readout: str = field(default="gradient", metadata=added("gradient"))
     ridge: float = field(default=1e-6, metadata=added(1e-6))
 
     def __post_init__(self) -> None:
-        for k in ("epochs", "batch_size"):
+        for k in self.COUNTS:
             if getattr(self, k) < 1:
                 raise ValueError(f"{k} must be >= 1, got {getattr(self, k)!r}")
         if not (self.lr > 0 and math.isfinite(self.lr)):

@@ -21,7 +21,52 @@ def test_every_train_option_has_help_and_default():
     assert {"--arch", "--batch-size", "--data", "--hidden", "--rank"} <= {a.option_strings[0] for a in opts}
     assert all(a.help for a in opts)
     text = train.format_help()
-    assert "(default: 4)" in text and "{" + ",".join(sorted(ARCHITECTURES)) + "}" in text and "(default: 128)" in text
+    assert "(default: 8)" in text and "{" + ",".join(sorted(ARCHITECTURES)) + "}" in text and "(default: 128)" in text
+
+
+@pytest.mark.parametrize("cls, skip", [("TrainConfig", ()), ("ScaffoldConfig", ("root_seed",))])
+def test_every_settings_field_has_a_train_flag_with_the_fields_default_and_help(cls, skip):
+    """The command line follows the settings: one flag per field, generated, so a new field reaches
+    `reservoir-depth train` by itself, with the dataclass's own default (--rank had 4 to r's 8)."""
+    import dataclasses
+
+    from reservoir_depth.scaffold import ScaffoldConfig
+    from reservoir_depth.train import TrainConfig
+
+    klass = {"TrainConfig": TrainConfig, "ScaffoldConfig": ScaffoldConfig}[cls]
+    train = parser()._subparsers._group_actions[0].choices["train"]
+    by_dest = {a.dest: a for a in train._actions if a.option_strings}
+    args = parser().parse_args(["train"])
+    for f in dataclasses.fields(klass):
+        if f.name in skip:
+            continue
+        assert f.name in by_dest and by_dest[f.name].help, f.name
+        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+        parsed = getattr(args, f.name)
+        assert parsed == ([] if isinstance(default, dict) else default), f.name
+
+
+def test_generated_flags_reach_the_configs(monkeypatch):
+    from reservoir_depth import cli
+
+    seen = {}
+
+    def spy(model, d, config):
+        seen["train"], seen["scaffold"] = config, model.scaffold_config
+        raise SystemExit(0)
+
+    monkeypatch.setattr(cli, "train", spy)
+    with pytest.raises(SystemExit):
+        main(["train", "--hidden", "8", "--epochs", "2", "--weight-decay", "0.5", "--no-amp", "--beta-every", "3",
+              "--rank", "2", "--alpha", "4", "--bias", "trainable", "--init-B", "kaiming", "--max-rank", "layers.0=1",
+              "--dist", '{"name": "uniform", "gain": 2.0}', "--seed", "7"])
+    tc, sc = seen["train"], seen["scaffold"]
+    assert (tc.epochs, tc.weight_decay, tc.amp, tc.beta_every, tc.seed) == (2, 0.5, False, 3, 7)
+    assert (sc.r, sc.alpha, sc.bias, sc.init_B, dict(sc.max_rank), sc.root_seed) == (2, 4.0, "trainable", "kaiming",
+                                                                                      {"layers.0": 1}, 7)
+    assert (sc.spec.name, sc.spec.gain) == ("uniform", 2.0)
+    from reservoir_depth.models import build, scaffold_defaults
+    assert sc.target_modules == scaffold_defaults(build("mlp", d_in=64, n_out=10, hidden=[8]))["target_modules"]
 
 
 def test_train_on_a_regression_set_and_other_architectures(capsys):

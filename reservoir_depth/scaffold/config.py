@@ -15,7 +15,7 @@ import math
 import numbers
 import re
 from dataclasses import dataclass, field
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any, Callable, ClassVar, Mapping, Sequence
 
 from ..checks import is_number
 from ..identity import added, identity
@@ -65,6 +65,9 @@ class ScaffoldConfig:
         (heads, embeddings, norms); each must match a module. Everything else is frozen.
     r, alpha, rslora: LoRA rank and scale s = alpha / r, or alpha / sqrt(r), with r the layer's own
         rank (see max_rank): a layer capped to a smaller rank gets the larger s of that rank.
+    spec: the distribution W_seed is drawn from (DistributionSpec: a family of the registry, its scaling
+        rule and parameters; `reservoir-depth distributions` lists the families).
+    root_seed: every layer's W_seed, A (and seeded bias) is drawn from sha256(root_seed, layer name).
     bias: "keep" (default) draws a frozen bias from the seed only where the replaced layer
         had one, so merge() gives a state_dict of the original class; "frozen" and
         "trainable" give every layer a seeded bias (frozen / trained); "none" drops it.
@@ -96,6 +99,8 @@ class ScaffoldConfig:
         r_max = 0 makes a frozen scaffold with a trained beta only: y = beta W_seed x + b. Empty by
         default and then left out of to_dict().
     """
+
+    CHOICES: ClassVar[dict[str, tuple]] = {"bias": BIAS_MODES, "schedule": SCHEDULES, "init_B": INIT_B}
 
     target_modules: Sequence[str] | str = (ALL_LINEAR,)
     r: int = 8
