@@ -32,7 +32,8 @@ import torch
 
 from _common import parser, write_provenance
 from reservoir_depth.spectra import DeadUnits
-from reservoir_depth.study import Run, Study
+from reservoir_depth.study import Study
+from reservoir_depth.run import Run
 from reservoir_depth.sweep import build_model
 from reservoir_depth.train import TrainConfig, train
 

@@ -20,7 +20,7 @@ import pandas as pd
 from reservoir_depth.predict import study_of, target
 from reservoir_depth.report import markdown
 from reservoir_depth.results import Columns, ResultsStore
-from reservoir_depth.train import metric_of
+from reservoir_depth.tasks import metric_of
 
 sys.path.insert(0, str(Path(__file__).parent))
 from _common import parser, write_provenance  # noqa: E402

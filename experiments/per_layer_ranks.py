@@ -49,7 +49,8 @@ from reservoir_depth.predict import GradientSpectrum, allocate_ranks, init_model
 from reservoir_depth.rank import paired_t_power, tost_paired
 from reservoir_depth.scaffold import merge, scaffold_layers
 from reservoir_depth.study import Study
-from reservoir_depth.train import TrainConfig, evaluate, task_of, train
+from reservoir_depth.train import TrainConfig, evaluate, train
+from reservoir_depth.tasks import task_of
 
 ROOT = Path(__file__).resolve().parent
 BENCHMARKS = ("digits_mlp", "mnist1d_mlp", "mnist5k_mlp", "fashion_mnist_mlp_width_small")

@@ -50,7 +50,8 @@ from reservoir_depth.models import build, scaffold_defaults
 from reservoir_depth.readout import Gram
 from reservoir_depth.scaffold import ScaffoldConfig, merge, scaffold
 from reservoir_depth.study import Study
-from reservoir_depth.train import TrainConfig, evaluate, target_std, train
+from reservoir_depth.train import TrainConfig, evaluate, train
+from reservoir_depth.tasks import target_std
 
 SPLITS = ("X_train", "y_train", "X_test", "y_test")
 STUDIES = ("reservoir_mackey_glass", "reservoir_lorenz")

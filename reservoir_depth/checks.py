@@ -62,10 +62,12 @@ def check_int(name: str, v: Any, minimum: int = 1, or_none: bool = False) -> Non
 
 
 def an_int(minimum: int = 1, or_none: bool = False) -> Constraint:
+    """The constraint "an int >= ``minimum``" (or None where ``or_none``), as check_int states it."""
     return lambda name, v: check_int(name, v, minimum, or_none)
 
 
 def one_of(*options: Any) -> Constraint:
+    """The constraint "one of ``options``" (equal and of the same type: True is not 1)."""
     def check(name: str, v: Any) -> None:
         if isinstance(v, bool) or not any(v == o and type(v) is type(o) for o in options):
             raise ValueError(f"{name} must be one of {options}, got {v!r}")
@@ -73,6 +75,7 @@ def one_of(*options: Any) -> Constraint:
 
 
 def a_bool(name: str, v: Any) -> None:
+    """The constraint "True or False" (a numpy bool too)."""
     if not isinstance(v, bool) and type(v).__name__ != "bool_":  # numpy's bool_ too
         raise ValueError(f"{name} must be True or False, got {v!r}")
 

@@ -7,6 +7,7 @@
     reservoir-depth train --data digits --arch mlp --rank 4 --save DIR   one LottaLoRA run, saved as an adapter file
     ... train / run / sweep --log-dir DIR   TensorBoard events (pip install tensorboard): tensorboard --logdir DIR
     reservoir-depth spectra --data digits [--adapter DIR] [--model FILE.py:FACTORY]   PCA / task / layer / adapter spectra
+    reservoir-depth predict [STUDY.toml] [--measure M] [--scale C]   r* predicted at init, per layer and tolerance
     reservoir-depth distributions                   the registered random-matrix families
 
 Exit status: 0 on success, 1 when runs failed or a report has no finished run, 2 on bad input.
@@ -38,7 +39,6 @@ from .results import ResultsStore
 from .scaffold import ScaffoldConfig, count_parameters, scaffold
 from .spectra import ActivationSpectra, WeightSpectra
 from .predict import CALIBRATION, MEASURE_OF, GradientSpectrum, per_tolerance, predict_study
-from .readout import READOUTS
 from .study import Study
 from .sweep import backfill, check_study, dataset_rows, run_study
 from .train import TensorBoardLog, TrainConfig, train

@@ -1,6 +1,6 @@
 """Run identity: which fields of a config dataclass enter a run's id, and in what form.
 
-A run id is the hash of the run's resolved config (study.Run.config), built from
+A run id is the hash of the run's resolved config (run.Run.config), built from
 ``identity(TrainConfig)``, ``identity(ScaffoldConfig)`` and ``identity(DistributionSpec)``.
 Two declarations, as dataclass field metadata, keep stored ids valid:
 

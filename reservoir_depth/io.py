@@ -53,10 +53,9 @@ import torch
 from safetensors.torch import save as to_bytes
 from torch import nn
 
-from .adapter_format import (  # the format's names stay importable from here
-    CONFIG, FINGERPRINT_KEYS, FINGERPRINT_RTOL, FORMAT, FORMAT_NAME, FORMAT_VERSION, KEYS, N_PROBES, TENSORS, VERSIONED,
-    _dtype_name, _error, _sha256, _tensor_sha256, _verify_config, config_hashes, fingerprint, fingerprint_mismatch,
-    library_versions, read_config, verify)
+from .adapter_format import (CONFIG, FORMAT, FORMAT_NAME, TENSORS, VERSIONED, _dtype_name, _error, _sha256,
+                             _tensor_sha256, _verify_config, config_hashes, fingerprint, fingerprint_mismatch,
+                             library_versions, verify)
 from .distributions import torch_rng
 from .models import build as build_architecture
 from .scaffold import ScaffoldConfig, merge, scaffold, scaffold_layers

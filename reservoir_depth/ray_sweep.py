@@ -23,7 +23,7 @@ from tqdm.auto import tqdm
 
 from ._version import __version__
 from .results import ResultsStore, SweepCounts
-from .study import Run
+from .run import Run
 
 INSTALL = "pip install -e '.[ray]'  (or: pip install 'ray>=2.9')"
 

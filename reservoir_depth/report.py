@@ -23,7 +23,8 @@ import numpy as np
 
 from .rank import MIN_BOOTSTRAP_SEEDS, SaturationRank
 from .results import Columns, ResultsStore, error_head
-from .study import Run, Study, curves, provenance
+from .study import Study, curves, provenance
+from .run import Run
 from .tasks import TOLERANCES, Metric, metric_of
 
 C = Columns

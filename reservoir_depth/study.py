@@ -31,10 +31,10 @@ import pandas
 from .checks import is_number
 from .data import DATASETS
 from .distributions import DistributionSpec
-from .io import library_versions
+from .adapter_format import library_versions
 from .models import ARCHITECTURES
 from .results import Columns
-from .run import METHODS, Run, declared_scaffold  # re-exported: a study's runs
+from .run import Run
 from .scaffold import ScaffoldConfig
 from .tasks import Metric, metric_of, task_of
 from .train import TrainConfig
@@ -101,7 +101,7 @@ class Study:
     full (full training, default true), twin (full training from the scaffold, default
     false), spectra (true, false, or a list of "twin" / "lotta"), eps (absolute tolerances of
     r*(eps), in the metric's units: accuracy as a fraction, or loss units; without it, the
-    headline metric's own eps values and tolerance kind, train.METRICS: see ``tolerances``),
+    headline metric's own eps values and tolerance kind, tasks.METRICS: see ``tolerances``),
     eps_relative (with eps: also report r* with eps as a fraction of the full-training metric),
     and the tables [arch], [train], [scaffold] (with scaffold.spec) and [resources] (what a
     Ray backend reserves for each run: cpus, default 1, and gpus, default 0; not part of a run's
@@ -279,7 +279,7 @@ class Study:
         return d
 
     def tolerances(self, metric: Metric) -> list[tuple[float, bool]]:
-        """The (eps, relative) settings r*(eps) is stated at for ``metric`` (train.Metric): the study's
+        """The (eps, relative) settings r*(eps) is stated at for ``metric`` (tasks.Metric): the study's
         eps, absolute as stored studies always read it (and relative too with eps_relative); without eps,
         the metric's own eps values and tolerance kind (accuracy: absolute points; losses, bits per
         character, NRMSE: relative to full training)."""
@@ -381,7 +381,7 @@ def curves(df, metric: str, ranks: Sequence[int] | None = None, seeds: Sequence[
 # ----------------------------------------------------------------------------- provenance
 
 def versions() -> dict[str, str]:
-    """The versions a result depends on: those an adapter file records (io.library_versions: this
+    """The versions a result depends on: those an adapter file records (adapter_format.library_versions: this
     package, numpy / scipy, which determine the canonical draw of W_seed, torch, safetensors),
     plus Python and pandas."""
     return {**library_versions(), "python": platform.python_version(), "pandas": pandas.__version__}

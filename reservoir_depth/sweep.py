@@ -50,10 +50,10 @@ def build_model(run: Run, d: data.Dataset):
     if run.method in ("lotta", "twin"):
         cfg = run.scaffold_config()
         built = ScaffoldConfig(**{**scaffold_defaults(model), **run.scaffold, "root_seed": run.seed})
-        if built != cfg:  # the study's view of the family (study.declared_scaffold) missed this instance's
+        if built != cfg:  # the study's view of the family (run.declared_scaffold) missed this instance's
             raise ValueError(f"architecture {run.arch!r} declares {scaffold_defaults(model)} when built for "
                              f"{d.name!r} (d_in={d.d_in}, n_out={d.n_out}), but the run's scaffold config was "
-                             f"resolved as {cfg.to_dict()}; study.declared_scaffold cannot read this family's "
+                             f"resolved as {cfg.to_dict()}; run.declared_scaffold cannot read this family's "
                              f"declarations from instances of other sizes")
         model = scaffold(model, cfg)
     if run.method == "twin":

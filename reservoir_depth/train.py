@@ -32,9 +32,7 @@ from .identity import NOT_IDENTITY, added
 from . import distributed
 from .readout import READOUTS, check_ridge, fit_readout, readout_of
 from .scaffold import advance, betas, count_parameters, set_seed_dtype
-from .tasks import (  # the registry's names stay importable from here
-    METRICS, TASKS, TOLERANCES, Classification, Forecasting, LanguageModelling, Metric, Regression, Task, loss_fn,
-    metric_of, target_std, task_of)
+from .tasks import Task, task_of
 
 
 SEED_DTYPES = (None, "bfloat16", "float16")
@@ -48,7 +46,7 @@ class TrainConfig:
     defaults and help from these fields): epochs=20, lr=0.001, weight_decay=0.01, batch_size=128, seed=0,
     device="auto" (CUDA when present), amp=True (bf16 autocast, CUDA only). A study's ``[train]`` table
     overrides fields by name (the default study sets epochs = 30, lr = 1e-3, batch_size = 64); the fields it
-    leaves out take these defaults. A run id hashes the resolved config (study.Run.config, every default
+    leaves out take these defaults. A run id hashes the resolved config (run.Run.config, every default
     filled in), so a change of a default here changes the ids of stored runs that relied on it.
 
     epochs: passes over the training split.

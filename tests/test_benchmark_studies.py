@@ -30,7 +30,7 @@ from reservoir_depth.results import Columns, ResultsStore
 from reservoir_depth.run import _dataset
 from reservoir_depth.study import Study
 from reservoir_depth.sweep import run_study
-from reservoir_depth.train import TASKS
+from reservoir_depth.tasks import TASKS
 
 EXPERIMENTS = Path(__file__).resolve().parents[1] / "experiments"
 STUDY_FILES = sorted(EXPERIMENTS.glob("*.toml"))

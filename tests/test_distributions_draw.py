@@ -206,7 +206,7 @@ def test_version_2_stream_key_covers_parameters_and_shape():
 @pytest.mark.parametrize("name", FAMILIES)
 def test_version_2_cpu_and_cuda_agree(name):
     """The words are identical; the float64 transforms agree far inside the fingerprint's rtol."""
-    from reservoir_depth.io import FINGERPRINT_RTOL
+    from reservoir_depth.adapter_format import FINGERPRINT_RTOL
 
     assert torch.equal(Stream(123, 4099, "cuda").words(1).cpu(), Stream(123, 4099).words(1))
     for shape in [(96, 80), (16, 3, 3, 3)]:

@@ -2,6 +2,7 @@
 
 import importlib.util
 import re
+import sys
 from pathlib import Path
 
 import pytest
@@ -126,3 +127,47 @@ def test_results_headline_table_is_the_generated_one():
     assert block, "docs/results.md has no <!-- headline: start --> ... <!-- headline: end --> block"
     generated = (ROOT / "docs" / "results" / "headline" / "headline.md").read_text()
     assert block.group(1).strip() == generated.strip(), "run: python experiments/headline.py, then paste"
+
+
+def test_registry_lists_in_the_docs_are_generated_from_the_registries():
+    """README's and the guide's lists of layer types, families, architectures and data sets are rendered
+    from the registries (docs/render_registries.py), so a registered entry cannot be missing from them."""
+    sys.path.insert(0, str(ROOT / "docs"))
+    try:
+        import render_registries
+    finally:
+        sys.path.remove(str(ROOT / "docs"))
+    for doc in render_registries.DOCS:
+        text = (ROOT / doc).read_text()
+        assert render_registries.render(text) == text, f"{doc}: run python docs/render_registries.py"
+    blocks = re.findall(r"<!-- registry: ([\w-]+) \(generated", (ROOT / "README.md").read_text())
+    assert sorted(blocks) == sorted(render_registries.BLOCKS), blocks
+
+
+def test_a_registered_layer_type_reaches_the_rendered_list(monkeypatch):
+    from torch import nn
+
+    from reservoir_depth.scaffold import LAYER_TYPES, LayerType, ScaffoldLinear
+
+    sys.path.insert(0, str(ROOT / "docs"))
+    try:
+        import render_registries
+    finally:
+        sys.path.remove(str(ROOT / "docs"))
+
+    class Dense(nn.Linear):
+        pass
+
+    monkeypatch.setitem(LAYER_TYPES, Dense, LayerType(Dense, ScaffoldLinear))
+    text = (ROOT / "README.md").read_text()
+    assert "Dense" in render_registries.render(text) and render_registries.render(text) != text
+
+
+def test_the_cli_docstring_names_every_subcommand():
+    import argparse
+
+    from reservoir_depth import cli
+
+    sub = next(a for a in cli.parser()._actions if isinstance(a, argparse._SubParsersAction))
+    missing = [c for c in sub.choices if f"reservoir-depth {c}" not in cli.__doc__]
+    assert not missing, f"the cli docstring omits {missing}"

@@ -22,7 +22,8 @@ from hypothesis import given, strategies as st
 from reservoir_depth.distributions import DISTRIBUTIONS, DistributionSpec
 from reservoir_depth.identity import NOT_IDENTITY, added, identity
 from reservoir_depth.scaffold import ScaffoldConfig
-from reservoir_depth.study import Run, Study
+from reservoir_depth.study import Study
+from reservoir_depth.run import Run
 from reservoir_depth.train import TrainConfig
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -10,7 +10,7 @@ from safetensors.torch import load_file
 from safetensors.torch import save as to_bytes
 from torch import nn
 
-from reservoir_depth import io
+from reservoir_depth import adapter_format, io
 from reservoir_depth.distributions import DistributionSpec
 from reservoir_depth.models import build
 from reservoir_depth.scaffold import ScaffoldConfig, advance, merge, scaffold, scaffold_layers
@@ -80,7 +80,7 @@ def test_json_is_sorted_and_records_provenance(tmp_path):
     assert meta["format"] == io.FORMAT == "reservoir-depth-adapter/2"
     assert set(meta["fingerprints"]) == {"layers.0.W_seed", "layers.1.W_seed", "layers.0.bias", "layers.1.bias"}
     assert meta["draws"] == {"layers.0": 0, "layers.1": 0} and meta["ties"] == {}
-    assert meta["versions"] == io.library_versions()
+    assert meta["versions"] == adapter_format.library_versions()
     assert set(meta["versions"]) == {"numpy", "scipy", "torch", "safetensors", "reservoir_depth"}
     assert meta["tensors_sha256"] == sha((tmp_path / io.TENSORS).read_bytes())
 

@@ -19,7 +19,8 @@ from reservoir_depth.identity import identity
 from reservoir_depth.models import build
 from reservoir_depth.results import ResultsStore
 from reservoir_depth.scaffold import ScaffoldConfig, scaffold
-from reservoir_depth.study import Run, Study
+from reservoir_depth.study import Study
+from reservoir_depth.run import Run
 from reservoir_depth.sweep import execute, log_dir_of, run_study
 from reservoir_depth.train import TensorBoardLog, TrainConfig, train
 

@@ -8,7 +8,8 @@ import pytest
 from conftest import make_blobs
 from reservoir_depth.models import build
 from reservoir_depth.scaffold import ScaffoldConfig, scaffold
-from reservoir_depth.study import Run, Study
+from reservoir_depth.study import Study
+from reservoir_depth.run import Run
 from reservoir_depth.sweep import execute, log_dir_of
 from reservoir_depth.train import TrainConfig, train
 

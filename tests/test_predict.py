@@ -19,7 +19,7 @@ from reservoir_depth.predict import (DataSpectrum, GradientSpectrum, LayerTaskSp
 from reservoir_depth.report import saturation
 from reservoir_depth.results import ResultsStore
 from reservoir_depth.scaffold import ScaffoldConfig, scaffold, scaffold_layers
-from reservoir_depth.train import metric_of
+from reservoir_depth.tasks import metric_of
 
 FAST = settings(deadline=None, max_examples=10)
 ROOT = Path(__file__).resolve().parents[1]

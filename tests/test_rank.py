@@ -296,7 +296,7 @@ def test_planted_teacher_shares_the_students_scaffold():
 
 
 def test_adaptive_sweep_reads_eps_with_the_studys_tolerance_kind(tmp_path, monkeypatch):
-    """Without eps, a loss study's tolerance is relative to full training (train.METRICS), in the adaptive
+    """Without eps, a loss study's tolerance is relative to full training (tasks.METRICS), in the adaptive
     search as in the report; a study's explicit eps stays absolute."""
     from reservoir_depth import sweep as sweep_mod
     from reservoir_depth.rank import SearchResult

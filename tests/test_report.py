@@ -15,7 +15,8 @@ from reservoir_depth import data
 from reservoir_depth import sweep as sweep_mod
 from reservoir_depth.report import NoResults, markdown, rank_table, study_status, write_report
 from reservoir_depth.results import Columns, ResultsStore
-from reservoir_depth.study import Run, Study
+from reservoir_depth.study import Study
+from reservoir_depth.run import Run
 from reservoir_depth.sweep import sweep
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -239,7 +240,7 @@ def test_a_language_model_study_is_ranked_by_bits_per_character_lower_is_better(
 def test_an_r_star_that_clears_by_less_than_one_test_example_per_seed_is_a_tie():
     from reservoir_depth.rank import SaturationRank
     from reservoir_depth.report import _r_star_cell
-    from reservoir_depth.train import metric_of
+    from reservoir_depth.tasks import metric_of
 
     values = np.array([[0.80, 0.8905, 0.92]] * 3)  # ranks 4, 6, 7; threshold 0.90 - 0.01 = 0.89
     sr = SaturationRank(eps=0.01, n_boot=0).fit([4, 6, 7], values, [0.90] * 3)

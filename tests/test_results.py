@@ -20,7 +20,8 @@ from reservoir_depth import data
 from reservoir_depth.report import markdown, rank_table
 from reservoir_depth.results import ResultsStore, SweepCounts
 from reservoir_depth.study import Study
-from reservoir_depth.sweep import Run, run_study, sweep
+from reservoir_depth.sweep import run_study, sweep
+from reservoir_depth.run import Run
 from conftest import make_blobs
 
 STUDY = {"study": "t", "dataset": "blobs", "seeds": [0, 1], "full": True, "ranks": [0, 2],

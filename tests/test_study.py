@@ -158,7 +158,7 @@ def test_a_study_file_cannot_set_the_log_dir():
 
 
 def test_a_study_without_eps_takes_its_metrics_tolerance_and_an_explicit_eps_stays_absolute():
-    from reservoir_depth.train import metric_of
+    from reservoir_depth.tasks import metric_of
 
     s = Study.from_dict(BASE)
     assert s.eps is None

@@ -17,7 +17,8 @@ from reservoir_depth import data
 from reservoir_depth.data import Dataset
 from reservoir_depth.models import ARCHITECTURES
 from reservoir_depth.results import ResultsStore
-from reservoir_depth.study import Run, Study
+from reservoir_depth.study import Study
+from reservoir_depth.run import Run
 from reservoir_depth.sweep import dataset_rows, execute, run_study
 from conftest import make_blobs
 from reservoir_depth.tasks import METRICS, TASKS, Metric, metric_of, stored_metrics
@@ -474,6 +475,6 @@ def test_each_metric_declares_its_direction_tolerance_kind_and_headline_eps(metr
 
 
 def test_a_metric_with_an_unknown_tolerance_kind_is_refused():
-    from reservoir_depth.train import Metric
+    from reservoir_depth.tasks import Metric
     with pytest.raises(ValueError, match="tolerance must be one of.*'points'"):
         Metric("test_x", False, "units", "{:g}", tolerance="points")

@@ -204,7 +204,7 @@ def test_seed_dtype_names_what_is_allowed(bad):
 
 
 def test_seed_dtype_enters_a_runs_config_only_when_set():
-    from reservoir_depth.study import Run
+    from reservoir_depth.run import Run
 
     run = Run("s", "digits", {"name": "mlp"}, "lotta", 0)
     assert "seed_dtype" not in run.config()["train"]
@@ -245,7 +245,7 @@ def test_compiled_training_follows_eager_training(blobs):
 
 
 def test_compile_setting_is_checked_and_enters_a_runs_config_only_when_set():
-    from reservoir_depth.study import Run
+    from reservoir_depth.run import Run
 
     with pytest.raises(ValueError, match="compile must be True or False, got 'yes'"):
         TrainConfig(compile="yes")

@@ -11,7 +11,8 @@ from reservoir_depth import data
 from reservoir_depth.models import ARCHITECTURES, build, scaffold_defaults
 from reservoir_depth.results import ResultsStore
 from reservoir_depth.scaffold import ScaffoldConfig
-from reservoir_depth.study import Run, Study, declared_scaffold
+from reservoir_depth.study import Study
+from reservoir_depth.run import Run, declared_scaffold
 from reservoir_depth.sweep import build_model, run_study
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -20,7 +20,7 @@ Draw versions (``DistributionSpec.version``):
   ``philox.COMPILE_ON_DEVICE``). Families draw from independent streams (normal and
   kaiming_normal at one seed are uncorrelated), and a draw can be generated directly on a GPU
   (``draw(..., device="cuda")``), agreeing with the CPU draw to float64 rounding
-  (far below ``io.FINGERPRINT_RTOL``). truncated_normal, student_t and beta
+  (far below ``adapter_format.FINGERPRINT_RTOL``). truncated_normal, student_t and beta
   transform their uniforms with scipy's inverse CDF, and orthogonal takes the
   QR of its normals with numpy, on the CPU (the result is then moved to the
   device); a registered family without a ``transform`` samples (``numpy_sample``) with numpy's PCG64

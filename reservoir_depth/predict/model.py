@@ -9,7 +9,8 @@ import torch
 from torch import nn
 
 from ..scaffold import scaffold_layers
-from ..study import Run, Study
+from ..study import Study
+from ..run import Run
 from ..sweep import build_model
 
 
