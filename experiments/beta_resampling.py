@@ -23,7 +23,7 @@ import torch
 
 from reservoir_depth import __version__, data
 from reservoir_depth.models import build
-from reservoir_depth.report import markdown
+from reservoir_depth.report import markdown, pyplot, save_figure
 from reservoir_depth.scaffold import ScaffoldConfig, ScaffoldLinear, advance, scaffold
 from reservoir_depth.theory.adapters import beta_sgd_trajectory, kappa_resampled
 from reservoir_depth.train import TrainConfig, train
@@ -90,10 +90,7 @@ def part_b() -> pd.DataFrame:
 
 
 def plot(a: pd.DataFrame, b: pd.DataFrame, path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     fig, (ax, bx) = plt.subplots(1, 2, figsize=(11, 4))
     for i, (s, g) in enumerate(a.groupby("schedule")):
@@ -111,9 +108,7 @@ def plot(a: pd.DataFrame, b: pd.DataFrame, path: Path) -> None:
     bx.axhline(0, color="grey", lw=0.6)
     bx.set(xlabel="epoch", ylabel="mean beta over layers", title="(b) digits MLP, r = 8, AdamW")
     bx.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 def main() -> None:

@@ -32,7 +32,7 @@ from _common import parser, write_provenance
 
 from reservoir_depth.distributions import DISTRIBUTIONS, DistributionSpec
 from reservoir_depth.rank import tost_paired
-from reservoir_depth.report import markdown
+from reservoir_depth.report import markdown, pyplot, save_figure
 from reservoir_depth.results import Columns, ResultsStore
 from reservoir_depth.study import Study
 from reservoir_depth.sweep import build_model, run_study
@@ -153,10 +153,7 @@ def swap_scaffolds(s: dict) -> pd.DataFrame:
 
 
 def plot(traj: pd.DataFrame, path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     layers = sorted(traj["layer"].unique())
     fig, axes = plt.subplots(2, (len(SCHEDULES) + 1) // 2, figsize=(2 * (len(SCHEDULES) + 1), 6.8), sharey=True)
@@ -171,9 +168,7 @@ def plot(traj: pd.DataFrame, path: Path) -> None:
     axes[0].legend(fontsize=7)
     for ax in list(axes)[len(SCHEDULES):]:
         ax.set_visible(False)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 def main() -> None:

@@ -29,7 +29,7 @@ import torch  # noqa: E402
 from reservoir_depth.predict import (LEVELS, DataSpectrum, GradientSpectrum, LayerTaskSpectrum,  # noqa: E402
                                      ProbeSpectrum, calibrate, evaluate, init_model, search_replay, study_of,
                                      targets)
-from reservoir_depth.report import markdown  # noqa: E402
+from reservoir_depth.report import markdown, save_figure  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).parent))
 from _common import parser, write_provenance  # noqa: E402
@@ -89,9 +89,7 @@ def figure(ev: pd.DataFrame, path: Path, chosen: list[str]) -> None:
         ax.set(xscale="log", yscale="log", xlim=lim, ylim=lim, xlabel="predicted r* (leave one out)",
                ylabel="measured r*", title=name)
     axes[0][0].legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    save_figure(fig, path, dpi=110)
 
 
 def per_level(table: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:

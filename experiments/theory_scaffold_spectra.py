@@ -29,7 +29,7 @@ import pandas as pd
 
 from reservoir_depth import DistributionSpec, __version__, layer_seed, sample
 from reservoir_depth.distributions import rng_for, spectral_radius
-from reservoir_depth.report import markdown
+from reservoir_depth.report import markdown, save_figure
 from reservoir_depth.theory.scaffold_spectra import (circular_cdf, echo_state_contraction, ks_distance, mp_cdf,
                                                      mp_pdf, mp_support, squared_singular_values)
 
@@ -166,9 +166,7 @@ def figure(df: pd.DataFrame, keep: dict, path: Path) -> None:
     ax.plot(n, 3 / n, "k:", label="3 / n")
     ax.set(xscale="log", yscale="log", xlabel="N (square W)", ylabel="KS(eig W W^T, MP)", title="KS distance vs size")
     ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    save_figure(fig, path, dpi=110)
 
 
 def main() -> None:

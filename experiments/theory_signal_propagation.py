@@ -29,7 +29,7 @@ import numpy as np
 import pandas as pd
 
 from reservoir_depth import DistributionSpec, __version__
-from reservoir_depth.report import markdown
+from reservoir_depth.report import markdown, save_figure
 from reservoir_depth.theory.signal_propagation import (FINITE_VARIANCE_FAMILIES, chi_1, empirical_q, finite_width_sd,
                                                        q_trajectory)
 
@@ -162,9 +162,7 @@ def figure(df: pd.DataFrame, t: pd.DataFrame, path: Path) -> None:
     ax.hist(d[f"err / sd bound (N={N})"], bins=20, color="tab:blue")
     ax.set(xlabel=f"measured error / worst-case sd (eq. 2.4), N = {N}", ylabel="configurations",
            title="finite-width error vs its worst-case bound")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    save_figure(fig, path, dpi=110)
 
 
 def main() -> None:

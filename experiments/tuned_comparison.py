@@ -23,7 +23,6 @@ provenance.json. Runs are cached in runs.jsonl, so a rerun only trains what is m
 from __future__ import annotations
 
 import json
-import math
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 

@@ -15,7 +15,7 @@ import pandas as pd
 from _common import parser, write_provenance
 
 from reservoir_depth.models.mlp import SIZES
-from reservoir_depth.report import fmt_rank, markdown, saturation
+from reservoir_depth.report import fmt_rank, markdown, pyplot, saturation, save_figure
 from reservoir_depth.results import Columns, ResultsStore
 from reservoir_depth.study import Study
 
@@ -77,10 +77,7 @@ def main() -> None:
 
 
 def plot(curves: dict, path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     fig, ax = plt.subplots(figsize=(5.5, 3.8))
     for w, c in curves.items():
@@ -91,9 +88,7 @@ def plot(curves: dict, path: Path) -> None:
     ax.set(xlabel="LoRA rank r (r = 0 drawn at 0.5)", ylabel="recovery (acc / full training)",
            title="Fashion-MNIST MLPs by width")
     ax.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 if __name__ == "__main__":

@@ -92,14 +92,28 @@ def markdown(table, floatfmt: dict[str, str] | None = None) -> str:
     return "\n".join(lines) + "\n"
 
 
-def plot_rank(df, path: str | os.PathLike, metric: str = "test_acc", title: str = "",
-              r_star: dict[float, float] | None = None) -> None:
-    """Metric vs LoRA rank (mean +- sd over seeds, and each seed's curve), full training as a band,
-    r*(eps) marked; beta per layer vs rank."""
+def pyplot():
+    """matplotlib.pyplot on the Agg backend (files, no display), imported when a figure is drawn (not at start-up)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+
+    return plt
+
+
+def save_figure(fig, path: str | os.PathLike, dpi: int = 120) -> None:
+    """The tail of every figure: tight layout, written to ``path`` at ``dpi``, closed."""
+    fig.tight_layout()
+    fig.savefig(path, dpi=dpi)
+    pyplot().close(fig)
+
+
+def plot_rank(df, path: str | os.PathLike, metric: str = "test_acc", title: str = "",
+              r_star: dict[float, float] | None = None) -> None:
+    """Metric vs LoRA rank (mean +- sd over seeds, and each seed's curve), full training as a band,
+    r*(eps) marked; beta per layer vs rank."""
+    plt = pyplot()
 
     lotta = df[df[C.METHOD] == "lotta"]
     full = df[df[C.METHOD] == "full"][metric]
@@ -134,9 +148,7 @@ def plot_rank(df, path: str | os.PathLike, metric: str = "test_acc", title: str 
     bx.set_title("beta per layer")
     if bx.get_legend_handles_labels()[0]:  # no finished scaffolded run: no beta to name
         bx.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 # ----------------------------------------------------------------------------- what the store holds
@@ -415,10 +427,7 @@ def spectra_table(study: Study | Mapping[str, Any], df, store: ResultsStore):
 def plot_spectra(curves: Mapping[str, Any], path: str | Path, r_star: float, label: str = "r*") -> None:
     """Cumulative explained variance vs k for each spectrum, with tau = 0.9 / 0.95 / 0.99 and the headline
     r* (``label``: "r*(0.01, absolute)")."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
     import pandas as pd
     import seaborn as sns
 
@@ -441,9 +450,7 @@ def plot_spectra(curves: Mapping[str, Any], path: str | Path, r_star: float, lab
         ax.axvline(r_star, color="k", ls="--", lw=1, label=f"{label} = {int(r_star)}")
         ax.legend(fontsize=7)
     ax.set_title("cumulative explained variance; k_tau at tau = 0.9 (o), 0.95 (s), 0.99 (^)", fontsize=9)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 def spectra_section(study: Study, df, store: ResultsStore, out: Path, r_ref: float, label: str = "r*") -> list[str]:

@@ -126,7 +126,7 @@ def test_a_family_may_cap_the_recurrent_rank():
 
 
 def test_what_is_not_supported_is_refused_by_name():
-    with pytest.raises(ValueError, match=r"layer 'rnn': LSTM with proj_size=2 cannot be scaffolded"):
+    with pytest.raises(ValueError, match=r"layer 'rnn': nn.LSTM with proj_size=2 cannot be scaffolded \(allowed: proj_size=0\)"):
         scaffold(Seq(nn.LSTM(3, 4, proj_size=2)), ScaffoldConfig(target_modules="rnn", r=1))
     with pytest.raises(ValueError, match=r"bias='none' would change the bias structure of GRU\(bias=True\)"):
         scaffold(Seq(nn.GRU(3, 4)), ScaffoldConfig(target_modules="rnn", r=1, bias="none"))

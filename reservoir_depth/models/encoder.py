@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .transformer import BLOCK_LINEAR, BLOCK_NORMS, EncoderBlock, check_heads, check_tokens
+from .transformer import BLOCK_LINEAR, BLOCK_NORMS, EncoderStack, check_heads, check_tokens
 
 
 def _mean(h: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
@@ -22,7 +22,7 @@ def _mean(h: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
 POOLINGS = {"mean": _mean, "first": lambda h, keep: h[:, 0]}
 
 
-class Encoder(nn.Module):
+class Encoder(EncoderStack):
     """forward(x (B, T) int64, right-padded with ``pad_id``) -> logits (B, n_out).
 
     Pad positions are masked out of attention (as keys) and out of mean pooling, so
@@ -47,10 +47,7 @@ class Encoder(nn.Module):
             raise ValueError(f"pad_id={pad_id} is out of the vocabulary: allowed [0, {d_in - 1}] or None")
         self.vocab, self.context, self.pad_id, self.pooling = d_in, context, pad_id, pooling
         self.embed, self.pos = nn.Embedding(d_in, d_model), nn.Embedding(context, d_model)
-        self.drop = nn.Dropout(dropout)
-        self.blocks = nn.ModuleList(EncoderBlock(d_model, heads, d_ff or 4 * d_model, dropout) for _ in range(layers))
-        self.norm = nn.LayerNorm(d_model)
-        self.head = nn.Linear(d_model, n_out)
+        self.add_stack(d_model, heads, d_ff, dropout, layers, n_out)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         check_tokens(x, self.vocab, self.context)
@@ -59,8 +56,5 @@ class Encoder(nn.Module):
         if len(empty):
             raise ValueError(f"sequence {int(empty[0])} of the batch is all padding (pad_id={self.pad_id}): "
                              f"nothing to attend to or pool")
-        h = self.drop(self.embed(x) + self.pos(torch.arange(x.shape[1], device=x.device)))
-        mask = keep[:, None, None, :]
-        for block in self.blocks:
-            h = block(h, mask)
+        h = self.encode(self.embed(x) + self.pos(torch.arange(x.shape[1], device=x.device)), keep[:, None, None, :])
         return self.head(POOLINGS[self.pooling](self.norm(h), keep))

@@ -105,6 +105,26 @@ class EncoderBlock(nn.Module):
         return x + self.drop(self.mlp(self.norm2(x)))
 
 
+class EncoderStack(nn.Module):
+    """What the encoder classifier and the ViT share after their own inputs: dropout, ``layers`` pre-norm
+    EncoderBlocks, a final LayerNorm and a linear head, built in that order (the order torch's RNG draws
+    the blocks' and the head's init in); ``encode`` runs the dropout and the blocks."""
+
+    def add_stack(self, d_model: int, heads: int, d_ff: int | None, dropout: float, layers: int, n_out: int) -> None:
+        """Add drop, blocks (d_ff default 4 d_model), norm and head, in that order."""
+        self.drop = nn.Dropout(dropout)
+        self.blocks = nn.ModuleList(EncoderBlock(d_model, heads, d_ff or 4 * d_model, dropout) for _ in range(layers))
+        self.norm = nn.LayerNorm(d_model)
+        self.head = nn.Linear(d_model, n_out)
+
+    def encode(self, h: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        """Dropout, then every block (``mask``: the attention mask); the caller pools and applies ``norm``."""
+        h = self.drop(h)
+        for block in self.blocks:
+            h = block(h, mask)
+        return h
+
+
 # Patterns over EncoderBlock names: every linear layer of the blocks, and their norms.
 BLOCK_LINEAR = r"blocks\.\d+\.(attn\.(q|k|v|o)|mlp\.(up|down))"
 BLOCK_NORMS = r"blocks\.\d+\.norm(1|2)"

@@ -12,7 +12,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .transformer import BLOCK_LINEAR, BLOCK_NORMS, EncoderBlock, check_heads
+from .transformer import BLOCK_LINEAR, BLOCK_NORMS, EncoderStack, check_heads
 
 
 class Tokens(nn.Module):
@@ -27,7 +27,7 @@ class Tokens(nn.Module):
         return torch.cat([self.cls.expand(len(patches), -1, -1), patches], 1) + self.pos
 
 
-class ViT(nn.Module):
+class ViT(EncoderStack):
     """forward(x (B, C, H, W) or (B, C * H * W)) -> logits (B, n_out)."""
 
     scaffold_targets: tuple[str, ...] = (BLOCK_LINEAR, "patch_embed")
@@ -50,10 +50,7 @@ class ViT(nn.Module):
         n_patches = (image_size // patch) ** 2
         self.patch_embed = nn.Linear(channels * patch * patch, d_model)
         self.tokens = Tokens(n_patches, d_model)
-        self.drop = nn.Dropout(dropout)
-        self.blocks = nn.ModuleList(EncoderBlock(d_model, heads, d_ff or 4 * d_model, dropout) for _ in range(layers))
-        self.norm = nn.LayerNorm(d_model)
-        self.head = nn.Linear(d_model, n_out)
+        self.add_stack(d_model, heads, d_ff, dropout, layers, n_out)
         if not fully_random:
             self.scaffold_targets = (BLOCK_LINEAR,)
             self.scaffold_trainable = ("patch_embed", *type(self).scaffold_trainable)
@@ -68,7 +65,5 @@ class ViT(nn.Module):
         return x.permute(0, 2, 4, 1, 3, 5).reshape(len(x), (S // p) ** 2, C * p * p)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        h = self.drop(self.tokens(self.patch_embed(self.patches(x))))
-        for block in self.blocks:
-            h = block(h)
+        h = self.encode(self.tokens(self.patch_embed(self.patches(x))))
         return self.head(self.norm(h[:, 0]))

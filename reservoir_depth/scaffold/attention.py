@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .base import Scaffolded, _skeleton
+from .base import Scaffolded, refuse_unsupported
 from .config import Resolve
 from .layers import ScaffoldLinear, feature_rows
 
@@ -25,14 +25,12 @@ class ScaffoldMultiheadAttention(Scaffolded):
     """
 
     def __init__(self, mha: nn.MultiheadAttention, name: str, resolve: Resolve) -> None:
-        bad = [f"{k}={v!r}" for k, v, ok in (
+        refuse_unsupported(name, mha, (
             ("kdim", mha.kdim, mha.embed_dim), ("vdim", mha.vdim, mha.embed_dim),
-            ("add_bias_kv", mha.bias_k is not None, False), ("add_zero_attn", mha.add_zero_attn, False)) if v != ok]
-        if bad:
-            raise ValueError(f"layer {name!r}: nn.MultiheadAttention with {', '.join(bad)} cannot be scaffolded "
-                             f"(allowed: kdim = vdim = embed_dim = {mha.embed_dim}, no add_bias_kv, no add_zero_attn)")
+            ("add_bias_kv", mha.bias_k is not None, False), ("add_zero_attn", mha.add_zero_attn, False)),
+            allowed=f"kdim = vdim = embed_dim = {mha.embed_dim}, no add_bias_kv, no add_zero_attn")
         super().__init__()
-        object.__setattr__(self, "_template", _skeleton(mha))
+        self.keep_template(mha)
         E, w = mha.embed_dim, mha.in_proj_weight
         packed = nn.Linear(E, 3 * E, bias=mha.in_proj_bias is not None, device="meta", dtype=w.dtype)
         self.in_proj = ScaffoldLinear(E, 3 * E, f"{name}.in_proj", resolve(f"{name}.in_proj"), template=packed,

@@ -16,7 +16,7 @@ from __future__ import annotations
 import copy
 import math
 import numbers
-from typing import Any
+from typing import Any, Sequence
 
 import numpy as np
 import torch
@@ -35,9 +35,25 @@ def _skeleton(module: nn.Module) -> nn.Module:
     return copy.deepcopy(module, memo)
 
 
+def refuse_unsupported(name: str, module: nn.Module, settings: Sequence[tuple[str, Any, Any]],
+                       allowed: str | None = None) -> None:
+    """The refusal prologue every layer type shares: ``settings`` are (attribute, value, supported value); any
+    that differ is one ValueError naming the layer, the module's class, each value and what is allowed."""
+    bad = [f"{k}={v!r}" for k, v, ok in settings if v != ok]
+    if bad:
+        cls = type(module)
+        what = f"nn.{cls.__name__}" if cls.__module__.startswith("torch.nn") else cls.__name__
+        allowed = allowed or ", ".join(f"{k}={ok!r}" for k, _, ok in settings)
+        raise ValueError(f"layer {name!r}: {what} with {', '.join(bad)} cannot be scaffolded (allowed: {allowed})")
+
+
 class Scaffolded(nn.Module):
     """A module that replaced a registered layer type; ``to_plain()`` rebuilds that class (merge()).
     ``_template``: a meta skeleton of the replaced module (``_skeleton``), read for its geometry."""
+
+    def keep_template(self, module: nn.Module) -> None:
+        """Hold a meta skeleton of the replaced ``module`` as ``_template`` (not a submodule: no state)."""
+        object.__setattr__(self, "_template", _skeleton(module))
 
     def to_plain(self) -> nn.Module:
         raise NotImplementedError
@@ -86,7 +102,7 @@ class ScaffoldLayer(Scaffolded):
         self.spec, r = settings.spec, settings.r
         dtype = template.weight.dtype if dtype is None else dtype
         device = template.weight.device if device is None else device
-        object.__setattr__(self, "_template", _skeleton(template))  # not a submodule: no state
+        self.keep_template(template)
         d_out, d_in = self.map_shape
         if r > min(d_in, d_out):
             capped = f" (capped by max_rank[{settings.rank_pattern!r}] = {settings.r_max})" if settings.rank_pattern \

@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .base import ScaffoldLayer
+from .base import ScaffoldLayer, refuse_unsupported
 from .config import LayerSettings, Resolve
 from .fused import _CONV_OPS, _LottaConv, _LottaLinear
 
@@ -172,10 +172,8 @@ class ScaffoldEmbedding(ScaffoldLayer):
     transposed = True
 
     def __init__(self, emb: nn.Embedding, name: str, settings: LayerSettings) -> None:
-        for attr, ok in (("max_norm", None), ("scale_grad_by_freq", False), ("sparse", False)):
-            if getattr(emb, attr) != ok:
-                raise ValueError(f"layer {name!r}: nn.Embedding with {attr}={getattr(emb, attr)!r} cannot be "
-                                 f"scaffolded (allowed: {attr}={ok!r})")
+        refuse_unsupported(name, emb, [(a, getattr(emb, a), ok) for a, ok in
+                                       (("max_norm", None), ("scale_grad_by_freq", False), ("sparse", False))])
         if settings.bias in ("frozen", "trainable"):
             raise ValueError(f"layer {name!r}: an nn.Embedding has no bias; bias={settings.bias!r} would add one "
                              f"its class cannot hold (use 'keep' or 'none')")

@@ -24,7 +24,7 @@ import torch
 from torch import nn
 from torch.func import functional_call
 
-from .base import Scaffolded, _skeleton
+from .base import Scaffolded, refuse_unsupported
 from .config import Resolve
 from .layers import ScaffoldLinear
 
@@ -37,9 +37,7 @@ class ScaffoldRecurrent(Scaffolded):
 
     def __init__(self, rnn: nn.RNNBase, name: str, resolve: Resolve) -> None:
         settings = resolve(name)  # bias and schedule are model-wide: every gate's settings share them
-        if rnn.proj_size:
-            raise ValueError(f"layer {name!r}: {type(rnn).__name__} with proj_size={rnn.proj_size} cannot be "
-                             f"scaffolded (allowed: proj_size=0)")
+        refuse_unsupported(name, rnn, (("proj_size", rnn.proj_size, 0),))
         if (settings.bias == "none" and rnn.bias) or (settings.bias in ("frozen", "trainable") and not rnn.bias):
             raise ValueError(f"layer {name!r}: bias={settings.bias!r} would change the bias structure of "
                              f"{type(rnn).__name__}(bias={rnn.bias}), which its class cannot hold (use 'keep')")
@@ -47,7 +45,7 @@ class ScaffoldRecurrent(Scaffolded):
             raise ValueError(f"layer {name!r}: the 'batch' schedule (k={settings.k} scaffolds within a batch) is not "
                              f"supported for {type(rnn).__name__}; use 'static', 'epoch' or 'step'")
         super().__init__()
-        object.__setattr__(self, "_template", _skeleton(rnn))
+        self.keep_template(rnn)
         self.name, self.mode, self.gates = name, rnn.mode, GATES[rnn.mode]
         self.flat_names = list(rnn._flat_weights_names)
         for attr in ("input_size", "hidden_size", "num_layers", "bias", "batch_first", "dropout", "bidirectional"):
