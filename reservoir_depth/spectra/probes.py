@@ -25,7 +25,8 @@ from ..checks import Estimator, an_int, in_interval, one_of
 from ..scaffold import effective_weights, is_container, layer_rows, layer_type, matches, scaffold_layers
 from .measures import DEFAULT_TAUS, Spectrum, StreamingCovariance, _to_numpy
 
-__all__ = ["ActivationSpectra", "DeadUnits", "IntrinsicDimension", "TaskSpectrum", "WeightSpectra"]
+__all__ = ["ActivationSpectra", "DeadUnits", "IntrinsicDimension", "TaskSpectrum", "WeightSpectra", "hooked_pass",
+           "select_layers"]
 
 
 # ----------------------------------------------------------------------------- layer rows
