@@ -224,3 +224,11 @@ def test_draw_device_argument_on_cpu():
     assert w.device.type == "cpu" and torch.equal(w, draw("normal", (4, 4), 1))
     v1 = draw(DistributionSpec("normal", version=1), (4, 4), 1, device=torch.device("cpu"))
     assert v1.device.type == "cpu"
+
+
+@pytest.mark.parametrize("version", DRAW_VERSIONS)
+def test_a_quantised_normal_whose_levels_overflow_is_refused_by_name(version):
+    """clip = 9e307 is finite, but the levels on [-clip, clip] are not (their spacing overflows): a
+    ValueError naming clip, not an IndexError from inside the draw (found by the property test above)."""
+    with pytest.raises(ValueError, match="clip"):
+        draw(DistributionSpec("quantized_normal", {"clip": 8.98846567431158e+307}, version=version), (6, 7), 1)

@@ -100,6 +100,11 @@ def _validate_bits(bits, clip):
     require(isinstance(bits, int) and not isinstance(bits, bool) and bits in QUANTISED_BITS,
             f"bits must be one of the ints 1, 2, 3, 4, 8, 16, got {bits!r}")
     require(clip > 0, f"clip must be > 0, got {clip!r}")
+    with np.errstate(over="ignore", invalid="ignore"):
+        levels = quantised_levels(bits, clip)
+    require(bool(np.isfinite(levels).all() and np.all(np.diff(levels) > 0)),
+            f"clip must be small enough that the 2**bits levels on [-clip, clip] and their spacing are finite "
+            f"numbers, got {clip!r}")
 
 
 def _validate_mixture(means, stds, weights):
@@ -369,7 +374,7 @@ for _f in [
            reference=lambda: stats.logistic(), doc="Logistic(0, 1)"),
     Family("quantized_normal", _quantized_normal_v1, transform=_quantized_normal_v2, defaults={"bits": 4, "clip": 3.0},
            scale=lambda bits, clip: quantised_std(bits, clip), validate=_validate_bits,
-           allowed={"bits": "one of the ints 1, 2, 3, 4, 8, 16", "clip": "a finite number > 0"},
+           allowed={"bits": "one of the ints 1, 2, 3, 4, 8, 16", "clip": "a finite number > 0 (levels finite)"},
            doc="N(0, 1) rounded to 2**bits levels on [-clip, clip]"),
     Family("binary", _binary_v1, transform=_binary_v2, reference=lambda: stats.rv_discrete(values=([-1, 1], [0.5, 0.5])),
            doc="Rademacher +-1"),
