@@ -62,6 +62,13 @@ def r_star_cell(t: dict) -> str:
         cell = f"{int(t['r_star'])}"
         if metric_of(t["metric"]).is_tie(t["margin"], t["n_test"]):
             cell += " (a tie: its margin is below one test example per seed)"
+        if t["r_star"] == t["max_rank"]:
+            cell += " (at the largest rank run: not shown to last)"
+    if t["crossing"]:
+        undone = ", ".join(str(r) for r in t["undone_at"])
+        cell += f" (r = {int(t['r_first'])} crossed first, undone at r = {undone})"
+    if t["n_seeds"] == 1:
+        cell += " (one seed)"
     lo, hi = (("> %d" % t["max_rank"]) if math.isinf(v) else "%d" % v for v in (t["lo"], t["hi"]))
     kind = "paired bootstrap" if t["interval"] == "bootstrap" else "seed range"
     return f"{cell} [{lo}, {hi}] ({kind})"

@@ -1,11 +1,14 @@
 """The saturation rank r*(eps) and an adaptive search for it.
 
-    r*(eps) = min { r : M(r) >= M_full - delta }   (a metric to maximise, e.g. accuracy)
-    r*(eps) = min { r : L(r) <= L_full + delta }   (a loss)
+    r*(eps) = min { r : M(r') >= M_full - delta for every rank r' >= r that ran }   (a metric to maximise)
+    r*(eps) = min { r : L(r') <= L_full + delta for every rank r' >= r that ran }   (a loss)
 
 with M(r) the mean over seeds at rank r, M_full the mean of full training, and the
 tolerance delta = eps in the metric's own units (accuracy as a fraction, loss units:
 eps = 0.01 is one accuracy point) or, with ``relative=True``, delta = eps * |M_full|.
+A saturation must last: a rank within delta that a larger rank undoes (the curve dips back out of the
+tolerance) is a crossing, not r*; ``SaturationRank.r_first_`` keeps the first rank within delta, and
+``crossing_`` says when it differs from r*.
 
 ``SaturationRank`` estimates r* from per-seed rank curves. Its interval resamples
 seeds as whole curves (runs at different ranks share a seed, so their errors are
@@ -64,18 +67,28 @@ def _saturated(value: Any, level: Any, higher_is_better: bool) -> Any:
 
 def r_star(curve: Mapping[int, float], full: float, eps: float, higher_is_better: bool = True,
            relative: bool = False) -> float:
-    """Smallest rank of ``curve`` (rank -> mean metric) within delta of ``full``; inf if none is."""
+    """Smallest rank of ``curve`` (rank -> mean metric) from which every rank of the curve is within delta of
+    ``full`` (a saturation that lasts); inf if the largest rank is not."""
     level = threshold(full, eps, higher_is_better, relative)
-    for r in sorted(curve):
-        if _saturated(curve[r], level, higher_is_better):
-            return float(r)
-    return math.inf
+    ranks = np.array(sorted(curve))
+    values = np.array([curve[r] for r in ranks.tolist()], dtype=float)
+    return float(_lasting(ranks, _saturated(values, level, higher_is_better), ~np.isnan(values)))
 
 
 def _first_saturated(ranks: np.ndarray, sat: np.ndarray) -> np.ndarray:
     """Per row of the boolean (..., R) ``sat``, the first saturated rank (inf if none)."""
     hit = sat.any(axis=-1)
     return np.where(hit, ranks[np.argmax(sat, axis=-1)].astype(float), math.inf)
+
+
+def _lasting(ranks: np.ndarray, sat: np.ndarray, ran: np.ndarray) -> np.ndarray:
+    """Per row of the boolean (..., R) ``sat`` (ranks ascending), the smallest saturated rank after which every
+    rank that ``ran`` is saturated too (inf if the last rank that ran is not): a rank not run (NaN) neither
+    makes nor undoes a saturation."""
+    idx = np.arange(sat.shape[-1])
+    last_miss = np.where(ran & ~sat, idx, -1).max(axis=-1)
+    after = sat & (idx > np.asarray(last_miss)[..., None])
+    return np.where(after.any(axis=-1), ranks[np.argmax(after, axis=-1)].astype(float), math.inf)
 
 
 def _check_ranks(ranks: Any) -> np.ndarray:
@@ -106,7 +119,11 @@ class SaturationRank(Estimator):
       full_        mean of the full-training values
       threshold_   the level r* must reach: full_ -/+ delta
       max_rank_    largest rank that ran for every seed; r* is only looked for up to it
-      r_star_      the saturation rank; inf means "not saturated up to max_rank_"
+      r_star_      the saturation rank (from it on, every rank that ran is within delta); inf means "not
+                   saturated at max_rank_"
+      r_first_     the first rank within delta (r_star_ unless a larger rank undoes it)
+      crossing_    r_first_ < r_star_: a crossing that larger ranks undo; undone_at_ lists the ranks in
+                   (r_first_, r_star_) that miss the threshold again
       margin_      how far the mean at r* clears threshold_, in the metric's units
                    (>= 0; NaN when r_star_ is inf)
       seed_r_star_ (S,) r* of each seed's own curve (against its own full-training value
@@ -172,14 +189,19 @@ class SaturationRank(Estimator):
         self.threshold_ = threshold(self.full_, self.eps, hib, self.relative)
         keep = ranks <= self.max_rank_
         ranks, V = ranks[keep], V[:, keep]
-        self.r_star_ = r_star({r: self.curve_[r] for r in ranks.tolist()}, self.full_, self.eps, hib, self.relative)
+        curve = {r: self.curve_[r] for r in ranks.tolist()}
+        self.r_star_ = r_star(curve, self.full_, self.eps, hib, self.relative)
+        self.r_first_ = float(_first_saturated(ranks, _saturated(np.array(list(curve.values())), self.threshold_, hib)))
+        self.crossing_ = self.r_first_ < self.r_star_  # a rank within delta that a larger rank undoes
+        self.undone_at_ = [r for r in ranks.tolist() if self.r_first_ < r < self.r_star_
+                           and not _saturated(curve[r], self.threshold_, hib)]
         if math.isfinite(self.r_star_):
             gap = self.curve_[int(self.r_star_)] - self.threshold_
             self.margin_ = float(gap if hib else -gap)
         else:
             self.margin_ = math.nan
         levels = threshold(F, self.eps, hib, self.relative) if paired else np.full(S, self.threshold_)
-        self.seed_r_star_ = _first_saturated(ranks, _saturated(V, levels[:, None], hib))
+        self.seed_r_star_ = _lasting(ranks, _saturated(V, levels[:, None], hib), ~np.isnan(V))
 
         rng = np.random.Generator(np.random.PCG64(self.random_state))
         idx = rng.integers(0, S, size=(self.n_boot, S))  # whole curves: one seed index per draw
@@ -188,7 +210,7 @@ class SaturationRank(Estimator):
             curves = np.nanmean(V[idx], axis=1) if self.n_boot else np.empty((0, len(ranks)))
         boot_full = F[idx] if paired else F[rng.integers(0, len(F), size=(self.n_boot, len(F)))]
         boot_level = threshold(boot_full.mean(axis=1), self.eps, hib, self.relative)
-        self.boot_ = _first_saturated(ranks, _saturated(curves, boot_level[:, None], hib))
+        self.boot_ = _lasting(ranks, _saturated(curves, boot_level[:, None], hib), ~np.isnan(curves))
 
         if S >= MIN_BOOTSTRAP_SEEDS:
             self.ci_kind_ = "bootstrap"

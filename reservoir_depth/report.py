@@ -273,6 +273,9 @@ def _r_star_cell(sr: SaturationRank, m: Metric, n_test: int | None) -> tuple[str
     per seed (margin < 1 / n_test) is a tie with the threshold: the next complete rank is shown with its
     own margin, as "6 (tie; 7 clears by 0.40 pp, 4 test examples per seed)"."""
     r = fmt_rank(sr.r_star_, sr.max_rank_)
+    if sr.crossing_:  # a first rank within delta that larger ranks undo is stated, not reported as r*
+        r += f" (r = {fmt_rank(sr.r_first_, sr.max_rank_)} crossed first, undone at r = " \
+             f"{', '.join(map(str, sr.undone_at_))})"
     if not math.isfinite(sr.margin_):
         return r, "", False
     examples = m.counted and n_test is not None
@@ -318,7 +321,8 @@ def rank_section(df, study: Study, metric: str) -> tuple[list[str], dict[float, 
             f"| {m.eps_text(eps, relative)} | {r_cell} | [{fmt_rank(sr.ci_[0], sr.max_rank_)}, "
             f"{fmt_rank(sr.ci_[1], sr.max_rank_)}] | {kind} | [{lo}, {hi}] | {margin} | {sr.max_rank_} |")
         summary.append({"eps": eps, "relative": relative, "tolerance": "relative" if relative else "absolute",
-                        "r_star": sr.r_star_, "tie": tie, "ci": list(sr.ci_),
+                        "r_star": sr.r_star_, "tie": tie, "ci": list(sr.ci_), "r_first": sr.r_first_,
+                        "crossing": sr.crossing_, "undone_at": list(sr.undone_at_),
                         "ci_kind": sr.ci_kind_, "paired": sr.paired_, "n_seeds": sr.n_seeds_,
                         "seed_range": [float(sr.seed_r_star_.min()), float(sr.seed_r_star_.max())],
                         "margin": sr.margin_, "threshold": sr.threshold_, "full": sr.full_,
@@ -326,7 +330,8 @@ def rank_section(df, study: Study, metric: str) -> tuple[list[str], dict[float, 
     if not tables:
         return (["r*(eps) needs full training and at least one rank that ran for every seed: "
                  "not stated.", ""], {}, {"r_star": []})
-    lines = [f"Saturation rank r*(eps) = min{{r : mean {metric} at r within delta of full training}}, on the "
+    lines = [f"Saturation rank r*(eps) = min{{r : mean {metric} within delta of full training at r and at every "
+             f"larger rank that ran}} (a saturation that lasts; a first crossing that larger ranks undo is named), on the "
              f"mean over seeds ({'higher' if m.higher_is_better else 'lower'} is better). delta = eps "
              f"(absolute, in the metric's units: {m.unit}) or eps x |full-training mean| (relative). "
              f"{metric}'s own tolerance is {TOLERANCES[m.tolerance]}, headline eps = {m.eps_text(m.headline_eps, m.tolerance == 'relative')}"

@@ -106,16 +106,51 @@ def test_full_training_is_resampled_with_its_seed():
 
 def test_bootstrap_resamples_whole_curves_with_the_right_frequencies():
     """Two seeds: a resample is {0,0}, {1,1} (1/4 each) or {0,1} (1/2). The digits MLP study (its
-    stored numbers, test_acc at eps = 0.01): seed 0 alone saturates at r = 4, seed 1 and the pair at r = 8."""
+    stored numbers, test_acc at eps = 0.01): seed 0 alone crosses at r = 4 but r = 8, 16 and 32 miss again,
+    so its saturation never lasts (inf); seed 1 and the pair saturate at r = 8 for good."""
     ranks = [0, 1, 2, 4, 8, 16, 32]
     values = [[0.900000, 0.936111, 0.977778, 0.986111, 0.977778, 0.980556, 0.977778],
               [0.852778, 0.955556, 0.963889, 0.966667, 0.977778, 0.980556, 0.986111]]
     full = [0.991667, 0.983333]
     sr = SaturationRank(eps=0.01, n_boot=4000).fit(ranks, values, full)
-    assert sr.r_star_ == 8 and sr.ci_kind_ == "seed range" and sr.ci_ == (4.0, 8.0)
+    assert sr.r_star_ == 8 and sr.ci_kind_ == "seed range" and sr.ci_ == (8.0, math.inf)
     assert sr.margin_ == pytest.approx(0.977778 - (0.9875 - 0.01))
-    assert np.mean(sr.boot_ == 4) == pytest.approx(0.25, abs=0.03)
-    assert set(sr.boot_.tolist()) == {4.0, 8.0}
+    assert np.mean(sr.boot_ == math.inf) == pytest.approx(0.25, abs=0.03)
+    assert set(sr.boot_.tolist()) == {8.0, math.inf}
+    assert sr.r_first_ == 8 and not sr.crossing_
+
+
+def test_a_crossing_that_larger_ranks_undo_is_not_r_star():
+    """Mackey-Glass's shape: r = 4 within the tolerance, r = 8 and 16 out of it again, r = 32 in: r* = 32,
+    and the report can say that r = 4 was a crossing undone at 8 and 16."""
+    ranks = [1, 2, 4, 8, 16, 32]
+    curve = {1: 0.20, 2: 0.15, 4: 0.104, 8: 0.12, 16: 0.11, 32: 0.104}
+    assert r_star(curve, 0.1, 0.05, higher_is_better=False, relative=True) == 32
+    values = np.array([[curve[r] + d for r in ranks] for d in (-0.001, 0.0, 0.001)])
+    sr = SaturationRank(eps=0.05, relative=True, higher_is_better=False).fit(ranks, values, [0.1, 0.1, 0.1])
+    assert (sr.r_star_, sr.r_first_, sr.crossing_, sr.undone_at_) == (32, 4, True, [8, 16])
+    assert sr.seed_r_star_.tolist() == [32.0, 32.0, 32.0]
+    # the largest rank missing: no r*, whatever smaller ranks did
+    assert r_star({**curve, 64: 0.2}, 0.1, 0.05, higher_is_better=False, relative=True) == math.inf
+    # a rank not run for a seed neither makes nor undoes it
+    gap = values.copy()
+    gap[0, ranks.index(16)] = np.nan
+    assert SaturationRank(eps=0.05, relative=True, higher_is_better=False).fit(ranks, gap, [0.1] * 3).seed_r_star_[0] == 32
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.floats(0.0, 1.0), min_size=1, max_size=8), st.floats(0.0, 1.0), st.floats(0.0, 0.2))
+def test_r_star_is_where_the_curve_enters_the_tolerance_for_good(values, full, eps):
+    """Property: every rank >= r* is within delta, and the rank just below r* (if any) is not."""
+    curve = {2 ** i: v for i, v in enumerate(values)}
+    r = r_star(curve, full, eps)
+    level = full - eps
+    assert all(v >= level for k, v in curve.items() if k >= r)
+    below = [k for k in curve if k < r]
+    if math.isfinite(r) and below:
+        assert curve[max(below)] < level
+    if not math.isfinite(r):
+        assert curve[max(curve)] < level
 
 
 def test_bootstrap_needs_five_seeds():

@@ -250,3 +250,15 @@ def test_an_r_star_that_clears_by_less_than_one_test_example_per_seed_is_a_tie()
     cell, _, tie = _r_star_cell(sr, metric_of("test_acc"), n_test=10_000)  # 0.05 pp = 5 examples: resolved
     assert not tie and cell == "6"
     assert _r_star_cell(sr, metric_of("test_acc"), n_test=None)[1] == "0.05 pp"
+
+
+def test_the_r_star_cell_names_a_crossing_that_larger_ranks_undo():
+    from reservoir_depth.rank import SaturationRank
+    from reservoir_depth.report import _r_star_cell
+    from reservoir_depth.tasks import metric_of
+
+    ranks = [1, 2, 4, 8, 16]
+    values = [[0.80, 0.85, 0.97, 0.90, 0.975], [0.80, 0.85, 0.97, 0.90, 0.975]]
+    sr = SaturationRank(eps=0.01).fit(ranks, values, [0.98, 0.98])
+    cell, _, _ = _r_star_cell(sr, metric_of("test_acc"), None)
+    assert cell.startswith("16 (r = 4 crossed first, undone at r = 8)"), cell

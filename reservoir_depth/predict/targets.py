@@ -73,6 +73,7 @@ def target(folder: str | Path, experiments: str | Path = "experiments", level: i
             "tolerance": m.tolerance, "r_star": sr.r_star_, "lo": sr.ci_[0], "hi": sr.ci_[1],
             "interval": sr.ci_kind_, "n_seeds": sr.n_seeds_, "max_rank": sr.max_rank_, "full_rank": full_rank(study),
             "censored": not math.isfinite(sr.r_star_), "margin": sr.margin_, "n_test": n_test_of(df),
+            "r_first": sr.r_first_, "crossing": sr.crossing_, "undone_at": list(sr.undone_at_),
             "run_seconds": float(top["seconds"].median())}
 
 
