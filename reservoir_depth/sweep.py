@@ -37,6 +37,7 @@ from .scaffold import ScaffoldConfig, merge, scaffold
 from .spectra import ActivationSpectra, IntrinsicDimension, TaskSpectrum, WeightSpectra
 from .study import Study, StudyError
 from .rank import adaptive_search
+from .adapter_format import library_versions
 from .run import Run
 from .tasks import metric_of, stored_metrics
 from .train import TensorBoardLog, TrainConfig, train
@@ -93,6 +94,18 @@ def log_dir_of(run: Run, log_dir: str | os.PathLike) -> Path:
     return Path(log_dir) / run.study / f"{run.method}{rank}-seed{run.seed}-{run.run_id[:8]}"
 
 
+def environment() -> dict[str, Any]:
+    """What decides a run's numbers besides its config and seed, recorded with every run so that two stores
+    holding the same config and seed either agree or say why: torch's intra-op threads (a reduction's
+    order, so its rounding, depends on it), the deterministic-algorithms flag, the BLAS library, and the
+    library versions (torch, numpy, scipy, ...)."""
+    blas = torch.__config__.show()
+    kind = next((k for k in ("mkl", "openblas", "accelerate") if k in blas.lower()), "other")
+    env = {"threads": torch.get_num_threads(), "deterministic": torch.are_deterministic_algorithms_enabled(),
+           "blas": kind, **library_versions()}
+    return {Columns.ENV + k: v for k, v in env.items()}
+
+
 def execute(run: Run, progress: bool = False,
             log_dir: str | os.PathLike | None = None) -> tuple[dict[str, Any], dict[str, Any]]:
     """Train one run; returns (metrics, history), including everything its report needs
@@ -117,7 +130,7 @@ def execute(run: Run, progress: bool = False,
         metrics["best_test_acc"] = max(e["test_acc"] for e in hist.epochs)
     metrics.update({"trainable": hist.trainable, "total": hist.total,
                     "trainable_fraction": hist.trainable / hist.total, "device": hist.device,
-                    **{k: v for k, v in final.items() if k.startswith("beta/")}, **rec_metrics})
+                    **{k: v for k, v in final.items() if k.startswith("beta/")}, **rec_metrics, **environment()})
     history = {**hist.to_dict(), **rec_history}
     if run.spectra:
         measures, eigenvalues = measure_spectra(run, model, d, init)

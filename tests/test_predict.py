@@ -223,3 +223,35 @@ def test_the_packaged_calibration_is_the_committed_one():
     assert set(CALIBRATION) == set(cal["measure"])
     for row in cal.itertuples():
         assert CALIBRATION[row.measure][LEVELS.index(row.level)] == pytest.approx(row.scale, rel=1e-3), row
+
+
+def test_calibration_reads_a_zero_r_star_as_one():
+    """The convention for r* = 0 (rank 0 saturates already): read as 1 on log axes, so it calibrates
+    (c = 1 / raw) instead of being dropped (NaN) or sent to -inf; changing it moved 7 of 9 hits to 6."""
+    assert calibrate([2.0], [0.0]) == pytest.approx(0.5)
+    assert calibrate([2.0, 8.0], [0.0, 4.0]) == pytest.approx(math.sqrt(0.5 * 0.5))
+
+
+def test_the_bonferroni_column_multiplies_by_the_number_of_predictors():
+    table = pd.concat([_table([1.0, 2.0, 4.0, 8.0, 16.0], [2.0, 4.0, 8.0, 16.0, 32.0], max_rank=64).assign(predictor=p)
+                       for p in ("a", "b")])
+    _, summary = evaluate(table, constants=True)  # a, b and the two constants: 4 predictors
+    s = summary.set_index("predictor")
+    assert len(s) == 4
+    for name in ("a", "b"):
+        assert s.loc[name, "p"] < 0.25
+        assert s.loc[name, "p Bonferroni"] == pytest.approx(min(1.0, 4 * s.loc[name, "p"]))
+
+
+def test_search_replay_pins_its_run_counts_and_the_rounding_of_the_start():
+    """digits MLP (grid 0, 1, 2, 4, 8, 16, 32; 2 seeds; r* = 8). A start of 2.1 rounds up to the next grid rank
+    (4): 4 then 8, 2 ranks = 4 runs; a start of exactly 2 evaluates 2, 4, 16, 8 (8 runs); from the grid's
+    start the gallop evaluates 0, 1, 4, 32, 8 (10 runs); the whole grid is 14."""
+    from reservoir_depth.predict import search_replay
+
+    folder = ROOT / "docs/results/digits_mlp"
+    up = search_replay(folder, 2.1, ROOT / "experiments")
+    exact = search_replay(folder, 2.0, ROOT / "experiments")
+    assert (up["runs, from prediction"], exact["runs, from prediction"]) == (4, 8)
+    assert (up["runs, doubling"], up["runs, grid"]) == (10, 14)
+    assert up["r_star, from prediction"] == exact["r_star, from prediction"] == 8

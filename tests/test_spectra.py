@@ -598,3 +598,19 @@ def test_dead_units_refuses_a_bad_batch_size():
 
     with pytest.raises(ValueError, match="batch_size"):
         DeadUnits(batch_size=0).fit(nn.Sequential(nn.Linear(2, 2)), torch.zeros(3, 2))
+
+
+def test_dead_units_take_the_max_over_every_batch():
+    """A unit is dead only if it is <= 0 on every row of every batch: a unit alive on the first row alone
+    (batch 1 of 3) is alive, one alive on the last row alone (batch 3) too, one never alive is dead."""
+    from reservoir_depth.spectra import DeadUnits
+
+    layer = nn.Linear(3, 3, bias=False)
+    with torch.no_grad():
+        layer.weight.copy_(torch.eye(3))
+    X = -torch.ones(5, 3)
+    X[0, 0] = 1.0   # unit 0 alive in the first batch only
+    X[4, 1] = 1.0   # unit 1 alive in the last batch only
+    fit = DeadUnits(layers=["0"], batch_size=2).fit(nn.Sequential(layer), X)
+    assert fit.max_["0"].tolist() == [1.0, 1.0, -1.0]
+    assert fit.fraction_["0"] == pytest.approx(1 / 3)

@@ -478,3 +478,17 @@ def test_a_metric_with_an_unknown_tolerance_kind_is_refused():
     from reservoir_depth.tasks import Metric
     with pytest.raises(ValueError, match="tolerance must be one of.*'points'"):
         Metric("test_x", False, "units", "{:g}", tolerance="points")
+
+
+def test_every_run_records_what_decides_its_numbers(monkeypatch):
+    """Two stores with the same config and seed agree or say why: each run records torch's thread count,
+    the deterministic flag, the BLAS and the library versions."""
+    from reservoir_depth.results import Columns
+
+    monkeypatch.setitem(data.DATASETS, "blobs-env", lambda: make_blobs())
+    run = Run(study="s", dataset="blobs-env", arch={"name": "mlp", "hidden": [4]}, method="full", seed=0,
+              train={"epochs": 1, "batch_size": 64})
+    torch.set_num_threads(1)
+    metrics, _ = execute(run)
+    assert metrics[Columns.ENV + "threads"] == 1 and metrics[Columns.ENV + "torch"] == torch.__version__
+    assert metrics[Columns.ENV + "numpy"] == np.__version__ and Columns.ENV + "blas" in metrics
