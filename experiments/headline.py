@@ -74,6 +74,16 @@ def r_star_cell(t: dict) -> str:
     return f"{cell} [{lo}, {hi}] ({kind})"
 
 
+def q90_cell(t: dict) -> str:
+    """r*_0.90 (recovery 90 % of the way from the null model to full training) and its trainable count."""
+    if math.isnan(t["r_star_q90"]):
+        return "not recorded"
+    lo, hi = (("> %d" % t["max_rank"]) if math.isinf(v) else "%d" % v for v in (t["q90_lo"], t["q90_hi"]))
+    if math.isinf(t["r_star_q90"]):
+        return f"> {t['max_rank']} [{lo}, {hi}]"
+    return f"{int(t['r_star_q90'])} [{lo}, {hi}]; {t['trainable_q90']:,.0f} trainable"
+
+
 def row(folder: Path) -> dict:
     t = target(folder)
     study = study_of(folder)
@@ -91,6 +101,7 @@ def row(folder: Path) -> dict:
            "full": value(m, full.mean()), f"LottaLoRA, r = {R}": f"{value(m, at_r[t['metric']].mean())}"
            + ("" if r_used == R else f" (r = {r_used})"), "recovery": f"{rec(at_r[t['metric']].mean()):.3f}",
            "trainable": f"{100 * at_r['trainable_fraction'].mean():.2f} %", "r*": r_star_cell(t),
+           "r*_0.90": q90_cell(t),
            "ranks run": ", ".join(str(int(r)) for r in sorted(lotta[Columns.RANK].unique())),
            "full rank": t["full_rank"]}
     if not t["censored"]:
@@ -107,7 +118,7 @@ def main() -> None:
     table = pd.DataFrame([row(RESULTS / b) for b in BENCHMARKS if (RESULTS / b / "runs.sqlite").exists()])
     table.to_csv(out / "headline.csv", index=False)
     cols = ["paper benchmark", "the paper", "ours", "tolerance", "full", f"LottaLoRA, r = {R}", "recovery",
-            "trainable", "LottaLoRA at r*", "r*"]
+            "trainable", "LottaLoRA at r*", "r*", "r*_0.90"]
     md = markdown(table[cols])
     (out / "headline.md").write_text(md if md.endswith("\n") else md + "\n")
     write_provenance(out, config={"benchmarks": list(BENCHMARKS), "r": R}, seeds=[],

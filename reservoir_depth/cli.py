@@ -91,7 +91,7 @@ def cmd_sweep(study: Study, out: Path, progress: bool = True, workers: int = 1, 
     print(f"{study.study}: {counts.summary()}")
     added, problems = backfill(study, store)
     if added:
-        print(f"{study.study}: recorded file sizes / spectra at init for {added} run(s) stored before they were recorded")
+        print(f"{study.study}: recorded file sizes / spectra at init / the null model for {added} run(s) stored before they were recorded")
     if problems:
         print(f"{study.study}: could not record them for {len(problems)} older run(s) (their reports say 'not recorded'): "
               f"{problems[0]}")

@@ -255,6 +255,36 @@ def saturation(df, study: Study, metric: str, eps: float, relative: bool = False
                           **kwargs).fit(ranks, V, full, paired=paired)
 
 
+RECOVERY_LEVELS = (0.90, 0.95, 0.99)  # q of r*_q, on the scale from the null model (0) to the reference (1)
+
+
+def null_of(df, metric: str) -> float | None:
+    """The null model's test ``metric`` as the runs recorded it (null/<metric>: tasks.Task.null, the best
+    constant predictor), their mean; None where no run recorded it."""
+    col = C.NULL + metric
+    return float(df[col].dropna().mean()) if col in df and df[col].notna().any() else None
+
+
+def recovery_rank(df, study: Study, metric: str, q: float) -> tuple[SaturationRank | None, float | None, str]:
+    """r*_q (Li et al.'s d_int90 convention, on ranks): the smallest rank from which the recovery
+    (M(r) - M_null) / (M_ref - M_null) stays >= q at every larger rank that ran, M_ref the mean of full
+    training (the study's reference) and M_null the null model's (``null_of``). It is r*(eps) with the
+    absolute eps = (1 - q) |M_ref - M_null|, so its interval is the same paired seed resampling (with delta
+    held at the mean reference). Returns (the SaturationRank or None, M_null, why it is not stated)."""
+    if not 0 < q < 1:
+        raise ValueError(f"q must lie in (0, 1), got {q!r}")
+    null = null_of(df, metric)
+    if null is None:
+        return None, None, "the null model was not recorded (run `reservoir-depth sweep` on the study to add it)"
+    full = df[df[C.METHOD] == "full"][metric]
+    if not len(full):
+        return None, null, "no full-training run: no reference"
+    gain = (full.mean() - null) * (1 if metric_of(metric).higher_is_better else -1)
+    if not gain > 0:
+        return None, null, f"the reference ({full.mean():.4g}) is no better than the null model ({null:.4g})"
+    return saturation(df, study, metric, (1 - q) * gain), null, ""
+
+
 def fmt_rank(r: float, max_rank: int | None = None) -> str:
     """A rank as reports write it: an integer, or "> max_rank" for inf (not saturated up to max_rank)."""
     if math.isinf(r):
@@ -292,6 +322,35 @@ def _r_star_cell(sr: SaturationRank, m: Metric, n_test: int | None) -> tuple[str
         else:
             r += " (tie; no larger complete rank)"
     return r, by(sr.margin_), tie
+
+
+def recovery_section(df, study: Study, metric: str) -> tuple[list[str], list[dict[str, Any]]]:
+    """Markdown lines and a JSON summary of r*_q at each of RECOVERY_LEVELS (recovery_rank), with the null
+    model, the reference, the trainable parameters at r*_q and the crossings."""
+    m = metric_of(metric)
+    rows, summary, why = [], [], ""
+    null = None
+    for q in RECOVERY_LEVELS:
+        sr, null, why = recovery_rank(df, study, metric, q)
+        if sr is None:
+            break
+        r_cell, _, _ = _r_star_cell(sr, m, None)
+        lotta = df[(df[C.METHOD] == "lotta") & (df[C.RANK] == sr.r_star_)]
+        trainable = f"{lotta[C.TRAINABLE].mean():,.0f}" if math.isfinite(sr.r_star_) and len(lotta) else ""
+        lo, hi = (fmt_rank(v, sr.max_rank_) for v in sr.ci_)
+        rows.append(f"| {q:g} | {sr.threshold_:.4g} | {r_cell} | [{lo}, {hi}] ({sr.ci_kind_}, {sr.n_seeds_} seeds) | "
+                    f"{trainable} |")
+        summary.append({"q": q, "threshold": sr.threshold_, "r_star": sr.r_star_, "ci": list(sr.ci_),
+                        "ci_kind": sr.ci_kind_, "r_first": sr.r_first_, "crossing": sr.crossing_, "null": null,
+                        "reference": sr.full_, "trainable": float(lotta[C.TRAINABLE].mean()) if trainable else None})
+    head = (f"Recovery levels: r*_q = min{{r : (M(r) - M_null) / (M_ref - M_null) >= q at r and every larger rank "
+            f"that ran}}, the reference M_ref = full training's mean {metric}")
+    if not rows:
+        return [head + f"; not stated: {why}.", ""], []
+    return [head + f" and M_null = {null:.4g}, the null model's (the best constant predictor fitted on the training "
+            f"split: majority class / class frequencies, unigram, mean or persistence forecast). q = 0.9 is Li et "
+            f"al.'s d_int90 convention, read on ranks.", "",
+            "| q | threshold | r*_q | interval | trainable at r*_q |", "|---|---|---|---|---|", *rows, ""], summary
 
 
 def rank_section(df, study: Study, metric: str) -> tuple[list[str], dict[float, float], dict[str, Any]]:
@@ -508,6 +567,8 @@ def write_report(study: Study | Mapping[str, Any], out: str | Path) -> str:
              markdown(table)]
     r_lines, r_stars, r_summary = rank_section(df, study, metric)
     lines += r_lines
+    q_lines, r_summary["recovery"] = recovery_section(df, study, metric)
+    lines += q_lines
     plot_rank(df, out / "rank.png", metric=metric, title=study.study, r_star=r_stars)
     lines += ["![metric and beta vs rank](rank.png)", ""]
     if study.measured:

@@ -39,7 +39,7 @@ from .study import Study, StudyError
 from .rank import adaptive_search
 from .adapter_format import library_versions
 from .run import Run
-from .tasks import metric_of, stored_metrics
+from .tasks import metric_of, stored_metrics, task_of
 from .train import TensorBoardLog, TrainConfig, train
 
 
@@ -152,7 +152,7 @@ def records(run: Run, model, d: data.Dataset) -> tuple[dict[str, Any], dict[str,
     dense checkpoint's (io.save); with spectra, the activation spectra at init (metrics
     ``init/{layer}/{measure}``, eigenvalues in history["spectra_init"]) and the data set's own
     spectra (history["dataset"]). Returns (metrics, history entries)."""
-    metrics: dict[str, Any] = {"n_test": int(len(d.X_test))}
+    metrics: dict[str, Any] = {"n_test": int(len(d.X_test)), **nulls(d)}
     history: dict[str, Any] = {}
     if run.method == "lotta":
         with tempfile.TemporaryDirectory() as tmp:
@@ -167,6 +167,11 @@ def records(run: Run, model, d: data.Dataset) -> tuple[dict[str, Any], dict[str,
         rows, inputs = dataset_rows(d, d.X_train[:SPECTRA_ROWS])
         history["dataset"] = {"rows": rows, "inputs": inputs.tolist()}
     return metrics, history
+
+
+def nulls(d: data.Dataset) -> dict[str, float]:
+    """The null model's test metrics (tasks.Task.null: the best constant predictor), as null/<metric>."""
+    return {Columns.NULL + k: v for k, v in task_of(d.task).null(d).items()}
 
 
 def dataset_rows(d: data.Dataset, X_id) -> tuple[list[dict[str, Any]], Any]:
@@ -212,13 +217,17 @@ def backfill(study: Study | Mapping[str, Any], store: ResultsStore) -> tuple[int
         if run is None or row["status"] != "done":
             continue
         metrics, history = json.loads(row["metrics"] or "{}"), json.loads(row["history"] or "null") or {}
-        if all(k in metrics for k in RECORDED if k != Columns.ADAPTER_BYTES or run.method == "lotta") and \
-                (not run.spectra or "dataset" in history):
+        recorded = all(k in metrics for k in RECORDED if k != Columns.ADAPTER_BYTES or run.method == "lotta") and \
+            (not run.spectra or "dataset" in history)
+        if recorded and any(k.startswith(Columns.NULL) for k in metrics):
             continue
         try:
             d = run.data()
         except (FileNotFoundError, ImportError) as e:
             problems.append(f"{type(e).__name__}: {e}")
+            continue
+        if recorded:  # only the null model is missing: no model to rebuild
+            n += store.amend(row["run_id"], nulls(d), {})
             continue
         rec_metrics, rec_history = records(run, build_model(run, d), d)
         n += store.amend(row["run_id"], rec_metrics, rec_history)

@@ -118,6 +118,13 @@ class Task:
     def throughput(self, X: torch.Tensor, seconds: float) -> dict[str, float]:
         return {}
 
+    def null(self, d) -> dict[str, float]:
+        """The test metrics of the null model, the best constant predictor fitted on the training split (the
+        bottom of the recovery scale, report.recovery_levels): for a loss-only task, predicting the mean
+        training target."""
+        y_bar = d.y_train.double().mean(0)
+        return {"test_loss": float((d.y_test.double() - y_bar).pow(2).reshape(len(d.y_test), -1).sum(-1).mean())}
+
 
 class Classification(Task):
     """Cross-entropy of logits (n, C) against labels (n,); test_acc. Inputs are floats or token ids
@@ -145,6 +152,13 @@ class Classification(Task):
 
     def metrics(self, sums, y, washout=0):
         return {"loss": sums["loss"] / sums["n"], "acc": sums["correct"] / sums["n"]}
+
+    def null(self, d) -> dict[str, float]:
+        """The majority training class (test_acc) and the training class frequencies p, add-one smoothed
+        (test_loss = -mean log p[y]): a classifier that ignores its input."""
+        p = _frequencies(d.y_train, d.n_classes)
+        y = d.y_test.reshape(-1)
+        return {"test_acc": float((y == int(p.argmax())).double().mean()), "test_loss": float(-p[y].log().mean())}
 
 
 class Regression(Task):
@@ -181,6 +195,12 @@ class LanguageModelling(Classification):
     def throughput(self, X, seconds):
         return {"tokens_per_s": X.numel() / seconds if seconds > 0 else float("nan")}
 
+    def null(self, d) -> dict[str, float]:
+        """The unigram model: training-token frequencies, add-one smoothed, for every next token."""
+        p = _frequencies(d.y_train, d.n_classes)
+        loss = float(-p[d.y_test.reshape(-1)].log().mean())
+        return {"test_loss": loss, "test_bpc": loss / math.log(2)}
+
 
 class Forecasting(Task):
     """One-step-ahead prediction: out (n, T, d_out) against y (n, T, d_out), y[:, t] = series[t + 1].
@@ -207,6 +227,17 @@ class Forecasting(Task):
         mse = sums["loss"] / sums["n"]
         return {"loss": mse, "nrmse": math.sqrt(mse) / target_std(y, washout)}
 
+    def null(self, d) -> dict[str, float]:
+        """One step ahead, the better (lower test MSE) of the mean forecast (the training targets' mean after the
+        washout) and, for an autonomous series, persistence (y_t predicted as x_t); free-running, the mean
+        forecast."""
+        w, sd = d.washout, target_std(d.y_test, d.washout)
+        y = d.y_test[:, w:].double()
+        mean = float((d.y_train[:, w:].double().mean((0, 1)) - y).pow(2).mean())
+        mse = min(mean, float((d.X_test[:, w:].double() - y).pow(2).mean())) if autonomous(d.X_test, d.y_test) else mean
+        # free-running, a constant is all a predictor without its own input can hold: the mean forecast
+        return {"test_loss": mse, "test_nrmse": math.sqrt(mse) / sd, "test_nrmse_free": math.sqrt(mean) / sd}
+
 
 TASKS: dict[str, Task] = {t.name: t for t in (Classification(), Regression(), LanguageModelling(), Forecasting())}
 
@@ -216,6 +247,18 @@ def task_of(name: str) -> Task:
     if name not in TASKS:
         raise ValueError(f"task must be one of {tuple(TASKS)}, got {name!r}")
     return TASKS[name]
+
+
+def _frequencies(y: torch.Tensor, n: int) -> torch.Tensor:
+    """Add-one smoothed frequencies of the n labels in ``y`` (float64)."""
+    return (torch.bincount(y.reshape(-1).long(), minlength=n).double() + 1) / (y.numel() + n)
+
+
+def autonomous(X: torch.Tensor, y: torch.Tensor) -> bool:
+    """Whether a series' inputs are its own past targets (X[:, t + 1] == y[:, t]), so that a
+    prediction of y[:, t] can be fed back as x_{t+1} (not so for a driven system such as NARMA)."""
+    return X.shape[-1] == y.shape[-1] and (X.shape[1] < 2 or torch.allclose(X[:, 1:], y[:, :-1], rtol=1e-5,
+                                                                             atol=1e-6))
 
 
 def stored_metrics() -> tuple[str, ...]:

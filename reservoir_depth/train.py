@@ -32,7 +32,7 @@ from .identity import NOT_IDENTITY, added
 from . import distributed
 from .readout import READOUTS, check_ridge, fit_readout, readout_of
 from .scaffold import advance, betas, count_parameters, set_seed_dtype
-from .tasks import Task, task_of
+from .tasks import Task, autonomous, task_of
 
 
 SEED_DTYPES = (None, "bfloat16", "float16")
@@ -243,13 +243,6 @@ def output_of(out: Any, model: nn.Module) -> torch.Tensor:
 
 
 OFF = "or set free_run = False (TrainConfig, or [train] of a study)"
-
-
-def autonomous(X: torch.Tensor, y: torch.Tensor) -> bool:
-    """Whether a series' inputs are its own past targets (X[:, t + 1] == y[:, t]), so that a
-    prediction of y[:, t] can be fed back as x_{t+1} (not so for a driven system such as NARMA)."""
-    return X.shape[-1] == y.shape[-1] and (X.shape[1] < 2 or torch.allclose(X[:, 1:], y[:, :-1], rtol=1e-5,
-                                                                             atol=1e-6))
 
 
 def check_free_run(model: nn.Module, X: torch.Tensor, y: torch.Tensor, name: str = "the data") -> None:

@@ -262,3 +262,27 @@ def test_the_r_star_cell_names_a_crossing_that_larger_ranks_undo():
     sr = SaturationRank(eps=0.01).fit(ranks, values, [0.98, 0.98])
     cell, _, _ = _r_star_cell(sr, metric_of("test_acc"), None)
     assert cell.startswith("16 (r = 4 crossed first, undone at r = 8)"), cell
+
+
+def test_recovery_levels_sit_on_the_scale_from_the_null_model_to_the_reference():
+    """r*_q is r*(eps) at the absolute eps = (1 - q)(M_ref - M_null): with full 0.90 and null 0.10, q = 0.9
+    needs 0.82; a curve 0.5, 0.81, 0.83, 0.88 gives r*_0.9 = 4, r*_0.95 (0.86) = 8 and r*_0.99 (0.892) none."""
+    from reservoir_depth.report import recovery_rank
+
+    study = Study.from_dict({"study": "q", "dataset": "digits", "seeds": [0, 1], "ranks": [1, 2, 4, 8],
+                             "arch": {"name": "mlp", "hidden": [8]}})
+    rows = []
+    for seed in (0, 1):
+        rows.append({Columns.METHOD: "full", Columns.RANK: None, Columns.SEED: seed, "test_acc": 0.90,
+                     "null/test_acc": 0.10})
+        for r, v in ((1, 0.5), (2, 0.81), (4, 0.83), (8, 0.88)):
+            rows.append({Columns.METHOD: "lotta", Columns.RANK: r, Columns.SEED: seed, "test_acc": v,
+                         "null/test_acc": 0.10})
+    df = pd.DataFrame(rows)
+    got = {q: recovery_rank(df, study, "test_acc", q)[0] for q in (0.9, 0.95, 0.99)}
+    assert got[0.9].threshold_ == pytest.approx(0.82) and got[0.9].r_star_ == 4
+    assert got[0.95].r_star_ == 8 and math.isinf(got[0.99].r_star_)
+    sr, null, why = recovery_rank(df.drop(columns="null/test_acc"), study, "test_acc", 0.9)
+    assert sr is None and "null model was not recorded" in why
+    worse = df.assign(**{"null/test_acc": 0.95})
+    assert "no better than the null model" in recovery_rank(worse, study, "test_acc", 0.9)[2]

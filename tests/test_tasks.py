@@ -492,3 +492,22 @@ def test_every_run_records_what_decides_its_numbers(monkeypatch):
     metrics, _ = execute(run)
     assert metrics[Columns.ENV + "threads"] == 1 and metrics[Columns.ENV + "torch"] == torch.__version__
     assert metrics[Columns.ENV + "numpy"] == np.__version__ and Columns.ENV + "blas" in metrics
+
+
+def test_the_null_model_is_the_best_constant_predictor_fitted_on_training():
+    """Classification: the majority training class and the add-one smoothed class frequencies; lm: the
+    unigram; regression: the training mean; forecasting: the better of the mean and persistence forecasts."""
+    Xtr, Xte = torch.zeros(6, 2), torch.zeros(4, 2)
+    d = Dataset("c", Xtr, torch.tensor([0, 0, 0, 1, 1, 2]), Xte, torch.tensor([0, 1, 2, 2]), 3)
+    p = torch.tensor([4.0, 3.0, 2.0]) / 9
+    null = TASKS["classification"].null(d)
+    assert null["test_acc"] == pytest.approx(0.25)  # class 0 predicted, one of the four test labels
+    assert null["test_loss"] == pytest.approx(float(-(p[[0, 1, 2, 2]].log()).mean()))
+    r = Dataset("r", Xtr, torch.arange(12.0).reshape(6, 2), Xte, torch.ones(4, 2), 0, task="regression")
+    assert TASKS["regression"].null(r)["test_loss"] == pytest.approx(float(((torch.ones(2) - torch.tensor([5.0, 6.0])) ** 2).sum()))
+    series = torch.sin(torch.linspace(0, 20, 61)).reshape(1, 61, 1)
+    X, y = series[:, :-1].repeat(2, 1, 1), series[:, 1:].repeat(2, 1, 1)
+    f = Dataset("f", X, y, X, y, 0, task="forecasting", washout=5)
+    out = TASKS["forecasting"].null(f)
+    persistence = float((X[:, 5:] - y[:, 5:]).pow(2).mean())
+    assert out["test_loss"] == pytest.approx(persistence) and out["test_nrmse_free"] > out["test_nrmse"]

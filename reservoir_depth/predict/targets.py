@@ -17,7 +17,7 @@ from typing import Any, Sequence
 import pandas as pd
 
 from ..rank import adaptive_search
-from ..report import n_test_of, saturation
+from ..report import n_test_of, recovery_rank, saturation
 from ..results import Columns, ResultsStore
 from ..study import Study
 from ..tasks import metric_of
@@ -69,11 +69,16 @@ def target(folder: str | Path, experiments: str | Path = "experiments", level: i
     m = metric_of(metric)
     lotta = df[df[Columns.METHOD] == "lotta"]
     top = lotta[lotta[Columns.RANK] == lotta[Columns.RANK].max()]
+    q90, null, _ = recovery_rank(df, study, metric, 0.9)
+    at_q90 = lotta[lotta[Columns.RANK] == q90.r_star_] if q90 is not None else lotta.iloc[:0]
     return {"benchmark": folder.name, "arch": study.arch["name"], "metric": metric, "eps": sr.eps,
             "tolerance": m.tolerance, "r_star": sr.r_star_, "lo": sr.ci_[0], "hi": sr.ci_[1],
             "interval": sr.ci_kind_, "n_seeds": sr.n_seeds_, "max_rank": sr.max_rank_, "full_rank": full_rank(study),
             "censored": not math.isfinite(sr.r_star_), "margin": sr.margin_, "n_test": n_test_of(df),
             "r_first": sr.r_first_, "crossing": sr.crossing_, "undone_at": list(sr.undone_at_),
+            "null": null, "r_star_q90": math.nan if q90 is None else q90.r_star_,
+            "q90_lo": math.nan if q90 is None else q90.ci_[0], "q90_hi": math.nan if q90 is None else q90.ci_[1],
+            "trainable_q90": float(at_q90[Columns.TRAINABLE].mean()) if len(at_q90) else math.nan,
             "run_seconds": float(top["seconds"].median())}
 
 
