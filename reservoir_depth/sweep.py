@@ -128,7 +128,7 @@ def execute(run: Run, progress: bool = False,
     return metrics, history
 
 
-FINAL_METRICS = ("test_acc", "test_loss", "train_loss", "test_bpc", "tokens_per_s", "test_nrmse", "test_nrmse_free")
+FINAL_METRICS = ("test_acc", "test_bacc", "test_loss", "train_loss", "test_bpc", "tokens_per_s", "test_nrmse", "test_nrmse_free")
 """The final epoch's metrics a run records (those its task measures, see train.TASKS)."""
 
 RECORDED = ("n_test", Columns.ADAPTER_BYTES)  # metrics every run written since records() existed carries

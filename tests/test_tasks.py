@@ -390,7 +390,7 @@ def test_dataset_rows_of_a_series_take_time_steps_as_rows():
 
 
 def test_registry_holds_the_pinned_tasks():
-    assert set(TASKS) == {"classification", "regression", "lm", "forecasting"}
+    assert set(TASKS) == {"classification", "regression", "lm", "forecasting", "node-classification"}
     with pytest.raises(ValueError, match=r"task must be one of .*got 'translation'"):
         evaluate(CharLM(3, 3), torch.zeros(2, 4, dtype=torch.int64), torch.zeros(2, 4, dtype=torch.int64),
                  task="translation")
@@ -402,18 +402,20 @@ def test_every_task_declares_a_registered_headline_among_what_it_measures():
     for task in TASKS.values():
         assert task.headline in task.measures and set(task.measures) <= set(METRICS), task.name
     assert {t: TASKS[t].headline for t in TASKS} == {"classification": "test_acc", "regression": "test_loss",
-                                                     "lm": "test_bpc", "forecasting": "test_nrmse"}
+                                                     "lm": "test_bpc", "forecasting": "test_nrmse",
+                                                     "node-classification": "test_bacc"}
 
 
 @pytest.mark.parametrize("recorded, task", [
     (["test_loss", "test_acc"], "classification"), (["test_loss", "test_bpc"], "lm"),
     (["test_loss", "test_nrmse"], "forecasting"), (["test_loss", "test_nrmse", "test_nrmse_free"], "forecasting"),
-    (["test_loss"], "regression"), ([], "regression")])
+    (["test_loss"], "regression"), ([], "regression"),
+    (["test_loss", "test_acc", "test_bacc"], "node-classification")])
 def test_the_task_of_a_frame_is_the_one_whose_measures_it_recorded(recorded, task):
     assert task_of_columns(recorded) is TASKS[task]
 
 
-@pytest.mark.parametrize("metric, higher", [("test_acc", True), ("test_loss", False), ("test_bpc", False),
+@pytest.mark.parametrize("metric, higher", [("test_acc", True), ("test_bacc", True), ("test_loss", False), ("test_bpc", False),
                                             ("test_nrmse", False), ("test_nrmse_free", False)])
 def test_metric_direction(metric, higher):
     assert metric_of(metric).higher_is_better is higher
