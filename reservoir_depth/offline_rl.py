@@ -42,6 +42,8 @@ def _acrobot(s: np.ndarray) -> int:
 
 @dataclass(frozen=True)
 class Env:
+    """A gymnasium environment, its scripted controller, the target return and the return scale."""
+
     gym_id: str
     controller: Callable[[np.ndarray], int]
     target: float  # the return the model is asked for at evaluation (the expert's level)
@@ -57,6 +59,7 @@ POLICIES: dict[str, float] = {"expert": 0.1, "noisy": 0.5, "random": 1.0}  # pro
 
 
 def env_of(name: str) -> Env:
+    """The registered environment ``name`` (ENVS); a clear error names the allowed ones."""
     if name not in ENVS:
         raise ValueError(f"unknown environment {name!r}; allowed: {', '.join(ENVS)}")
     return ENVS[name]
@@ -74,6 +77,7 @@ def make(name: str):
 
 
 def episode_seed(seed: int, policy: int, i: int) -> int:
+    """The reset (and action-noise) seed of episode ``i`` of the ``policy``-th behaviour policy."""
     return seed * 1_000_003 + 1000 * policy + i
 
 

@@ -204,7 +204,7 @@ def forecasting(n=4, T=10, d=3, d_out=3, washout=2, **override) -> dict:
 
 
 def test_tasks_include_lm_and_forecasting():
-    assert set(dataset_module.TASKS) == {"classification", "regression", "lm", "forecasting"}
+    assert set(dataset_module.TASKS) == {"classification", "regression", "lm", "forecasting", "node-classification"}
 
 
 def test_d_in_and_n_out_follow_the_pinned_rules():
