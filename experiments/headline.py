@@ -54,8 +54,8 @@ BENCHMARKS = {  # results folder -> (the paper's benchmark, the paper's figure, 
     "sbm_communities_gin": ("", "", "SBM community count (graph classification), GIN, 1k graphs"),
 }
 DT = RESULTS / "decision_transformer"  # experiments/decision_transformer.py: its own loop, not a study store
-DT_ROWS = {"cartpole": ("Decision Transformer", PAPER_96_100, "DT, CartPole-v1, mixed-quality offline data"),
-           "acrobot": ("", "", "DT, Acrobot-v1, mixed-quality offline data")}
+DT_ROWS = {"cartpole": ("Decision Transformer", PAPER_96_100, "DT, CartPole-v1, mixed-quality offline data, return; recovery (R - R_random) / (R_full - R_random)"),
+           "acrobot": ("", "", "DT, Acrobot-v1, mixed-quality offline data, return; recovery as above")}
 R = 8  # the fixed rank every row reports beside r*
 
 
