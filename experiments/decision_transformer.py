@@ -21,6 +21,7 @@ Needs gymnasium (pip install gymnasium).
 
 from __future__ import annotations
 
+import importlib.metadata
 import sys
 import time
 from pathlib import Path
@@ -126,7 +127,8 @@ def main() -> None:
                                   "policies": rl.POLICIES, "targets": {e: rl.ENVS[e].target for e in envs},
                                   "arch": ARCH, "train": TRAIN, "ranks": RANKS, "scaffold": SCAFFOLD,
                                   "eval_episodes": EVAL_EPISODES, "eval_seed": EVAL_SEED, "eps": EPS},
-                     seeds=list(SEEDS), metrics={"r_star": stars, "summary": rows})
+                     seeds=list(SEEDS), metrics={"r_star": stars, "summary": rows},
+                     gymnasium=importlib.metadata.version("gymnasium"))
     print(md)
 
 

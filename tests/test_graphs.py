@@ -233,3 +233,13 @@ def test_gin_layer_matches_torch_geometric_ginconv():
     ours = GINLayer(6, 4)
     conv = pyg.GINConv(torch.nn.Sequential(ours.lin1, torch.nn.ReLU(), ours.lin2), eps=0.0, train_eps=False)
     torch.testing.assert_close(ours(h, A)[0], conv(h[0], pyg_edges(A[0])), rtol=1e-5, atol=1e-5)
+
+
+def test_task_spectra_refuse_node_labels_with_padding():
+    from reservoir_depth.predict import DataSpectrum, LayerTaskSpectrum
+
+    d = pattern(seed=0, n_train=4, n_test=1)
+    model = scaffolded(build("gcn", d_in=d.d_in, n_out=2, features=3, hidden=8, layers=1), r=1)
+    for est, m in ((LayerTaskSpectrum(n_rows=4), model), (DataSpectrum("task", n_rows=4), None)):
+        with pytest.raises(ValueError, match=r"padding nodes \(label -1\) as a class"):
+            est.fit(m, d)
