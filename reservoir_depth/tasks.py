@@ -68,6 +68,8 @@ class Metric:
 METRICS: dict[str, Metric] = {m.name: m for m in (
     Metric("test_acc", True, "accuracy as a fraction: 0.01 = 1 accuracy point (pp)", "{:.2f} pp", 100.0,
            tolerance="absolute", eps=(0.005, 0.01, 0.02), headline_eps=0.01, counted=True),
+    Metric("test_bacc", True, "balanced accuracy as a fraction (mean of the per-class accuracies): 0.01 = 1 point (pp)",
+           "{:.2f} pp", 100.0, tolerance="absolute", eps=(0.005, 0.01, 0.02), headline_eps=0.01),
     Metric("test_bpc", False, "bits per character", "{:.4g} bits per character"),
     Metric("test_nrmse", False, "NRMSE, teacher-forced (RMSE / std of the target)", "{:.4g} NRMSE"),
     Metric("test_nrmse_free", False, "NRMSE, free-running (RMSE / std of the target)", "{:.4g} NRMSE"),
@@ -239,7 +241,54 @@ class Forecasting(Task):
         return {"test_loss": mse, "test_nrmse": math.sqrt(mse) / sd, "test_nrmse_free": math.sqrt(mean) / sd}
 
 
-TASKS: dict[str, Task] = {t.name: t for t in (Classification(), Regression(), LanguageModelling(), Forecasting())}
+class NodeClassification(Classification):
+    """Class-weighted cross-entropy of node logits (n, N, C) against node labels (n, N), padding nodes
+    (label -1) left out; as Dwivedi et al. train PATTERN and CLUSTER, class c weighs (V - V_c) / V in
+    a batch of V real nodes, V_c of them in class c (a weighted sum over nodes, divided by V for
+    "mean": test_loss is the weighted loss per node). test_acc: the fraction of real nodes classified right; test_bacc (the headline): the
+    mean over classes of the per-class accuracy, Dwivedi et al.'s "weighted accuracy" for PATTERN
+    and CLUSTER (it does not reward predicting the majority class)."""
+
+    name = "node-classification"
+    headline, measures = "test_bacc", ("test_loss", "test_acc", "test_bacc")
+    eval_batch = 256  # graphs: X is (n, N, F + N)
+
+    def loss(self, out, y, reduction="mean", washout=0):
+        y = y.flatten()
+        counts = torch.bincount(y[y >= 0], minlength=out.shape[-1]).float()
+        V = counts.sum()
+        weight = (V - counts) / V.clamp_min(1)
+        loss = F.cross_entropy(out.float().flatten(0, -2), y, weight=weight, ignore_index=-1, reduction="sum")
+        return loss / V.clamp_min(1) if reduction == "mean" else loss
+
+    def sums(self, out, y, washout=0):
+        real, pred = y >= 0, out.argmax(-1)
+        C = out.shape[-1]
+        per_class = {f"count_{c}": (y == c).sum().item() for c in range(C)}
+        hits = {f"hits_{c}": ((y == c) & (pred == c)).sum().item() for c in range(C)}
+        return {"loss": self.loss(out, y, reduction="sum").item(), "n": real.sum().item(),
+                "correct": (real & (pred == y)).sum().item(), **per_class, **hits}
+
+    def metrics(self, sums, y, washout=0):
+        classes = [k[len("count_"):] for k in sums if k.startswith("count_") and sums[k] > 0]
+        return {"loss": sums["loss"] / sums["n"], "acc": sums["correct"] / sums["n"],
+                "bacc": sum(sums[f"hits_{c}"] / sums[f"count_{c}"] for c in classes) / len(classes)}
+
+    def null(self, d) -> dict[str, float]:
+        """A constant predictor of the real (non-padding) training nodes' add-one smoothed class frequencies: its
+        test_acc (the majority class), test_bacc (1 / the number of classes in the test split: one class's
+        recall is 1, the others' 0) and its class-weighted test_loss."""
+        real = d.y_train[d.y_train >= 0]
+        p = _frequencies(real, d.n_classes)
+        y = d.y_test
+        out = p.log().float().expand(*y.shape, len(p))
+        present = torch.unique(y[y >= 0])
+        return {"test_acc": float((y[y >= 0] == int(p.argmax())).double().mean()),
+                "test_bacc": 1.0 / len(present), "test_loss": float(self.loss(out, y))}
+
+
+TASKS: dict[str, Task] = {t.name: t for t in (Classification(), Regression(), LanguageModelling(), Forecasting(),
+                                              NodeClassification())}
 
 
 def task_of(name: str) -> Task:

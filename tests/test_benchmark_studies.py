@@ -51,6 +51,9 @@ TINY = {
     "fashion_mnist_mlp_width_small": ({"n_train": 64}, 2),
     "fashion_mnist_mlp_width_medium": ({"n_train": 64}, 2),
     "fashion_mnist_mlp_width_large": ({"n_train": 64}, 2),
+    "pattern_gcn": ({"n_train": 8, "n_test": 4}, 2),
+    "cluster_gin": ({"n_train": 8, "n_test": 4}, 2),
+    "sbm_communities_gin": ({"n_train": 8, "n_test": 4}, 2),
 }
 PARSED_ONLY = ("shakespeare_char_lm_30m", "shakespeare_char_lm_gpu", "shakespeare_char_lm_all_gpu")
 FASHION_TEST_ROWS = 128  # the Fashion-MNIST test split is cut to this many images in the tiny runs
@@ -147,7 +150,7 @@ def test_smallest_profile_runs_end_to_end(name, tmp_path, tiny_fashion):
     df = study.frame(store)
     assert sorted(df[Columns.METHOD]) == ["full", "lotta"]
     task = study.runs()[0].data().task
-    metric = {"classification": "test_acc", "lm": "test_bpc", "forecasting": "test_nrmse"}[task]
+    metric = TASKS[task].headline
     assert np.isfinite(df[metric].astype(float)).all()
     lotta = df[df[Columns.METHOD] == "lotta"].iloc[0]
     assert 0 < lotta[Columns.TRAINABLE_FRACTION] < 1

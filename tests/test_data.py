@@ -204,7 +204,7 @@ def forecasting(n=4, T=10, d=3, d_out=3, washout=2, **override) -> dict:
 
 
 def test_tasks_include_lm_and_forecasting():
-    assert set(dataset_module.TASKS) == {"classification", "regression", "lm", "forecasting"}
+    assert set(dataset_module.TASKS) == {"classification", "regression", "lm", "forecasting", "node-classification"}
 
 
 def test_d_in_and_n_out_follow_the_pinned_rules():
@@ -409,4 +409,5 @@ def test_every_built_in_data_set_declares_its_task():
         "fashion-mnist": "classification", "digits": "classification", "mnist5k": "classification",
         "mnist1d": "classification", "lorenz": "forecasting", "mackey-glass": "forecasting",
         "narma10": "forecasting", "shakespeare-char": "lm", "shakespeare-milton": "classification",
-        "planted": "regression"}
+        "planted": "regression", "pattern": "node-classification", "cluster": "node-classification",
+        "sbm-communities": "classification"}

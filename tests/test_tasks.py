@@ -393,7 +393,7 @@ def test_dataset_rows_of_a_series_take_time_steps_as_rows():
 
 
 def test_registry_holds_the_pinned_tasks():
-    assert set(TASKS) == {"classification", "regression", "lm", "forecasting"}
+    assert set(TASKS) == {"classification", "regression", "lm", "forecasting", "node-classification"}
     with pytest.raises(ValueError, match=r"task must be one of .*got 'translation'"):
         evaluate(CharLM(3, 3), torch.zeros(2, 4, dtype=torch.int64), torch.zeros(2, 4, dtype=torch.int64),
                  task="translation")
@@ -405,13 +405,14 @@ def test_every_task_declares_a_registered_headline_among_what_it_measures():
     for task in TASKS.values():
         assert task.headline in task.measures and set(task.measures) <= set(METRICS), task.name
     assert {t: TASKS[t].headline for t in TASKS} == {"classification": "test_acc", "regression": "test_loss",
-                                                     "lm": "test_bpc", "forecasting": "test_nrmse"}
+                                                     "lm": "test_bpc", "forecasting": "test_nrmse",
+                                                     "node-classification": "test_bacc"}
 
 
 @pytest.mark.parametrize("dataset, metric", [
     ("digits", "test_acc"), ("fashion-mnist", "test_acc"), ("shakespeare-char", "test_bpc"),
     ("shakespeare-milton", "test_acc"), ("lorenz", "test_nrmse"), ("mackey-glass", "test_nrmse"),
-    ({"name": "planted", "k": 2}, "test_loss")])
+    ({"name": "planted", "k": 2}, "test_loss"), ("pattern", "test_bacc"), ("sbm-communities", "test_acc")])
 def test_a_study_ranks_by_its_tasks_headline_without_loading_its_data(dataset, metric, monkeypatch):
     """One answer to "which metric": Study.metric, from the task its data set's loader declares."""
     import reservoir_depth.run as run_module
@@ -453,7 +454,7 @@ def test_a_counted_metric_ties_below_one_test_example_per_seed(margin, n_test, t
     assert metric_of("test_loss").is_tie(margin, n_test) is False  # a loss is not counted in examples
 
 
-@pytest.mark.parametrize("metric, higher", [("test_acc", True), ("test_loss", False), ("test_bpc", False),
+@pytest.mark.parametrize("metric, higher", [("test_acc", True), ("test_bacc", True), ("test_loss", False), ("test_bpc", False),
                                             ("test_nrmse", False), ("test_nrmse_free", False)])
 def test_metric_direction(metric, higher):
     assert metric_of(metric).higher_is_better is higher
@@ -511,3 +512,14 @@ def test_the_null_model_is_the_best_constant_predictor_fitted_on_training():
     out = TASKS["forecasting"].null(f)
     persistence = float((X[:, 5:] - y[:, 5:]).pow(2).mean())
     assert out["test_loss"] == pytest.approx(persistence) and out["test_nrmse_free"] > out["test_nrmse"]
+
+
+def test_the_null_model_of_node_classification_leaves_the_padding_out():
+    """Padding nodes (label -1) are no class: the constant predictor's balanced accuracy is 1 / the classes
+    present, its accuracy the majority class's share of the real test nodes."""
+    y_train = torch.tensor([[0, 0, 1, -1], [0, 1, -1, -1]])
+    y_test = torch.tensor([[0, 1, 1, -1], [1, -1, -1, -1]])
+    d = SimpleNamespace(y_train=y_train, y_test=y_test, n_classes=2)
+    null = TASKS["node-classification"].null(d)
+    assert null["test_acc"] == pytest.approx(1 / 4) and null["test_bacc"] == pytest.approx(0.5)
+    assert math.isfinite(null["test_loss"])

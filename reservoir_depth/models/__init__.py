@@ -19,7 +19,9 @@ from torch import nn
 
 from ..distributions import torch_rng
 
+from .decision import DecisionTransformer
 from .encoder import Encoder
+from .graph import GCN, GIN
 from .gru import GRU
 from .linear import Linear
 from .llama import SIZES as LLAMA_SIZES
@@ -32,6 +34,7 @@ from .vit import ViT
 ARCHITECTURES: dict[str, Callable[..., nn.Module]] = {
     "mlp": MLP, "linear": Linear, "plain": Plain,
     "llama": Llama, "encoder": Encoder, "vit": ViT, "reservoir": Reservoir, "gru": GRU,
+    "gcn": GCN, "gin": GIN, "decision-transformer": DecisionTransformer,
 }
 
 
@@ -70,5 +73,5 @@ def scaffold_defaults(model: nn.Module) -> dict[str, Any]:
     return out
 
 
-__all__ = ["ARCHITECTURES", "Encoder", "GRU", "LLAMA_SIZES", "Linear", "Llama", "MLP", "Plain", "Reservoir", "SIZES", "ViT",
+__all__ = ["ARCHITECTURES", "DecisionTransformer", "Encoder", "GCN", "GIN", "GRU", "LLAMA_SIZES", "Linear", "Llama", "MLP", "Plain", "Reservoir", "SIZES", "ViT",
            "build", "count_llama", "scaffold_defaults"]

@@ -149,6 +149,9 @@ def _task_spectrum(X: np.ndarray, y: torch.Tensor) -> Spectrum:
 def _targets_of(data, n: int) -> torch.Tensor:
     """The targets of the first n training samples, flat per row (forecasting: steps t >= washout)."""
     y = data.y_train[:n]
+    if data.task == "node-classification":  # padding nodes (label -1) would enter as a class of their own
+        raise ValueError("node-classification: a between-class scatter of node rows would count the padding "
+                         "nodes (label -1) as a class; task spectra of graphs are not implemented")
     if data.task == "forecasting":
         y = y[:, data.washout:]
     return y.reshape(-1, *y.shape[2:]) if y.ndim >= 2 and data.task != "classification" else y
