@@ -57,7 +57,7 @@ BENCHMARKS = ("digits_mlp", "mnist1d_mlp", "mnist5k_mlp", "fashion_mnist_mlp_wid
 SEEDS = (0, 1, 2)
 RANKS = (4, 8)
 TINIT, TFINAL, DELTA_T = 0.1, 0.2, 10  # AdaLoRA's schedule: warm-up and final fractions of the steps
-MARGIN = 0.01  # TOST margin: the accuracy tolerance of r* (train.METRICS, absolute eps = 0.01)
+MARGIN = 0.01  # TOST margin: the accuracy tolerance of r* (tasks.METRICS, absolute eps = 0.01)
 
 
 # ----------------------------------------------------------------------------- AdaLoRA on the frozen reservoir

@@ -19,7 +19,7 @@ Shared grid (esn and ours_r0): spectral radius, leak, input scaling, bias scalin
 on an edge of its axis extends the axis by one step and the search reruns (leak stops at 1, bias at 0: edges
 of their domains); the extensions are printed and recorded. Each metric selects its own configuration.
 
-Metrics are the trainer's (train.Forecasting): NRMSE = sqrt(MSE) / std(y) over every test window, step
+Metrics are the trainer's (tasks.Forecasting): NRMSE = sqrt(MSE) / std(y) over every test window, step
 t >= washout and output; one-step reads the true x_t; free-running (train.free_run) reads the true x_t for
 t < washout, then its own previous prediction for the 150 remaining steps.
 
@@ -95,7 +95,7 @@ def folds(s: dict[str, Any]) -> dict[str, tuple]:
 
 
 def nrmse(pred: np.ndarray | torch.Tensor, y: np.ndarray | torch.Tensor, washout: int) -> float:
-    """sqrt(MSE) / std(y) over windows, steps t >= washout and outputs (train.Forecasting's NRMSE)."""
+    """sqrt(MSE) / std(y) over windows, steps t >= washout and outputs (tasks.Forecasting's NRMSE)."""
     pred, y = torch.as_tensor(np.asarray(pred)).double(), torch.as_tensor(np.asarray(y)).double()
     mse = float(((pred[:, washout:] - y[:, washout:]) ** 2).mean())
     return math.sqrt(mse) / target_std(y, washout)

@@ -15,7 +15,7 @@ from safetensors.torch import load_file
 from safetensors.torch import save as to_bytes
 from test_io import rewrite, trained_mlp
 
-from reservoir_depth import cli, io
+from reservoir_depth import adapter_format, cli, io
 
 V1 = Path(__file__).parent / "data" / "adapter_v1"  # written by reservoir-depth 0.1.0 (format 1), never rewritten
 KEYS_1 = ("arch", "fingerprints", "format", "scaffold", "tensors", "version")
@@ -79,7 +79,7 @@ def test_fingerprint_mismatch_is_never_none_for_non_finite_values():
         for bad in (math.nan, math.inf):
             assert io.fingerprint_mismatch({**fp, key: bad}, fp) is not None
             assert io.fingerprint_mismatch(fp, {**fp, key: bad}) is not None
-    assert io.fingerprint_mismatch({**fp, "probes": [math.nan] * io.N_PROBES}, fp) is not None
+    assert io.fingerprint_mismatch({**fp, "probes": [math.nan] * adapter_format.N_PROBES}, fp) is not None
 
 
 # -- item 7: content hashes of the tensors and the config; finite tensors --------------------------
@@ -134,7 +134,7 @@ def test_any_flipped_byte_in_the_json_is_refused_or_changes_nothing(saved_bytes,
         Path(d, io.TENSORS).write_bytes(tensors)
         Path(d, io.CONFIG).write_bytes(bytes(damaged))
         try:
-            meta = io.read_config(d)
+            meta = adapter_format.read_config(d)
         except ValueError as e:
             assert io.CONFIG in str(e)
         else:

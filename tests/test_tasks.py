@@ -1,4 +1,4 @@
-"""The trainer's tasks (train.TASKS): next-token language modelling, sequence classification with
+"""The trainer's tasks (tasks.TASKS): next-token language modelling, sequence classification with
 padding, and forecasting (teacher-forced and free-running NRMSE after a washout), checked with tiny
 hand-written models against metrics computed by hand."""
 
