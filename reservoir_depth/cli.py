@@ -38,7 +38,7 @@ from .predict import CALIBRATION, MEASURE_OF, GradientSpectrum, per_tolerance, p
 from .readout import READOUTS
 from .study import Study
 from .sweep import backfill, check_study, dataset_rows, run_study
-from .train import TensorBoardLog, TrainConfig, train
+from .train import TRAIN_DTYPES, TensorBoardLog, TrainConfig, train
 
 FAILED = 1  # exit status: runs failed, or nothing to report
 BAD_INPUT = 2
@@ -171,7 +171,7 @@ def cmd_train(args: argparse.Namespace) -> None:
         arch.setdefault("hidden", "small")
     tc = TrainConfig(epochs=args.epochs, lr=args.lr, batch_size=args.batch_size, seed=args.seed,
                      progress=not args.no_progress, log_dir=args.log_dir, compile=args.compile,
-                     seed_dtype=args.seed_dtype, readout=args.readout, ridge=args.ridge)
+                     seed_dtype=args.seed_dtype, readout=args.readout, ridge=args.ridge, dtype=args.dtype)
     if args.save and distributed.is_main():  # rank 0 alone writes
         io.check_writable(args.save)  # before the first epoch: a run is not trained to be lost
     d = data.load(args.data, **dict(args.data_kw))
@@ -188,7 +188,7 @@ def cmd_train(args: argparse.Namespace) -> None:
     try:
         hist = train(model, d, tc)
         if main:
-            print(hist.to_frame().to_string(index=False, float_format=lambda v: f"{v:.4f}"))
+            print(hist.to_frame().to_string(index=False, float_format=lambda v: f"{v:.4g}"))  # 2.1e-07, not 0.0000
             if args.save:
                 print(io.save(model, args.save))
                 _record_data(args.save, args.data, dict(args.data_kw))
@@ -321,7 +321,8 @@ def parser() -> argparse.ArgumentParser:
                         "architecture declares, e.g. the head)%(default).0s")
     t.add_argument("--dist", default="normal",
                    help="family of W_seed, with its default scaling rule (`reservoir-depth distributions` lists them)")
-    t.add_argument("--epochs", type=positive_int, default=TrainConfig.epochs, help="training epochs")
+    t.add_argument("--epochs", type=int, default=TrainConfig.epochs,
+                   help="training epochs (0 with --readout ridge: the ridge readout alone, an echo-state network)")
     t.add_argument("--lr", type=float, default=TrainConfig.lr, help="AdamW learning rate")
     t.add_argument("--batch-size", type=positive_int, default=TrainConfig.batch_size, help="training batch size")
     t.add_argument("--seed", type=int, default=TrainConfig.seed, help="root seed of W_seed, A's init and the shuffling")
@@ -340,6 +341,8 @@ def parser() -> argparse.ArgumentParser:
                    help="the head: trained by AdamW, or (reservoir family, forecasting) the closed-form ridge "
                         "readout of the states, refit after every epoch; epoch 0 is then an echo-state network")
     t.add_argument("--ridge", type=float, default=1e-6, help="lambda of the ridge readout (--readout ridge)")
+    t.add_argument("--dtype", choices=TRAIN_DTYPES, default=TrainConfig.dtype,
+                   help="parameters' and data's dtype (float64: a reservoir's one-step error near float32's resolution)")
     t.add_argument("--save", metavar="DIR",
                    help="save the adapter file to DIR (adapter.safetensors + adapter.json)%(default).0s")
     t.add_argument("--log-dir", metavar="DIR", default=None,
