@@ -44,7 +44,7 @@ from .models import build, scaffold_defaults
 from .readout import COND_MAX, Gram, check_ridge
 from .scaffold import ScaffoldConfig, merge, scaffold
 from .tasks import target_std
-from .train import evaluate, free_run, generate
+from .train import free_run, generate
 
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
 KNOBS = ("rho", "leak", "input_scaling", "bias_scaling")  # the reservoir's knobs a search tunes (and ridge)
@@ -384,19 +384,34 @@ def esn_scores(X_fit: torch.Tensor, y_fit: torch.Tensor, X_val: torch.Tensor, y_
     unknown = set(config) - set(KNOBS)
     if unknown:
         raise ValueError(f"unknown reservoir knob(s) {sorted(unknown)}; allowed: {KNOBS} (and ridge)")
-    dt = check_dtype(dtype)
-    X_fit, y_fit, X_val, y_val = (a.to(dt) for a in (X_fit, y_fit, X_val, y_val))
     model = reservoir(X_fit.shape[-1], y_fit.shape[-1], units, seed=seed, dtype=dtype, **config)
+    return ridge_scores(model, X_fit, y_fit, X_val, y_val, washout, ridges, free)
+
+
+def _nrmse(pred: torch.Tensor, y: torch.Tensor, washout: int, sd: float) -> float:
+    """train.Forecasting's NRMSE (inf when the prediction is not finite)."""
+    mse = float(((pred[:, washout:].double() - y[:, washout:].double()) ** 2).mean())
+    return math.sqrt(mse) / sd if math.isfinite(mse) else math.inf
+
+
+def ridge_scores(model: nn.Module, X_fit: torch.Tensor, y_fit: torch.Tensor, X_val: torch.Tensor,
+                 y_val: torch.Tensor, washout: int, ridges: Sequence[float], free: bool = True) -> list[dict[str, float]]:
+    """A reservoir's (``model.states``, a linear ``readout``) validation scores, one dict per lambda: "nrmse", with
+    ``free`` "nrmse_free", and "cond" (the ridge system's condition number); the readout is left at the last lambda."""
+    dt = next(model.parameters()).dtype
+    X_fit, y_fit, X_val, y_val = (a.to(dt) for a in (X_fit, y_fit, X_val, y_val))
     with torch.no_grad():
         gram = Gram().add(model.states(X_fit)[:, washout:], y_fit[:, washout:])
-    rows = []
+        H_val = model.states(X_val)
+    sd, rows = target_std(y_val, washout), []
     for lam in ridges:
         W, c = gram.solve(lam, warn=False)
         with torch.no_grad():
             model.readout.weight.copy_(W), model.readout.bias.copy_(c)
-        ev = evaluate(model, X_val, y_val, task="forecasting", washout=washout, free=free)
-        rows.append({"nrmse": ev["nrmse"], **({"nrmse_free": ev["nrmse_free"]} if free else {}),
-                     "cond": gram.condition(lam)})
+            row = {"nrmse": _nrmse(H_val @ W.T.to(dt) + c.to(dt), y_val, washout, sd)}
+            if free:
+                row["nrmse_free"] = _nrmse(free_run(model, X_val, washout), y_val, washout, sd)
+        rows.append({**row, "cond": gram.condition(lam)})
     return rows
 
 

@@ -22,7 +22,7 @@ from reservoir_depth import data, esn
 from reservoir_depth.cli import main
 from reservoir_depth.readout import COND_MAX, Gram, RidgeConditionWarning
 from reservoir_depth.study import Study
-from reservoir_depth.train import TrainConfig, free_run, generate, train
+from reservoir_depth.train import TrainConfig, evaluate, free_run, generate, train
 
 TINY_MG = dict(window=60, washout=10, n_train=600, n_test=240, seed=0)
 TINY_LORENZ = dict(window=80, washout=20, n_train=800, n_test=320, seed=0)
@@ -153,6 +153,13 @@ def test_search_runs_on_windows_and_refuses_bad_arguments():
     assert set(s.best) == {"rho", "leak", "input_scaling", "bias_scaling", "ridge"}
     fitted = esn.ESN(units=20, seed=7, **s.best).fit(d.X_train, d.y_train, washout=d.washout)  # fresh draw
     assert fitted.score(d.X_test, d.y_test, d.washout) < 0.2
+    X, y, n = d.X_train.double(), d.y_train.double(), len(d.X_train) - 2  # 20 % of 9 windows validate
+    cfg = {"rho": 0.9, "leak": 0.5, "input_scaling": 1.0, "bias_scaling": 0.0}
+    row = esn.esn_scores(X[:n], y[:n], X[n:], y[n:], d.washout, cfg, 0, [1e-6], units=20)[0]
+    ev = evaluate(esn.ESN(units=20, ridge=1e-6, **cfg).fit(X[:n], y[:n], washout=d.washout).model_, X[n:], y[n:],
+                  task="forecasting", washout=d.washout, free=True)  # the trainer's metrics
+    assert row["nrmse"] == pytest.approx(ev["nrmse"], rel=1e-9)
+    assert row["nrmse_free"] == pytest.approx(ev["nrmse_free"], rel=1e-9)
     with pytest.raises(ValueError, match="select must be one of"):
         esn.search(d.X_train, d.y_train, d.washout, select="mse")
     with pytest.raises(ValueError, match="unknown reservoir knob"):
