@@ -327,10 +327,12 @@ class Search:
     """A grid search's record: ``table`` (one row per configuration and lambda: the median of each validation
     metric over the draws, how many draws were finite, the largest condition number), ``best`` (the chosen
     configuration, ridge included), ``select`` (the metric that chose it), ``seeds`` and ``edges`` (axes whose
-    chosen value sits on an edge of the grid: widen them before trusting the choice)."""
+    chosen value sits on an edge of the grid: widen them before trusting the choice); ``score`` the chosen
+    configuration's median validation metric."""
 
     table: Any
     best: dict[str, float]
+    score: float
     select: str
     seeds: tuple[int, ...]
     edges: list[str]
@@ -373,7 +375,7 @@ def grid_search(score: Callable[[dict[str, float], int, Sequence[float]], list[d
     best_cfg = {k: float(best[k]) for k in (*axes, "ridge")}
     eligible = {**{k: list(grid[k]) for k in axes}, "ridge": sorted(set(ok["ridge"]))}
     edges = [k for k, v in eligible.items() if len(v) > 1 and best_cfg[k] in (min(v), max(v))]
-    return Search(table, best_cfg, select, tuple(seeds), edges)
+    return Search(table, best_cfg, float(best[select]), select, tuple(seeds), edges)
 
 
 def esn_scores(X_fit: torch.Tensor, y_fit: torch.Tensor, X_val: torch.Tensor, y_val: torch.Tensor, washout: int,
