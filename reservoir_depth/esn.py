@@ -55,6 +55,7 @@ SELECT = ("nrmse", "nrmse_free")  # validation metrics a search can select on
 
 
 def check_dtype(dtype: str) -> torch.dtype:
+    """The torch dtype named ``dtype`` (one of DTYPES), refused otherwise."""
     if dtype not in DTYPES:
         raise ValueError(f"dtype must be one of {tuple(DTYPES)}, got {dtype!r}")
     return DTYPES[dtype]
