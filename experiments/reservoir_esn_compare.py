@@ -28,7 +28,8 @@ Methods (200 units, zero state per window, ridge readout with an unpenalised int
   lambda used here); checked again here on one window per series.
 - ours_r0: our reservoir family at r = 0 (esn.reservoir: W_seed normal rescaled to rho, W_in normal fan-in,
   bias uniform) with the ridge readout (readout.py).
-- ours_lora: LoRA (r = 4, alpha 16) on W_in and W from ours_r0's selected configuration, trained by AdamW on
+- ours_lora (Mackey-Glass; --lora-series adds Lorenz, about 5 more minutes): LoRA (r = 4, alpha 16) on W_in
+  and W from ours_r0's selected configuration, trained by AdamW on
   the teacher-forced MSE with the ridge readout re-solved after every epoch; the learning rate and the
   number of epochs (early stopping, epoch 0 = ours_r0 included) chosen on the same validation metric by the
   median over the 3 tuning draws; a learning rate on the grid's edge extends the grid (at most twice).
@@ -77,6 +78,7 @@ PEER_GRID = {**GRID, "connectivity": [0.1, 1.0]}
 LYAPUNOV, DT, VPT_THRESHOLD = 0.906, 0.02, 0.4  # Lorenz's largest Lyapunov exponent; the study's step
 LONG = {"lorenz": (1000, 10), "mackey-glass": (84, 30)}  # closed-loop horizon, number of runs
 LORA = {"r": 4, "alpha": 16.0, "lrs": [3e-4, 1e-3, 3e-3], "max_epochs": 10, "batch_size": 8, "extensions": 2}
+SERIES = ("mackey-glass", "lorenz", "narma10")
 PUBLISHED = {  # only figures we are sure of; the protocols differ (units, training length, sampling)
     "mackey-glass": "NRMSE_84 = 10^-4.2 (6.3e-5): Jaeger & Haas 2004, Science 304:78, 1000 units",
     "lorenz": "none quoted (VPT thresholds and step sizes differ between papers)",
@@ -269,7 +271,8 @@ def memory(models: dict[str, list[torch.nn.Module]]) -> pd.DataFrame:
 # ----------------------------------------------------------------------------- the run
 
 
-def run(names: list[str]) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame, pd.DataFrame, dict]:
+def run(names: list[str], lora_series: list[str], out: Path | None = None
+        ) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame, pd.DataFrame, dict]:
     rows, searches, lora_rows, info, log = [], [], [], {"chosen": {}, "peer_check": {}}, []
     mg_models: dict[str, list] = {}
     for name in names:
@@ -283,7 +286,7 @@ def run(names: list[str]) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame, pd.
             chosen[method] = {**found.best, "val": found.score, "edges": found.edges}
             print(f"{name} {method}: {found.best} val {s['select']} {chosen[method]['val']:.3g} edges {found.edges} "
                   f"({time.perf_counter() - t0:.0f} s)", flush=True)
-        if name in ("lorenz", "mackey-glass"):
+        if name in lora_series:
             lora, curves = lora_search(chosen["ours_r0"], s, log)
             lora_rows += [{**r, "series": name} for r in curves]
             chosen["ours_lora"] = {**chosen["ours_r0"], **lora}
@@ -304,6 +307,9 @@ def run(names: list[str]) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame, pd.
                 rows.append({"series": name, "method": method, "seed": seed, "selected_by": f"val {s['select']}",
                              **got, **{k: v for k, v in cfg.items() if k not in ("edges", "lrs")}})
         print(f"{name}: done in {time.perf_counter() - t0:.0f} s", flush=True)
+        if out is not None:  # what is finished survives an interrupted run
+            out.mkdir(parents=True, exist_ok=True)
+            pd.DataFrame(rows).to_csv(out / "esn_compare.partial.csv", index=False)
     mem = memory(mg_models) if mg_models else pd.DataFrame()
     info["log"] = log
     for line in log:
@@ -344,12 +350,14 @@ def main() -> None:
     from _common import parser, write_provenance
 
     p = parser(__doc__, out="docs/results/reservoir_esn")
-    p.add_argument("--series", nargs="+", default=["lorenz", "mackey-glass", "narma10"],
-                   choices=["lorenz", "mackey-glass", "narma10"])
+    p.add_argument("--series", nargs="+", default=list(SERIES), choices=SERIES)
+    p.add_argument("--lora-series", nargs="*", default=["mackey-glass"], choices=SERIES[:2],
+                   help="series on which LoRA is tuned and tested (default: mackey-glass; each adds about 5 min)")
     args = p.parse_args()
     torch.set_num_threads(1)
     t0 = time.perf_counter()
-    df, search_rows, lora_rows, mem, info = run(args.series)
+    df, search_rows, lora_rows, mem, info = run(args.series, args.lora_series, args.out)
+    (args.out / "esn_compare.partial.csv").unlink(missing_ok=True)
     md = markdown(df, mem, info)
     print("\n" + md)
     args.out.mkdir(parents=True, exist_ok=True)
@@ -367,7 +375,8 @@ def main() -> None:
                         "esn": math.prod(map(len, PEER_GRID.values()))}}
     write_provenance(args.out, config={"grids": grids, "units": UNITS, "washout": WASHOUT, "val_windows": VAL_WINDOWS,
                                        "tune_seeds": TUNE_SEEDS, "long": LONG, "lyapunov": LYAPUNOV, "dt": DT,
-                                       "vpt_threshold": VPT_THRESHOLD, "series": args.series, **info,
+                                       "vpt_threshold": VPT_THRESHOLD, "series": args.series,
+                                       "lora_series": args.lora_series, **info,
                                        "seconds": time.perf_counter() - t0},
                      seeds=list(TEST_SEEDS), metrics=summary, filename="esn_provenance.json",
                      reservoirpy=reservoirpy_version())
