@@ -467,7 +467,7 @@ def train(model: nn.Module, data, config: TrainConfig = TrainConfig(),
                     log.scalars("step/beta", beta, step)
                 bar.update()
             loss_sum = distributed.total(loss_sum, dev)  # over the processes (itself with one)
-            bar.set_postfix(epoch=epoch, loss=f"{loss_sum / n:.4f}")
+            bar.set_postfix(epoch=epoch, loss=f"{loss_sum / n:.4g}")
             record(epoch, loss_sum / n, time.perf_counter() - t0)
         bar.close()
     return hist
