@@ -339,14 +339,31 @@ class Search:
     edges: list[str]
 
 
+BOUNDS: dict[str, tuple[float, float]] = {"leak": (0.0, 1.0), "bias_scaling": (0.0, math.inf),
+                                         "connectivity": (0.0, 1.0)}  # a choice at a bound is final
+
+
+def _beyond(values: Sequence[float], v: float, lo: float, hi: float) -> float | None:
+    """One step past the edge value v of the sorted ``values`` (geometric; arithmetic from 0), clamped to
+    [lo, hi]; None when v is inside, or at a bound."""
+    if len(values) < 2 or v in (lo, hi) or v not in (values[0], values[-1]):
+        return None
+    a, b = (values[0], values[1]) if v == values[0] else (values[-1], values[-2])
+    new = a * a / b if a > 0 and b > 0 else 2 * a - b
+    new = min(max(new, lo), hi)
+    return None if new in values else new
+
+
 def grid_search(score: Callable[[dict[str, float], int, Sequence[float]], list[dict[str, float]]],
                 grid: Mapping[str, Sequence[float]], ridges: Sequence[float], seeds: Sequence[int],
-                select: str) -> Search:
+                select: str, extend: int = 0, bounds: Mapping[str, tuple[float, float]] = BOUNDS) -> Search:
     """Score every point of ``grid`` (product of its axes) on every draw ``seeds`` and choose the point and lambda
     with the smallest median of ``select`` over the draws. ``score(config, seed, ridges)`` returns one dict per
     lambda holding ``select`` and "cond" (the ridge system's condition number). A lambda whose solve is
     ill-conditioned on any draw (cond > readout.COND_MAX) is not eligible; a diverged draw (NaN, inf) counts as
-    inf in the median."""
+    inf in the median. With ``extend`` > 0, a choice on an edge of a numeric axis (not at its bound in
+    ``bounds``; default (0, inf)) adds one step beyond it, scored from the chosen point with the other knobs
+    fixed, and the choice is made again, up to ``extend`` times."""
     import pandas as pd
 
     if len(seeds) < 1 or len(set(seeds)) != len(seeds):
@@ -354,10 +371,9 @@ def grid_search(score: Callable[[dict[str, float], int, Sequence[float]], list[d
                          f"got {list(seeds)!r}")
     for lam in ridges:
         check_ridge(lam)
-    axes = list(grid)
-    rows = []
-    for point in itertools.product(*(grid[k] for k in axes)):
-        cfg = dict(zip(axes, point))
+    axes, rows = list(grid), []
+
+    def add(cfg: dict[str, float]) -> None:
         per_seed = [score(cfg, s, ridges) for s in seeds]
         for i, lam in enumerate(ridges):
             got = [p[i] for p in per_seed]
@@ -367,15 +383,36 @@ def grid_search(score: Callable[[dict[str, float], int, Sequence[float]], list[d
                 if m != "cond":
                     row[m] = float(np.median([v[m] if math.isfinite(v[m]) else math.inf for v in got]))
             rows.append(row)
-    table = pd.DataFrame(rows)
-    ok = table[(table["cond"] <= COND_MAX) & np.isfinite(table[select])]
-    if ok.empty:
-        raise ValueError(f"no configuration of the grid has a finite median {select} with a well-conditioned ridge "
-                         f"solve (cond <= {COND_MAX:g}); widen the grid or raise the ridge lambdas")
-    best = ok.loc[ok[select].idxmin()]
+
+    def choose():
+        table = pd.DataFrame(rows)
+        ok = table[(table["cond"] <= COND_MAX) & np.isfinite(table[select])]
+        if ok.empty:
+            raise ValueError(f"no configuration of the grid has a finite median {select} with a well-conditioned "
+                             f"ridge solve (cond <= {COND_MAX:g}); widen the grid or raise the ridge lambdas")
+        return table, ok, ok.loc[ok[select].idxmin()]
+
+    for point in itertools.product(*(grid[k] for k in axes)):
+        add(dict(zip(axes, point)))
+    values = {k: sorted(grid[k]) for k in axes}
+    for _ in range(extend):
+        _, _, best = choose()
+        grown = False
+        for k in axes:
+            if not all(is_number(v) for v in values[k]):
+                continue
+            new = _beyond(values[k], best[k], *bounds.get(k, (0.0, math.inf)))
+            if new is not None:
+                values[k] = sorted({*values[k], new})
+                add({**{a: best[a] for a in axes}, k: new})
+                grown = True
+        if not grown:
+            break
+    table, ok, best = choose()
     best_cfg = {k: float(best[k]) for k in (*axes, "ridge")}
-    eligible = {**{k: list(grid[k]) for k in axes}, "ridge": sorted(set(ok["ridge"]))}
-    edges = [k for k, v in eligible.items() if len(v) > 1 and best_cfg[k] in (min(v), max(v))]
+    eligible = {**values, "ridge": sorted(set(ok["ridge"]))}
+    edges = [k for k, v in eligible.items() if len(v) > 1 and best_cfg[k] in (min(v), max(v))
+             and best_cfg[k] not in bounds.get(k, ())]
     return Search(table, best_cfg, float(best[select]), select, tuple(seeds), edges)
 
 
@@ -420,10 +457,11 @@ def ridge_scores(model: nn.Module, X_fit: torch.Tensor, y_fit: torch.Tensor, X_v
 
 def search(X: torch.Tensor, y: torch.Tensor, washout: int, grid: Mapping[str, Sequence[float]] = GRID,
            ridges: Sequence[float] = RIDGES, seeds: Sequence[int] = (0, 1, 2), select: str = "nrmse_free",
-           val: float = 0.2, units: int = 200, dtype: str = "float64") -> Search:
+           val: float = 0.2, units: int = 200, dtype: str = "float64", extend: int = 2) -> Search:
     """Tune our ESN's knobs on validation: the last ``val`` fraction of the windows X (n, T, d_in), y (n, T, d_out)
     (at least one) validate, the others fit; every configuration is scored on each draw in ``seeds`` and chosen
-    by the median (``grid_search``). ``select``: "nrmse_free" (closed loop after the washout; needs a series
+    by the median (``grid_search``; a choice on a grid's edge extends that knob, up to ``extend`` times).
+    ``select``: "nrmse_free" (closed loop after the washout; needs a series
     forecast from its own past) or "nrmse" (one step). Refit ``ESN(**search.best, seed=...)`` on all windows
     (with fresh seeds) before touching the test split."""
     if select not in SELECT:
@@ -437,4 +475,4 @@ def search(X: torch.Tensor, y: torch.Tensor, washout: int, grid: Mapping[str, Se
     n = len(X) - max(1, round(val * len(X)))
     free = select == "nrmse_free"
     return grid_search(lambda cfg, s, lams: esn_scores(X[:n], y[:n], X[n:], y[n:], washout, cfg, s, lams, free,
-                                                       units, dtype), grid, ridges, seeds, select)
+                                                       units, dtype), grid, ridges, seeds, select, extend)

@@ -143,11 +143,27 @@ def test_grid_search_chooses_by_the_median_over_draws_and_skips_ill_conditioned_
         esn.grid_search(score, {"k": [0]}, [1e-3], [0, 0], "m")
 
 
+def test_a_choice_on_an_edge_extends_its_axis_from_the_chosen_point():
+    """m = (k - 5)^2 + (leak - 2)^2 on k in {1, 2, 3}, leak in {0.5, 1}: k grows 4.5, 6.75 (geometric steps, the
+    other knob fixed) until the choice is inside; leak stops at its bound 1."""
+    seen = []
+
+    def score(cfg, seed, ridges):
+        seen.append(dict(cfg))
+        return [{"m": (cfg["k"] - 5) ** 2 + (cfg["leak"] - 2) ** 2, "cond": 1.0} for _ in ridges]
+
+    s = esn.grid_search(score, {"k": [1, 2, 3], "leak": [0.5, 1.0]}, [1e-6], [0], "m", extend=4)
+    assert s.best == {"k": 4.5, "leak": 1.0, "ridge": 1e-6} and s.edges == []
+    assert seen[6:] == [{"k": 4.5, "leak": 1.0}, {"k": 6.75, "leak": 1.0}]  # only along k, from the choice
+    flat = esn.grid_search(score, {"k": [1, 2, 3], "leak": [0.5, 1.0]}, [1e-6], [0], "m")  # extend=0: as before
+    assert flat.best["k"] == 3 and flat.edges == ["k"]
+
+
 def test_search_runs_on_windows_and_refuses_bad_arguments():
     d = data.load("mackey-glass", **TINY_MG)
     grid = {"rho": [0.5, 0.9], "leak": [0.5], "input_scaling": [1.0], "bias_scaling": [0.0, 1.0]}
     s = esn.search(d.X_train, d.y_train, d.washout, grid=grid, ridges=(1e-6, 1e-3), seeds=(0, 1, 2), units=20)
-    assert len(s.table) == 8 and s.select == "nrmse_free" and s.seeds == (0, 1, 2)
+    assert len(s.table) >= 8 and s.select == "nrmse_free" and s.seeds == (0, 1, 2)  # 8: the grid, + extensions
     best = s.table.loc[s.table["nrmse_free"].idxmin()]
     assert s.best["rho"] == best["rho"] and s.best["ridge"] == best["ridge"]
     assert set(s.best) == {"rho", "leak", "input_scaling", "bias_scaling", "ridge"}
