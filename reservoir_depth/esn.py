@@ -39,14 +39,12 @@ import torch
 from torch import nn
 
 from .checks import is_number
-from .distributions import torch_rng
 from .models import build, scaffold_defaults
 from .readout import COND_MAX, Gram, check_ridge
 from .scaffold import ScaffoldConfig, merge, scaffold
 from .tasks import target_std
-from .train import free_run, generate
+from .train import TRAIN_DTYPES, free_run, generate
 
-DTYPES = {"float32": torch.float32, "float64": torch.float64}
 KNOBS = ("rho", "leak", "input_scaling", "bias_scaling")  # the reservoir's knobs a search tunes (and ridge)
 GRID: dict[str, list[float]] = {"rho": [0.6, 0.9, 1.2], "leak": [0.1, 0.3, 1.0], "input_scaling": [0.1, 0.3, 1.0],
                                 "bias_scaling": [0.0, 0.3, 1.0]}
@@ -55,10 +53,10 @@ SELECT = ("nrmse", "nrmse_free")  # validation metrics a search can select on
 
 
 def check_dtype(dtype: str) -> torch.dtype:
-    """The torch dtype named ``dtype`` (one of DTYPES), refused otherwise."""
-    if dtype not in DTYPES:
-        raise ValueError(f"dtype must be one of {tuple(DTYPES)}, got {dtype!r}")
-    return DTYPES[dtype]
+    """The torch dtype named ``dtype`` (one of train.TRAIN_DTYPES), refused otherwise."""
+    if dtype not in TRAIN_DTYPES:
+        raise ValueError(f"dtype must be one of {TRAIN_DTYPES}, got {dtype!r}")
+    return getattr(torch, dtype)
 
 
 # ----------------------------------------------------------------------------- memory capacity
