@@ -20,7 +20,7 @@ MODULES = [
     "reservoir_depth.scaffold.attention", "reservoir_depth.scaffold.recurrent", "reservoir_depth.scaffold.registry",
     "reservoir_depth.scaffold.survey", "reservoir_depth.scaffold.apply",
     "reservoir_depth.adapter_format", "reservoir_depth.io", "reservoir_depth.tasks", "reservoir_depth.train",
-    "reservoir_depth.readout",
+    "reservoir_depth.readout", "reservoir_depth.esn",
     "reservoir_depth.models", "reservoir_depth.models.mlp", "reservoir_depth.models.plain",
     "reservoir_depth.models.linear", "reservoir_depth.models.llama", "reservoir_depth.models.encoder",
     "reservoir_depth.models.vit", "reservoir_depth.models.reservoir", "reservoir_depth.models.transformer",

@@ -273,7 +273,7 @@ def cmd_train(args: argparse.Namespace) -> None:
     try:
         hist = train(model, d, tc)
         if main:
-            print(hist.to_frame().to_string(index=False, float_format=lambda v: f"{v:.4f}"))
+            print(hist.to_frame().to_string(index=False, float_format=lambda v: f"{v:.4g}"))  # 2.1e-07, not 0.0000
             if args.save:
                 print(io.save(model, args.save))
                 _record_data(args.save, args.data, dict(args.data_kw))

@@ -219,7 +219,7 @@ class Forecasting(Task):
     headline, measures = "test_nrmse", ("test_loss", "test_nrmse", "test_nrmse_free")
 
     def loss(self, out, y, reduction="mean", washout=0):
-        se = (out.float()[:, washout:] - y[:, washout:]).pow(2)
+        se = (out.to(torch.promote_types(out.dtype, torch.float32))[:, washout:] - y[:, washout:]).pow(2)
         return se.mean() if reduction == "mean" else se.sum()
 
     def sums(self, out, y, washout=0):

@@ -6,7 +6,8 @@
   training (AdamW never moves it); at r = 0 with nothing else trained it is one row, an ESN.
 - Run ids: readout and ridge at their defaults leave a run's config and id as stored.
 - The reservoir equals reservoirpy's ESN given the same W, W_in, bias and leak on the same arrays
-  (states and ridge readout predictions); skipped without reservoirpy.
+  (states, and ridge readout predictions at every lambda of esn.RIDGES, where the solve is well
+  conditioned); skipped without reservoirpy.
 """
 
 from __future__ import annotations
@@ -24,7 +25,8 @@ from torch import nn
 from reservoir_depth import data
 from reservoir_depth.cli import main
 from reservoir_depth.models.reservoir import Reservoir
-from reservoir_depth.readout import Gram, fit_readout, ridge
+from reservoir_depth.esn import RIDGES
+from reservoir_depth.readout import COND_MAX, Gram, fit_readout, ridge
 from reservoir_depth.study import Study
 from reservoir_depth.train import TrainConfig, train
 
@@ -167,10 +169,12 @@ def test_reservoir_equals_reservoirpys_esn():
 
     ours = m.states(X).detach().numpy()
     assert np.allclose(ours, theirs(X), rtol=1e-10, atol=1e-12)
-    lam = 1e-3
-    head = rpy.Ridge(ridge=lam)
-    head.fit(theirs(X)[:, d.washout:].reshape(-1, 30), y[:, d.washout:].reshape(-1, d.n_out).numpy())
-    fit_readout(m, X, y, lam, d.washout)
+    H = torch.from_numpy(ours[:, d.washout:])
     Xt = d.X_test.double()
-    pred_theirs = theirs(Xt) @ np.asarray(head.Wout) + np.asarray(head.bias).reshape(-1)
-    assert np.allclose(m(Xt).detach().numpy(), pred_theirs, rtol=1e-7, atol=1e-9)
+    for lam in (1e-3, *RIDGES):  # every lambda the ESN comparison and esn.search use, in float64
+        assert Gram().add(H, y[:, d.washout:]).condition(lam) <= COND_MAX  # where the solve is trusted
+        head = rpy.Ridge(ridge=lam)
+        head.fit(theirs(X)[:, d.washout:].reshape(-1, 30), y[:, d.washout:].reshape(-1, d.n_out).numpy())
+        fit_readout(m, X, y, lam, d.washout)
+        pred_theirs = theirs(Xt) @ np.asarray(head.Wout) + np.asarray(head.bias).reshape(-1)
+        assert np.allclose(m(Xt).detach().numpy(), pred_theirs, rtol=1e-7, atol=1e-9), lam
