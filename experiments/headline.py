@@ -78,6 +78,8 @@ def r_star_cell(t: dict) -> str:
         cell += f" (r = {int(t['r_first'])} crossed first, undone at r = {undone})"
     if t["n_seeds"] == 1:
         cell += " (one seed)"
+    if t["beats_reference"]:
+        cell += f" (reference not a ceiling: r = {', '.join(str(r) for r in t['beats_reference'])} beats full training)"
     lo, hi = (("> %d" % t["max_rank"]) if math.isinf(v) else "%d" % v for v in (t["lo"], t["hi"]))
     kind = "paired bootstrap" if t["interval"] == "bootstrap" else "seed range"
     return f"{cell} [{lo}, {hi}] ({kind})"

@@ -124,6 +124,9 @@ class SaturationRank(Estimator):
       r_first_     the first rank within delta (r_star_ unless a larger rank undoes it)
       crossing_    r_first_ < r_star_: a crossing that larger ranks undo; undone_at_ lists the ranks in
                    (r_first_, r_star_) that miss the threshold again
+      beats_reference_  the ranks whose mean beats full training by more than delta: the reference is
+                   then not a ceiling (full training underfits or overfits), and r* against it reads the
+                   training protocol as much as the task
       margin_      how far the mean at r* clears threshold_, in the metric's units
                    (>= 0; NaN when r_star_ is inf)
       seed_r_star_ (S,) r* of each seed's own curve (against its own full-training value
@@ -193,6 +196,8 @@ class SaturationRank(Estimator):
         self.r_star_ = r_star(curve, self.full_, self.eps, hib, self.relative)
         self.r_first_ = float(_first_saturated(ranks, _saturated(np.array(list(curve.values())), self.threshold_, hib)))
         self.crossing_ = self.r_first_ < self.r_star_  # a rank within delta that a larger rank undoes
+        delta = tolerance(self.full_, self.eps, self.relative)
+        self.beats_reference_ = [r for r, v in curve.items() if (v - self.full_) * (1 if hib else -1) > delta]
         self.undone_at_ = [r for r in ranks.tolist() if self.r_first_ < r < self.r_star_
                            and not _saturated(curve[r], self.threshold_, hib)]
         if math.isfinite(self.r_star_):

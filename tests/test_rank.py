@@ -389,3 +389,12 @@ def test_paired_t_power_matches_known_values():
     assert paired_t_power(7, 0.0, two_sided=False) == pytest.approx(0.05)
     with pytest.raises(ValueError, match="n must be an int >= 2"):
         paired_t_power(1, 0.5)
+
+
+def test_ranks_that_beat_the_reference_by_more_than_the_tolerance_are_named():
+    """Full training at 0.90 and r = 4 at 0.93 (eps 0.01): the reference is not a ceiling there."""
+    sr = SaturationRank(eps=0.01).fit([1, 2, 4], [[0.80, 0.905, 0.93], [0.80, 0.905, 0.93]], [0.90, 0.90])
+    assert sr.beats_reference_ == [4] and sr.r_star_ == 2
+    loss = SaturationRank(eps=0.05, relative=True, higher_is_better=False).fit([1, 2], [[1.2, 0.9]], [1.0])
+    assert loss.beats_reference_ == [2]  # 0.9 < 1.0 - 0.05: better than the reference by more than delta
+    assert SaturationRank(eps=0.01).fit([1, 2], [[0.80, 0.905]], [0.90]).beats_reference_ == []

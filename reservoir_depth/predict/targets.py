@@ -76,6 +76,7 @@ def target(folder: str | Path, experiments: str | Path = "experiments", level: i
             "interval": sr.ci_kind_, "n_seeds": sr.n_seeds_, "max_rank": sr.max_rank_, "full_rank": full_rank(study),
             "censored": not math.isfinite(sr.r_star_), "margin": sr.margin_, "n_test": n_test_of(df),
             "r_first": sr.r_first_, "crossing": sr.crossing_, "undone_at": list(sr.undone_at_),
+            "beats_reference": list(sr.beats_reference_),
             "null": null, "r_star_q90": math.nan if q90 is None else q90.r_star_,
             "q90_lo": math.nan if q90 is None else q90.ci_[0], "q90_hi": math.nan if q90 is None else q90.ci_[1],
             "trainable_q90": float(at_q90[Columns.TRAINABLE].mean()) if len(at_q90) else math.nan,
