@@ -29,7 +29,7 @@ MODULES = [
     "reservoir_depth.data.text", "reservoir_depth.data.series", "reservoir_depth.data.graphs",
     "reservoir_depth.offline_rl", "reservoir_depth.spectra",
     "reservoir_depth.spectra.measures", "reservoir_depth.spectra.probes",
-    "reservoir_depth.rank", "reservoir_depth.predict", "reservoir_depth.predict.targets", "reservoir_depth.predict.model",
+    "reservoir_depth.rank", "reservoir_depth.saturation", "reservoir_depth.predict", "reservoir_depth.predict.targets", "reservoir_depth.predict.model",
     "reservoir_depth.predict.predictors", "reservoir_depth.predict.evaluation", "reservoir_depth.predict.allocation", "reservoir_depth.identity", "reservoir_depth.run", "reservoir_depth.study", "reservoir_depth.results", "reservoir_depth.sweep",
     "reservoir_depth.report", "reservoir_depth.ray_sweep", "reservoir_depth.distributed",
     "reservoir_depth.theory.activations", "reservoir_depth.theory.unfolding",

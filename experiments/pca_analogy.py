@@ -28,7 +28,8 @@ import numpy as np
 import pandas as pd
 
 from reservoir_depth import __version__
-from reservoir_depth.report import markdown, saturation
+from reservoir_depth.report import markdown
+from reservoir_depth.saturation import saturation
 from reservoir_depth.results import ResultsStore
 from reservoir_depth.study import Study
 from reservoir_depth.sweep import SPECTRA_ROWS, dataset_rows

@@ -15,7 +15,8 @@ import pandas as pd
 from _common import parser, write_provenance
 
 from reservoir_depth.models.mlp import SIZES
-from reservoir_depth.report import fmt_rank, markdown, pyplot, saturation, save_figure
+from reservoir_depth.report import markdown, pyplot, save_figure
+from reservoir_depth.saturation import fmt_rank, saturation
 from reservoir_depth.results import Columns, ResultsStore
 from reservoir_depth.study import Study
 

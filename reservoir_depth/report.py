@@ -22,8 +22,9 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 
 from .rank import MIN_BOOTSTRAP_SEEDS, SaturationRank
+from .saturation import RECOVERY_LEVELS, fmt_rank, n_test_of, recovery_rank, saturation
 from .results import Columns, ResultsStore, error_head
-from .study import Study, curves, provenance
+from .study import Study, provenance
 from .run import Run
 from .tasks import TOLERANCES, Metric, metric_of
 
@@ -237,65 +238,6 @@ class NoResults(ValueError):
 
 
 # ----------------------------------------------------------------------------- r*(eps)
-
-def saturation(df, study: Study, metric: str, eps: float, relative: bool = False,
-               **kwargs: Any) -> SaturationRank | None:
-    """r*(eps) from the frame's per-seed curves (SaturationRank), paired with full training when every
-    seed with a curve has its full-training run; None without full training or without a rank that
-    ran for every seed."""
-    ranks, V, F, seeds = curves(df, metric, ranks=list(study.ranks), seeds=list(study.seeds))
-    has_curve = ~np.isnan(V).all(axis=1) if len(ranks) else np.zeros(len(seeds), bool)
-    V, F = V[has_curve], F[has_curve]
-    full_all = curves(df, metric, ranks=[], seeds=list(study.seeds))[2]
-    if not has_curve.any() or not np.isfinite(full_all).any() or not (~np.isnan(V).any(axis=0)).any():
-        return None
-    paired = bool(np.isfinite(F).all())
-    full = F if paired else full_all[np.isfinite(full_all)]
-    return SaturationRank(eps=eps, relative=relative, higher_is_better=metric_of(metric).higher_is_better,
-                          **kwargs).fit(ranks, V, full, paired=paired)
-
-
-RECOVERY_LEVELS = (0.90, 0.95, 0.99)  # q of r*_q, on the scale from the null model (0) to the reference (1)
-
-
-def null_of(df, metric: str) -> float | None:
-    """The null model's test ``metric`` as the runs recorded it (null/<metric>: tasks.Task.null, the best
-    constant predictor), their mean; None where no run recorded it."""
-    col = C.NULL + metric
-    return float(df[col].dropna().mean()) if col in df and df[col].notna().any() else None
-
-
-def recovery_rank(df, study: Study, metric: str, q: float) -> tuple[SaturationRank | None, float | None, str]:
-    """r*_q (Li et al.'s d_int90 convention, on ranks): the smallest rank from which the recovery
-    (M(r) - M_null) / (M_ref - M_null) stays >= q at every larger rank that ran, M_ref the mean of full
-    training (the study's reference) and M_null the null model's (``null_of``). It is r*(eps) with the
-    absolute eps = (1 - q) |M_ref - M_null|, so its interval is the same paired seed resampling (with delta
-    held at the mean reference). Returns (the SaturationRank or None, M_null, why it is not stated)."""
-    if not 0 < q < 1:
-        raise ValueError(f"q must lie in (0, 1), got {q!r}")
-    null = null_of(df, metric)
-    if null is None:
-        return None, None, "the null model was not recorded (run `reservoir-depth sweep` on the study to add it)"
-    full = df[df[C.METHOD] == "full"][metric]
-    if not len(full):
-        return None, null, "no full-training run: no reference"
-    gain = (full.mean() - null) * (1 if metric_of(metric).higher_is_better else -1)
-    if not gain > 0:
-        return None, null, f"the reference ({full.mean():.4g}) is no better than the null model ({null:.4g})"
-    return saturation(df, study, metric, (1 - q) * gain), null, ""
-
-
-def fmt_rank(r: float, max_rank: int | None = None) -> str:
-    """A rank as reports write it: an integer, or "> max_rank" for inf (not saturated up to max_rank)."""
-    if math.isinf(r):
-        return f"> {max_rank}" if max_rank is not None else "> max rank"
-    return str(int(r))
-
-
-def n_test_of(df) -> int | None:
-    """The test-set size the runs of ``df`` recorded (None where none did)."""
-    return int(df["n_test"].dropna().iloc[0]) if "n_test" in df and df["n_test"].notna().any() else None
-
 
 def _r_star_cell(sr: SaturationRank, m: Metric, n_test: int | None) -> tuple[str, str, bool]:
     """(r* cell, margin cell, tie) of one r*(eps). For accuracy with n_test recorded, the margin is also

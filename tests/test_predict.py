@@ -16,7 +16,7 @@ from torch import nn
 from reservoir_depth.data.dataset import Dataset
 from reservoir_depth.predict import (DataSpectrum, GradientSpectrum, LayerTaskSpectrum, ProbeSpectrum, calibrate,
                                      evaluate, hit, permutation_pvalue, study_of, target)
-from reservoir_depth.report import saturation
+from reservoir_depth.saturation import saturation
 from reservoir_depth.results import ResultsStore
 from reservoir_depth.scaffold import ScaffoldConfig, scaffold, scaffold_layers
 from reservoir_depth.tasks import metric_of

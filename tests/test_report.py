@@ -220,7 +220,7 @@ def test_running_and_stale_runs_are_told_apart(swept, tmp_path):
 def test_a_language_model_study_is_ranked_by_bits_per_character_lower_is_better():
     """An lm store has test_bpc (and test_loss, no test_acc): the report ranks by bpc, and r*(eps)
     counts a rank saturated when its bpc is at most full + eps (lower is better)."""
-    from reservoir_depth.report import saturation
+    from reservoir_depth.saturation import saturation
     from reservoir_depth.tasks import metric_of
 
     study = Study.from_dict({"study": "lm", "dataset": "digits", "seeds": [0, 1, 2], "ranks": [1, 4],
@@ -267,7 +267,7 @@ def test_the_r_star_cell_names_a_crossing_that_larger_ranks_undo():
 def test_recovery_levels_sit_on_the_scale_from_the_null_model_to_the_reference():
     """r*_q is r*(eps) at the absolute eps = (1 - q)(M_ref - M_null): with full 0.90 and null 0.10, q = 0.9
     needs 0.82; a curve 0.5, 0.81, 0.83, 0.88 gives r*_0.9 = 4, r*_0.95 (0.86) = 8 and r*_0.99 (0.892) none."""
-    from reservoir_depth.report import recovery_rank
+    from reservoir_depth.saturation import recovery_rank
 
     study = Study.from_dict({"study": "q", "dataset": "digits", "seeds": [0, 1], "ranks": [1, 2, 4, 8],
                              "arch": {"name": "mlp", "hidden": [8]}})

@@ -17,7 +17,7 @@ from typing import Any, Sequence
 import pandas as pd
 
 from ..rank import adaptive_search
-from ..report import n_test_of, recovery_rank, saturation
+from ..saturation import n_test_of, recovery_rank, saturation
 from ..results import Columns, ResultsStore
 from ..study import Study
 from ..tasks import metric_of
