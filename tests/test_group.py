@@ -1,0 +1,209 @@
+"""Runs trained together (group.py) compute what each run computes alone: the stacked AdamW is torch's
+AdamW bit for bit, zero-padded adapter rows stay exactly zero, the metrics agree within float tolerance
+and r* is the same; a run that fails does not take the others with it; the store keeps one row per run."""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+
+import pytest
+import torch
+from hypothesis import given, settings, strategies as st
+
+from reservoir_depth import group, sweep as sweep_module
+from reservoir_depth.report import saturation
+from reservoir_depth.results import ResultsStore
+from reservoir_depth.study import Run, Study
+from reservoir_depth.sweep import build_model, run_study
+from reservoir_depth.train import TrainConfig, metric_of, task_of, train
+
+DIGITS = {"study": "together", "dataset": "digits", "seeds": [0], "full": True, "twin": True, "ranks": [0, 1, 2, 8],
+          "arch": {"name": "mlp", "hidden": "tiny"}, "train": {"epochs": 2, "batch_size": 128, "device": "cpu"},
+          "scaffold": {"alpha": 16.0, "bias": "frozen"}}
+PLANTED = {"study": "planted_together", "dataset": {"name": "planted", "k": 2, "d": 16, "n_out": 8, "n_train": 512,
+                                                    "n_test": 256},
+           "seeds": [0, 1], "full": True, "ranks": [0, 1, 2, 4, 8], "arch": {"name": "mlp", "hidden": [32, 16]},
+           "train": {"epochs": 8, "batch_size": 64, "device": "cpu"}, "scaffold": {"alpha": 16.0}}
+
+
+def _models(study, **train):
+    runs = [r for r in Study.of(study).runs() if r.seed == 0]
+    d = runs[0].data()
+    configs = [TrainConfig(**{**r.train, "seed": r.seed, "progress": False, **train}) for r in runs]
+    return runs, d, [build_model(r, d) for r in runs], configs
+
+
+def test_stacked_adamw_is_torch_adamw_bit_for_bit():
+    g = torch.Generator().manual_seed(0)
+    lrs, wds = [1e-3, 3e-2, 0.0], [0.01, 0.1, 0.01]  # lr 0: a lane that does not train the tensor
+    p = torch.randn(3, 5, 4, generator=g)
+    stack = group._Stack(p, lrs, wds)
+    opt = group.StackedAdamW([stack])
+    alone = [p[i].clone().requires_grad_() for i in range(2)]
+    ref = [torch.optim.AdamW([q], lr=lr, weight_decay=wd) for q, lr, wd in zip(alone, lrs, wds)]
+    for _ in range(5):
+        grad = torch.randn(3, 5, 4, generator=g)
+        stack.value.grad = grad.clone()
+        opt.step()
+        for i, (q, o) in enumerate(zip(alone, ref)):
+            q.grad = grad[i].clone()
+            o.step()
+    for i, q in enumerate(alone):
+        assert torch.equal(stack.value[i], q.detach())
+    assert torch.equal(stack.value[2], p[2])  # untouched by weight decay or momentum
+
+
+@settings(max_examples=8, deadline=None)
+@given(ranks=st.lists(st.integers(0, 16), min_size=2, max_size=5))
+def test_padded_adapter_rows_stay_exactly_zero(ranks):
+    runs = [Run("pad", "digits", {"name": "mlp", "hidden": "tiny"}, "lotta", 0, scaffold={"r": r, "alpha": 16.0})
+            for r in sorted(ranks)]
+    d = runs[0].data()
+    net = group.GroupedMLP([build_model(r, d) for r in runs], [1e-2] * len(runs), [0.01] * len(runs))
+    opt = group.StackedAdamW(net.stacks())
+    for i in range(3):
+        loss = sum(torch.nn.functional.cross_entropy(out, d.y_train[:64]) for out in net(d.X_train[:64], True))
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    for layer in net.layers:
+        for a, b, A, B, _ in layer.adapters:
+            for i, lane in enumerate(layer.lanes[a:b]):
+                assert not A.value[i, lane.r:].any() and not B.value[i, :, lane.r:].any()
+                assert A.value[i, :lane.r].any()  # the real rows did train
+
+
+def test_a_group_computes_what_each_run_computes_alone():
+    runs, d, models, configs = _models({**DIGITS, "train": {**DIGITS["train"], "lr": 3e-3}})
+    configs[1] = TrainConfig(**{**configs[1].__dict__, "lr": 1e-2, "weight_decay": 0.1})  # lanes differ in lr
+    alone = [train(copy.deepcopy(m), d, c) for m, c in zip(models, configs)]
+    together = group.train_group([copy.deepcopy(m) for m in models], d, configs)
+    for a, t in zip(alone, together):
+        assert [e["epoch"] for e in a.epochs] == [e["epoch"] for e in t.epochs]
+        assert (a.trainable, a.total) == (t.trainable, t.total)
+        for ea, et in zip(a.epochs, t.epochs):
+            assert ea.keys() == et.keys()
+            for k in ea:
+                if k != "seconds" and not (k == "train_loss" and ea["epoch"] == 0):
+                    assert et[k] == pytest.approx(ea[k], rel=1e-4, abs=1e-6), k
+
+
+def test_trained_values_are_written_back_into_each_model():
+    runs, d, models, configs = _models(DIGITS, epochs=1)
+    trained = [copy.deepcopy(m) for m in models]
+    group.train_group(trained, d, configs)
+    for m0, m in zip(models, trained):
+        for (n, p0), p in zip(m0.named_parameters(), m.parameters()):
+            if p0.requires_grad:
+                assert not torch.equal(p0, p), n
+            else:
+                assert torch.equal(p0, p), n  # a frozen seeded bias is left bit for bit
+        for b0, b in zip(m0.buffers(), m.buffers()):
+            assert torch.equal(b0, b)  # W_seed
+
+
+def test_a_run_that_fails_leaves_the_others_as_they_would_be():
+    runs, d, models, configs = _models(DIGITS)
+    clean = group.train_group([copy.deepcopy(m) for m in models], d, configs)
+    broken = [copy.deepcopy(m) for m in models]
+    with torch.no_grad():
+        broken[2].head.weight[0, 0] = float("nan")
+    out = group.train_group(broken, d, configs)
+    assert isinstance(out[2], FloatingPointError) and "before training" in str(out[2])
+    for i, (h, c) in enumerate(zip(out, clean)):
+        if i != 2:
+            same = [json.dumps({**e, "seconds": 0}) for e in h.epochs] == [json.dumps({**e, "seconds": 0}) for e in c.epochs]
+            assert same, i  # bit for bit: lanes never mix
+
+
+def test_a_diverging_run_fails_with_its_own_error():
+    runs, d, models, configs = _models(DIGITS, epochs=3)
+    configs[0] = TrainConfig(**{**configs[0].__dict__, "lr": 1e30})
+    out = group.train_group(models, d, configs)
+    assert isinstance(out[0], FloatingPointError) and "try a lower lr (now 1e+30)" in str(out[0])
+    assert all(len(h.epochs) == 4 for h in out[1:])
+
+
+def test_groups_are_runs_sharing_data_architecture_and_batches():
+    runs = Study.of({**DIGITS, "seeds": [0, 1]}).runs()
+    units = group.groups(runs)
+    assert [len(u) for u in units] == [6, 6] and {r.seed for r in units[0]} == {0}
+    lr = Run(**{**runs[2].__dict__, "train": {**runs[2].train, "lr": 0.1}})
+    assert group.group_key(lr) == group.group_key(runs[2])  # a learning-rate grid trains together
+    for train in ({"epochs": 3}, {"batch_size": 64}, {"compile": True}, {"beta_every": 2}):
+        other = Run(**{**runs[2].__dict__, "train": {**runs[2].train, **train}})
+        assert group.group_key(other) != group.group_key(runs[2])
+    assert group.group_key(Run(**{**runs[2].__dict__, "scaffold": {"r": 1, "schedule": "epoch"}})) is None
+    assert group.group_key(Run(**{**runs[2].__dict__, "arch": {"name": "linear"}})) is None
+
+
+def _stores(tmp_path, study, **kw):
+    out = {}
+    for grouped in (True, False):
+        store = ResultsStore(tmp_path / f"{grouped}.sqlite", create=True)
+        counts = run_study(study, store, progress=False, grouped=grouped, **kw)
+        assert counts.failed == 0, counts.errors
+        out[grouped] = store
+    return out
+
+
+def _r_stars(study, store):
+    study = Study.of(study)
+    m = metric_of(task_of(study.runs()[0].data().task).headline)
+    return [saturation(study.frame(store), study, m.name, eps, rel).r_star_ for eps, rel in study.tolerances(m)]
+
+
+def _same_runs(study, stores, rel, acc_examples=0):
+    rows = {g: {r["run_id"]: r for r in s.rows()} for g, s in stores.items()}
+    assert rows[True].keys() == rows[False].keys() == {r.run_id for r in Study.of(study).runs()}
+    for run_id, alone in rows[False].items():
+        together = rows[True][run_id]
+        assert together["config"] == alone["config"]  # the same identity
+        ma, mt = json.loads(alone["metrics"]), json.loads(together["metrics"])
+        assert ma.keys() == mt.keys()
+        for k, v in ma.items():
+            if k.startswith(("test_acc", "best_test_acc")):
+                assert abs(mt[k] - v) <= acc_examples / ma["n_test"] + 1e-12, (run_id, k)
+            elif isinstance(v, float) and k.startswith(("test_", "train_", "beta/")):
+                assert mt[k] == pytest.approx(v, rel=rel, abs=1e-6), (run_id, k)
+            elif not isinstance(v, float):
+                assert mt[k] == v, (run_id, k)
+        ha, ht = json.loads(alone["history"]), json.loads(together["history"])
+        assert len(ha["epochs"]) == len(ht["epochs"]) and "group" in ht and "group" not in ha
+
+
+def test_planted_task_same_metrics_and_r_star_grouped_or_alone(tmp_path):
+    stores = _stores(tmp_path, PLANTED)
+    _same_runs(PLANTED, stores, rel=1e-3)
+    assert _r_stars(PLANTED, stores[True]) == _r_stars(PLANTED, stores[False])
+
+
+def test_a_failed_run_does_not_lose_its_group(tmp_path):
+    study = {**DIGITS, "ranks": [1, 100]}  # 100 > min(d_in, d_out) of every layer: that run fails alone
+    store = ResultsStore(tmp_path / "runs.sqlite", create=True)
+    counts = run_study(study, store, progress=False)
+    assert (counts.done, counts.failed) == (3, 1)
+    failed = [r for r in store.rows() if r["status"] == "failed"]
+    assert "rank r=100" in failed[0]["error"] and "Traceback" in failed[0]["error"]
+
+
+def test_workers_take_a_group_as_their_unit(tmp_path):
+    study = {**DIGITS, "seeds": [0, 1], "ranks": [0, 2]}
+    store = ResultsStore(tmp_path / "runs.sqlite", create=True)
+    counts = run_study(study, store, workers=2, progress=False)
+    assert (counts.done, counts.failed) == (8, 0), counts.errors
+    pids = {}
+    for r in store.rows():
+        pids.setdefault(json.loads(r["config"])["seed"], set()).add(r["pid"])
+        assert len(json.loads(r["history"])["group"]["runs"]) == 4
+    assert all(len(p) == 1 for p in pids.values())  # each seed's group trained in one process
+
+
+@pytest.mark.slow
+def test_default_study_same_metrics_and_r_star_grouped_or_alone(tmp_path):
+    study = Study.default().to_dict()
+    stores = _stores(tmp_path, study)
+    _same_runs(study, stores, rel=0.05, acc_examples=2)
+    assert _r_stars(study, stores[True]) == _r_stars(study, stores[False])
