@@ -1,23 +1,20 @@
 """Runs trained together: the runs of a study that share data, architecture and batch schedule train as
-one vectorised model, each run a lane of stacked tensors.
+one vectorised model, each run a lane of stacked tensors, each lane's numbers bit for bit its run's alone.
 
 Which runs (``group_key``): the same data set, architecture and TrainConfig but for lr and weight_decay
 (so the same seed: the same batches, and through the same seeded global RNG the same dropout masks),
 on the CPU, an ``mlp`` whose layers are nn.Linear (full training, the twin, a LottaLoRA head) or
-static-schedule ScaffoldLinear (LottaLoRA at any rank). Every layer computes eq. (1) for all lanes g at
-once, with batched products over lanes:
+static-schedule ScaffoldLinear (LottaLoRA at any rank). Every layer computes eq. (1),
 
-    y_g = beta_g W_g x_g + s_g B_g (A_g x_g) + b_g
+    y_g = beta_g W_g x_g + s_g B_g (A_g x_g) + b_g,
 
-A plain layer's lane has beta_g = 1 (not trained) and no adapter. Lanes whose W trains (full, twin, a
-head) and lanes whose W is W_seed are separate stacks, so no weight gradient is computed for W_seed;
-adapters are stacked per rank bucket (ranks within a factor of 4), A and B zero-padded to the bucket's
-largest rank. The padded rows of A and columns of B get exactly zero gradients (their products meet the
-other factor's zeros), so under AdamW they stay zero and each lane computes what its run computes alone;
-only the rounding of the batched products differs (tests/test_group.py: the same metrics within float
-tolerance and the same r*). AdamW runs stacked over lanes with each lane's own lr and weight decay,
-elementwise as torch.optim.AdamW's for-loop path computes it; a tensor a lane does not train (a frozen
-seeded bias, beta of a plain layer) gets lr 0 there, which leaves it bit for bit.
+for segments of lanes that compute alike (a plain Linear; a scaffold at r = 0; a scaffold at one rank r
+and scale s): one batched product (bmm) per product the run alone computes, in the same orientation, and
+per lane where a lane's own scalar enters a product (beta in the fused addmm). torch's CPU bmm computes
+each lane as mm computes it alone, so a lane's forward, gradients and AdamW step (StackedAdamW: torch's
+for-loop AdamW, elementwise, per-lane lr and weight decay) are bit for bit those of its run alone
+(tests/test_group.py checks every stored metric and history). Ranks are not padded: a zero-padded rank
+would change the length of the sums over r, and with it their rounding.
 
 A run whose loss or test loss is not finite fails alone, with the error it raises alone; the others go on.
 """
@@ -82,11 +79,6 @@ def groups(runs: Sequence[Any]) -> list[list[Any]]:
 
 # ----------------------------------------------------------------------------- the stacked model
 
-def _bucket(r: int) -> int:
-    """Adapters of ranks in one bucket (1-3, 4-15, 16-63, ...) are padded to the largest and stacked."""
-    return -1 if r == 0 else (r.bit_length() - 1) // 2
-
-
 @dataclass
 class _Lane:
     """One run's layer as the group reads it: W (frozen W_seed or a trained weight), beta (None: a plain
@@ -148,97 +140,163 @@ class _Stack:
         self.lr, self.wd = list(lr), list(wd)
 
 
-class GroupedLinear:
-    """Eq. (1) of one layer for G lanes: W stacked per segment of lanes whose W trains alike, beta (G,),
-    adapters per rank bucket (zero-padded), bias (G, 1, d_out)."""
+class _LottaLinearStack(torch.autograd.Function):
+    """scaffold/fused.py's _LottaLinear for the G lanes of one segment (one rank r, one s), op for op:
+    each of its products is a bmm whose lane is the mm a run alone computes, and where a lane's own beta
+    enters a product (the in-place addmm_ of beta h + s u B^T) the op runs per lane, so every lane's
+    numbers are bit for bit those of its run alone. CPU, float32, no autocast (group_key's conditions)."""
 
-    def __init__(self, lanes: Sequence[_Lane], lrs: Sequence[float], wds: Sequence[float]) -> None:
-        G = len(lanes)
-        self.lanes = lanes
-        d_out, d_in = lanes[0].W.shape
-        if any(tuple(l.W.shape) != (d_out, d_in) for l in lanes):
-            raise ValueError(f"lanes of a layer differ in shape: {[tuple(l.W.shape) for l in lanes]}")
-        zero = [0.0] * G
-        self.base = [(a, b, _Stack(torch.stack([l.W for l in lanes[a:b]]), lrs[a:b] if t else zero[a:b], wds[a:b]))
-                     for a, b, t in _segments([l.W_trains for l in lanes])]
-        self.beta = None
-        if any(l.beta is not None for l in lanes):
-            vals = torch.stack([l.beta.detach() if l.beta is not None else torch.ones((), dtype=l.W.dtype)
-                                for l in lanes])
-            self.beta = _Stack(vals.view(G, 1, 1), [lr if l.beta is not None and l.beta.requires_grad else 0.0
-                                                    for l, lr in zip(lanes, lrs)], wds)
-        self.adapters = []
-        for a, b, k in _segments([_bucket(l.r) for l in lanes]):
-            if k == -1:
-                continue
-            R = max(l.r for l in lanes[a:b])
-            A = torch.zeros(b - a, R, d_in, dtype=lanes[a].W.dtype)
-            B = torch.zeros(b - a, d_out, R, dtype=lanes[a].W.dtype)
-            for i, l in enumerate(lanes[a:b]):
-                A[i, :l.r], B[i, :, :l.r] = l.A.detach(), l.B.detach()
-            s = torch.tensor([l.s for l in lanes[a:b]], dtype=A.dtype).view(-1, 1, 1)
-            self.adapters.append((a, b, _Stack(A, lrs[a:b], wds[a:b]), _Stack(B, lrs[a:b], wds[a:b]), s))
-        self.bias = None
-        if any(l.bias is not None for l in lanes):
-            vals = torch.stack([l.bias.detach() if l.bias is not None else torch.zeros(d_out, dtype=l.W.dtype)
-                                for l in lanes])
-            self.bias = _Stack(vals.view(G, 1, d_out), [lr if l.bias_trains else 0.0 for l, lr in zip(lanes, lrs)],
-                               wds)
+    @staticmethod
+    def forward(ctx, x, W, beta, A, B, bias, s: float):
+        G, N, d_in = x.shape
+        betas = beta.tolist()
+        u = torch.bmm(A, x.transpose(1, 2)).transpose(1, 2)  # A x as (r, n) products
+        need_x = ctx.needs_input_grad[0]
+        h = None
+        if need_x and N >= d_in:  # W_eff = beta W + s B A, then one product
+            W_eff = torch.baddbmm(W * beta.view(G, 1, 1), B, A, alpha=s)
+            y = torch.bmm(x, W_eff.transpose(1, 2)) if bias is None else \
+                torch.baddbmm(bias.unsqueeze(1), x, W_eff.transpose(1, 2))
+        else:
+            h = torch.bmm(x, W.transpose(1, 2))
+            y = h if need_x else torch.empty_like(h)
+            for g in range(G):
+                if need_x:
+                    y[g].addmm_(u[g], B[g].T, beta=betas[g], alpha=s)
+                else:
+                    torch.addmm(h[g], u[g], B[g].T, beta=betas[g], alpha=s, out=y[g])
+            if bias is not None:
+                y += bias.unsqueeze(1)
+        kept = () if need_x else (h,)
+        ctx.save_for_backward(x, W, beta, A, B, u, *kept)
+        ctx.s, ctx.has_bias = s, bias is not None and ctx.needs_input_grad[5]
+        return y
+
+    @staticmethod
+    def backward(ctx, g):
+        x, W, beta, A, B, u, *h = ctx.saved_tensors
+        s, G = ctx.s, x.shape[0]
+        betas = beta.tolist()
+        gW = None if h else torch.bmm(g, W)
+        gB = torch.bmm(B.transpose(1, 2), g.transpose(1, 2)).transpose(1, 2)  # g B as (r, n) products
+        grad_B = torch.bmm(u.transpose(1, 2), g).mul_(s).transpose(1, 2).contiguous()
+        grad_bias = torch.stack([g[i].sum(0) for i in range(G)]) if ctx.has_bias else None
+        if h:
+            grad_beta = torch.stack([torch.dot(g[i].reshape(-1), h[0][i].reshape(-1)) for i in range(G)])
+        else:
+            grad_beta = torch.stack([torch.dot(gW[i].reshape(-1), x[i].reshape(-1)) for i in range(G)])
+        grad_A = torch.bmm(s * gB.transpose(1, 2), x)
+        grad_x = None
+        if not h:
+            for i in range(G):
+                gW[i].addmm_(gB[i], A[i], beta=betas[i], alpha=s)
+            grad_x = gW
+        return grad_x, None, grad_beta, grad_A, grad_B, grad_bias, None
+
+
+class _LinearStack(torch.autograd.Function):
+    """F.linear(x, W, b) (addmm(b, x, W^T)) for G lanes, with the products of addmm's own backward: the
+    weight gradient as g^T x (autograd's bmm backward would form x^T g and transpose it, other roundings)."""
+
+    @staticmethod
+    def forward(ctx, x, W, bias):
+        ctx.save_for_backward(x, W)
+        Wt = W.transpose(1, 2)
+        return torch.bmm(x, Wt) if bias is None else torch.baddbmm(bias.unsqueeze(1), x, Wt)
+
+    @staticmethod
+    def backward(ctx, g):
+        x, W = ctx.saved_tensors
+        need_x, need_W, need_b = ctx.needs_input_grad
+        grad_x = torch.bmm(g, W) if need_x else None
+        grad_W = torch.bmm(g.transpose(1, 2), x) if need_W else None
+        grad_b = g.sum(1) if need_b else None
+        return grad_x, grad_W, grad_b
+
+
+class _Segment:
+    """The lanes [a, b) of a layer that compute alike: ``kind`` "plain" (an nn.Linear: W x + b, W trained
+    or not), "seed" (a ScaffoldLinear at r = 0: beta W_seed x + b) or "lotta" (r > 0, one r and s)."""
+
+    def __init__(self, a: int, b: int, key: tuple, lanes: Sequence[_Lane], lrs, wds) -> None:
+        self.a, self.b, self.kind, self.lanes = a, b, key[0], lanes
+        zero = [0.0] * len(lanes)
+        l0 = lanes[0]
+        self.W = _Stack(torch.stack([l.W for l in lanes]), lrs if l0.W_trains else zero, wds)
+        self.bias = None if l0.bias is None else \
+            _Stack(torch.stack([l.bias.detach() for l in lanes]), [lr if l.bias_trains else 0.0
+                                                                  for l, lr in zip(lanes, lrs)], wds)
+        self.beta = self.A = self.B = None
+        if self.kind != "plain":
+            self.beta = _Stack(torch.stack([l.beta.detach() for l in lanes]),
+                               [lr if l.beta.requires_grad else 0.0 for l, lr in zip(lanes, lrs)], wds)
+        if self.kind == "lotta":
+            self.A = _Stack(torch.stack([l.A.detach() for l in lanes]), lrs, wds)
+            self.B = _Stack(torch.stack([l.B.detach() for l in lanes]), lrs, wds)
+            self.s = l0.s
 
     def stacks(self) -> list[_Stack]:
-        return [st for *_, st in self.base] + [x for x in (self.beta, self.bias) if x is not None] + \
-            [st for *_, A, B, s in self.adapters for st in (A, B)]
+        return [st for st in (self.W, self.bias, self.beta, self.A, self.B) if st is not None]
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        bias = None if self.bias is None else self.bias.value
+        W = self.W.value
+        if self.kind == "plain":  # F.linear(x, W, b): addmm(b, x, W^T)
+            return _LinearStack.apply(x, W, bias)
+        if self.kind == "seed":  # ScaffoldLayer.forward at r = 0: F.linear(x, W_seed) * beta + b
+            y = torch.bmm(x, W.transpose(1, 2)) * self.beta.value.view(-1, 1, 1)
+            return y if bias is None else y + bias.unsqueeze(1)
+        return _LottaLinearStack.apply(x, W, self.beta.value, self.A.value, self.B.value, bias, self.s)
+
+    def write_back(self) -> None:
+        with torch.no_grad():
+            for i, l in enumerate(self.lanes):
+                if l.W_trains:
+                    l.W.copy_(self.W.value[i])
+                if l.bias is not None and l.bias_trains:
+                    l.bias.copy_(self.bias.value[i])
+                if l.beta is not None:
+                    l.beta.copy_(self.beta.value[i])
+                if l.A is not None:
+                    l.A.copy_(self.A.value[i])
+                    l.B.copy_(self.B.value[i])
+
+
+def _kind(l: _Lane) -> tuple:
+    if l.beta is None:
+        return ("plain", l.W_trains, l.bias is not None)
+    if l.r == 0:
+        return ("seed", l.bias is not None)
+    return ("lotta", l.r, l.s, l.bias is not None)
+
+
+class GroupedLinear:
+    """One layer for G lanes: segments of lanes that compute alike (_Segment), each one batched product
+    (or _LottaLinearStack), their outputs concatenated along the lane axis."""
+
+    def __init__(self, lanes: Sequence[_Lane], lrs: Sequence[float], wds: Sequence[float]) -> None:
+        self.lanes = lanes
+        shapes = {tuple(l.W.shape) for l in lanes}
+        if len(shapes) != 1:
+            raise ValueError(f"lanes of a layer differ in shape: {sorted(shapes)}")
+        self.segments = [_Segment(a, b, k, lanes[a:b], lrs[a:b], wds[a:b])
+                         for a, b, k in _segments([_kind(l) for l in lanes])]
+
+    def stacks(self) -> list[_Stack]:
+        return [st for seg in self.segments for st in seg.stacks()]
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         """x: (N, d_in) shared by every lane (a first layer) or (G, N, d_in); returns (G, N, d_out).
         Lanes are taken apart with split (whose backward is one cat), not slices (each of whose backwards
         would fill a zero tensor of the whole stack)."""
-        G = len(self.lanes)
-        xs = _parts(x, self.base, G)
-        parts = [torch.bmm(xb, st.value.transpose(1, 2)) for xb, (_, _, st) in zip(xs, self.base)]
-        h = parts[0] if len(parts) == 1 else torch.cat(parts)
-        if self.beta is not None:
-            h = h * self.beta.value if self.bias is None else torch.addcmul(self.bias.value, h, self.beta.value)
-        elif self.bias is not None:
-            h = h + self.bias.value
-        if not self.adapters:
-            return h
-        spans, done = [], 0
-        for a, b, *_ in self.adapters:
-            if a > done:
-                spans.append((done, a, None))
-            spans.append((a, b, _))
-            done = b
-        if done < G:
-            spans.append((done, G, None))
-        hs, xs = h.split([b - a for a, b, _ in spans]), _parts(x, spans, G)
-        adapters = iter(self.adapters)
-        out = []
-        for hb, xb, (a, b, tag) in zip(hs, xs, spans):
-            if tag is None:
-                out.append(hb)
-                continue
-            _, _, A, B, s = next(adapters)
-            u = torch.bmm(xb, A.value.transpose(1, 2))  # A x: (lanes, N, R)
-            out.append(torch.baddbmm(hb, u, (B.value * s).transpose(1, 2)))  # + s B (A x)
-        return torch.cat(out)
+        spans = [(seg.a, seg.b) for seg in self.segments]
+        outs = [seg(xs) for seg, xs in zip(self.segments, _parts(x, spans, len(self.lanes)))]
+        return outs[0] if len(outs) == 1 else torch.cat(outs)
 
     def write_back(self) -> None:
         """Copy each lane's trained values into its run's own tensors."""
-        with torch.no_grad():
-            for a, b, st in self.base:
-                for i, l in enumerate(self.lanes[a:b]):
-                    if l.W_trains:
-                        l.W.copy_(st.value[i])
-            for g, l in enumerate(self.lanes):
-                if l.beta is not None:
-                    l.beta.copy_(self.beta.value[g, 0, 0])
-                if l.bias is not None and l.bias_trains:
-                    l.bias.copy_(self.bias.value[g, 0])
-            for a, b, A, B, _ in self.adapters:
-                for i, l in enumerate(self.lanes[a:b]):
-                    l.A.copy_(A.value[i, :l.r])
-                    l.B.copy_(B.value[i, :, :l.r])
+        for seg in self.segments:
+            seg.write_back()
 
 
 class GroupedMLP:
