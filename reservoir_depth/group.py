@@ -340,20 +340,19 @@ class GroupedMLP:
 class StackedAdamW:
     """torch.optim.AdamW (decoupled weight decay, betas (0.9, 0.999), eps 1e-8) over stacked tensors, each
     lane with its own lr and weight decay: the elementwise operations of torch's for-loop implementation,
-    in its order, with the per-lane scalars as (G, 1, ...) float32 tensors."""
+    in its order, as foreach calls over the stacks (each stack keeps its own memory: the products read
+    each lane where they would read it alone), with the per-lane scalars as (G, 1, ...) float32 tensors."""
 
     def __init__(self, stacks: Sequence[_Stack], betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8) -> None:
         self.stacks = [st for st in stacks if st.value.requires_grad]
         self.beta1, self.beta2, self.eps, self.step_t = betas[0], betas[1], eps, 0
         self.m = [torch.zeros_like(st.value) for st in self.stacks]
         self.v = [torch.zeros_like(st.value) for st in self.stacks]
-
-        def lanes(vals, st):
-            return torch.tensor(vals, dtype=st.value.dtype).view(-1, *(1,) * (st.value.dim() - 1))
-
-        self.decay = [lanes([1 - lr * wd for lr, wd in zip(st.lr, st.wd)], st) for st in self.stacks]
-        self.lr = [st.lr for st in self.stacks]
-        self._lanes = lanes
+        shape = [(-1, *(1,) * (st.value.dim() - 1)) for st in self.stacks]
+        self.decay = [torch.tensor([1 - lr * wd for lr, wd in zip(st.lr, st.wd)], dtype=st.value.dtype).view(s)
+                      for st, s in zip(self.stacks, shape)]
+        self.lr = torch.tensor([lr for st in self.stacks for lr in st.lr], dtype=torch.float64)
+        self.split = ([len(st.lr) for st in self.stacks], shape)
 
     def zero_grad(self) -> None:
         for st in self.stacks:
@@ -361,18 +360,25 @@ class StackedAdamW:
 
     @torch.no_grad()
     def step(self) -> None:
+        if not self.stacks:
+            return
         self.step_t += 1
         bc1, bc2 = 1 - self.beta1 ** self.step_t, 1 - self.beta2 ** self.step_t
         bc2_sqrt = bc2 ** 0.5
-        for st, m, v, decay, lr in zip(self.stacks, self.m, self.v, self.decay, self.lr):
-            p, grad = st.value, st.value.grad
-            if grad is None:
-                grad = torch.zeros_like(p)
-            p.mul_(decay)
-            m.lerp_(grad, 1 - self.beta1)
-            v.mul_(self.beta2).addcmul_(grad, grad, value=1 - self.beta2)
-            denom = (v.sqrt() / bc2_sqrt).add_(self.eps)
-            p.add_(m.mul(self._lanes([-(x / bc1) for x in lr], st)).div_(denom))
+        ps = [st.value for st in self.stacks]
+        grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in ps]
+        torch._foreach_mul_(ps, self.decay)
+        torch._foreach_lerp_(self.m, grads, 1 - self.beta1)
+        torch._foreach_mul_(self.v, self.beta2)
+        torch._foreach_addcmul_(self.v, grads, grads, value=1 - self.beta2)
+        denom = torch._foreach_sqrt(self.v)
+        torch._foreach_div_(denom, bc2_sqrt)
+        torch._foreach_add_(denom, self.eps)
+        sizes, shape = self.split
+        step_size = (-(self.lr / bc1)).to(ps[0].dtype).split(sizes)  # -lr / bc1 per lane, as torch's float lr
+        update = torch._foreach_mul(self.m, [s.view(v) for s, v in zip(step_size, shape)])
+        torch._foreach_div_(update, denom)
+        torch._foreach_add_(ps, update)
 
 
 # ----------------------------------------------------------------------------- training
