@@ -200,9 +200,24 @@ def records(run: Run, model, d: data.Dataset) -> tuple[dict[str, Any], dict[str,
             metrics.update({Columns.spectrum("init", row["layer"], k): v for k, v in row.items()
                             if k not in ("layer", "n")})
         history["spectra_init"] = {name: sp.eigenvalues.tolist() for name, sp in est.spectra_.items()}
-        rows, inputs = dataset_rows(d, d.X_train[:SPECTRA_ROWS])
-        history["dataset"] = {"rows": rows, "inputs": inputs.tolist()}
+        history["dataset"] = copy.deepcopy(_dataset_spectra(d))
     return metrics, history
+
+
+_DATASET_SPECTRA: dict[int, tuple[data.Dataset, dict[str, Any]]] = {}
+
+
+def _dataset_spectra(d: data.Dataset) -> dict[str, Any]:
+    """history["dataset"] of every run on ``d``: dataset_rows of its first SPECTRA_ROWS training inputs,
+    computed once per data set object in this process (run.data() caches the object; the measures are
+    deterministic, so each run records the same numbers it would compute itself)."""
+    hit = _DATASET_SPECTRA.get(id(d))
+    if hit is None or hit[0] is not d:
+        rows, inputs = dataset_rows(d, d.X_train[:SPECTRA_ROWS])
+        if len(_DATASET_SPECTRA) >= 8:
+            _DATASET_SPECTRA.clear()
+        hit = _DATASET_SPECTRA[id(d)] = (d, {"rows": rows, "inputs": inputs.tolist()})
+    return hit[1]
 
 
 def dataset_rows(d: data.Dataset, X_id) -> tuple[list[dict[str, Any]], Any]:

@@ -216,3 +216,17 @@ def test_default_study_same_metrics_and_r_star_grouped_or_alone(tmp_path):
     stores = _stores(tmp_path, study)
     _same_runs(study, stores)
     assert _r_stars(study, stores[True]) == _r_stars(study, stores[False])
+
+
+def test_the_data_set_spectra_of_a_run_are_its_own():
+    """records() reuses the data set's spectra across the runs on one data set object, never across two."""
+    runs = [r for r in Study.of({**DIGITS, "spectra": True}).runs() if r.method == "lotta"][:2]
+    d = runs[0].data()
+    expected_rows, expected_inputs = sweep_module.dataset_rows(d, d.X_train[:sweep_module.SPECTRA_ROWS])
+    for run in runs:
+        history = sweep_module.records(run, build_model(run, d), d)[1]["dataset"]
+        assert history == {"rows": expected_rows, "inputs": expected_inputs.tolist()}
+    other = Run(**{**runs[0].__dict__, "dataset": PLANTED["dataset"], "arch": {"name": "mlp", "hidden": [8]}})
+    d2 = other.data()
+    rows2 = sweep_module.records(other, build_model(other, d2), d2)[1]["dataset"]["rows"]
+    assert rows2 == sweep_module.dataset_rows(d2, d2.X_train[:sweep_module.SPECTRA_ROWS])[0] != expected_rows
