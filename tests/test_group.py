@@ -230,3 +230,15 @@ def test_the_data_set_spectra_of_a_run_are_its_own():
     d2 = other.data()
     rows2 = sweep_module.records(other, build_model(other, d2), d2)[1]["dataset"]["rows"]
     assert rows2 == sweep_module.dataset_rows(d2, d2.X_train[:sweep_module.SPECTRA_ROWS])[0] != expected_rows
+
+
+def test_the_trainers_foreach_adamw_is_the_for_loop_adamw_bit_for_bit(monkeypatch):
+    runs, d, models, configs = _models(DIGITS, epochs=2)
+    fast = [copy.deepcopy(m) for m in models]
+    for m, c in zip(fast, configs):
+        train(m, d, c)
+    real = torch.optim.AdamW
+    monkeypatch.setattr(torch.optim, "AdamW", lambda *a, foreach=None, **k: real(*a, foreach=False, **k))
+    for m, c, f in zip(models, configs, fast):
+        train(m, d, c)
+        assert all(torch.equal(p, q) for p, q in zip(m.parameters(), f.parameters()))
