@@ -142,14 +142,14 @@ class _Stack:
 
 class _LottaLinearStack(torch.autograd.Function):
     """scaffold/fused.py's _LottaLinear for the G lanes of one segment (one rank r, one s), op for op:
-    each of its products is a bmm whose lane is the mm a run alone computes, and where a lane's own beta
-    enters a product (the in-place addmm_ of beta h + s u B^T) the op runs per lane, so every lane's
-    numbers are bit for bit those of its run alone. CPU, float32, no autocast (group_key's conditions)."""
+    each of its products is a bmm whose lane is the mm a run alone computes; alone's addmm(t, m1, m2,
+    beta=beta, alpha=s) is baddbmm(beta t, m1, m2, alpha=s) (torch's CPU addmm scales t first: the same
+    bits), and beta's gradient a dot per lane, so every lane's numbers are bit for bit those of its run
+    alone. CPU, float32, no autocast (group_key's conditions)."""
 
     @staticmethod
     def forward(ctx, x, W, beta, A, B, bias, s: float):
         G, N, d_in = x.shape
-        betas = beta.tolist()
         u = torch.bmm(A, x.transpose(1, 2)).transpose(1, 2)  # A x as (r, n) products
         need_x = ctx.needs_input_grad[0]
         h = None
@@ -157,14 +157,9 @@ class _LottaLinearStack(torch.autograd.Function):
             W_eff = torch.baddbmm(W * beta.view(G, 1, 1), B, A, alpha=s)
             y = torch.bmm(x, W_eff.transpose(1, 2)) if bias is None else \
                 torch.baddbmm(bias.unsqueeze(1), x, W_eff.transpose(1, 2))
-        else:
+        else:  # beta h + s u B^T: alone one addmm with beta; its bits are (beta h) + s u B^T's (test_group)
             h = torch.bmm(x, W.transpose(1, 2))
-            y = h if need_x else torch.empty_like(h)
-            for g in range(G):
-                if need_x:
-                    y[g].addmm_(u[g], B[g].T, beta=betas[g], alpha=s)
-                else:
-                    torch.addmm(h[g], u[g], B[g].T, beta=betas[g], alpha=s, out=y[g])
+            y = torch.baddbmm(h * beta.view(G, 1, 1), u, B.transpose(1, 2), alpha=s)
             if bias is not None:
                 y += bias.unsqueeze(1)
         kept = () if need_x else (h,)
@@ -176,7 +171,6 @@ class _LottaLinearStack(torch.autograd.Function):
     def backward(ctx, g):
         x, W, beta, A, B, u, *h = ctx.saved_tensors
         s, G = ctx.s, x.shape[0]
-        betas = beta.tolist()
         gW = None if h else torch.bmm(g, W)
         gB = torch.bmm(B.transpose(1, 2), g.transpose(1, 2)).transpose(1, 2)  # g B as (r, n) products
         grad_B = torch.bmm(u.transpose(1, 2), g).mul_(s).transpose(1, 2).contiguous()
@@ -186,11 +180,7 @@ class _LottaLinearStack(torch.autograd.Function):
         else:
             grad_beta = torch.stack([torch.dot(gW[i].reshape(-1), x[i].reshape(-1)) for i in range(G)])
         grad_A = torch.bmm(s * gB.transpose(1, 2), x)
-        grad_x = None
-        if not h:
-            for i in range(G):
-                gW[i].addmm_(gB[i], A[i], beta=betas[i], alpha=s)
-            grad_x = gW
+        grad_x = None if h else torch.baddbmm(gW * beta.view(G, 1, 1), gB, A, alpha=s)
         return grad_x, None, grad_beta, grad_A, grad_B, grad_bias, None
 
 

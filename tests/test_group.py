@@ -69,6 +69,9 @@ def test_a_lane_of_a_batched_product_is_the_product_alone():
         assert all(torch.equal(torch.bmm(a, b)[i], a[i] @ b[i]) for i in range(3))
         assert all(torch.equal(torch.bmm(a.transpose(1, 2).contiguous().transpose(1, 2), b)[i], a[i] @ b[i])
                    for i in range(3))
+        t, beta = torch.randn(3, n, m, generator=g), torch.rand(3, generator=g) * 2
+        y = torch.baddbmm(t * beta.view(3, 1, 1), a, b, alpha=0.5)  # _LottaLinearStack's beta t + s m1 m2
+        assert all(torch.equal(y[i], t[i].addmm(a[i], b[i], beta=float(beta[i]), alpha=0.5)) for i in range(3))
 
 
 LANES = st.lists(st.tuples(st.sampled_from(["full", "twin", "lotta"]), st.integers(0, 16),
