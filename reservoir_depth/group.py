@@ -48,7 +48,10 @@ def group_key(run) -> str | None:
     per-step beta records, a TensorBoard log or a device other than the CPU."""
     if run.arch.get("name") not in GROUPED_ARCHS:
         return None
-    cfg = TrainConfig(**{**run.train, "seed": run.seed})
+    try:
+        cfg = TrainConfig(**{**run.train, "seed": run.seed})
+    except (TypeError, ValueError):  # a config the run itself refuses: it trains (and fails) alone
+        return None
     if (cfg.compile or cfg.seed_dtype is not None or cfg.readout != "gradient" or cfg.beta_every
             or cfg.log_dir is not None or resolve_device(cfg.device).type != "cpu"):
         return None

@@ -153,6 +153,8 @@ def test_groups_are_runs_sharing_data_architecture_and_batches():
         assert group.group_key(other) != group.group_key(runs[2])
     assert group.group_key(Run(**{**runs[2].__dict__, "scaffold": {"r": 1, "schedule": "epoch"}})) is None
     assert group.group_key(Run(**{**runs[2].__dict__, "arch": {"name": "linear"}})) is None
+    bad = Run(**{**runs[2].__dict__, "train": {**runs[2].train, "epochs": 0}})
+    assert group.group_key(bad) is None  # refused by TrainConfig: the run fails alone, with its own error
 
 
 def _stores(tmp_path, study, **kw):
