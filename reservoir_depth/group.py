@@ -25,7 +25,7 @@ import json
 import math
 import time
 from dataclasses import dataclass, fields
-from typing import Any, Mapping, Sequence
+from typing import Any, Sequence
 
 import torch
 from torch import nn

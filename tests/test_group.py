@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import copy
 import json
-import math
 
 import pytest
 import torch
@@ -148,8 +147,8 @@ def test_groups_are_runs_sharing_data_architecture_and_batches():
     assert [len(u) for u in units] == [6, 6] and {r.seed for r in units[0]} == {0}
     lr = Run(**{**runs[2].__dict__, "train": {**runs[2].train, "lr": 0.1}})
     assert group.group_key(lr) == group.group_key(runs[2])  # a learning-rate grid trains together
-    for train in ({"epochs": 3}, {"batch_size": 64}, {"compile": True}, {"beta_every": 2}):
-        other = Run(**{**runs[2].__dict__, "train": {**runs[2].train, **train}})
+    for change in ({"epochs": 3}, {"batch_size": 64}, {"compile": True}, {"beta_every": 2}):
+        other = Run(**{**runs[2].__dict__, "train": {**runs[2].train, **change}})
         assert group.group_key(other) != group.group_key(runs[2])
     assert group.group_key(Run(**{**runs[2].__dict__, "scaffold": {"r": 1, "schedule": "epoch"}})) is None
     assert group.group_key(Run(**{**runs[2].__dict__, "arch": {"name": "linear"}})) is None
