@@ -27,6 +27,7 @@ import torch.nn.functional as F
 import _measure  # benchmarks/_measure.py
 from reservoir_depth.distributions import torch_rng
 from reservoir_depth.models import build
+from reservoir_depth.train import adamw
 from reservoir_depth.scaffold import ScaffoldConfig, ScaffoldConv, ScaffoldLayer, ScaffoldLinear, scaffold
 
 SIDE = 28  # --conv: 28x28 single-channel inputs
@@ -66,7 +67,7 @@ def saved_bytes(model, x, y, amp: bool, dev) -> int:
 
 
 def step_time(model, x, y, dev, steps: int, amp: bool) -> tuple[float, int]:
-    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
+    opt = adamw([p for p in model.parameters() if p.requires_grad], 1e-4, 0.01, dev)  # the trainer's AdamW
     times = []
     if dev.type == "cuda":
         torch.cuda.reset_peak_memory_stats()

@@ -1,4 +1,5 @@
-"""Sweeps on a Ray cluster: each pending run is one Ray task; the driver writes the results.
+"""Sweeps on a Ray cluster: each pending unit of work (one run, or the runs trained together: sweep.units)
+is one Ray task; the driver writes the results.
 
 The driver claims each run in the SQLite results store exactly as a local worker does
 (``ResultsStore.claim``), keeps the leases of the runs in flight fresh from one heartbeat
@@ -24,6 +25,7 @@ from tqdm.auto import tqdm
 from ._version import __version__
 from .results import ResultsStore, SweepCounts
 from .run import Run
+from .group import groups as units
 
 INSTALL = "pip install -e '.[ray]'  (or: pip install 'ray>=2.9')"
 
@@ -53,16 +55,20 @@ def _probe(address: str | None, timeout: float = 3.0) -> None:
         raise ValueError(f"--address {address}: nothing answers there ({e.strerror or e}); {NO_CLUSTER}") from None
 
 
-def _execute(run: Run, threads: int) -> tuple[dict[str, Any], dict[str, Any], float]:
-    """What a Ray task runs: ``sweep.execute`` on the worker, timed."""
+def _execute(runs: list[Run], threads: int) -> list[tuple[dict[str, Any], dict[str, Any], float] | str]:
+    """What a Ray task runs: ``sweep.execute`` of one run (raising its error), or ``sweep.execute_group``
+    of the runs trained together; per run (metrics, history, seconds), or the error of a run that failed."""
     import torch
 
-    from .sweep import execute
+    from .sweep import execute, execute_group
 
     torch.set_num_threads(threads)
     t0 = time.perf_counter()
-    metrics, history = execute(run, progress=False)
-    return metrics, history, time.perf_counter() - t0
+    if len(runs) == 1:
+        metrics, history = execute(runs[0], progress=False)
+        return [(metrics, history, time.perf_counter() - t0)]
+    return [f"{type(r).__name__}: {r}\n{''.join(traceback.format_exception(r))}" if isinstance(r, BaseException)
+            else r for r in execute_group(runs)]
 
 
 def _error(e: BaseException) -> str:
@@ -76,7 +82,8 @@ def _error(e: BaseException) -> str:
 def run_study_ray(study: Mapping[str, Any], store: ResultsStore, address: str | None = None,
                   cpus: float | None = None, gpus: float | None = None, retry_failed: bool = False,
                   progress: bool = True) -> SweepCounts:
-    """Sweep a study with one Ray task per pending run, each reserving ``cpus`` / ``gpus`` (default:
+    """Sweep a study with one Ray task per pending unit of work (a run, or the runs trained together:
+    group.groups), each reserving ``cpus`` / ``gpus`` (default:
     the study's [resources], else 1 CPU and no GPU); see the module doc.
 
     ``address``: a running cluster (``ray start --head`` prints it; "auto" finds the local one);
@@ -104,40 +111,48 @@ def run_study_ray(study: Mapping[str, Any], store: ResultsStore, address: str | 
     task = ray.remote(num_cpus=cpus, num_gpus=gpus, max_retries=0)(_execute)
     threads = max(1, int(cpus))
     invocation, outcomes = uuid.uuid4().hex, {}
-    pending: dict[Any, Run] = {}
+    pending: dict[Any, list[Run]] = {}
     held: set[str] = set()
     bar = tqdm(total=len(runs), desc="sweep (ray)", disable=not progress, dynamic_ncols=True)
     try:
         with store.hold_all(held):
-            for run in runs:
-                cfg = {**run.config(), "version": __version__}
-                if not store.claim(run.run_id, run.study, cfg, run.seed, invocation=invocation,
+            for unit in units(runs):
+                claimed = []
+                for run in unit:
+                    cfg = {**run.config(), "version": __version__}
+                    if store.claim(run.run_id, run.study, cfg, run.seed, invocation=invocation,
                                    retry_failed=retry_failed):
+                        claimed.append(run)
+                        held.add(run.run_id)
+                        continue
                     row = store.row(run.run_id) or {"status": "running", "error": None}
                     outcomes.setdefault(run.run_id, (SweepCounts.SEEN[row["status"]], row["error"]))
                     bar.update()
-                    continue
-                held.add(run.run_id)
-                pending[task.remote(run, threads)] = run
+                if claimed:
+                    pending[task.remote(claimed, threads)] = claimed
             while pending:
                 (ref,), _ = ray.wait(list(pending), num_returns=1)
-                run = pending.pop(ref)
+                unit = pending.pop(ref)
                 try:
-                    metrics, history, seconds = ray.get(ref)
-                except Exception as e:  # the run raised on its worker (or the worker died): recorded
-                    error = _error(e)
-                    kept = store.fail(run.run_id, error)
-                    outcomes[run.run_id] = ("failed", error) if kept else ("running_elsewhere", None)
-                else:
-                    kept = store.finish(run.run_id, metrics, history, metrics["trainable"], metrics["total"],
-                                        seconds)
-                    outcomes[run.run_id] = ("done", None) if kept else ("running_elsewhere", None)
-                held.discard(run.run_id)
-                bar.update()
+                    results = ray.get(ref)
+                except Exception as e:  # the task raised on its worker (or the worker died): recorded
+                    results = [_error(e)] * len(unit)
+                for run, res in zip(unit, results):
+                    if isinstance(res, str):
+                        kept = store.fail(run.run_id, res)
+                        outcomes[run.run_id] = ("failed", res) if kept else ("running_elsewhere", None)
+                    else:
+                        metrics, history, seconds = res
+                        kept = store.finish(run.run_id, metrics, history, metrics["trainable"], metrics["total"],
+                                            seconds)
+                        outcomes[run.run_id] = ("done", None) if kept else ("running_elsewhere", None)
+                    held.discard(run.run_id)
+                    bar.update()
     except BaseException:  # interrupted: the runs still in flight are free again at once
-        for ref, run in pending.items():
+        for ref, unit in pending.items():
             ray.cancel(ref, force=True)
-            store.release(run.run_id)
+            for run in unit:
+                store.release(run.run_id)
         raise
     finally:
         bar.close()

@@ -40,6 +40,7 @@ from .rank import adaptive_search
 from .adapter_format import library_versions
 from .run import Run
 from .tasks import metric_of, stored_metrics, task_of
+from .group import groups, train_group
 from .train import TensorBoardLog, TrainConfig, train
 
 
@@ -116,14 +117,26 @@ def execute(run: Run, progress: bool = False,
     if "log_dir" in run.train:  # one folder for every run of a study would mix their events
         raise ValueError(f"study {run.study!r}: log_dir is not a [train] setting of a study; pass --log-dir DIR "
                          f"(or run_study(..., log_dir=DIR)), which logs each run under DIR/<study>/<method>-r<r>-seed<seed>-<id>")
-    d = run.data()
-    model = build_model(run, d)
-    init = copy.deepcopy(model) if run.spectra and run.method == "twin" else None
-    rec_metrics, rec_history = records(run, model, d)
-    logs = {} if log_dir is None else {"log_dir": str(log_dir_of(run, log_dir))}
+    d, model, init, rec, logs = _prepared(run, log_dir)
     hist = train(model, d, TrainConfig(**{**run.train, "seed": run.seed, "progress": progress, **logs}),
                  hparams={"study": run.study, "method": run.method, "run_id": run.run_id, "dataset": run.dataset,
                           "arch": dict(run.arch)})
+    return _finished(run, model, d, init, rec, logs, hist)
+
+
+def _prepared(run: Run, log_dir: str | os.PathLike | None = None):
+    """A run's data, model, the model at init (the twin's spectra need it), records and log folder."""
+    d = run.data()
+    model = build_model(run, d)
+    init = copy.deepcopy(model) if run.spectra and run.method == "twin" else None
+    rec = records(run, model, d)
+    logs = {} if log_dir is None else {"log_dir": str(log_dir_of(run, log_dir))}
+    return d, model, init, rec, logs
+
+
+def _finished(run: Run, model, d: data.Dataset, init, rec, logs, hist) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(metrics, history) of a trained run: its final epoch, records and spectra (see execute)."""
+    rec_metrics, rec_history = rec
     final = hist.final
     metrics = {k: final[k] for k in stored_metrics() if k in final}
     if "test_acc" in final:
@@ -141,6 +154,41 @@ def execute(run: Run, progress: bool = False,
                 log.scalars("spectra", {k: v for k, v in rec_metrics.items() if k.startswith("init/")}, 0)
                 log.scalars("spectra", measures, final["epoch"])
     return metrics, history
+
+
+def execute_group(runs: Sequence[Run]) -> list[tuple[dict[str, Any], dict[str, Any], float] | BaseException]:
+    """Train ``runs`` (one group.group_key) together (group.train_group); for each run (metrics, history,
+    seconds: its share of the group's time) or the exception it raised. A run that fails while it is
+    prepared fails alone; when the group as a whole cannot train, each run is executed alone. Each
+    history records the group under "group" (its run ids and seconds)."""
+    t0 = time.perf_counter()
+    out: list[Any] = [None] * len(runs)
+    ready = []
+    for i, run in enumerate(runs):
+        try:
+            ready.append((i, run, *_prepared(run)))
+        except Exception as e:  # this run's own failure (a rank too large, ...): the others go on
+            out[i] = e
+    configs = [TrainConfig(**{**run.train, "seed": run.seed, "progress": False}) for _, run, *_ in ready]
+    try:
+        hists = train_group([p[3] for p in ready], ready[0][2], configs) if ready else []
+    except ValueError:  # not a group after all (a model the group cannot stack): one at a time
+        hists = None
+    ids = [run.run_id for _, run, *_ in ready]
+    for k, (i, run, d, model, init, rec, logs) in enumerate(ready):
+        try:
+            if hists is None:
+                metrics, history = execute(run)
+            elif isinstance(hists[k], BaseException):
+                raise hists[k]
+            else:
+                metrics, history = _finished(run, model, d, init, rec, logs, hists[k])
+                history["group"] = {"runs": ids}
+            out[i] = (metrics, history)
+        except Exception as e:
+            out[i] = e
+    seconds = (time.perf_counter() - t0) / len(runs)
+    return [o if isinstance(o, BaseException) else (*o, seconds) for o in out]
 
 
 RECORDED = ("n_test", Columns.ADAPTER_BYTES)  # metrics every run written since records() existed carries
@@ -164,14 +212,29 @@ def records(run: Run, model, d: data.Dataset) -> tuple[dict[str, Any], dict[str,
             metrics.update({Columns.spectrum("init", row["layer"], k): v for k, v in row.items()
                             if k not in ("layer", "n")})
         history["spectra_init"] = {name: sp.eigenvalues.tolist() for name, sp in est.spectra_.items()}
-        rows, inputs = dataset_rows(d, d.X_train[:SPECTRA_ROWS])
-        history["dataset"] = {"rows": rows, "inputs": inputs.tolist()}
+        history["dataset"] = copy.deepcopy(_dataset_spectra(d))
     return metrics, history
 
 
 def nulls(d: data.Dataset) -> dict[str, float]:
     """The null model's test metrics (tasks.Task.null: the best constant predictor), as null/<metric>."""
     return {Columns.NULL + k: v for k, v in task_of(d.task).null(d).items()}
+
+
+_DATASET_SPECTRA: dict[int, tuple[data.Dataset, dict[str, Any]]] = {}
+
+
+def _dataset_spectra(d: data.Dataset) -> dict[str, Any]:
+    """history["dataset"] of every run on ``d``: dataset_rows of its first SPECTRA_ROWS training inputs,
+    computed once per data set object in this process (run.data() caches the object; the measures are
+    deterministic, so each run records the same numbers it would compute itself)."""
+    hit = _DATASET_SPECTRA.get(id(d))
+    if hit is None or hit[0] is not d:
+        rows, inputs = dataset_rows(d, d.X_train[:SPECTRA_ROWS])
+        if len(_DATASET_SPECTRA) >= 8:
+            _DATASET_SPECTRA.clear()
+        hit = _DATASET_SPECTRA[id(d)] = (d, {"rows": rows, "inputs": inputs.tolist()})
+    return hit[1]
 
 
 def dataset_rows(d: data.Dataset, X_id) -> tuple[list[dict[str, Any]], Any]:
@@ -235,48 +298,84 @@ def backfill(study: Study | Mapping[str, Any], store: ResultsStore) -> tuple[int
 
 
 def sweep(runs: Iterable[Run], store: ResultsStore, progress: bool = True, retry_failed: bool = False,
-          log_dir: str | os.PathLike | None = None) -> SweepCounts:
+          log_dir: str | os.PathLike | None = None, grouped: bool = True) -> SweepCounts:
     """Run every run not already done in ``store``, each at most once; returns what happened to each.
 
     A run that raises is recorded as failed with its error, and the sweep goes on. Runs that failed
     in an earlier sweep are retried only with ``retry_failed``. With ``log_dir``, each run trained
-    is logged as TensorBoard events under ``log_dir_of(run, log_dir)`` (see execute)."""
+    is logged as TensorBoard events under ``log_dir_of(run, log_dir)`` (see execute). ``grouped``: the
+    runs that can train together (group.groups; not with ``log_dir``) do, as one unit of work
+    (execute_group); each is still stored as its own row."""
     runs = list(runs)
     return SweepCounts.of([r.run_id for r in runs],
-                          [_sweep(runs, store, progress, retry_failed, uuid.uuid4().hex, log_dir)])
+                          [_sweep(runs, store, progress, retry_failed, uuid.uuid4().hex, log_dir, grouped)])
+
+
+def units(runs: Sequence[Run], grouped: bool = True, log_dir: str | os.PathLike | None = None) -> list[list[Run]]:
+    """The units of work of a sweep: the groups of runs trained together (group.groups), or one run each."""
+    return groups(runs) if grouped and log_dir is None else [[r] for r in runs]
 
 
 def _sweep(runs: Sequence[Run], store: ResultsStore, progress: bool, retry_failed: bool,
-           invocation: str, log_dir: str | os.PathLike | None = None) -> dict[str, tuple[str, str | None]]:
+           invocation: str, log_dir: str | os.PathLike | None = None, grouped: bool = True,
+           offset: int = 0) -> dict[str, tuple[str, str | None]]:
     """One worker's pass: run_id -> (outcome, error), see SweepCounts. ``invocation`` is the id every
-    worker of one sweep shares, so a run one worker failed is not retried by another."""
+    worker of one sweep shares, so a run one worker failed is not retried by another. ``offset``: start at
+    this unit of work (workers start at different ones)."""
     outcomes: dict[str, tuple[str, str | None]] = {}
-    bar = tqdm(runs, desc="sweep", disable=not progress, dynamic_ncols=True)
-    for run in bar:
-        cfg = run.config()
-        cfg["version"] = __version__
-        if not store.claim(run.run_id, run.study, cfg, run.seed, invocation=invocation, retry_failed=retry_failed):
+    todo = units(runs, grouped, log_dir)
+    todo = todo[offset:] + todo[:offset]
+    bar = tqdm(total=len(runs), desc="sweep", disable=not progress, dynamic_ncols=True)
+    for unit in todo:
+        claimed = []
+        for run in unit:
+            cfg = run.config()
+            cfg["version"] = __version__
+            if store.claim(run.run_id, run.study, cfg, run.seed, invocation=invocation, retry_failed=retry_failed):
+                claimed.append(run)
+                continue
             row = store.row(run.run_id) or {"status": "running", "error": None}
             outcomes.setdefault(run.run_id, (SweepCounts.SEEN[row["status"]], row["error"]))
+            bar.update()
+        if not claimed:
             continue
-        bar.set_postfix_str(f"{run.method} r={run.scaffold.get('r', '-')} seed={run.seed}")
-        t0 = time.perf_counter()
-        with store.hold(run.run_id):
+        run = claimed[0]
+        bar.set_postfix_str(f"{run.method} r={run.scaffold.get('r', '-')} seed={run.seed}"
+                            + (f" (+{len(claimed) - 1} together)" if len(claimed) > 1 else ""))
+        held = {r.run_id for r in claimed}
+        with store.hold_all(held):
             try:
-                # each run's own bar only on a terminal: in a log file the nested bars were thousands of lines
-                metrics, history = execute(run, progress=progress and sys.stderr.isatty(), log_dir=log_dir)
-            except Exception as e:  # recorded, and the sweep goes on
-                error = f"{type(e).__name__}: {e}\n{traceback.format_exc()}"
-                kept = store.fail(run.run_id, error)
-                outcomes[run.run_id] = ("failed", error) if kept else ("running_elsewhere", None)
-                continue
-            except BaseException:  # interrupted (Ctrl-C): the run is free again at once
-                store.release(run.run_id)
+                if len(claimed) == 1:
+                    results = [_execute_one(run, progress, log_dir)]
+                else:
+                    results = execute_group(claimed)
+            except BaseException:  # interrupted (Ctrl-C): the runs are free again at once
+                for r in claimed:
+                    store.release(r.run_id)
                 raise
-            kept = store.finish(run.run_id, metrics, history, metrics["trainable"], metrics["total"],
-                                time.perf_counter() - t0)
-        outcomes[run.run_id] = ("done", None) if kept else ("running_elsewhere", None)  # else: taken over
+            for run, res in zip(claimed, results):
+                if isinstance(res, BaseException):  # recorded, and the sweep goes on
+                    error = f"{type(res).__name__}: {res}\n{''.join(traceback.format_exception(res))}"
+                    kept = store.fail(run.run_id, error)
+                    outcomes[run.run_id] = ("failed", error) if kept else ("running_elsewhere", None)
+                else:
+                    metrics, history, seconds = res
+                    kept = store.finish(run.run_id, metrics, history, metrics["trainable"], metrics["total"], seconds)
+                    outcomes[run.run_id] = ("done", None) if kept else ("running_elsewhere", None)  # else: taken over
+                bar.update()
+    bar.close()
     return outcomes
+
+
+def _execute_one(run: Run, progress: bool, log_dir) -> tuple[dict[str, Any], dict[str, Any], float] | Exception:
+    """execute(run), timed, or the exception it raised (with its traceback)."""
+    t0 = time.perf_counter()
+    try:
+        # each run's own bar only on a terminal: in a log file the nested bars were thousands of lines
+        metrics, history = execute(run, progress=progress and sys.stderr.isatty(), log_dir=log_dir)
+    except Exception as e:
+        return e
+    return metrics, history, time.perf_counter() - t0
 
 
 SPECTRA_ROWS = 5000  # activation spectra use at most this many training inputs
@@ -320,10 +419,10 @@ def _exit_with_parent() -> None:
 
 
 def _worker(study: Mapping[str, Any], store: ResultsStore, threads: int, offset: int, retry_failed: bool,
-            invocation: str, log_dir: str | None = None) -> dict[str, tuple[str, str | None]]:
+            invocation: str, log_dir: str | None = None, grouped: bool = True) -> dict[str, tuple[str, str | None]]:
     runs = Study.of(study).runs()
     with torch_threads(threads):
-        return _sweep(runs[offset:] + runs[:offset], store, False, retry_failed, invocation, log_dir)
+        return _sweep(runs, store, False, retry_failed, invocation, log_dir, grouped, offset)
 
 
 @contextlib.contextmanager
@@ -346,25 +445,29 @@ def _pool_context() -> multiprocessing.context.BaseContext:
 
 def run_study(study: Mapping[str, Any], store: ResultsStore, workers: int = 1, progress: bool = True,
               retry_failed: bool = False, log_dir: str | os.PathLike | None = None,
-              threads: int = 1) -> SweepCounts:
+              threads: int = 1, grouped: bool = True) -> SweepCounts:
     """Sweep a whole study (see sweep); ``workers`` > 1 runs that many processes sharing ``store``
     (each claims a run before running it, so none is run twice; each exits if this process dies).
     ``threads``: torch's intra-op threads per run (default 1: the small runs of a study gain little
     from a second thread and lose much when the cores are busy; use workers = cores to fill a machine).
-    ``log_dir``: TensorBoard events of each run under ``log_dir_of(run, log_dir)`` (see execute)."""
+    ``log_dir``: TensorBoard events of each run under ``log_dir_of(run, log_dir)`` (see execute).
+    ``grouped``: the runs that can train together do (see sweep); with workers, a group is the unit of work
+    each worker claims."""
     for name, v in (("workers", workers), ("threads", threads)):
         if not isinstance(v, int) or isinstance(v, bool) or v < 1:
             raise ValueError(f"{name} must be a positive integer, got {v!r}")
     runs = Study.of(study).runs()
     if workers == 1:
         with torch_threads(threads):
-            return sweep(runs, store, progress=progress, retry_failed=retry_failed, log_dir=log_dir)
-    offsets = [i * len(runs) // workers for i in range(workers)]
+            return sweep(runs, store, progress=progress, retry_failed=retry_failed, log_dir=log_dir,
+                         grouped=grouped)
+    n = len(units(runs, grouped, log_dir))
+    offsets = [i * n // workers for i in range(workers)]
     invocation = uuid.uuid4().hex
     with ProcessPoolExecutor(workers, mp_context=_pool_context(), initializer=_exit_with_parent) as pool:
         parts = list(pool.map(_worker, [study] * workers, [store] * workers, [threads] * workers, offsets,
                               [retry_failed] * workers, [invocation] * workers,
-                              [None if log_dir is None else str(log_dir)] * workers))
+                              [None if log_dir is None else str(log_dir)] * workers, [grouped] * workers))
     return SweepCounts.of([r.run_id for r in runs], parts)
 
 

@@ -470,8 +470,9 @@ def test_pool_workers_exit_when_their_parent_is_killed(tmp_path):
     db = tmp_path / "r.sqlite"
     pids = []
     try:
-        rows = wait_for(lambda: len(rows := running(db)) == 2 and rows, "both workers to claim a run")
-        pids = [r["pid"] for r in rows]
+        # each worker claims a unit of work: a seed's runs, trained together (sweep.units)
+        pids = wait_for(lambda: len(pids := {r["pid"] for r in running(db)}) == 2 and sorted(pids),
+                        "both workers to claim their runs")
         assert proc.pid not in pids
         proc.send_signal(signal.SIGKILL)
         proc.wait()

@@ -18,18 +18,23 @@ STUDY = {"study": "threads", "dataset": "digits", "seeds": [0], "full": True, "r
 @pytest.mark.parametrize("threads, expected", [(None, 1), (2, 2)])
 def test_runs_train_on_one_thread_by_default(tmp_path, monkeypatch, threads, expected):
     seen = []
-    real = sweep_module.train
 
-    def train(*args, **kw):
-        seen.append(torch.get_num_threads())
-        return real(*args, **kw)
+    def spy(name):  # one run alone (train) or the runs trained together (train_group)
+        real = getattr(sweep_module, name)
 
-    monkeypatch.setattr(sweep_module, "train", train)
+        def wrapped(*args, **kw):
+            seen.append(torch.get_num_threads())
+            return real(*args, **kw)
+
+        monkeypatch.setattr(sweep_module, name, wrapped)
+
+    spy("train")
+    spy("train_group")
     torch.set_num_threads(3)  # as torch's default on a 3-core machine (the tests' fixture sets 1)
     kw = {} if threads is None else {"threads": threads}
     counts = run_study(STUDY, ResultsStore(tmp_path / "runs.sqlite", create=True), progress=False, **kw)
     assert (counts.done, counts.failed) == (2, 0), counts.errors
-    assert seen == [expected, expected]
+    assert seen == [expected]  # the two runs trained together
     assert torch.get_num_threads() == 3
 
 
