@@ -38,6 +38,16 @@ def check_folder(path: str | os.PathLike, what: str) -> None:
             return
 
 
+def thread_count(text: str) -> int:
+    """The argparse type of --threads: a count from 1 to this machine's CPU count (more threads than CPUs
+    only oversubscribe them; 100000 made the sweep fail with an sqlite "disk I/O error")."""
+    v = positive_int(text)
+    n = os.cpu_count() or 1
+    if v > n:
+        raise argparse.ArgumentTypeError(f"must be at most this machine's {n} CPUs, got {text}")
+    return v
+
+
 def positive_int(text: str) -> int:
     """The argparse type of a count option (--workers, --epochs, ...): the int of ``text``, refused below 1."""
     v = int(text)

@@ -10,7 +10,8 @@
     reservoir-depth predict [STUDY.toml] [--measure M] [--scale C]   r* predicted at init, per layer and tolerance
     reservoir-depth distributions                   the registered random-matrix families
 
-Exit status: 0 on success, 1 when runs failed or a report has no finished run, 2 on bad input.
+Exit status: 0 on success, 1 when runs failed or a report has no finished run, 2 on bad input, 130 on Ctrl-C
+(finished runs are kept: rerun the same command to resume).
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ import pandas as pd
 from torch import nn
 
 from . import __version__, data, distributed, io, ray_sweep
-from .checks import check_folder, positive_int
+from .checks import check_folder, positive_int, thread_count
 from .data import DATASETS
 from .distributions import DISTRIBUTIONS, DistributionSpec
 from .models import ARCHITECTURES, SIZES, build, scaffold_defaults
@@ -45,6 +46,7 @@ from .train import TensorBoardLog, TrainConfig, train
 
 FAILED = 1  # exit status: runs failed, or nothing to report
 BAD_INPUT = 2
+INTERRUPTED = 130  # Ctrl-C, as a shell reports SIGINT
 
 
 class RunsFailed(Exception):
@@ -370,7 +372,7 @@ def parser() -> argparse.ArgumentParser:
             s.add_argument("--no-progress", action="store_true", help="no progress bars")
             s.add_argument("--workers", type=positive_int, default=1,
                            help="processes sharing the results store (as many as idle cores fills the machine)")
-            s.add_argument("--threads", type=positive_int, default=1,
+            s.add_argument("--threads", type=thread_count, default=1,
                            help="torch threads per run (local backend; one thread keeps a sweep fast on busy cores)")
             s.add_argument("--retry-failed", action="store_true",
                            help="also rerun runs that failed in an earlier sweep (default: leave them failed)")
@@ -464,6 +466,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except NoResults as e:
         print(f"reservoir-depth: {e}", file=sys.stderr)
         return FAILED
+    except KeyboardInterrupt:  # Ctrl-C: every finished run is already in the store; a lease left behind expires
+        print("reservoir-depth: interrupted; finished runs are kept, rerun the same command to resume",
+              file=sys.stderr)
+        return INTERRUPTED
     except (ValueError, FileNotFoundError, ImportError, FloatingPointError) as e:  # FloatingPointError: a run
         print(f"reservoir-depth: error: {e}", file=sys.stderr)                    # diverged (its lr, mostly)
         return BAD_INPUT

@@ -104,7 +104,7 @@ def readout_of(model: nn.Module) -> nn.Linear:
     nn.Linear(units, n_out) with a bias (the reservoir family)."""
     head = getattr(model, "readout", None)
     if not callable(getattr(model, "states", None)) or not isinstance(head, nn.Linear) or head.bias is None:
-        raise TypeError(f"a ridge readout needs a model with states(x) -> (batch, T, units) and a readout "
+        raise ValueError(f"a ridge readout needs a model with states(x) -> (batch, T, units) and a readout "
                         f"nn.Linear(units, n_out) with a bias (the 'reservoir' family); {type(model).__name__} has "
                         f"not: use readout='gradient'")
     return head

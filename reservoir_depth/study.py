@@ -242,6 +242,8 @@ class Study:
     def load(cls, path: str | Path) -> "Study":
         """A study TOML file; errors name the file and the key."""
         path = Path(path)
+        if path.is_dir():
+            raise StudyError(f"{path} is a folder, not a study TOML file; give the .toml (e.g. experiments/digits_mlp.toml)")
         try:
             with open(path, "rb") as f:
                 d = tomllib.load(f)

@@ -104,7 +104,7 @@ def test_training_with_a_ridge_readout_leaves_the_ridge_solution():
 
 def test_ridge_readout_refuses_models_and_tasks_it_does_not_fit():
     d = data.load("mackey-glass", **TINY_MG)
-    with pytest.raises(TypeError, match="states"):
+    with pytest.raises(ValueError, match="states"):
         train(nn.Sequential(nn.Linear(1, 1)), d, TrainConfig(epochs=1, readout="ridge", free_run=False,
                                                              progress=False))
     digits = data.load("digits")
