@@ -78,3 +78,12 @@ def test_loaded_dataset():
     v = d.validation(0.1, seed=3)
     assert len(v.X_train) + len(v.X_test) == len(d.X_train)
     assert v.n_classes == d.n_classes and v.X_test.shape[1:] == d.X_test.shape[1:]
+
+
+@pytest.mark.parametrize("seed", [1.7, "1", True, None, -1])
+def test_a_validation_seed_that_is_not_an_int_is_refused_not_truncated(seed):
+    """seed = 1.7 was silently seed 1 (int(1.7)): a different split than the one asked for."""
+    from conftest import make_blobs
+
+    with pytest.raises(ValueError, match=r"seed .*must be an int >= 0"):
+        make_blobs().validation(0.2, seed=seed)

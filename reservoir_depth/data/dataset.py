@@ -27,6 +27,8 @@ Tasks (``TASKS``), with n rows per split:
 
 from __future__ import annotations
 
+import numbers
+
 from dataclasses import dataclass, replace
 from types import SimpleNamespace
 from typing import Any, Callable, Iterable
@@ -100,6 +102,8 @@ class Dataset:
         """
         if isinstance(fraction, bool) or not (isinstance(fraction, (int, float)) and 0 < fraction < 1):
             raise ValueError(f"validation fraction must be a number in (0, 1), got {fraction!r}")
+        if isinstance(seed, bool) or not isinstance(seed, numbers.Integral) or seed < 0:
+            raise ValueError(f"validation seed (the split's random draw) must be an int >= 0, got {seed!r}")
         n = len(self.X_train)
         n_val = max(1, round(fraction * n))
         if self.task in ("lm", "forecasting"):
