@@ -55,6 +55,13 @@ class Gram:
         H, Y = H.detach().reshape(-1, H.shape[-1]).double(), Y.detach().reshape(-1, Y.shape[-1]).double()
         if len(H) != len(Y):
             raise ValueError(f"states and targets must have as many rows, got {len(H)} and {len(Y)}")
+        bad = int((~torch.isfinite(Y)).sum())
+        if bad:  # bad input, which no lambda fixes
+            raise ValueError(f"the ridge readout's targets hold {bad} non-finite value(s); clean the data")
+        bad = int((~torch.isfinite(H)).sum())
+        if bad:  # a numerical divergence (of the model's weights or its inputs), as a NaN loss is
+            raise FloatingPointError(f"the ridge readout's states hold {bad} non-finite value(s): the model diverged "
+                                     f"(its learning rate, or the reservoir's spectral radius or input scaling)")
         parts = (H.T @ H, H.T @ Y, H.sum(0), Y.sum(0))
         if self.HtH is None:
             self.HtH, self.HtY, self.h_sum, self.y_sum = parts

@@ -178,3 +178,16 @@ def test_reservoir_equals_reservoirpys_esn():
         fit_readout(m, X, y, lam, d.washout)
         pred_theirs = theirs(Xt) @ np.asarray(head.Wout) + np.asarray(head.bias).reshape(-1)
         assert np.allclose(m(Xt).detach().numpy(), pred_theirs, rtol=1e-7, atol=1e-9), lam
+
+
+def test_a_non_finite_target_or_state_is_named_not_read_as_degenerate_states():
+    """A NaN target was diagnosed as "the states are degenerate: raise lambda", which no lambda fixes."""
+    from reservoir_depth.readout import Gram
+
+    H, Y = torch.randn(20, 4), torch.randn(20, 1)
+    Y[3, 0] = float("nan")
+    with pytest.raises(ValueError, match=r"targets .*1 non-finite"):
+        Gram().add(H, Y)
+    H[0, 0] = float("inf")
+    with pytest.raises(FloatingPointError, match=r"states hold 1 non-finite"):
+        Gram().add(H, torch.randn(20, 1))
