@@ -41,7 +41,7 @@ from .adapter_format import library_versions
 from .run import Run
 from .tasks import metric_of, stored_metrics, task_of
 from .group import groups, train_group
-from .train import TensorBoardLog, TrainConfig, train
+from .train import TensorBoardLog, TrainConfig, solved_readout, train
 
 
 def build_model(run: Run, d: data.Dataset):
@@ -67,13 +67,19 @@ def check_study(study: Study | Mapping[str, Any]) -> None:
     """Refuse, before any run (`reservoir-depth run` / `sweep` call it first; so can a caller of run_study),
     a [scaffold] table that would fail every run: the study's model is built once
     (on the meta device; its data set loaded for d_in and n_out) and scaffolded with the study's config at
-    r = 0 (a rank too large for a layer stays one run's failure). A StudyError names the file and the key
-    (a target_modules or max_rank pattern that matches nothing, a module no layer type handles, ...)."""
+    r = 0 with every cap a run can get (a rank too large for a layer stays one run's failure). A StudyError names
+    the file and the key (a target_modules, max_rank or rank_caps pattern that matches nothing, a module no layer
+    type handles, a ridge readout the task or the model cannot take, ...)."""
     study = Study.of(study)
-    run = next((r for r in study.runs() if r.method in ("lotta", "twin")), None)
+    runs = study.runs()
+    run = next((r for r in runs if r.method in ("lotta", "twin")), None)
     if run is None:
-        return
-    run = Run(**{**run.__dict__, "scaffold": {**run.scaffold, "r": 0}})
+        run = next(iter(runs), None)
+        if run is None:
+            return
+    else:
+        caps = {**run.scaffold_config().max_rank, **study.rank_caps}  # every cap a run can get, none binding at 0
+        run = Run(**{**run.__dict__, "scaffold": {**run.scaffold, "r": 0, **({"max_rank": caps} if caps else {})}})
     try:
         d = run.data()
     except (FileNotFoundError, ImportError):  # a data set not installed here: each run records it, with the fix
@@ -81,11 +87,16 @@ def check_study(study: Study | Mapping[str, Any]) -> None:
     try:
         try:
             with torch.device("meta"):
-                build_model(run, d)
+                model = build_model(run, d)
         except (RuntimeError, NotImplementedError):  # a family that cannot be built without storage
-            build_model(run, d)
+            model = build_model(run, d)
     except (ValueError, TypeError) as e:
-        raise StudyError(f"{study.source}: [scaffold] {e} (in {run.arch['name']!r} built for {d.name!r})") from None
+        table = "rank_caps" if study.rank_caps and "max_rank patterns" in str(e) else "[scaffold]"
+        raise StudyError(f"{study.source}: {table} {e} (in {run.arch['name']!r} built for {d.name!r})") from None
+    try:
+        solved_readout(model, task_of(d.task), TrainConfig(**{**run.train, "seed": run.seed}))
+    except ValueError as e:
+        raise StudyError(f"{study.source}: [train] {e} (in {run.arch['name']!r} built for {d.name!r})") from None
 
 
 def log_dir_of(run: Run, log_dir: str | os.PathLike) -> Path:

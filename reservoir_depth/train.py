@@ -269,8 +269,9 @@ def check_free_run(model: nn.Module, X: torch.Tensor, y: torch.Tensor, name: str
                         f"free-running evaluation (test_nrmse_free) needs; add one, {OFF}")
 
 
-def _solved_readout(model: nn.Module, task: Task, config: TrainConfig) -> list[nn.Parameter]:
-    """The readout's parameters that TrainConfig.readout = "ridge" solves in closed form (none for "gradient")."""
+def solved_readout(model: nn.Module, task: Task, config: TrainConfig) -> list[nn.Parameter]:
+    """The readout's parameters that TrainConfig.readout = "ridge" solves in closed form (none for "gradient");
+    a ValueError when the task or the model cannot take it (sweep.check_study asks before any run)."""
     if config.readout == "gradient":
         return []
     if task.name != "forecasting":
@@ -415,7 +416,7 @@ def train(model: nn.Module, data, config: TrainConfig = TrainConfig(),
         data = _as_dtype(data, dtype)
     if config.seed_dtype is not None:
         set_seed_dtype(model, getattr(torch, config.seed_dtype))
-    solved = _solved_readout(model, t, config)
+    solved = solved_readout(model, t, config)
     params = [p for p in model.parameters() if p.requires_grad and all(p is not q for q in solved)]
     if not params and not solved:
         raise ValueError("the model has no trainable parameter")

@@ -63,3 +63,21 @@ def test_scaffold_patterns_matching_nothing_are_refused_before_any_run(scaffold,
 
 def test_a_study_that_fits_its_model_is_not_refused(tmp_path):
     sweep.check_study(Study.load(write(tmp_path, scaffold='scaffold = {max_rank = {"layers.0" = 1}}')))
+
+
+def test_a_rank_caps_pattern_matching_no_layer_is_refused_before_any_run(tmp_path, nothing_runs, capsys):
+    """It passed loading and then failed every run at a rank above its cap."""
+    path = write(tmp_path, scaffold='rank_caps = {"nolayer" = 4}')
+    assert cli.main(["sweep", str(path), "--out", str(tmp_path / "out"), "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert f"{path}: rank_caps" in err and "'nolayer'" in err and "match no scaffold layer" in err
+    assert not (tmp_path / "out" / "runs.sqlite").exists()
+
+
+def test_a_ridge_readout_on_a_classification_study_is_refused_before_any_run(tmp_path, nothing_runs, capsys):
+    """readout = "ridge" passed loading and then failed every run, full training's too."""
+    path = write(tmp_path, train=', readout = "ridge"')
+    assert cli.main(["sweep", str(path), "--out", str(tmp_path / "out"), "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert f"{path}: [train] readout='ridge'" in err and "'classification'" in err
+    assert not (tmp_path / "out" / "runs.sqlite").exists()
