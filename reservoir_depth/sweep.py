@@ -17,6 +17,7 @@ import tempfile
 import json
 import multiprocessing
 import os
+import re
 import sys
 import time
 import threading
@@ -33,7 +34,7 @@ from tqdm.auto import tqdm
 from . import __version__, data, io
 from .models import build, scaffold_defaults
 from .results import Columns, ResultsStore, SweepCounts
-from .scaffold import ScaffoldConfig, merge, scaffold
+from .scaffold import ALL_LINEAR, ScaffoldConfig, Scaffolded, merge, scaffold
 from .spectra import ActivationSpectra, IntrinsicDimension, TaskSpectrum, WeightSpectra
 from .study import Study, StudyError
 from .rank import adaptive_search
@@ -218,7 +219,7 @@ def records(run: Run, model, d: data.Dataset) -> tuple[dict[str, Any], dict[str,
             rep = io.save(model, tmp, arch=dict(run.arch))
         metrics.update({Columns.ADAPTER_BYTES: rep.bytes, Columns.DENSE_BYTES: rep.full_bytes})
     if run.spectra:
-        est = ActivationSpectra(layers=run.scaffold_config().target_modules).fit(model, d.X_train[:SPECTRA_ROWS])
+        est = ActivationSpectra(layers=spectra_layers(run, d)).fit(model, d.X_train[:SPECTRA_ROWS])
         for row in est.frame().to_dict("records"):
             metrics.update({Columns.spectrum("init", row["layer"], k): v for k, v in row.items()
                             if k not in ("layer", "n")})
@@ -392,6 +393,26 @@ def _execute_one(run: Run, progress: bool, log_dir) -> tuple[dict[str, Any], dic
 SPECTRA_ROWS = 5000  # activation spectra use at most this many training inputs
 
 
+def spectra_layers(run: Run, d: data.Dataset) -> tuple[str, ...]:
+    """The modules whose inputs the activation spectra read: the run's target patterns, or under "all-linear"
+    (a selection, not a name) the modules it replaces, by exact name (the units of the scaffolded model,
+    built on the meta device), so a twin's merged model is read at the same layers as LottaLoRA's."""
+    targets = run.scaffold_config().target_modules
+    if tuple(targets) != (ALL_LINEAR,):
+        return tuple(targets)
+    lotta = Run(**{**run.__dict__, "method": "lotta", "spectra": False})
+    try:
+        with torch.device("meta"):
+            model = build_model(lotta, d)
+    except (RuntimeError, NotImplementedError):  # a family that cannot be built without storage
+        model = build_model(lotta, d)
+    units: list[str] = []
+    for name, module in model.named_modules():
+        if isinstance(module, Scaffolded) and not any(name.startswith(u + ".") for u in units):
+            units.append(name)
+    return tuple(re.escape(u) for u in units)
+
+
 def measure_spectra(run: Run, model, d: data.Dataset, init=None) -> tuple[dict[str, float], dict[str, list]]:
     """Spectral measures of a trained run: (summary measures flattened as ``{kind}/{layer}/{measure}``,
     eigenvalues as ``{kind}/{layer}`` -> list).
@@ -399,7 +420,7 @@ def measure_spectra(run: Run, model, d: data.Dataset, init=None) -> tuple[dict[s
     act: inputs of every target layer (what A sees) over training inputs; adapter: s B A
     of a LottaLoRA run; dW: W_trained - W_seed of a fully trained twin.
     """
-    targets = run.scaffold_config().target_modules
+    targets = spectra_layers(run, d)
     out: dict[str, float] = {}
     eig: dict[str, list] = {}
 

@@ -81,3 +81,20 @@ def test_a_ridge_readout_on_a_classification_study_is_refused_before_any_run(tmp
     err = capsys.readouterr().err
     assert f"{path}: [train] readout='ridge'" in err and "'classification'" in err
     assert not (tmp_path / "out" / "runs.sqlite").exists()
+
+
+def test_all_linear_with_spectra_measures_the_layers_it_scaffolds(tmp_path):
+    """target_modules = "all-linear" with spectra = true failed every LottaLoRA run ("layers ['all-linear']
+    match no module"): the spectra read the modules all-linear replaces, for LottaLoRA and the twin alike."""
+    from reservoir_depth.results import ResultsStore
+
+    study = Study.from_dict({"study": "al", "dataset": "digits", "seeds": [0], "ranks": [2], "twin": True,
+                             "spectra": True, "arch": {"name": "mlp", "hidden": [8, 8]},
+                             "train": {"epochs": 1, "batch_size": 512},
+                             "scaffold": {"target_modules": "all-linear"}})
+    store = ResultsStore(tmp_path / "runs.sqlite", create=True)
+    counts = sweep.run_study(study, store, progress=False)
+    assert counts.failed == 0, [r["error"] for r in store.rows() if r["error"]]
+    df = store.frame("al")
+    acts = {c.split("/")[1] for c in df.columns if c.startswith("act/")}
+    assert acts == {"layers.0", "layers.1"}  # the head is all-linear's declared output layer, left out
