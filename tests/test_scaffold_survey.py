@@ -70,7 +70,7 @@ def test_headless_clip_vision_model_keeps_its_last_hidden_layer():
     torch.manual_seed(0)
     model = transformers.CLIPVisionModel(config)
     linear = [n for n, m in model.named_modules() if isinstance(m, nn.Linear)]
-    _quiet(model, ScaffoldConfig(r=2))
+    _quiet(model, ScaffoldConfig(r=2, trainable="embeddings"))  # its conv and embedding: trained, so no warning
     assert any(n.endswith("encoder.layers.1.mlp.fc2") for n in _names(model))
     assert sorted(_names(model)) == sorted(linear)  # no output layer declared: every linear is taken
 
@@ -103,7 +103,8 @@ def test_an_untied_gpt2_lm_head_left_frozen_is_warned():
                                      tie_word_embeddings=False)
     msg = _report(transformers.GPT2LMHeadModel(config), ScaffoldConfig(r=2))
     assert "lm_head: the output layer (get_output_embeddings())" in msg
-    _quiet(transformers.GPT2LMHeadModel(config), ScaffoldConfig(r=2, trainable="lm_head"))
+    _quiet(transformers.GPT2LMHeadModel(config), ScaffoldConfig(r=2, trainable=["lm_head", "wte", "wpe"]))
+    assert "transformer.wte: a Embedding left at its own (unseeded) init" in msg  # the embeddings, named too
 
 
 # -- nn.Linear subclasses
@@ -207,3 +208,32 @@ def test_save_that_fails_writes_nothing(tmp_path, monkeypatch):
     report = io.save(model, tmp_path / "run")
     assert sorted(p.name for p in (tmp_path / "run").iterdir()) == [io.CONFIG, io.TENSORS]  # no temporary left
     assert report.bytes == sum(p.stat().st_size for p in (tmp_path / "run").iterdir())
+
+
+def test_all_linear_names_the_convolutions_and_embeddings_it_leaves_at_their_own_init():
+    """On a CNN "all-linear" takes the linear layers only (peft's meaning); the convolutions and the embedding
+    keep torch's unseeded init, and the warning names each of them (it said nothing)."""
+    import warnings as w
+
+    from torch import nn
+
+    from reservoir_depth.scaffold import PassedOverWarning, ScaffoldConfig, scaffold
+
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.emb = nn.Embedding(10, 4)
+            self.conv = nn.Conv1d(4, 4, 3)
+            self.fc = nn.Linear(4, 4)
+            self.head = nn.Linear(4, 2)
+
+    with w.catch_warnings(record=True) as caught:
+        w.simplefilter("always")
+        scaffold(Net(), ScaffoldConfig(r=1, trainable="head"))
+    text = " ".join(str(c.message) for c in caught if issubclass(c.category, PassedOverWarning))
+    assert "conv (Conv1d" in text or "conv:" in text
+    assert "emb" in text and "all-linear" in text
+    with w.catch_warnings(record=True) as caught:  # targeted or trained: nothing to say
+        w.simplefilter("always")
+        scaffold(Net(), ScaffoldConfig(target_modules=["conv", "fc"], r=1, trainable=["head", "emb"]))
+    assert not [c for c in caught if issubclass(c.category, PassedOverWarning)]

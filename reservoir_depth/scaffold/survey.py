@@ -7,6 +7,8 @@ survey names each such module with its reason:
 - an output layer (the model's ``get_output_embeddings()``, a family's declared ``scaffold_head``, the
   config's ``exclude``) that is neither a target nor trainable: it stays at its random init, and a
   forgotten head trains to nothing;
+- under "all-linear", every convolution and embedding (a registered type it does not take, as peft's
+  "all-linear" does not): they keep their own unseeded init;
 - under "all-linear", every linear-like module it cannot take: a parametrized weight (weight_norm,
   spectral_norm, any torch.nn.utils.parametrize), an nn.Linear subclass whose forward is not the plain
   affine map, a module holding weight matrices of a type no layer type handles (MoE experts' fused 3-D
@@ -107,6 +109,10 @@ def passed_over(model: nn.Module, config: ScaffoldConfig, targets: Sequence[str]
                               f"init and trains to nothing; name it in trainable= (or target it)"))
         elif config.target_modules == (ALL_LINEAR,) and _linear_like(m) and (why := refusal(m)) is not None:
             report.append((n, why))
+        elif config.target_modules == (ALL_LINEAR,) and not _linear_like(m):
+            report.append((n, f"a {type(m).__name__} left at its own (unseeded) init: \"all-linear\" takes linear-like "
+                              f"layers only, as peft's does; name it in target_modules to scaffold it, or in "
+                              f"trainable= to train it"))
     return report
 
 
