@@ -10,6 +10,8 @@ import os
 from pathlib import Path
 from typing import Any, Callable, ClassVar, Mapping
 
+import numpy as np
+
 
 def is_number(v: Any) -> bool:
     """A real number (numpy scalars included), not a bool: the check every numeric option shares."""
@@ -77,16 +79,17 @@ def an_int(minimum: int = 1, or_none: bool = False) -> Constraint:
 
 
 def one_of(*options: Any) -> Constraint:
-    """The constraint "one of ``options``" (equal and of the same type: True is not 1)."""
+    """The constraint "one of ``options``" (equal and an instance of the option's type, numpy's str too; a bool
+    is never an option: True is not 1)."""
     def check(name: str, v: Any) -> None:
-        if isinstance(v, bool) or not any(v == o and type(v) is type(o) for o in options):
+        if isinstance(v, bool) or not any(isinstance(v, type(o)) and v == o for o in options):
             raise ValueError(f"{name} must be one of {options}, got {v!r}")
     return check
 
 
 def a_bool(name: str, v: Any) -> None:
-    """The constraint "True or False" (a numpy bool too)."""
-    if not isinstance(v, bool) and type(v).__name__ != "bool_":  # numpy's bool_ too
+    """The constraint "True or False" (a numpy bool too: a direction read from a frame or an array)."""
+    if not isinstance(v, (bool, np.bool_)):
         raise ValueError(f"{name} must be True or False, got {v!r}")
 
 

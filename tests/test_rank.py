@@ -398,3 +398,13 @@ def test_ranks_that_beat_the_reference_by_more_than_the_tolerance_are_named():
     loss = SaturationRank(eps=0.05, relative=True, higher_is_better=False).fit([1, 2], [[1.2, 0.9]], [1.0])
     assert loss.beats_reference_ == [2]  # 0.9 < 1.0 - 0.05: better than the reference by more than delta
     assert SaturationRank(eps=0.01).fit([1, 2], [[0.80, 0.905]], [0.90]).beats_reference_ == []
+
+
+def test_numpy_bools_are_bools_to_the_estimator():
+    """A direction read from a frame or an array is a numpy bool: it was accepted before the estimator
+    convention and must stay so; 1 and "yes" are still refused."""
+    sr = SaturationRank(eps=0.01, higher_is_better=np.True_, relative=np.False_).fit([1, 2], [[0.5, 0.9]], [0.9])
+    assert sr.r_star_ == 2
+    for bad in (1, "yes", None):
+        with pytest.raises(ValueError, match="higher_is_better must be True or False"):
+            SaturationRank(higher_is_better=bad).fit([1, 2], [[0.5, 0.9]], [0.9])
