@@ -201,3 +201,21 @@ def test_plain_mha_weights_come_under_the_scaffold_layers_names():
     names = [n for n, _ in effective_weights(Block())]
     scaffolded_names = [n for n, _ in effective_weights(scaffold(Block(), ScaffoldConfig(target_modules="attn", r=2)))]
     assert names == ["attn.in_proj", "attn.out_proj", "head"] and scaffolded_names == names
+
+
+def test_a_layer_type_written_for_the_old_config_argument_gets_a_clear_error():
+    """from_module used to take the ScaffoldConfig; it takes resolve(layer_name) -> LayerSettings now."""
+    class Old(ScaffoldLinear):
+        @classmethod
+        def from_module(cls, module, name, config):
+            return cls(module.in_features, module.out_features, name, config.r, template=module)
+
+    class Dense(nn.Linear):
+        pass
+
+    register_layer_type(LayerType(Dense, Old, linear=True))
+    try:
+        with pytest.raises(AttributeError, match=r"receives a resolver, not a ScaffoldConfig: resolve\(layer_name\)"):
+            scaffold(nn.Sequential(Dense(3, 3), nn.Linear(3, 2)), ScaffoldConfig(r=1, trainable="1"))
+    finally:
+        del LAYER_TYPES[Dense]

@@ -15,7 +15,7 @@ from .apply import (ParameterCount, advance, betas, count_parameters, merge, sca
 from .attention import ScaffoldMultiheadAttention, attention_output_rows
 from .base import ScaffoldLayer, Scaffolded
 from .survey import PassedOverWarning
-from .config import ALL_LINEAR, BIAS_MODES, SCHEDULES, LayerSettings, ScaffoldConfig, matches
+from .config import ALL_LINEAR, BIAS_MODES, SCHEDULES, LayerSettings, Resolver, ScaffoldConfig, matches
 from .layers import (ONE_HOT_LIMIT, ScaffoldConv, ScaffoldConv1d, ScaffoldConv2d, ScaffoldEmbedding, ScaffoldLinear,
                      ScaffoldTransposedLinear, channel_rows, conv_rows, feature_rows, one_hot_rows)
 from .recurrent import ScaffoldRecurrent
@@ -23,7 +23,7 @@ from .registry import (LAYER_TYPES, LayerType, effective_weight, effective_weigh
                        layer_type, register_layer_type)
 
 __all__ = [
-    "ALL_LINEAR", "BIAS_MODES", "LAYER_TYPES", "LayerSettings", "LayerType", "ONE_HOT_LIMIT", "ParameterCount", "PassedOverWarning", "SCHEDULES",
+    "ALL_LINEAR", "BIAS_MODES", "LAYER_TYPES", "LayerSettings", "LayerType", "Resolver", "ONE_HOT_LIMIT", "ParameterCount", "PassedOverWarning", "SCHEDULES",
     "ScaffoldConfig", "ScaffoldConv", "ScaffoldConv1d", "ScaffoldConv2d", "ScaffoldEmbedding", "ScaffoldLayer",
     "ScaffoldLinear", "ScaffoldMultiheadAttention", "ScaffoldRecurrent", "ScaffoldTransposedLinear", "Scaffolded", "advance",
     "attention_output_rows", "betas", "channel_rows", "conv_rows", "count_parameters", "effective_weight",

@@ -7,7 +7,6 @@ layers (betas, set_seed_dtype, advance) and the parameter counts the paper repor
 from __future__ import annotations
 
 import copy
-import functools
 import warnings
 from dataclasses import dataclass
 from typing import Iterator, Sequence
@@ -16,7 +15,7 @@ import torch
 from torch import nn
 
 from .base import ScaffoldLayer, Scaffolded
-from .config import ALL_LINEAR, ScaffoldConfig, matches
+from .config import ALL_LINEAR, Resolver, ScaffoldConfig, matches
 from .registry import _type_names, is_container, layer_type
 from .survey import PassedOverWarning, describe, output_layers, passed_over, refusal
 
@@ -148,8 +147,7 @@ def scaffold(model: nn.Module, config: ScaffoldConfig, strict: bool = False) -> 
         raise ValueError(f"scaffold(strict=True): these modules would stay frozen at their own init: "
                          f"{describe(report)}")
     # each target's layers get their settings resolved here, once (the layer types see no config, no pattern)
-    wrapped = [(n, layer_type(m).layer.from_module(m, n, functools.partial(config.settings_for, target=n)))
-               for n, m in targets]
+    wrapped = [(n, layer_type(m).layer.from_module(m, n, Resolver(config, n))) for n, m in targets]
     layers = [layer for _, unit in wrapped for layer in unit.modules() if isinstance(layer, ScaffoldLayer)]
     for what, attr in (("specs", "spec_pattern"), ("max_rank", "rank_pattern")):
         unused = [p for p in getattr(config, what) if p not in {getattr(layer.settings, attr) for layer in layers}]

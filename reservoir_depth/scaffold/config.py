@@ -236,6 +236,25 @@ binds the target's name: ScaffoldConfig.settings_for(layer_name, target)). A lay
 takes one, so a container (attention, recurrent) resolves each of the layers it holds."""
 
 
+class Resolver:
+    """The ``resolve`` scaffold() passes to a layer type's ``from_module(module, name, resolve)``: call it with a
+    scaffold layer's name for that layer's LayerSettings. Code written for the older ``from_module(module,
+    name, config)`` that reads a config attribute gets an error that says so, not a bare AttributeError."""
+
+    def __init__(self, config: "ScaffoldConfig", target: str) -> None:
+        self.config, self.target = config, target
+
+    def __call__(self, name: str) -> LayerSettings:
+        return self.config.settings_for(name, self.target)
+
+    def __getattr__(self, attr: str):
+        if attr.startswith("__") or attr in ("config", "target"):
+            raise AttributeError(attr)
+        raise AttributeError(f"from_module(module, name, resolve) receives a resolver, not a ScaffoldConfig: "
+                             f"resolve(layer_name) gives the layer's LayerSettings (r, s, spec, bias, init_B, "
+                             f"schedule, k, seed); .{attr} is not read here")
+
+
 def _check_choices(bias: Any, init_B: Any, schedule: Any, k: Any) -> None:
     """The settings ScaffoldConfig and LayerSettings share: bias mode, init of B, schedule and its k."""
     if bias not in BIAS_MODES:
