@@ -343,6 +343,9 @@ def rank_section(df, study: Study, metric: str) -> tuple[list[str], dict[float, 
              "example per seed, r* is a tie and the next rank is shown)" if m.counted else "") +
              "; the seed range is that of each seed's own r*; r* is never stated beyond the largest rank that "
              "ran for every seed.", ""]
+    lines += [("The reference is full training's mean." if study.reference == "full" else
+               "The reference is the Bayes risk the runs recorded (`reference = \"bayes\"`: the Bayes-optimal "
+               "predictor's test metric, a planted teacher's own), not full training."), ""]
     for relative, rows in tables.items():
         lines += [f"r*(eps), eps {TOLERANCES['relative' if relative else 'absolute']}:", "",
                   "| eps | r* | interval | interval kind | seed range | margin | largest complete rank |",

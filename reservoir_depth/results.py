@@ -311,6 +311,7 @@ class Columns:
     ADAPTER_BYTES = "adapter_bytes"  # the adapter file (io.save) of a LottaLoRA run
     DENSE_BYTES = "dense_bytes"  # a dense checkpoint of the merged model
     BETA = "beta/"  # beta/<layer>: learned beta per scaffold layer
+    BAYES = "bayes/"  # bayes/<metric>: the Bayes-optimal predictor's test metric, where the data set knows it
     NULL = "null/"  # null/<metric>: the null model's test metric (tasks.Task.null), the bottom of recovery
     ENV = "env/"  # env/<what>: what decides a run's numbers besides its config (sweep.environment)
     SPECTRA = ("act", "dW", "adapter", "init")  # <kind>/<layer>/<measure>

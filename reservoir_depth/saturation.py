@@ -16,15 +16,34 @@ from .study import Study, curves
 from .tasks import metric_of
 
 
+def reference_values(df, study: Study, metric: str, seeds) -> np.ndarray:
+    """The study's reference per seed (study.Study.reference; NaN where missing): full training's ``metric``
+    ("full"), or the Bayes-optimal predictor's as the runs recorded it ("bayes": bayes/<metric>, which a
+    data set that knows it, a planted teacher, provides). A "bayes" study whose runs recorded none is an
+    error naming the column."""
+    if study.reference == "full":
+        return curves(df, metric, ranks=[], seeds=list(seeds))[2]
+    col = C.BAYES + metric
+    if col not in df or not df[col].notna().any():
+        raise ValueError(f"study {study.study!r}: reference = 'bayes' but no run recorded {col!r}; its data set does "
+                         f"not know its Bayes risk (a planted teacher's does): use reference = 'full'")
+    row = {int(s): i for i, s in enumerate(seeds)}
+    values = np.full(len(row), np.nan)
+    for s, v in zip(df[C.SEED], df[col]):
+        if int(s) in row and np.isfinite(v):
+            values[row[int(s)]] = v
+    return values
+
+
 def saturation(df, study: Study, metric: str, eps: float, relative: bool = False,
                **kwargs: Any) -> SaturationRank | None:
-    """r*(eps) from the frame's per-seed curves (SaturationRank), paired with full training when every
-    seed with a curve has its full-training run; None without full training or without a rank that
-    ran for every seed."""
-    ranks, V, F, seeds = curves(df, metric, ranks=list(study.ranks), seeds=list(study.seeds))
+    """r*(eps) from the frame's per-seed curves (SaturationRank), against the study's reference
+    (``reference_values``: full training, or the Bayes risk), paired when every seed with a curve has its
+    reference; None without a reference or without a rank that ran for every seed."""
+    ranks, V, _, seeds = curves(df, metric, ranks=list(study.ranks), seeds=list(study.seeds))
     has_curve = ~np.isnan(V).all(axis=1) if len(ranks) else np.zeros(len(seeds), bool)
-    V, F = V[has_curve], F[has_curve]
-    full_all = curves(df, metric, ranks=[], seeds=list(study.seeds))[2]
+    full_all = reference_values(df, study, metric, seeds)
+    V, F = V[has_curve], full_all[has_curve]
     if not has_curve.any() or not np.isfinite(full_all).any() or not (~np.isnan(V).any(axis=0)).any():
         return None
     paired = bool(np.isfinite(F).all())
@@ -54,7 +73,8 @@ def recovery_rank(df, study: Study, metric: str, q: float) -> tuple[SaturationRa
     null = null_of(df, metric)
     if null is None:
         return None, None, "the null model was not recorded (run `reservoir-depth sweep` on the study to add it)"
-    full = df[df[C.METHOD] == "full"][metric]
+    full = reference_values(df, study, metric, study.seeds)
+    full = full[np.isfinite(full)]
     if not len(full):
         return None, null, "no full-training run: no reference"
     gain = (full.mean() - null) * (1 if metric_of(metric).higher_is_better else -1)

@@ -43,6 +43,9 @@ from .train import TrainConfig
 # ----------------------------------------------------------------------------- the study schema
 
 REQUIRED = ("study", "dataset", "seeds", "arch")
+# what r* and the recovery levels are measured against: full training's mean per seed, or the Bayes risk the
+# data set records (a planted teacher's own test loss: the best any model can do on that test split)
+REFERENCES = ("full", "bayes")
 SPECTRA_METHODS = ("twin", "lotta")
 
 
@@ -126,6 +129,7 @@ class Study:
     eps_relative: bool = False
     resources: Mapping[str, Any] = field(default_factory=dict)
     rank_caps: Mapping[str, int] = field(default_factory=dict)
+    reference: str = "full"  # REFERENCES: what r* and the recovery levels are measured against
     source: str = field(default="<dict>", compare=False)
 
     # -------------------------------------------------------------- construction
@@ -177,6 +181,9 @@ class Study:
         if both:
             raise StudyError(f"{source}: rank_caps and [scaffold] max_rank both cap {both[0]!r}: give each layer's "
                              f"cap once (max_rank: every run; rank_caps: the runs it binds)")
+        reference = d.get("reference", "full")
+        if reference not in REFERENCES:
+            raise StudyError(f"{source}: reference must be one of {', '.join(map(repr, REFERENCES))}, got {reference!r}")
         if "spec" in scaffold and not isinstance(scaffold["spec"], str):
             _check_keys(scaffold["spec"], list(SPEC_KEYS), "[scaffold.spec]", source, "scaffold.spec.")
             for k, v in scaffold["spec"].items():
@@ -185,7 +192,8 @@ class Study:
                     twin=d.get("twin", False), spectra=spectra, train=train, scaffold=scaffold,
                     eps=None if eps is None else tuple(float(e) for e in eps),
                     eps_relative=d.get("eps_relative", False),
-                    resources={**RESOURCE_KEYS, **resources}, rank_caps=dict(sorted(caps.items())), source=source)
+                    resources={**RESOURCE_KEYS, **resources}, rank_caps=dict(sorted(caps.items())),
+                    reference=reference, source=source)
         try:  # the settings' own checks (values in range, known families, ...), with the source named
             TrainConfig(**train)
         except (ValueError, TypeError) as e:
@@ -270,6 +278,8 @@ class Study:
         d.update(seeds=list(self.seeds), ranks=list(self.ranks), arch=dict(self.arch),
                  train=dict(self.train), scaffold=dict(self.scaffold), resources=dict(self.resources),
                  spectra=list(self.spectra) if isinstance(self.spectra, tuple) else self.spectra)
+        if self.reference == "full":
+            del d["reference"]  # the default: studies written before the key keep their resolved form
         if not self.rank_caps:
             del d["rank_caps"]  # none: studies without caps keep their resolved form
         else:

@@ -212,7 +212,8 @@ def records(run: Run, model, d: data.Dataset) -> tuple[dict[str, Any], dict[str,
     dense checkpoint's (io.save); with spectra, the activation spectra at init (metrics
     ``init/{layer}/{measure}``, eigenvalues in history["spectra_init"]) and the data set's own
     spectra (history["dataset"]). Returns (metrics, history entries)."""
-    metrics: dict[str, Any] = {"n_test": int(len(d.X_test)), **nulls(d)}
+    metrics: dict[str, Any] = {"n_test": int(len(d.X_test)), **nulls(d),
+                               **{Columns.BAYES + k: v for k, v in (getattr(d, "bayes", None) or {}).items()}}
     history: dict[str, Any] = {}
     if run.method == "lotta":
         with tempfile.TemporaryDirectory() as tmp:

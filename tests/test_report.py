@@ -286,3 +286,36 @@ def test_recovery_levels_sit_on_the_scale_from_the_null_model_to_the_reference()
     assert sr is None and "null model was not recorded" in why
     worse = df.assign(**{"null/test_acc": 0.95})
     assert "no better than the null model" in recovery_rank(worse, study, "test_acc", 0.9)[2]
+
+
+def test_a_bayes_reference_measures_r_star_against_the_recorded_bayes_risk():
+    """reference = "bayes": r* and the recovery levels are read against bayes/<metric> (a planted teacher's own
+    test loss), with no full-training run needed; a study whose runs recorded none is refused by name."""
+    from reservoir_depth.saturation import recovery_rank, saturation
+    from reservoir_depth.study import StudyError
+
+    study = Study.from_dict({"study": "b", "dataset": {"name": "planted", "k": 2}, "seeds": [0, 1], "ranks": [1, 2, 4],
+                             "full": False, "reference": "bayes", "arch": {"name": "linear"}})
+    assert study.reference == "bayes" and study.to_dict()["reference"] == "bayes"
+    assert "reference" not in Study.from_dict({**study.to_dict(), "reference": "full"}).to_dict()
+    rows = [{Columns.METHOD: "lotta", Columns.RANK: r, Columns.SEED: s, "test_loss": v, "bayes/test_loss": 0.30,
+             "null/test_loss": 3.0} for s in (0, 1) for r, v in ((1, 1.5), (2, 0.31), (4, 0.305))]
+    df = pd.DataFrame(rows)
+    sr = saturation(df, study, "test_loss", 0.05, relative=True)
+    assert sr.full_ == pytest.approx(0.30) and sr.r_star_ == 2  # 0.31 <= 0.30 * 1.05
+    assert recovery_rank(df, study, "test_loss", 0.9)[0].r_star_ == 2
+    with pytest.raises(ValueError, match=r"reference = 'bayes' but no run recorded 'bayes/test_loss'"):
+        saturation(df.drop(columns="bayes/test_loss"), study, "test_loss", 0.05, relative=True)
+    with pytest.raises(StudyError, match=r"reference must be one of 'full', 'bayes', got 'best'"):
+        Study.from_dict({**study.to_dict(), "reference": "best"})
+
+
+def test_a_planted_run_records_its_bayes_risk():
+    from reservoir_depth import data
+    from reservoir_depth.sweep import records
+
+    d = data.load("planted", k=1, noise=0.2, n_train=64, n_test=32)
+    assert d.bayes["test_loss"] == pytest.approx(0.04 * 32, rel=0.3)  # noise^2 x n_out outputs
+    run = Run(study="b", dataset={"name": "planted", "k": 1, "noise": 0.2, "n_train": 64, "n_test": 32},
+              arch={"name": "linear"}, method="full", seed=0)
+    assert records(run, None, run.data())[0]["bayes/test_loss"] == run.data().bayes["test_loss"]

@@ -56,6 +56,7 @@ class Dataset:
     vocab_size: int = 0  # > 0: X holds int64 token ids in [0, vocab_size)
     pad_id: int | None = None  # the padding token of right-padded token sequences
     washout: int = 0  # forecasting: leading steps of each window left out of loss and metrics
+    bayes: dict | None = None  # the Bayes-optimal predictor's test metrics, where known (a planted teacher's own)
 
     def __post_init__(self) -> None:
         check_dataset(self)
