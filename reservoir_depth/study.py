@@ -110,7 +110,9 @@ class Study:
     Ray backend reserves for each run: cpus, default 1, and gpus, default 0; not part of a run's
     config, so it never changes a run id), and rank_caps {pattern: cap} (a layer narrower than the
     largest ranks, capped at its full rank min(d_in, d_out): a run at rank r gets scaffold.max_rank
-    {pattern: cap} for the caps below r only, so its runs at r <= cap keep their ids).
+    {pattern: cap} for the caps below r only, so its runs at r <= cap keep their ids), and reference ("full",
+    the default: r* and the recovery levels against full training; "bayes": against the Bayes risk the runs
+    record, which a planted teacher's data set knows).
 
     ``to_dict()`` gives the resolved keys as plain values.
     """
